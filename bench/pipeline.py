@@ -1,0 +1,309 @@
+"""Node-service throughput against the raw kafka-python consumer, and sync averaging against a copy.
+
+Everything runs in this one process against a real Tansu broker
+(:class:`~streamlearn.kafka.broker.EmbeddedBroker`, memory storage, loopback), with one torch
+intra-op thread as the CLI sets for every service process (``--threads``):
+
+1. ``--n`` SEA samples are published to one node topic as binary sample batches of
+   ``--record-size`` readings (the producer's default record size). For every node
+   configuration the stream is published to a fresh topic prefix (publishing is not timed),
+   then read:
+
+   * **raw**: a kafka-python consumer, assign + poll + ``decode_sample_batch``, nothing else,
+     until all samples are read; once with kafka-python's fetch defaults and once with the
+     node's fetch settings (``max_poll_records``, ``fetch_wait_ms``); the faster is the
+     baseline. Both check record CRCs, kafka-python's default and what the node does; a third
+     read with ``check_crcs=False`` shows what the raw consumer costs without kafka-python's
+     pure-Python CRC-32C (it has no C crc32c module here), reported beside the ratio;
+   * **node**: one :class:`~streamlearn.kafka.node.NodeService` in a thread (consume, decode,
+     test-then-train, node rule, commit) learning the topic to its end, with the logistic
+     learner, detector None or ADWIN, at each ``--batch-sizes`` mini-batch size. Its protocol
+     is ``dynamic:delta=0.5,b=1`` (the divergence is checked after every step); no sync
+     service runs, so a violation sends a model and the node learns on (its wait times out).
+
+   Both clocks include creating the Kafka clients (the node's setup too: learner, producer,
+   consumers, join); "steady" rates leave out the first 10 % of the samples. Every run is
+   repeated ``--repeats`` times and the fastest kept (same treatment for raw and node). The
+   node must end with every sample learned once and its position committed (checked).
+
+2. Sync averaging: the mean of 64 models of 1M float32 parameters as the sync service's
+   protocols compute it (``ModelBank.mean`` over every row: gather + mean; also
+   ``weighted_mean`` on the m x d tensor directly, plain and sample-weighted) against a plain
+   copy of the same bytes (``torch.clone`` and ``numpy.copy`` of the 64 x 1M tensor; the
+   faster copy is the reference), on the bank's device (cuda when available, else cpu).
+
+Prints a table and writes ``bench/results/pipeline.json``. Not a test: tests never time.
+
+    python bench/pipeline.py [--n 200000] [--batch-sizes 10 100 1000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import os
+import platform
+import statistics
+import threading
+import time
+
+import numpy as np
+import torch
+
+from streamlearn.kafka.broker import EmbeddedBroker
+from streamlearn.kafka.codecs import decode_sample_batch, encode_sample_batch
+from streamlearn.kafka.config import KafkaSettings
+from streamlearn.kafka.node import NodeConfig, NodeService
+from streamlearn.kafka.topics import ensure_topics, samples_topic
+from streamlearn.learners import TorchLearner
+from streamlearn.streams import make_source
+from streamlearn.sync.aggregate import weighted_mean
+from streamlearn.sync.bank import ModelBank
+
+OUT = os.path.join(os.path.dirname(__file__), "results", "pipeline.json")
+PROTOCOL = "dynamic:delta=0.5,b=1"
+STEADY_FROM = 0.1  # steady rates start after this fraction of the samples
+_prefixes = itertools.count()
+
+
+def publish(bootstrap, settings, X, y, names, record_size) -> str:
+    """A fresh prefix whose node-0 topic holds the stream as binary batches; returns the prefix."""
+    from kafka import KafkaProducer
+
+    prefix = f"bench{os.getpid()}x{next(_prefixes)}"
+    ensure_topics(bootstrap, prefix, [0], settings=settings)
+    producer = KafkaProducer(**settings.producer_kwargs(bootstrap, linger_ms=5))
+    topic = samples_topic(prefix, 0)
+    try:
+        for i in range(0, len(y), record_size):
+            producer.send(topic, encode_sample_batch(X[i:i + record_size], y[i:i + record_size], first_seq=i,
+                                                     node=0, names=names), partition=0)
+        producer.flush()
+    finally:
+        producer.close()
+    return prefix
+
+
+def raw_consume(bootstrap, settings, prefix, n, **fetch) -> dict:
+    """Time a bare consumer (assign + poll + decode) reading the node topic to its end."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    t0 = time.perf_counter()
+    consumer = KafkaConsumer(**settings.consumer_kwargs(bootstrap, **fetch))
+    try:
+        tp = TopicPartition(samples_topic(prefix, 0), 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        got, t_mark = 0, None
+        while got < n:
+            for records in consumer.poll(timeout_ms=100).values():
+                for rec in records:
+                    got += decode_sample_batch(rec.value).n
+            if t_mark is None and got >= STEADY_FROM * n:
+                t_mark, n_mark = time.perf_counter(), got
+            if time.perf_counter() - t0 > 600:
+                raise RuntimeError(f"raw consumer stalled at {got}/{n} samples")
+        t1 = time.perf_counter()
+    finally:
+        consumer.close()
+    return {"seconds": t1 - t0, "samples_per_s": n / (t1 - t0), "steady_samples_per_s": (n - n_mark) / (t1 - t_mark)}
+
+
+def node_run(bootstrap, settings, prefix, n, batch_size, detector, learner) -> dict:
+    """Time one NodeService thread learning the node topic to its end (then stopped cleanly)."""
+    cfg = NodeConfig(node=0, source="sea", learner=learner, protocol=PROTOCOL, batch_size=batch_size,
+                     detector=detector, device="cpu", prefix=prefix, bootstrap=bootstrap, settings=settings)
+    svc = NodeService(cfg)
+    errors = []
+
+    def target():
+        try:
+            svc.run()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    t0 = time.perf_counter()
+    thread = threading.Thread(target=target, name="bench-node", daemon=True)
+    thread.start()
+    t_mark = t_first = None
+    # The bench reads the service's sample counter (a private attribute) every ms: status
+    # messages come only every status_interval, too coarse for a clock.
+    while True:
+        done = getattr(svc, "_samples", 0)
+        now = time.perf_counter()
+        if t_first is None and done > 0:
+            t_first = now
+        if t_mark is None and done >= STEADY_FROM * n:
+            t_mark, n_mark = now, done
+        if done >= n:
+            break
+        if errors or not thread.is_alive() or now - t0 > 600:
+            raise RuntimeError(f"node stopped at {done}/{n} samples: {errors}")
+        time.sleep(0.001)
+    t1 = time.perf_counter()
+    svc.stop()
+    thread.join(30)
+    if errors:
+        raise errors[0]
+    status = svc.status()
+    if status["samples"] != n or status["offset"] != status["committed"]:
+        raise RuntimeError(f"node ended wrong: samples {status['samples']} of {n}, "
+                           f"offset {status['offset']}, committed {status['committed']}")
+    return {"seconds": t1 - t0, "samples_per_s": n / (t1 - t0), "steady_samples_per_s": (n - n_mark) / (t1 - t_mark),
+            "setup_seconds": t_first - t0, "steps": status["steps"], "accuracy": status["accuracy"],
+            "drifts_detected": status["n_drifts"], "models_sent": status["models_sent"]}
+
+
+def best(runs: list[dict]) -> dict:
+    return min(runs, key=lambda r: r["seconds"])
+
+
+def bench_pipeline(args, broker, settings) -> list[dict]:
+    src = make_source("sea", seed=0)
+    X, y = src.to_arrays(args.n)
+    X = np.asarray(X, dtype=np.float32)
+    y = np.searchsorted(np.asarray(src.classes), y).astype(np.int32)  # class indices, as the producer sends
+    names = list(src.feature_names)
+    bootstrap = broker.bootstrap
+    node_fetch = dict(max_poll_records=NodeConfig.max_poll_records, fetch_max_wait_ms=NodeConfig.fetch_wait_ms)
+    rows = []
+    for detector, batch_size in itertools.product(args.detectors, args.batch_sizes):
+        det = None if detector == "none" else detector
+        raw_default, raw_node, raw_nocrc, node = [], [], [], []
+        for _ in range(args.repeats):
+            prefix = publish(bootstrap, settings, X, y, names, args.record_size)
+            raw_default.append(raw_consume(bootstrap, settings, prefix, args.n))
+            raw_node.append(raw_consume(bootstrap, settings, prefix, args.n, **node_fetch))
+            raw_nocrc.append(raw_consume(bootstrap, settings, prefix, args.n, check_crcs=False))
+            node.append(node_run(bootstrap, settings, prefix, args.n, batch_size, det, args.learner))
+        rd, rn, rc, nd = best(raw_default), best(raw_node), best(raw_nocrc), best(node)
+        raw = min((rd, rn), key=lambda r: r["seconds"])
+        row = {
+            "learner": args.learner, "detector": detector, "batch_size": batch_size, "n": args.n,
+            "record_size": args.record_size, "protocol": PROTOCOL,
+            "raw_samples_per_s": raw["samples_per_s"], "raw_steady_samples_per_s": raw["steady_samples_per_s"],
+            "raw_default_fetch": rd, "raw_node_fetch": rn, "raw_without_crc_check": rc,
+            "node_samples_per_s": nd["samples_per_s"], "node_steady_samples_per_s": nd["steady_samples_per_s"],
+            "node": nd,
+            "ratio": nd["samples_per_s"] / raw["samples_per_s"],
+            "steady_ratio": nd["steady_samples_per_s"] / raw["steady_samples_per_s"],
+            "ratio_to_raw_without_crc_check": nd["samples_per_s"] / rc["samples_per_s"],
+            "node_us_per_step": 1e6 * nd["seconds"] / nd["steps"],
+            "all_node_runs_samples_per_s": [r["samples_per_s"] for r in node],
+            "all_raw_runs_samples_per_s": [max(a["samples_per_s"], b["samples_per_s"])
+                                           for a, b in zip(raw_default, raw_node)],
+        }
+        rows.append(row)
+        print(f"  {detector:>6} B={batch_size:<5} raw {row['raw_samples_per_s']:>10,.0f}/s  "
+              f"node {row['node_samples_per_s']:>10,.0f}/s  ratio {row['ratio']:.2f} "
+              f"(steady {row['steady_ratio']:.2f})  acc {nd['accuracy']:.3f}", flush=True)
+    return rows
+
+
+def _time(fn, repeats, sync) -> dict:
+    fn()  # warm-up (allocator, threads)
+    sync()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - t)
+        del out
+    return {"best_seconds": min(times), "median_seconds": statistics.median(times)}
+
+
+def bench_averaging(args) -> dict:
+    m, d = args.models, args.params
+    bank = ModelBank(m, d)  # cuda when available, else cpu: as the sync service
+    dev = bank.device
+    gen = torch.Generator().manual_seed(0)
+    bank.put_many(range(m), torch.randn(m, d, generator=gen))
+    samples = torch.arange(1, m + 1, dtype=torch.float32, device=dev)
+    nodes = list(range(m))
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    W = bank.W
+    cases = {
+        "ModelBank.mean (all rows)": lambda: bank.mean(nodes),
+        "weighted_mean(W)": lambda: weighted_mean(W),
+        "weighted_mean(W, samples)": lambda: weighted_mean(W, samples),
+        "torch clone of W": lambda: W.clone(),
+    }
+    if dev.type == "cpu":
+        A = W.numpy()
+        cases["numpy copy of W"] = lambda: A.copy()
+    timed = {name: _time(fn, args.avg_repeats, sync) for name, fn in cases.items()}
+    copy = min(v["best_seconds"] for k, v in timed.items() if "copy" in k or "clone" in k)
+    for v in timed.values():
+        v["ratio_to_copy"] = v["best_seconds"] / copy
+        v["GB_per_s_read"] = m * d * 4 / v["best_seconds"] / 1e9
+    ok = torch.allclose(bank.mean(nodes), W.double().mean(0).float(), atol=1e-5)
+    return {"models": m, "params": d, "bytes": m * d * 4, "device": str(dev), "copy_seconds": copy,
+            "mean_matches_float64": bool(ok), "cases": timed}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=200_000, help="samples in the node topic")
+    ap.add_argument("--record-size", type=int, default=100, help="readings per binary record")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 100, 1000])
+    ap.add_argument("--detectors", nargs="+", default=["none", "adwin"])
+    ap.add_argument("--learner", default="logreg")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--models", type=int, default=64)
+    ap.add_argument("--params", type=int, default=1_000_000)
+    ap.add_argument("--avg-repeats", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (default 1: what `streamlearn node` and `sync` set)")
+    ap.add_argument("--skip-pipeline", action="store_true")
+    ap.add_argument("--skip-averaging", action="store_true")
+    ap.add_argument("--out", default=OUT)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    # As the CLI does for every service process (cli._setup_logging): small models, one process
+    # per node; with more threads tiny ops wait on OpenMP/MKL workers whenever the cores are busy.
+    torch.set_num_threads(args.threads)
+    # The first torch optimizer imports torch._dynamo (~1.5 s): process start-up, not throughput.
+    TorchLearner("logreg", n_features=1, classes=[0, 1], device="cpu")
+    result = {"benchmark": "pipeline", "platform": platform.platform(), "python": platform.python_version(),
+              "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+              "load_average_at_start": os.getloadavg(), "args": vars(args)}
+    if not args.skip_pipeline:
+        print(f"node service vs raw consumer: {args.n} SEA samples, binary records of {args.record_size}, "
+              f"learner {args.learner}, best of {args.repeats}")
+        with EmbeddedBroker() as broker:
+            settings = KafkaSettings(bootstrap_servers=broker.bootstrap)
+            rows = bench_pipeline(args, broker, settings)
+        result["pipeline"] = rows
+        print(f"\n{'detector':>8} {'batch':>6} {'raw/s':>11} {'node/s':>11} {'ratio':>6} {'steady':>7} "
+              f"{'us/step':>8} {'raw no-crc/s':>13} {'ratio':>6}")
+        for r in rows:
+            print(f"{r['detector']:>8} {r['batch_size']:>6} {r['raw_samples_per_s']:>11,.0f} "
+                  f"{r['node_samples_per_s']:>11,.0f} {r['ratio']:>6.2f} {r['steady_ratio']:>7.2f} "
+                  f"{r['node_us_per_step']:>8.0f} {r['raw_without_crc_check']['samples_per_s']:>13,.0f} "
+                  f"{r['ratio_to_raw_without_crc_check']:>6.2f}")
+        print("raw: the faster of kafka-python's fetch defaults and the node's fetch settings, CRCs checked "
+              "(kafka-python's default, as the node); 'raw no-crc': check_crcs=False, how fast the raw consumer "
+              "gets without the pure-Python CRC-32C of kafka-python (no C crc32c module installed)")
+        print("target: node/raw >= 0.5 (logreg, binary batches); met at batch sizes",
+              sorted({r["batch_size"] for r in rows if r["ratio"] >= 0.5}) or "none")
+    if not args.skip_averaging:
+        avg = bench_averaging(args)
+        result["averaging"] = avg
+        print(f"\naveraging {avg['models']} models x {avg['params']:,} float32 on {avg['device']} "
+              f"({avg['bytes'] / 2**20:.0f} MiB); mean correct: {avg['mean_matches_float64']}")
+        print(f"{'operation':>28} {'best ms':>8} {'median ms':>10} {'x copy':>7} {'GB/s read':>10}")
+        for name, v in avg["cases"].items():
+            print(f"{name:>28} {1e3 * v['best_seconds']:>8.1f} {1e3 * v['median_seconds']:>10.1f} "
+                  f"{v['ratio_to_copy']:>7.2f} {v['GB_per_s_read']:>10.1f}")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump(result, fh, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

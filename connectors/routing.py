@@ -1,0 +1,177 @@
+"""Which node a record goes to: a fixed node, round-robin over m nodes, or a value (a field, an MQTT topic level).
+
+A value becomes a node through an explicit map (``mapping``); else, with
+``nodes`` = m, an integer value modulo m and any other value by a stable hash
+(BLAKE2b) modulo m; else the value must itself be a node id (``0``, ``"3"``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Mapping
+
+from connectors.errors import RecordError
+from streamlearn.errors import ConfigError
+
+__all__ = ["NodeRouter", "parse_node_map", "MAX_NODE"]
+
+MAX_NODE = 1023  # a node id beyond it is a bad record: one bad value must not create a thousand topics
+_INT_RE = re.compile(r"^(0|[1-9][0-9]{0,9})$")
+_NO_VALUE = object()
+
+
+def _count(value, what: str, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ConfigError(f"{what} must be an integer >= {lo}, got {value!r}")
+    return value
+
+
+def parse_node_map(text: str) -> dict:
+    """``"kitchen=0,garage=1"`` -> ``{"kitchen": 0, "garage": 1}``.
+
+    Examples
+    --------
+    >>> parse_node_map("kitchen=0, garage=1")
+    {'kitchen': 0, 'garage': 1}
+    """
+    out = {}
+    for item in str(text).split(","):
+        item = item.strip()
+        if not item:
+            continue
+        value, sep, node = item.rpartition("=")
+        if not sep or not value or not _INT_RE.match(node.strip()):
+            raise ConfigError(f"node map entries are VALUE=NODE, e.g. kitchen=0; got {item!r}")
+        if value in out:
+            raise ConfigError(f"node map lists {value!r} twice")
+        out[value] = int(node)
+    if not out:
+        raise ConfigError(f"empty node map {text!r}")
+    return out
+
+
+class NodeRouter:
+    """Choose the node of each record.
+
+    Parameters
+    ----------
+    node
+        Every record to this node.
+    round_robin
+        Records to nodes 0, 1, ..., m-1, 0, ... in turn.
+    field
+        The record's field whose value chooses the node (``by_value`` is then
+        given that value; MQTT and HTTP give a topic level or a URL part instead).
+    nodes
+        With a value: m, for "integer mod m, else hash mod m".
+    mapping
+        With a value: value (as text) -> node; any other value is a bad record.
+    max_node
+        Largest node id a value may name.
+
+    Exactly one of ``node``, ``round_robin`` and "by value" (``field``,
+    ``nodes``, ``mapping`` or none of them: the value is the node id) applies.
+
+    Examples
+    --------
+    >>> r = NodeRouter(round_robin=3)
+    >>> [r.next_node() for _ in range(4)], r.known_nodes()
+    ([0, 1, 2, 0], [0, 1, 2])
+    >>> r = NodeRouter(field="day", nodes=7)
+    >>> r.by_value(9), r.by_value("9"), r.by_value(3)
+    (2, 2, 3)
+    >>> NodeRouter(mapping={"kitchen": 0}).by_value("garage")
+    Traceback (most recent call last):
+    ...
+    connectors.errors.RecordError: value not in the node map (field '<node>', value 'garage')
+    """
+
+    def __init__(self, *, node: int | None = None, round_robin: int | None = None, field: str | None = None,
+                 nodes: int | None = None, mapping: Mapping | None = None, max_node: int = MAX_NODE):
+        self.max_node = _count(max_node, "max_node", 0)
+        modes = [node is not None, round_robin is not None, field is not None or nodes is not None
+                 or mapping is not None]
+        if sum(modes) > 1:
+            raise ConfigError("choose one node mapping: a fixed node, round-robin, or by value "
+                              "(a field or topic level, with nodes= or a node map)")
+        if nodes is not None and mapping is not None:
+            raise ConfigError("a node map and a node count exclude each other")
+        self.node = None if node is None else self._check_node(_count(node, "node", 0))
+        self.round_robin = None if round_robin is None else _count(round_robin, "round_robin", 1)
+        if self.round_robin is not None and self.round_robin - 1 > self.max_node:
+            raise ConfigError(f"round_robin: at most {self.max_node + 1} nodes")
+        self.field = field
+        self.nodes = None if nodes is None else _count(nodes, "nodes", 1)
+        if self.nodes is not None and self.nodes - 1 > self.max_node:
+            raise ConfigError(f"nodes: at most {self.max_node + 1}")
+        self.mapping = None
+        if mapping is not None:
+            self.mapping = {str(k): self._check_node(_count(v, f"node of {k!r}", 0)) for k, v in mapping.items()}
+        self._turn = 0
+
+    def _check_node(self, node: int) -> int:
+        if node > self.max_node:
+            raise ConfigError(f"node {node} is above max_node {self.max_node}")
+        return node
+
+    @property
+    def by_field(self) -> bool:
+        """Records carry the value that routes them (in ``field``)."""
+        return self.field is not None
+
+    @property
+    def fixed(self) -> bool:
+        return self.node is not None
+
+    def known_nodes(self) -> list | None:
+        """The nodes records can go to, when known before the first record (their topics are created up front)."""
+        if self.node is not None:
+            return [self.node]
+        if self.round_robin is not None:
+            return list(range(self.round_robin))
+        if self.nodes is not None:
+            return list(range(self.nodes))
+        if self.mapping is not None:
+            return sorted(set(self.mapping.values()))
+        return None
+
+    def next_node(self) -> int:
+        """The node of a record that carries no routing value (fixed or round-robin)."""
+        if self.node is not None:
+            return self.node
+        if self.round_robin is not None:
+            k = self._turn
+            self._turn = (k + 1) % self.round_robin
+            return k
+        raise RecordError("no value to choose the node from", field=self.field or "<node>")
+
+    def by_value(self, value, field: str | None = None) -> int:
+        """The node for a routing value (a field's value, an MQTT topic level, a URL part)."""
+        where = field or self.field or "<node>"
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+            value = int(value)  # JSON 3.0 is node 3
+        if isinstance(value, bool) or not isinstance(value, (int, str)) \
+                or (isinstance(value, int) and value.bit_length() > 800):
+            raise RecordError("cannot choose a node from this value", field=where, value=value)
+        text = str(value) if isinstance(value, int) else value.strip()
+        if self.mapping is not None:
+            node = self.mapping.get(text)
+            if node is None:
+                raise RecordError("value not in the node map", field=where, value=value)
+            return node
+        if self.nodes is not None:
+            if _INT_RE.match(text) or (text.startswith("-") and _INT_RE.match(text[1:])):
+                return int(text) % self.nodes
+            digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+            return int.from_bytes(digest, "little") % self.nodes
+        if not _INT_RE.match(text) or int(text) > self.max_node:
+            raise RecordError(f"must be a node id 0..{self.max_node} (or give a node count or a node map)",
+                              field=where, value=value)
+        return int(text)
+
+    def __repr__(self) -> str:
+        parts = [f"{k}={v!r}" for k, v in (("node", self.node), ("round_robin", self.round_robin),
+                                           ("field", self.field), ("nodes", self.nodes),
+                                           ("mapping", self.mapping)) if v is not None]
+        return f"NodeRouter({', '.join(parts)})"

@@ -1,0 +1,456 @@
+"""``streamlearn ...``: the command line. Settings enter here and are validated here."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import sys
+
+from streamlearn.errors import StreamlearnError
+
+__all__ = ["main"]
+
+
+# ---- shared argument groups ----------------------------------------------------------------------
+
+
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("stream")
+    g.add_argument("--source", default="sea", help="source name (see `streamlearn streams`) or csv:PATH")
+    g.add_argument("--label", help="label column of a csv source")
+    g.add_argument("--features", help="comma-separated feature columns of a csv source (default: all others)")
+    g.add_argument("--classes", help="comma-separated labels of a csv source; any other label is a bad record")
+    g.add_argument("--drift", action="append", default=[], metavar="SPEC",
+                   help="drift to inject, e.g. sudden@5000, gradual@5000:width=1000 (repeatable)")
+    g.add_argument("--on-bad-record", choices=("raise", "skip"), default="raise",
+                   help="what to do with a bad csv record: stop with an error naming it, or skip and count it")
+    g.add_argument("--seed", type=int, default=0, help="seed of the stream, learner and protocol")
+
+
+def _add_learner_args(p: argparse.ArgumentParser, default: str) -> None:
+    g = p.add_argument_group("learner")
+    g.add_argument("--learner", default=default, help="learner name (see `streamlearn streams`)")
+    g.add_argument("--lr", type=float, help="learning rate (torch learners, river-logreg)")
+    g.add_argument("--hidden", help="hidden layer sizes of mlp/cnn, comma-separated, e.g. 32,32")
+    g.add_argument("--optimizer", choices=("sgd", "adam"), help="optimizer of torch learners")
+    g.add_argument("--scale", action=argparse.BooleanOptionalAction, default=None,
+                   help="standardise features online (torch learners; default on)")
+
+
+def _source_params(args) -> dict:
+    params = {}
+    if args.source.startswith("csv:"):
+        if not args.label:
+            raise StreamlearnError("--label: a csv source needs the label column (--label COLUMN)")
+        params["label"] = args.label
+        params["on_bad_record"] = args.on_bad_record
+        if args.features:
+            params["features"] = [f.strip() for f in args.features.split(",") if f.strip()]
+        if args.classes:
+            params["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
+    elif args.label or args.features or args.classes:
+        raise StreamlearnError(f"--label/--features/--classes: only for csv sources, not {args.source!r}")
+    return params
+
+
+def _learner(args, torch_only: bool = False, stream=None):
+    from streamlearn.learners import make_learner
+
+    params = {}
+    if stream is not None and args.learner in ("logreg", "mlp", "cnn", "river-logreg", "river-perceptron", "river-pa"):
+        # The layout of an averageable model is fixed by the stream's features and labels.
+        params["features"] = list(stream.feature_names)
+        if stream.classes is not None:
+            params["classes"] = list(stream.classes)
+    torch_names = ("logreg", "mlp", "cnn")
+    if args.learner in torch_names:
+        params["seed"] = args.seed
+        params["scale"] = True if args.scale is None else args.scale
+        if args.optimizer:
+            params["optimizer"] = args.optimizer
+    elif torch_only:
+        raise StreamlearnError(f"--learner: the simulator trains torch learners {torch_names}, got {args.learner!r}")
+    elif args.optimizer or args.scale is not None:
+        raise StreamlearnError(f"--optimizer/--scale: only for torch learners {torch_names}")
+    if args.lr is not None:
+        params["lr"] = args.lr
+    if args.hidden:
+        try:
+            params["hidden"] = tuple(int(h) for h in args.hidden.split(","))
+        except ValueError:
+            raise StreamlearnError(f"--hidden: comma-separated integers, got {args.hidden!r}") from None
+    return make_learner(args.learner, **params)
+
+
+def _write_json(path: str, payload: dict) -> None:
+    from streamlearn.evaluation.run import jsonable
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(jsonable(payload), fh, indent=2, allow_nan=False, default=str)
+    print(f"wrote {path}")
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(v, digits=4) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+# ---- commands ------------------------------------------------------------------------------------
+
+
+def cmd_streams(args) -> int:
+    from streamlearn.learners import LEARNERS
+    from streamlearn.learners.registry import learner_params
+    from streamlearn.streams import DRIFT_KINDS, SOURCES
+
+    def show(title, entries):
+        print(title)
+        for name, info in entries.items():
+            if isinstance(info, dict):
+                desc = info.get("description", "")
+                params = info.get("params", {})
+            else:
+                desc, params = str(info), {}
+            print(f"  {name:<24} {desc}")
+            for k, v in params.items():
+                print(f"  {'':<26}{k} = {v}")
+        print()
+
+    show("Sources (--source NAME, or csv:PATH --label COLUMN):", SOURCES)
+    show("Drift kinds (--drift KIND@POSITION[:param=value,...]):", DRIFT_KINDS)
+    show("Learners (--learner NAME):", {name: {"description": desc, "params": learner_params(name)}
+                                        for name, desc in LEARNERS.items()})
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from streamlearn.evaluation import evaluate, plot_history
+    from streamlearn.streams import inject, make_source
+
+    source = make_source(args.source, seed=args.seed, **_source_params(args))
+    stream = inject(source, args.drift, node=0, seed=args.seed) if args.drift else source
+    if args.n is None and getattr(stream, "n_samples", None) is None:
+        args.n = 20_000
+    learner = _learner(args, stream=stream)
+    res = evaluate(stream, learner, n=args.n, batch_size=args.batch_size, window=args.window,
+                   detector=None if args.detector == "none" else args.detector,
+                   progress=not args.no_progress, max_delay=args.max_delay)
+    s = res.score
+    rows = [
+        ["samples", res.n], ["skipped bad records", res.n_bad + getattr(source, "skipped", 0)], ["accuracy", _fmt(res.accuracy)],
+        ["log loss", _fmt(res.loss)],
+        ["rolling accuracy (end)", _fmt(float(res.history["rolling_accuracy"][-1]) if len(res.history["position"]) else None)],
+        ["drifts injected", len(res.events)], ["drifts detected (detector fired)", len(res.detections)],
+    ]
+    if s is not None and res.events:
+        rows += [["true drifts found", f"{s.detected}/{len(s.events)}"], ["missed", s.missed],
+                 ["false alarms", s.false_alarms], ["mean detection delay", _fmt(s.mean_delay, 1)]]
+    print(_table(rows, ["evaluate", f"{args.source} / {args.learner}"]))
+    if args.plot:
+        plot_history(res, res.events, res.detections, args.plot, title=f"{args.source} / {args.learner}")
+        print(f"wrote {args.plot}")
+    if args.json:
+        _write_json(args.json, {"source": args.source, "drift": args.drift, "learner": args.learner, **res.to_dict()})
+    return 0
+
+
+def _protocol_spec(args) -> str:
+    params = [f"{k}={getattr(args, k)}" for k in ("delta", "b", "C", "tau", "strength") if getattr(args, k) is not None]
+    return args.protocol + (":" + ",".join(params) if params else "")
+
+
+def cmd_simulate(args) -> int:
+    from streamlearn.sim import run_comparison, simulate_once
+
+    common = dict(source=args.source, nodes=args.nodes, drifts=args.drift, schedule=args.schedule, split=args.split,
+                  n=args.n, batch_size=args.batch_size, seed=args.seed, source_params=_source_params(args),
+                  learner=_learner(args, torch_only=True), progress=not args.no_progress)
+    if args.compare:
+        report = run_comparison(args.compare, out=args.out, window=args.window, detector=args.detector, **common)
+        print(report["table"])
+        return 0
+    summary = simulate_once(_protocol_spec(args), window=args.window, detector=args.detector, **common)
+    print(summary["table"])
+    if args.json:
+        _write_json(args.json, summary["result"])
+    return 0
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    import logging
+
+    import torch
+
+    # Small models, one process per node: more threads only fight over the cores.
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # kafka-python logs ERROR lines whenever a broker goes away; the services retry and say so themselves.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL if not verbose else logging.WARNING)
+
+
+def _add_metrics_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (default: none)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics endpoint (0.0.0.0 exposes it)")
+
+
+def _metrics(args, make):
+    """(metrics object, server) when --metrics-port is given, else (None, None)."""
+    if args.metrics_port is None:
+        return None, None
+    from streamlearn.metrics import new_registry, serve_metrics
+
+    registry = new_registry()
+    metrics = make(registry)
+    server = serve_metrics(registry, args.metrics_port, args.metrics_host)
+    print(f"metrics: {server.url}", file=sys.stderr, flush=True)
+    return metrics, server
+
+
+def _options(args, names) -> dict:
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def _run_service(args, service_cls, cfg, make_metrics) -> dict:
+    """Run a node or sync service to its end, with its metrics endpoint when asked."""
+    metrics, server = _metrics(args, make_metrics)
+    try:
+        return service_cls(cfg, metrics=metrics).run(max_seconds=args.max_seconds)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def cmd_node(args) -> int:
+    from streamlearn.kafka.node import NodeService, node_config_from_options
+    from streamlearn.metrics import NodeMetrics
+
+    _setup_logging(args.verbose)
+    cfg = node_config_from_options(_options(args, (
+        "id", "source", "features", "classes", "learner", "lr", "hidden", "optimizer", "protocol", "batch_size",
+        "seed", "window", "detector", "sync_timeout", "id_timeout", "max_pending", "label_ttl", "checkpoint_dir",
+        "checkpoint_every")))
+    # With --id auto the id is known only once the sync service assigned it: metrics are made then.
+    final = _run_service(args, NodeService, cfg, lambda reg: functools.partial(NodeMetrics, reg))
+    print(f"node {final.get('node', cfg.node)}: learned {final.get('samples', 0)} samples, accuracy {_fmt(final.get('accuracy'))}, "
+          f"models sent {final.get('models_sent', 0)}, received {final.get('models_received', 0)}")
+    return 0
+
+
+def cmd_sync(args) -> int:
+    from streamlearn.kafka.sync_service import SyncService, sync_config_from_options
+    from streamlearn.metrics import SyncMetrics
+
+    _setup_logging(args.verbose)
+    cfg = sync_config_from_options(_options(args, (
+        "protocol", "delta", "b", "C", "tau", "strength", "max_nodes", "timeout", "seed", "device", "max_norm",
+        "state_dir")))
+    final = _run_service(args, SyncService, cfg, SyncMetrics)
+    print(f"sync: {final.get('full_syncs', 0)} full and {final.get('partial_syncs', 0)} partial syncs, "
+          f"{final.get('models', 0)} models transferred")
+    return 0
+
+
+def cmd_produce(args) -> int:
+    from streamlearn.kafka.producer import Producer, ProducerConfig
+
+    from streamlearn.metrics import ProducerMetrics
+
+    cfg = ProducerConfig(source=args.source, nodes=args.nodes, rate=args.rate, drifts=tuple(args.drift),
+                         schedule=args.schedule, split=args.split, n=args.n, format=args.format, batch=args.batch,
+                         seed=args.seed, source_params=_source_params(args), progress=not args.no_progress)
+    metrics, server = _metrics(args, lambda reg: ProducerMetrics(reg, nodes=cfg.nodes))
+    try:
+        stats = Producer(cfg, metrics=metrics).run(max_seconds=args.max_seconds)
+    finally:
+        if server is not None:
+            server.stop()
+    print(stats.summary())
+    return 0
+
+
+def cmd_drift(args) -> int:
+    from streamlearn.kafka.control import parse_params, send_drift_command
+
+    cmd = send_drift_command(None, None, args.node, args.kind, parse_params(args.param))
+    print(f"sent {args.kind} to node {args.node} (command {cmd.id})")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from streamlearn.kafka.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(nodes=args.nodes, source=args.source, drifts=args.drift or DemoConfig().drifts,
+                        schedule=args.schedule, rate=args.rate, learner=args.learner, protocol=args.protocol,
+                        batch_size=args.batch_size, lr=args.lr, duration=args.duration or None, out=args.out,
+                        seed=args.seed, view_port=None if args.view_port < 0 else args.view_port,
+                        view_host=args.view_host))
+    return 0
+
+
+# ---- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamlearn", description=__doc__.splitlines()[0].strip("`"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    from connectors.cli import add_connect_parser
+
+    add_connect_parser(sub)
+
+    p = sub.add_parser("streams", help="list sources, drift kinds and learners with their parameters")
+    p.set_defaults(func=cmd_streams)
+
+    p = sub.add_parser("evaluate", help="prequential evaluation of one node with drift detection")
+    _add_source_args(p)
+    _add_learner_args(p, default="mlp")
+    p.add_argument("--n", type=int, help="samples to evaluate (default: the whole file, or 20000 for generators)")
+    p.add_argument("--batch-size", type=int, default=1, help="samples predicted before they are learned")
+    p.add_argument("--window", type=int, default=1000, help="rolling accuracy window")
+    p.add_argument("--detector", default="adwin", help="drift detector on the error stream (adwin, page_hinkley, kswin, ..., none)")
+    p.add_argument("--max-delay", type=int, default=2000, help="largest delay at which a detection counts for a drift")
+    p.add_argument("--plot", help="PNG of rolling accuracy with injected and detected drifts")
+    p.add_argument("--json", help="write the figures as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("simulate", help="m nodes in one process, synced by a protocol (vectorised)")
+    _add_source_args(p)
+    _add_learner_args(p, default="mlp")
+    g = p.add_argument_group("nodes and protocol")
+    g.add_argument("--nodes", type=int, default=16, help="number of nodes m")
+    g.add_argument("--n", type=int, help="samples per node (default: the whole file split, or 40000 per node)")
+    g.add_argument("--batch-size", type=int, default=10, help="mini-batch per node per round (one local step)")
+    g.add_argument("--schedule", default="all", help="drift schedule over nodes: all | staggered:GAP | subset:0,3,5")
+    g.add_argument("--split", help="split ONE stream across nodes: round-robin | key:COLUMN "
+                                  "(default: one generator per node; files are always split round-robin)")
+    g.add_argument("--protocol", default="dynamic", help="nosync | continuous | periodic | fedavg | dynamic | lsgd")
+    g.add_argument("--delta", type=float, help="dynamic: divergence threshold Δ")
+    g.add_argument("--b", type=int, help="dynamic/periodic/fedavg: steps between checks")
+    g.add_argument("--C", type=float, help="fedavg: fraction of nodes per round")
+    g.add_argument("--tau", type=int, help="lsgd: steps between pulls")
+    g.add_argument("--strength", type=float, help="lsgd: pull strength λ")
+    g.add_argument("--compare", nargs="+", metavar="SPEC",
+                   help='run a grid, e.g. "periodic:b=1,2,4,8" "dynamic:delta=0.1,1" nosync')
+    g.add_argument("--out", default="simulate-out", help="folder for --compare's JSON and plots")
+    g.add_argument("--window", type=int, default=500, help="rolling accuracy window (per node)")
+    g.add_argument("--detector", default="adwin", help="drift detector run on every node's error stream (or none)")
+    g.add_argument("--json", help="write the figures of a single run as JSON")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("produce", help="publish per-node streams (with drift injection) into Kafka")
+    _add_source_args(p)
+    p.add_argument("--nodes", type=int, default=4, help="number of node streams")
+    p.add_argument("--rate", type=float, default=2000.0, help="samples per second per node (0: as fast as possible)")
+    p.add_argument("--schedule", default="all", help="drift schedule over nodes: all | staggered:GAP | subset:0,3,5")
+    p.add_argument("--split", help="split ONE stream across nodes: round-robin | key:COLUMN")
+    p.add_argument("--n", type=int, help="samples per node (default: endless for generators, the file for files)")
+    p.add_argument("--format", choices=("json", "binary"), default="json", help="record format")
+    p.add_argument("--batch", type=int, default=100, help="samples per binary batch / per send round")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
+    _add_metrics_args(p)
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("node", help="one node: consume its topic, test-then-train, sync by the protocol")
+    p.add_argument("--id", required=True, help="node id (its topic is <prefix>.samples.<id>), or auto: the sync "
+                                                "service assigns the lowest free id (docker compose --scale)")
+    p.add_argument("--id-timeout", type=float, help="auto: seconds to wait for the sync service to assign an id")
+    p.add_argument("--max-pending", type=int, help="readings held while waiting for their late label")
+    p.add_argument("--label-ttl", type=float, help="seconds a reading waits for its late label before it is dropped")
+    p.add_argument("--source", help="source whose features and classes fix the model layout (e.g. sea)")
+    p.add_argument("--features", help="comma-separated feature names (instead of --source)")
+    p.add_argument("--classes", help="comma-separated labels (instead of --source)")
+    p.add_argument("--learner", default="logreg", help="learner name (see `streamlearn streams`)")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--hidden", help="hidden layer sizes, e.g. 32,32")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), help="optimizer of torch learners")
+    p.add_argument("--protocol", default="dynamic:delta=0.5,b=1", help="protocol spec; must match the sync service")
+    p.add_argument("--batch-size", type=int, default=10, help="samples per local update")
+    p.add_argument("--seed", type=int, default=0, help="learner seed: every node must use the same")
+    p.add_argument("--window", type=int, help="rolling accuracy window")
+    p.add_argument("--detector", help="drift detector (adwin, page_hinkley, kswin, ..., none)")
+    p.add_argument("--sync-timeout", type=float, help="seconds to wait for the sync service before going on")
+    p.add_argument("--checkpoint-dir", help="keep checkpoints here and resume from the newest on restart")
+    p.add_argument("--checkpoint-every", type=int, help="samples between two checkpoints (default 10000; and at stop)")
+    p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    _add_metrics_args(p)
+    p.set_defaults(func=cmd_node)
+
+    p = sub.add_parser("sync", help="the sync service: drives the protocol over Kafka")
+    p.add_argument("--protocol", default="dynamic", help="protocol name or full spec, e.g. dynamic:delta=0.5,b=1")
+    p.add_argument("--delta", type=float, help="dynamic: divergence threshold Δ")
+    p.add_argument("--b", type=int, help="dynamic/periodic/fedavg: steps between checks")
+    p.add_argument("--C", type=float, help="fedavg: fraction of nodes per round")
+    p.add_argument("--tau", type=int, help="lsgd: steps between pulls")
+    p.add_argument("--strength", type=float, help="lsgd: pull strength")
+    p.add_argument("--max-nodes", type=int, help="largest number of nodes (default 64)")
+    p.add_argument("--timeout", type=float, help="seconds before a requested model is given up on")
+    p.add_argument("--id-lease", type=float, help="seconds an auto-assigned node id lives without renewal")
+    p.add_argument("--id-grace", type=float, help="seconds after start during which running nodes re-register")
+    p.add_argument("--seed", type=int, help="seed of the protocol's random choices")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--max-norm", type=float, help="refuse models whose L2 norm is above this (default 1e6)")
+    p.add_argument("--state-dir", help="keep the reference and protocol state here and resume from it on restart")
+    p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    _add_metrics_args(p)
+    p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("drift", help="inject a drift live into a running producer (control topic)")
+    p.add_argument("--node", default="all", help="node id, or all")
+    p.add_argument("--kind", required=True, help="drift kind (see `streamlearn streams`), e.g. label-permutation")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="drift parameter (repeatable)")
+    p.set_defaults(func=cmd_drift)
+
+    p = sub.add_parser("demo", help="the whole pipeline on this machine: broker, producer, nodes, sync service")
+    p.add_argument("--nodes", type=int, default=4, help="number of node processes")
+    p.add_argument("--source", default="sea", help="source of every node's stream")
+    p.add_argument("--drift", action="append", default=[], metavar="SPEC",
+                   help="drift schedule (repeatable; default label-permutation@20000 and feature-rotation@40000:angle=90)")
+    p.add_argument("--schedule", default="all", help="all | staggered:GAP | subset:0,3,5")
+    p.add_argument("--rate", type=float, default=1000.0, help="samples per second per node")
+    p.add_argument("--learner", default="logreg", help="learner of every node")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--protocol", default="dynamic:delta=0.5,b=1", help="protocol spec, e.g. periodic:b=8")
+    p.add_argument("--batch-size", type=int, default=10, help="mini-batch per local step")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds to run (0: until Ctrl-C)")
+    p.add_argument("--out", default="demo-out", help="folder for the plot and the process logs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the streams and learners")
+    p.add_argument("--view-port", type=int, default=8050, help="port of the live page (-1: none; 0: any free port)")
+    p.add_argument("--view-host", default="127.0.0.1", help="address of the live page (0.0.0.0 exposes it)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except StreamlearnError as e:
+        print(f"streamlearn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

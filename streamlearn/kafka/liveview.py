@@ -1,0 +1,166 @@
+"""The demo's built-in live view: a page on 127.0.0.1 with live charts, for machines without Grafana.
+
+A small threaded HTTP server: ``/`` is one self-contained page (inline SVG charts, no CDN, so it
+works offline), ``/state.json`` the latest state the demo pushed with :meth:`LiveView.update`. The
+page fetches the state every second and redraws without a reload: rolling accuracy per node with
+injected (red) and detected (gray) drift markers, divergence against Δ, syncs over time, and the
+bytes sent against what periodic averaging would have sent.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from streamlearn.errors import ConfigError
+from streamlearn.evaluation.run import jsonable
+
+__all__ = ["LiveView", "PAGE"]
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>streamlearn live</title>
+<style>
+ body { font: 13px system-ui, sans-serif; margin: 16px; background: #fafafa; color: #222; }
+ h1 { font-size: 18px; margin: 0 0 4px; } #meta { color: #555; margin-bottom: 10px; }
+ .grid { display: grid; grid-template-columns: 1fr 1fr; gap: 12px; }
+ .card { background: white; border: 1px solid #ddd; border-radius: 6px; padding: 8px; }
+ .card h2 { font-size: 13px; margin: 0 0 4px; } svg { width: 100%; height: 240px; }
+ .legend span { margin-right: 10px; white-space: nowrap; }
+</style></head>
+<body data-updates="0">
+<h1>streamlearn — drift adaptation, live</h1>
+<div id="meta">waiting for data …</div>
+<div class="grid">
+ <div class="card"><h2>Rolling accuracy per node (red dashed: injected drift, gray dotted: detected)</h2>
+  <svg id="acc"></svg><div class="legend" id="legend"></div></div>
+ <div class="card"><h2>Divergence ‖w − r‖² per node against Δ (dashed)</h2><svg id="div"></svg></div>
+ <div class="card"><h2>Syncs over time (full, partial)</h2><svg id="syncs"></svg></div>
+ <div class="card"><h2>Communication: sent vs periodic averaging (MB)</h2><svg id="comm"></svg></div>
+</div>
+<script>
+const COLORS = ["#1f77b4","#ff7f0e","#2ca02c","#d62728","#9467bd","#8c564b","#e377c2","#7f7f7f","#bcbd22","#17becf"];
+const NS = "http://www.w3.org/2000/svg";
+function el(tag, attrs, parent) { const e = document.createElementNS(NS, tag);
+  for (const k in attrs) e.setAttribute(k, attrs[k]); if (parent) parent.appendChild(e); return e; }
+function chart(id, series, opts) {
+  const svg = document.getElementById(id); while (svg.firstChild) svg.removeChild(svg.firstChild);
+  const W = svg.clientWidth || 600, H = svg.clientHeight || 240, L = 48, R = 8, T = 8, B = 22;
+  let xs = [], ys = [];
+  series.forEach(s => s.points.forEach(p => { xs.push(p[0]); ys.push(p[1]); }));
+  (opts.hlines || []).forEach(v => ys.push(v));
+  if (!xs.length) { el("text", {x: L, y: H / 2, fill: "#888"}, svg).textContent = "no data yet"; return 0; }
+  let x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = opts.ymin ?? Math.min(...ys), y1 = opts.ymax ?? Math.max(...ys);
+  if (x1 === x0) x1 = x0 + 1; if (y1 === y0) y1 = y0 + 1;
+  const sx = x => L + (x - x0) / (x1 - x0) * (W - L - R), sy = y => H - B - (y - y0) / (y1 - y0) * (H - T - B);
+  el("line", {x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#999"}, svg);
+  el("line", {x1: L, y1: T, x2: L, y2: H - B, stroke: "#999"}, svg);
+  [y0, (y0 + y1) / 2, y1].forEach(v => { el("text", {x: 2, y: sy(v) + 4, fill: "#666", "font-size": 10}, svg)
+    .textContent = Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3); });
+  el("text", {x: W - R, y: H - 4, fill: "#666", "font-size": 10, "text-anchor": "end"}, svg).textContent =
+    (opts.xlabel || "") + " " + x1.toFixed(0);
+  (opts.vlines || []).forEach(v => { if (v.x >= x0 && v.x <= x1) el("line", {x1: sx(v.x), x2: sx(v.x), y1: T,
+    y2: H - B, stroke: v.color, "stroke-dasharray": v.dash, "stroke-width": 1, class: "marker"}, svg); });
+  (opts.hlines || []).forEach(v => el("line", {x1: L, x2: W - R, y1: sy(v), y2: sy(v), stroke: "#444",
+    "stroke-dasharray": "6 3"}, svg));
+  let drawn = 0;
+  series.forEach((s, i) => { if (!s.points.length) return;
+    const d = s.points.map((p, j) => (j ? "L" : "M") + sx(p[0]).toFixed(1) + " " + sy(p[1]).toFixed(1)).join(" ");
+    el("path", {d: d, fill: "none", stroke: s.color || COLORS[i % COLORS.length], "stroke-width": 1.5,
+      class: "series"}, svg); drawn++; });
+  return drawn;
+}
+async function refresh() {
+  let st; try { st = await (await fetch("state.json", {cache: "no-store"})).json(); } catch (e) { return; }
+  const nodes = Object.keys(st.history || {}).sort((a, b) => a - b);
+  const acc = nodes.map((n, i) => ({points: st.history[n].map(p => [p.samples, p.rolling_accuracy]).filter(p => p[1] !== null)}));
+  const div = nodes.map((n, i) => ({points: st.history[n].map(p => [p.samples, p.divergence]).filter(p => p[1] !== null)}));
+  const vl = (st.drifts || []).map(x => ({x: x, color: "red", dash: "5 3"}))
+    .concat((st.detected || []).map(x => ({x: x, color: "#888", dash: "2 2"})));
+  let drawn = chart("acc", acc, {ymin: 0, ymax: 1, vlines: vl, xlabel: "samples per node"});
+  drawn += chart("div", div, {ymin: 0, hlines: st.delta ? [st.delta] : [], xlabel: "samples per node"});
+  const sy = st.sync_history || [];
+  drawn += chart("syncs", [{points: sy.map(p => [p.t, p.full_syncs]), color: "#2ca02c"},
+                           {points: sy.map(p => [p.t, p.partial_syncs]), color: "#bcbd22"}], {ymin: 0, xlabel: "seconds"});
+  drawn += chart("comm", [{points: sy.map(p => [p.t, p.bytes / 1e6]), color: "#1f77b4"},
+                          {points: sy.map(p => [p.t, p.periodic_bytes / 1e6]), color: "#d62728"}], {ymin: 0, xlabel: "seconds"});
+  document.getElementById("legend").innerHTML = nodes.map((n, i) =>
+    `<span style="color:${COLORS[i % COLORS.length]}">■ node ${n}</span>`).join("") +
+    `<span style="color:#1f77b4">(comm: blue sent, red periodic)</span>`;
+  document.getElementById("meta").textContent = st.title + " — " + (st.summary || "");
+  document.body.dataset.updates = String(Number(document.body.dataset.updates) + 1);
+  document.body.dataset.series = String(drawn);
+}
+refresh(); setInterval(refresh, 1000);
+</script></body></html>
+"""
+
+
+class LiveView:
+    """Serve :data:`PAGE` and the latest state on ``host:port`` (127.0.0.1 unless asked; port 0: a free one).
+
+    Examples
+    --------
+    >>> import json, urllib.request
+    >>> with LiveView(port=0) as view:
+    ...     view.update({"title": "t", "history": {}})
+    ...     json.load(urllib.request.urlopen(view.url + "state.json"))["title"]
+    't'
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigError(f"--view-port: need a port in [0, 65535], got {port!r}")
+        self._state = b"{}"
+        self._lock = threading.Lock()
+        view = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                if self.path in ("/", "/index.html"):
+                    body, kind = PAGE.encode(), "text/html; charset=utf-8"
+                elif self.path.startswith("/state.json"):
+                    with view._lock:
+                        body = view._state
+                    kind = "application/json"
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):  # keep the terminal view clean
+                pass
+
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as e:
+            raise ConfigError(f"--view-port: cannot listen on {host}:{port}: {e}") from None
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="liveview", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/"
+
+    def update(self, state: dict) -> None:
+        """Replace the state the page shows (JSON-ready; non-finite numbers become null)."""
+        body = json.dumps(jsonable(state), allow_nan=False).encode()
+        with self._lock:
+            self._state = body
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> "LiveView":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,336 @@
+"""The node <-> sync service message layer: one binary envelope for every record on the sync topics.
+
+A sync message is a small JSON header, optionally followed by a model message
+(:func:`~streamlearn.kafka.codecs.encode_model`, with its own CRC32)::
+
+    magic "SLSY" | version u16 | flags u16 (0) | header length u32 | header JSON | [model message]
+
+Nodes write ``join``, ``leave``, ``report`` and ``model`` (an answer to a request) on
+``<prefix>.sync.up``; the sync service writes ``hello``, ``request``, ``send``, ``pull`` and
+``reject`` on ``<prefix>.sync.down``, addressed to ``targets`` (None: every node). The
+fields each kind needs are in :data:`REQUIRED`; docs/schemas.md has the table.
+
+Node ids can be given out by the sync service (``streamlearn node --id auto``): a node
+without an id writes ``claim`` with a random ``token``; the service answers ``assign`` with
+that token and the lowest free id in ``node`` (or no ``node`` and a ``reason`` when every id
+is held). The node then renews its hold every :data:`ID_RENEW_EVERY` seconds with a
+``claim`` that carries its ``node`` and token, and its ``leave`` carries the token. The codec
+is pure (no Kafka import at module level, never pickle); decoding raises only
+:class:`DecodeError`. The plumbing both services share (:func:`connect`,
+:class:`StopSignals`) closes the module.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, fields
+from typing import Any
+
+from streamlearn.kafka.codecs import (
+    DecodeError,
+    EncodeError,
+    _check_int,
+    _check_number,
+    _check_object,
+    _as_bytes_view,
+    _check_str,
+    _dump_json,
+    _load_json,
+    decode_model,
+    encode_model,
+)
+
+__all__ = [
+    "SYNC_MAGIC",
+    "UP_KINDS",
+    "DOWN_KINDS",
+    "REQUIRED",
+    "SyncMessage",
+    "encode_sync",
+    "decode_sync",
+    "MAX_SYNC_HEADER_BYTES",
+    "MAX_TARGETS",
+    "ID_RENEW_EVERY",
+    "connect",
+    "StopSignals",
+    "positive",
+]
+
+SYNC_MAGIC = b"SLSY"
+SYNC_VERSION = 1
+_HEAD = struct.Struct("<4sHHI")  # magic, version, flags, header JSON length
+MAX_SYNC_HEADER_BYTES = 64 << 10
+MAX_TARGETS = 4096
+_INT32_MAX = (1 << 31) - 1
+_INT64_MAX = (1 << 63) - 1
+_MAX_TOKEN_CHARS = 64
+
+#: Seconds between two renewals of an assigned node id (the sync service's ``id_lease`` is longer).
+ID_RENEW_EVERY = 1.0
+
+UP_KINDS = ("join", "leave", "report", "model", "claim")
+DOWN_KINDS = ("hello", "request", "send", "pull", "reject", "assign")
+
+#: Fields each kind must carry ("model" means the envelope carries a model).
+REQUIRED = {
+    "join": ("node", "d", "layout", "model"),  # model: the node's reference (w0 on a first start)
+    "leave": ("node",),
+    "report": ("node", "step"),                # model only when the node rule said "model"
+    "model": ("node", "model"),                # answer to a request
+    "hello": ("epoch",),
+    "request": ("targets", "epoch"),
+    "send": ("targets", "model", "epoch"),
+    "pull": ("targets", "model", "strength", "epoch"),
+    "reject": ("targets", "reason"),
+    "claim": ("token",),                       # node: the id it holds (a renewal); none: asks for one
+    "assign": ("token", "epoch"),              # node: the id given; none (with a reason): no id free
+}
+_OPTIONAL_JSON = ("node", "targets", "epoch", "step", "n_samples", "loss", "request", "reference", "strength",
+                  "reason", "d", "layout", "spec", "token")
+
+
+@dataclass(frozen=True, eq=False)
+class SyncMessage:
+    """One message between a node and the sync service.
+
+    Parameters
+    ----------
+    kind
+        One of :data:`UP_KINDS` (node -> sync) or :data:`DOWN_KINDS` (sync -> nodes).
+    node
+        The sender (up kinds).
+    targets
+        The addressees (down kinds); None means every node.
+    epoch
+        Id of the sync service instance that sent it (down kinds); a node that sees a new
+        epoch in a ``hello`` registers again.
+    step, n_samples, loss
+        The sender's local step, samples learned since its last sync and last batch loss.
+    request
+        Id of a ``request``, echoed by the ``model`` answers.
+    reference
+        ``send``: the model is also the new reference (a full sync).
+    strength
+        ``pull``: ``w <- w - strength * (w - model)``.
+    reason
+        ``send``: ``"join"`` for the reference a joining node gets, else ``"sync"``;
+        ``reject``: why.
+    d, layout, spec
+        ``join``: model length, a fingerprint of the learner layout (features, classes,
+        learner) and the node's protocol spec.
+    token
+        ``claim``, ``assign`` and an auto-id node's ``leave``: the random token of the node
+        that asked for an id (``node`` is then the id asked about or given).
+    model
+        The flat model (numpy, float), or None.
+    """
+
+    kind: str
+    node: int | None = None
+    targets: tuple | None = None
+    epoch: str | None = None
+    step: int = 0
+    n_samples: int = 0
+    loss: float | None = None
+    request: int | None = None
+    reference: bool = False
+    strength: float | None = None
+    reason: str | None = None
+    d: int | None = None
+    layout: str | None = None
+    spec: str | None = None
+    token: str | None = None
+    model: Any = None
+
+    def addressed_to(self, node: int) -> bool:
+        """Whether ``node`` is one of the targets (every node when ``targets`` is None)."""
+        return self.targets is None or node in self.targets
+
+
+def _validate(obj: dict, has_model: bool, err) -> dict:
+    if not isinstance(obj, dict):
+        raise err("sync message header must be a JSON object", field="<header>", value=obj)
+    kind = obj.get("kind")
+    if not isinstance(kind, str) or kind not in REQUIRED:
+        raise err(f"kind must be one of {sorted(REQUIRED)}", field="kind", value=kind)
+    _check_object(obj, f"{kind} message", err, ("kind",), _OPTIONAL_JSON)
+    for name in REQUIRED[kind]:
+        if name == "model":
+            if not has_model:
+                raise err(f"a {kind} message must carry a model", field="model")
+        elif name not in obj or obj[name] is None:
+            raise err(f"missing field in {kind} message", field=name)
+    out: dict = {"kind": kind}
+    if obj.get("node") is not None:
+        out["node"] = _check_int(obj["node"], "node", err, 0, _INT32_MAX)
+    if obj.get("targets") is not None:
+        targets = obj["targets"]
+        if not isinstance(targets, (list, tuple)) or len(targets) > MAX_TARGETS:
+            raise err(f"targets must be a list of at most {MAX_TARGETS} node ids", field="targets", value=targets)
+        out["targets"] = tuple(_check_int(t, "targets[]", err, 0, _INT32_MAX) for t in targets)
+    for name in ("epoch", "layout", "spec"):
+        if obj.get(name) is not None:
+            out[name] = _check_str(obj[name], name, err)
+    if obj.get("token") is not None:
+        out["token"] = _check_str(obj["token"], "token", err, max_chars=_MAX_TOKEN_CHARS)
+    if obj.get("reason") is not None:
+        out["reason"] = _check_str(obj["reason"], "reason", err, max_chars=1024)
+    for name in ("step", "n_samples"):
+        if obj.get(name) is not None:
+            out[name] = _check_int(obj[name], name, err, 0, _INT64_MAX)
+    if obj.get("request") is not None:
+        out["request"] = _check_int(obj["request"], "request", err, 0, _INT64_MAX)
+    if obj.get("d") is not None:
+        out["d"] = _check_int(obj["d"], "d", err, 1, _INT64_MAX)
+    if obj.get("loss") is not None:
+        out["loss"] = _check_number(obj["loss"], "loss", err)
+    if obj.get("strength") is not None:
+        s = _check_number(obj["strength"], "strength", err)
+        if not 0.0 < s <= 1.0:
+            raise err("strength must be in (0, 1]", field="strength", value=s)
+        out["strength"] = s
+    if obj.get("reference") is not None:
+        if not isinstance(obj["reference"], bool):
+            raise err("must be a boolean", field="reference", value=obj["reference"])
+        out["reference"] = obj["reference"]
+    return out
+
+
+def encode_sync(msg: SyncMessage) -> bytes:
+    """Encode a :class:`SyncMessage`: header, JSON, then the model message when there is a model.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> data = encode_sync(SyncMessage("report", node=2, step=40, n_samples=400, loss=0.3,
+    ...                                model=np.array([0.5, -1.0], dtype=np.float32)))
+    >>> msg = decode_sync(data)
+    >>> msg.kind, msg.node, msg.step, msg.model.tolist()
+    ('report', 2, 40, [0.5, -1.0])
+    >>> decode_sync(encode_sync(SyncMessage("request", targets=(0, 3), epoch="e1", request=7))).targets
+    (0, 3)
+    >>> answer = decode_sync(encode_sync(SyncMessage("assign", token="9f2c", node=2, epoch="e1")))
+    >>> answer.kind, answer.token, answer.node
+    ('assign', '9f2c', 2)
+    """
+    if not isinstance(msg, SyncMessage):
+        raise EncodeError("expected a SyncMessage", field="<root>", value=type(msg).__name__)
+    obj = {f.name: getattr(msg, f.name) for f in fields(msg) if f.name != "model"}
+    obj = {k: (list(v) if k == "targets" and v is not None else v) for k, v in obj.items()
+           if v is not None and not (k in ("step", "n_samples") and v == 0) and not (k == "reference" and not v)}
+    if obj.get("loss") is not None and not math.isfinite(obj["loss"]):
+        del obj["loss"]  # an unknown loss is simply left out
+    clean = _validate(obj, msg.model is not None, EncodeError)
+    header = _dump_json(clean)
+    if len(header) > MAX_SYNC_HEADER_BYTES:
+        raise EncodeError("sync message header too large", field="<header>", value=f"{len(header)} bytes")
+    parts = [_HEAD.pack(SYNC_MAGIC, SYNC_VERSION, 0, len(header)), header]
+    if msg.model is not None:
+        parts.append(encode_model(msg.model, node=msg.node, version=msg.step, is_reference=msg.reference,
+                                  samples=msg.n_samples))
+    return b"".join(parts)
+
+
+def decode_sync(data: bytes, *, expected_d: int | None = None) -> SyncMessage:
+    """Decode and validate a sync message; ``expected_d`` also checks the model's length.
+
+    The model comes back as a read-only zero-copy numpy view of ``data`` (1-D).
+    Raises :class:`DecodeError` for anything it cannot use.
+    """
+    view = _as_bytes_view(data, "sync message")
+    if view.nbytes < _HEAD.size:
+        raise DecodeError("sync message truncated: shorter than its header", field="<payload>",
+                          value=f"{view.nbytes} bytes")
+    magic, version, flags, hlen = _HEAD.unpack_from(view, 0)
+    if magic != SYNC_MAGIC:
+        raise DecodeError("not a sync message: bad magic", field="magic", value=bytes(magic))
+    if version != SYNC_VERSION:
+        raise DecodeError("unsupported sync message version", field="version", value=version)
+    if flags:
+        raise DecodeError("unknown flags set", field="flags", value=flags)
+    if hlen > MAX_SYNC_HEADER_BYTES or _HEAD.size + hlen > view.nbytes:
+        raise DecodeError("sync message header length out of range", field="header_len", value=hlen)
+    obj = _load_json(view[_HEAD.size:_HEAD.size + hlen], "sync message header", MAX_SYNC_HEADER_BYTES)
+    rest = view[_HEAD.size + hlen:]
+    clean = _validate(obj, rest.nbytes > 0, DecodeError)
+    model = None
+    if rest.nbytes:
+        mm = decode_model(rest)
+        if mm.array.ndim != 1:
+            raise DecodeError("model must be a flat vector", field="shape", value=mm.shape)
+        if expected_d is not None and mm.array.shape[0] != expected_d:
+            raise DecodeError(f"model must have {expected_d} entries", field="shape", value=mm.shape)
+        model = mm.array
+    return SyncMessage(model=model, **clean)
+
+
+# ------------------------------------------------- plumbing both services share
+def connect(settings=None, bootstrap: str | None = None, prefix: str | None = None, nodes=(), *,
+            timeout_ms: int = 30_000) -> tuple:
+    """``(settings, bootstrap, prefix)`` of a service, with its topics created.
+
+    ``settings`` defaults to :meth:`KafkaSettings.from_env`; ``bootstrap`` to
+    ``KAFKA_BOOTSTRAP_SERVERS``, else the embedded broker (:func:`ensure_broker`: reused
+    or started); ``prefix`` to ``settings.topic_prefix``. The topics of ``nodes`` and the
+    shared ones are created before any client touches them (Tansu would auto-create them
+    with 4 partitions). A cluster that does not answer raises
+    :class:`~streamlearn.kafka.broker.BrokerError` (a StreamlearnError).
+    """
+    from streamlearn.kafka.broker import ensure_broker
+    from streamlearn.kafka.config import KafkaSettings, validate_bootstrap, validate_topic_prefix
+    from streamlearn.kafka.topics import ensure_topics
+
+    settings = KafkaSettings.from_env() if settings is None else settings
+    if bootstrap is None:
+        bootstrap = settings.bootstrap_servers or ensure_broker().bootstrap
+    bootstrap = validate_bootstrap(bootstrap, "bootstrap")
+    prefix = validate_topic_prefix(settings.topic_prefix if prefix is None else prefix, "prefix")
+    from kafka.errors import KafkaError
+
+    from streamlearn.kafka.broker import BrokerError
+
+    try:
+        ensure_topics(bootstrap, prefix, list(nodes), settings=settings, timeout_ms=timeout_ms)
+    except KafkaError as exc:
+        raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc!r}") from None
+    return settings, bootstrap, prefix
+
+
+class StopSignals:
+    """Context manager: SIGINT/SIGTERM set ``event`` while inside (main thread only; elsewhere a no-op)."""
+
+    def __init__(self, event):
+        self.event = event
+        self._saved: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, lambda *_: self.event.set())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        self._saved.clear()
+
+
+def positive(name: str, value, *, integer: bool = False, allow_none: bool = False):
+    """``value`` checked to be a finite number > 0 (an int when ``integer``), else ConfigError."""
+    from streamlearn.errors import ConfigError
+
+    if value is None and allow_none:
+        return None
+    ok = not isinstance(value, bool) and isinstance(value, (int, float) if not integer else int)
+    if ok and not integer:
+        ok = math.isfinite(value)
+    if not ok or value <= 0:
+        kind = "an integer >= 1" if integer else "a number > 0"
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+    return value

@@ -1,0 +1,199 @@
+"""Online preprocessing that behaves the same at every node: running standardisation, one-hot.
+
+Both are river transformers (``learn_one``/``transform_one``), so they fit in a river pipeline,
+and the scaler also works on whole batches with leading dimensions, so the vectorized
+simulator can hold one scaler state per node in a single array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from river import base
+
+from streamlearn.errors import BadRecordError, ConfigError
+from streamlearn.learners.base import feature_order, resolve_device
+
+__all__ = ["OnlineScaler", "OneHotEncoder"]
+
+
+class OnlineScaler(base.Transformer):
+    """Running mean/variance standardisation (Welford), updated by batches.
+
+    ``update(X)`` merges a batch into the running statistics (Chan et al.'s parallel form of
+    Welford's algorithm, in float64); ``transform(X)`` applies the current statistics:
+    ``(x - mean) / std``, with the population variance like river's ``StandardScaler``, a zero
+    std treated as 1, and the identity before any update. A learner updates the statistics with
+    a batch, then transforms it and learns; it predicts with the statistics as they are.
+
+    The state has shape ``(..., f)``: ``update(X)`` with ``X`` of shape ``(..., B, f)`` keeps one
+    mean/variance per leading index (e.g. one per node, ``X[m, B, f]``), each updated with its own
+    B rows. ``transform`` takes the same layout. Numpy in, numpy out; tensors stay tensors.
+
+    Parameters
+    ----------
+    with_std
+        Divide by the standard deviation (else only centre).
+    features
+        Feature names for the dict API (``learn_one``/``transform_one``); None: the sorted keys of
+        the first dict learnt. Keys that are not features pass through unchanged.
+    device
+        Where the statistics live; None → cuda when available, else cpu.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sc = OnlineScaler(device="cpu")
+    >>> X = np.array([[1.0, 10.0], [3.0, 30.0]], dtype=np.float32)
+    >>> sc.update(X).transform(X)
+    array([[-1., -1.],
+           [ 1.,  1.]], dtype=float32)
+    >>> sc.learn_one({"a": 5.0, "b": 50.0})
+    >>> {k: round(v, 3) for k, v in sc.transform_one({"a": 3.0, "b": 30.0, "c": 7}).items()}
+    {'a': 0.0, 'b': 0.0, 'c': 7}
+    """
+
+    def __init__(self, with_std: bool = True, features: list | None = None, device: str | None = None):
+        self.with_std = with_std
+        self.features = features
+        self.device = device
+        self.device_ = resolve_device(device)
+        self.feature_names_ = None if features is None else list(features)
+        self.n_ = 0
+        self._mean = None  # float64 (..., f), created by the first update
+        self._m2 = None
+
+    # -- array API ---------------------------------------------------------------------------------
+
+    @property
+    def mean_(self) -> torch.Tensor | None:
+        return self._mean
+
+    @property
+    def var_(self) -> torch.Tensor | None:
+        """Population variance (M2 / n); None before any update."""
+        return None if self._m2 is None else self._m2 / max(self.n_, 1)
+
+    def _as_tensor(self, X) -> torch.Tensor:
+        if isinstance(X, torch.Tensor):
+            return X.to(self.device_)
+        return torch.as_tensor(np.asarray(X), device=self.device_)
+
+    def update(self, X) -> OnlineScaler:
+        """Merge a batch ``X[..., B, f]`` into the statistics; returns self."""
+        Xt = self._as_tensor(X).double()
+        if Xt.ndim < 2:
+            raise ConfigError(f"OnlineScaler.update: need (..., B, f), got shape {tuple(Xt.shape)}")
+        b = Xt.shape[-2]
+        if b == 0:
+            return self
+        if self._mean is None:
+            shape = Xt.shape[:-2] + Xt.shape[-1:]
+            self._mean = torch.zeros(shape, dtype=torch.float64, device=self.device_)
+            self._m2 = torch.zeros(shape, dtype=torch.float64, device=self.device_)
+        elif Xt.shape[:-2] + Xt.shape[-1:] != self._mean.shape:
+            raise ConfigError(
+                f"OnlineScaler.update: state has shape {tuple(self._mean.shape)}, batch {tuple(Xt.shape)}"
+            )
+        bmean = Xt.mean(-2)
+        bm2 = ((Xt - bmean.unsqueeze(-2)) ** 2).sum(-2)
+        n = self.n_ + b
+        delta = bmean - self._mean
+        self._mean = self._mean + delta * (b / n)
+        self._m2 = self._m2 + bm2 + delta**2 * (self.n_ * b / n)
+        self.n_ = n
+        return self
+
+    def transform(self, X):
+        """Standardise ``X[..., B, f]`` with the current statistics (identity before any update)."""
+        if self._mean is None:
+            return X
+        Xt = self._as_tensor(X)
+        if Xt.ndim != self._mean.ndim + 1:
+            raise ConfigError(
+                f"OnlineScaler.transform: need {self._mean.ndim + 1} dims (..., B, f), got shape {tuple(Xt.shape)}"
+            )
+        out = Xt.double() - self._mean.unsqueeze(-2)
+        if self.with_std:
+            std = torch.sqrt(self.var_)
+            out = out / torch.where(std > 0, std, 1.0).unsqueeze(-2)
+        out = out.to(Xt.dtype if Xt.is_floating_point() else torch.float32)
+        return out if isinstance(X, torch.Tensor) else out.cpu().numpy()
+
+    # -- dict API (river) ---------------------------------------------------------------------------
+
+    def _row(self, x: Mapping) -> np.ndarray:
+        try:
+            return np.array([[float(x[k]) for k in self.feature_names_]])
+        except KeyError as e:
+            raise BadRecordError("feature missing", column=str(e.args[0])) from None
+
+    def learn_one(self, x: dict) -> None:
+        if self.feature_names_ is None:
+            self.feature_names_ = feature_order(x.keys())
+        self.update(self._row(x))
+
+    def transform_one(self, x: dict) -> dict:
+        if self.feature_names_ is None or self._mean is None:
+            return dict(x)
+        z = self.transform(self._row(x))[0]
+        out = dict(x)
+        out.update(zip(self.feature_names_, z.tolist()))
+        return out
+
+
+class OneHotEncoder(base.Transformer):
+    """One-hot encoding over categories declared up front, so every node has the same columns.
+
+    Each declared feature ``name`` is replaced by one column ``f"{name}_{category}"`` per declared
+    category, in the declared order (``feature_names_out``); other features pass through. The
+    output always holds all declared columns (0.0 or 1.0), whatever was seen: dimensions are
+    fixed. Categories compare by equality, so ``1`` and ``"1"`` differ.
+
+    Parameters
+    ----------
+    categories
+        ``{feature: [category, ...]}``.
+    handle_unknown
+        ``"zeros"``: a category that was not declared, or a missing feature, gives all-zero
+        columns. ``"error"``: raise :class:`~streamlearn.errors.BadRecordError` naming it.
+
+    Examples
+    --------
+    >>> enc = OneHotEncoder({"day": [1, 2, 3]})
+    >>> enc.transform_one({"day": 2, "load": 0.5})
+    {'load': 0.5, 'day_1': 0.0, 'day_2': 1.0, 'day_3': 0.0}
+    >>> enc.transform_one({"day": 9, "load": 0.5})
+    {'load': 0.5, 'day_1': 0.0, 'day_2': 0.0, 'day_3': 0.0}
+    """
+
+    def __init__(self, categories: dict, handle_unknown: str = "zeros"):
+        if handle_unknown not in ("zeros", "error"):
+            raise ConfigError(f"handle_unknown: 'zeros' or 'error', got {handle_unknown!r}")
+        if not isinstance(categories, Mapping) or not categories:
+            raise ConfigError("categories: need a non-empty {feature: [categories]} dict")
+        for name, cats in categories.items():
+            cats = list(cats)
+            if not cats or len(set(cats)) != len(cats):
+                raise ConfigError(f"categories[{name!r}]: need distinct categories, got {cats!r}")
+        self.categories = categories
+        self.handle_unknown = handle_unknown
+        self._index = {name: {c: i for i, c in enumerate(cats)} for name, cats in categories.items()}
+        self._columns = {name: [f"{name}_{c}" for c in cats] for name, cats in categories.items()}
+
+    @property
+    def feature_names_out(self) -> list[str]:
+        """The one-hot columns, in declared order."""
+        return [col for cols in self._columns.values() for col in cols]
+
+    def transform_one(self, x: dict) -> dict:
+        out = {k: v for k, v in x.items() if k not in self._index}
+        for name, index in self._index.items():
+            cols = self._columns[name]
+            hot = index.get(x.get(name))
+            if hot is None and self.handle_unknown == "error":
+                raise BadRecordError("category not declared", column=str(name), value=x.get(name))
+            out.update((col, 1.0 if i == hot else 0.0) for i, col in enumerate(cols))
+        return out

@@ -1,0 +1,252 @@
+"""The vectorized simulator: m nodes in one process, in lockstep rounds.
+
+Every round each node predicts its next mini-batch (test), scores it, then learns it (train):
+one batched forward and backward for all m models, held as one (m, d) tensor and stepped by
+the learner's own optimizer (SGD and Adam act elementwise, so this equals m separate learners).
+After the update the protocol decides who syncs, through the same protocol objects the Kafka
+sync service drives (:func:`streamlearn.sync.driver.lockstep`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from streamlearn.errors import ConfigError
+from streamlearn.learners.torch_learner import TorchLearner
+from streamlearn.sync.driver import lockstep
+from streamlearn.sync.messages import PullToward, SendModel
+from streamlearn.sync.protocol import Protocol
+from streamlearn.sync.spec import make_protocol
+
+__all__ = ["NodeData", "SimResult", "load_node_data", "simulate"]
+
+_MAX_LOSS = -math.log(1e-15)
+
+
+@dataclass
+class NodeData:
+    """The node streams, materialised: ``X`` (m, n, f) float32 and label indices ``y`` (m, n)."""
+
+    X: np.ndarray
+    y: np.ndarray
+    classes: list
+    feature_names: list
+    events: list = field(default_factory=list)  # ground-truth DriftEvents within the n samples
+
+    @property
+    def m(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[1]
+
+
+def load_node_data(streams, n: int | None) -> NodeData:
+    """Materialise ``n`` samples of every node stream (fewer when a finite stream is shorter).
+
+    Nodes are cut to the shortest stream, so every round has a mini-batch for every node.
+    """
+    if not streams:
+        raise ConfigError("streams: need at least one node stream")
+    if n is None and any(getattr(s, "n_samples", None) is None for s in streams):
+        raise ConfigError("n: an endless source needs a sample count per node (--n)")
+    arrays = [s.to_arrays(n if n is not None else s.n_samples) for s in streams]
+    length = min(len(y) for _, y in arrays)
+    if length == 0:
+        raise ConfigError("streams: a node stream is empty")
+    classes = streams[0].classes
+    if classes is None:
+        classes = sorted(set().union(*(np.unique(y).tolist() for _, y in arrays)))
+    index = {c: i for i, c in enumerate(classes)}
+    try:
+        y = np.stack([np.fromiter((index[v] for v in yy[:length]), dtype=np.int64, count=length) for _, yy in arrays])
+    except KeyError as e:
+        raise ConfigError(f"a label {e.args[0]!r} is not one of the classes {classes!r}") from None
+    X = np.stack([x[:length] for x, _ in arrays]).astype(np.float32)
+    events = sorted(
+        (ev for s in streams for ev in s.drift_events(length)), key=lambda ev: (ev.position, ev.node)
+    )
+    return NodeData(X=X, y=y, classes=list(classes), feature_names=list(streams[0].feature_names), events=events)
+
+
+@dataclass
+class SimResult:
+    """What a simulation measured. ``correct`` and ``losses`` are (m, n): per node and sample."""
+
+    protocol: str
+    m: int
+    n: int
+    batch_size: int
+    d: int
+    correct: np.ndarray
+    losses: np.ndarray
+    comm: dict
+    syncs: list  # (step, kind, n_nodes) per SendModel/PullToward action
+    events: list
+    final_models: torch.Tensor
+    seconds: float
+
+    @property
+    def accuracy(self) -> float:
+        """Prequential accuracy over every node and sample."""
+        return float(self.correct.mean())
+
+    @property
+    def node_accuracy(self) -> np.ndarray:
+        return self.correct.mean(axis=1)
+
+    @property
+    def cumulative_loss(self) -> float:
+        """Sum of the prequential losses of every node and sample (the paper's cumulative loss)."""
+        return float(self.losses.sum(dtype=np.float64))
+
+    @property
+    def transfers(self) -> int:
+        return int(self.comm["models_up"] + self.comm["models_down"])
+
+    @property
+    def bytes(self) -> int:
+        return int(self.comm["bytes_up"] + self.comm["bytes_down"])
+
+    def rolling_accuracy(self, window: int) -> np.ndarray:
+        """(m, n) accuracy over the last ``window`` samples of each node (shorter at the start)."""
+        c = np.cumsum(self.correct, axis=1, dtype=np.float64)
+        out = c.copy()
+        out[:, window:] -= c[:, :-window]
+        counts = np.minimum(np.arange(1, self.n + 1), window)
+        return out / counts
+
+    def summary(self) -> dict:
+        return {
+            "protocol": self.protocol,
+            "m": self.m,
+            "n_per_node": self.n,
+            "batch_size": self.batch_size,
+            "d": self.d,
+            "accuracy": self.accuracy,
+            "cumulative_loss": self.cumulative_loss,
+            "transfers": self.transfers,
+            "bytes": self.bytes,
+            "full_syncs": int(self.comm["full_syncs"]),
+            "partial_syncs": int(self.comm["partial_syncs"]),
+            "comm": dict(self.comm),
+            "seconds": self.seconds,
+        }
+
+
+def _as_protocol(protocol, m: int, d: int, w0: torch.Tensor, seed: int) -> Protocol:
+    if isinstance(protocol, Protocol):
+        if (protocol.m, protocol.d) != (m, d):
+            raise ConfigError(f"protocol: built for m={protocol.m}, d={protocol.d}; the simulation has m={m}, d={d}")
+        return protocol
+    return make_protocol(protocol, m=m, d=d, w0=w0, seed=seed, device=w0.device)
+
+
+def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_size: int = 10, seed: int = 0,
+             progress: bool = True) -> SimResult:
+    """Run ``data.m`` nodes in lockstep: test-then-train on mini-batches, the protocol syncs.
+
+    Parameters
+    ----------
+    data
+        The node streams (:func:`load_node_data`).
+    learner
+        A :class:`TorchLearner` template; every node starts from its initial parameters
+        (the same ``w0`` everywhere, built for the data's features and classes).
+    protocol
+        A protocol spec (``"dynamic:delta=0.5,b=1"``) or a :class:`Protocol` for m nodes.
+    batch_size
+        Samples per node per round; one round is one local update (one step) per node.
+    seed
+        Seeds the protocol's random choices.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(4, 400, 2)).astype(np.float32)
+    >>> data = NodeData(X=X, y=(X.sum(-1) > 0).astype(np.int64), classes=[0, 1], feature_names=["a", "b"])
+    >>> res = simulate(data, TorchLearner("logreg", lr=0.5, seed=0), "periodic:b=10", progress=False)
+    >>> res.accuracy > 0.9, res.transfers  # 4 rounds of sync * (4 up + 4 down)
+    (True, 32)
+    """
+    if not isinstance(learner, TorchLearner):
+        raise ConfigError(f"learner: the simulator trains TorchLearner models, got {type(learner).__name__}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size: need an int >= 1, got {batch_size!r}")
+    m, n, f = data.X.shape
+    rounds = n // batch_size
+    if rounds == 0:
+        raise ConfigError(f"batch_size: {batch_size} is more than the {n} samples per node")
+    n = rounds * batch_size
+    template = learner.clone({"features": list(data.feature_names), "n_features": None, "classes": list(data.classes)})
+    forward, loss_fn = template.functional()
+    device = template.device_
+    w0 = template.get_flat()
+    d = w0.numel()
+    proto = _as_protocol(protocol, m, d, w0, seed)
+
+    W = w0.repeat(m, 1).requires_grad_(True)
+    Wd = W.detach()  # same storage: syncs write models in place
+    R = w0.repeat(m, 1)
+    opt = template.make_optimizer([W])
+    scaler = template.scaler_.clone() if template.scaler_ is not None else None
+
+    X = torch.from_numpy(data.X[:, :n]).to(device)
+    Y = torch.from_numpy(data.y[:, :n]).to(device)
+    correct = torch.empty(m, n, dtype=torch.bool, device=device)
+    losses = torch.empty(m, n, dtype=torch.float32, device=device)
+    since_sync = torch.zeros(m, dtype=torch.int64)
+    syncs: list[tuple[int, str, int]] = []
+
+    t0 = time.perf_counter()
+    bar = tqdm(total=rounds, desc=f"simulate {proto.name}", unit="round", disable=not progress, leave=False)
+    for r in range(rounds):
+        sl = slice(r * batch_size, (r + 1) * batch_size)
+        Xb, yb = X[:, sl], Y[:, sl]
+        if scaler is not None:
+            with torch.no_grad():
+                test_logits = forward(Wd, scaler.transform(Xb))
+            Xb = scaler.update(Xb).transform(Xb)
+            logits = forward(W, Xb)
+        else:
+            logits = test_logits = forward(W, Xb)
+        with torch.no_grad():
+            # Test before train: score the predictions of the models as they were.
+            logp = torch.log_softmax(test_logits.detach(), dim=-1)
+            correct[:, sl] = logp.argmax(-1) == yb
+            # Log loss clipped as the evaluator clips it (p >= 1e-15), so one wild logit cannot swamp the sum.
+            losses[:, sl] = (-logp.gather(-1, yb.unsqueeze(-1)).squeeze(-1)).clamp_max(_MAX_LOSS)
+        # Every node has B samples: m * (mean over all) = the sum of the nodes' mean losses.
+        k = logits.shape[-1]
+        opt.zero_grad(set_to_none=True)
+        (loss_fn(logits.reshape(-1, k), yb.reshape(-1)) * m).backward()
+        opt.step()
+        since_sync += batch_size
+        # Reports carry the prequential loss of the batch (what LSGD ranks nodes by).
+        batch_loss = losses[:, sl].mean(dim=1).cpu()
+        with torch.no_grad():
+            for action in lockstep(proto, r + 1, Wd, R, loss=batch_loss, n_samples=since_sync):
+                if isinstance(action, (SendModel, PullToward)):
+                    since_sync[list(action.nodes)] = 0
+                    kind = "pull" if isinstance(action, PullToward) else ("full" if action.reference else "partial")
+                    syncs.append((r + 1, kind, len(action.nodes)))
+        bar.update()
+        if progress and (r % 50 == 0 or r == rounds - 1):
+            bar.set_postfix(acc=f"{correct[:, : sl.stop].float().mean().item():.3f}",
+                            models=proto.stats.models_up + proto.stats.models_down)
+    bar.close()
+    return SimResult(
+        protocol=proto.name if isinstance(protocol, Protocol) else str(protocol),
+        m=m, n=n, batch_size=batch_size, d=d,
+        correct=correct.cpu().numpy(), losses=losses.cpu().numpy(),
+        comm=proto.stats.as_dict(), syncs=syncs, events=[ev for ev in data.events if ev.position < n],
+        final_models=Wd.cpu().clone(), seconds=time.perf_counter() - t0,
+    )

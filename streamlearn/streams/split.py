@@ -1,0 +1,233 @@
+"""One stream divided among m nodes: round-robin, or by a key column (hash, integer value, or an explicit mapping).
+
+Every sample of the source goes to exactly one node, in order; positions in a node's stream count that node's
+samples only. The key column is removed from the nodes' features unless ``keep_key=True``.
+A key value that cannot be placed raises ``BadRecordError`` whose ``row`` is the 1-based index of the sample
+in the source stream.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamlearn.errors import BadRecordError, ConfigError, StreamlearnError
+from streamlearn.streams.base import BLOCK, Stream
+
+__all__ = ["Split", "SplitNode"]
+
+# An endless source that gives a node nothing for this many samples in a row is a split that starves it.
+MAX_GAP = 200_000
+
+
+def _splitmix64(bits: np.ndarray) -> np.ndarray:
+    z = bits + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+class Split:
+    """Divide ``source`` among ``nodes`` nodes; ``streams()`` gives one ``SplitNode`` per node.
+
+    Parameters
+    ----------
+    source
+        The stream to divide.
+    nodes
+        Number of nodes m.
+    key
+        Feature name of the key column; None splits round-robin (sample i to node i mod m).
+    how
+        With a key: ``"hash"`` (a fixed 64-bit hash of the value, mod m), ``"value"`` (the value is an
+        integer; node = value mod m) or ``"map"`` (``mapping[value]``).
+    mapping
+        For ``how="map"``: key value -> node.
+    keep_key
+        Keep the key column as a feature.
+
+    Examples
+    --------
+    >>> from streamlearn.streams.generators import STAGGERStream
+    >>> parts = Split(STAGGERStream(seed=0), 3, key="color", how="value").streams()
+    >>> X, _ = parts[2].to_arrays(50)
+    >>> parts[2].feature_names, X.shape
+    (['size', 'shape'], (50, 2))
+    """
+
+    def __init__(self, source: Stream, nodes: int, key: str | None = None, how: str = "hash",
+                 mapping: dict | None = None, keep_key: bool = False):
+        if isinstance(nodes, bool) or not isinstance(nodes, (int, np.integer)) or nodes < 1:
+            raise ConfigError(f"nodes must be a positive integer, got {nodes!r}")
+        self.source = source
+        self.nodes = int(nodes)
+        self.key = key
+        self.how = how if key is not None else "round-robin"
+        self.mapping = None
+        self.keep_key = bool(keep_key)
+        if key is not None:
+            if key not in source.feature_names:
+                raise ConfigError(f"split key {key!r} is not a feature of the source; it has {source.feature_names}")
+            if how not in ("hash", "value", "map"):
+                raise ConfigError(f"split by key must use how='hash', 'value' or 'map', got {how!r}")
+            if how == "map":
+                if not mapping:
+                    raise ConfigError("split how='map' needs a mapping {key value: node}")
+                self.mapping = {}
+                for value, node in mapping.items():
+                    try:
+                        value = float(value)
+                    except (TypeError, ValueError):
+                        raise ConfigError(f"split mapping key {value!r} is not a number") from None
+                    if isinstance(node, bool) or not isinstance(node, (int, np.integer)) or not 0 <= node < nodes:
+                        raise ConfigError(f"split mapping sends {value!r} to node {node!r}, not in 0..{nodes - 1}")
+                    self.mapping[value] = int(node)
+        self._key_col = None if key is None else source.feature_names.index(key)
+        keep = [i for i in range(len(source.feature_names)) if i != self._key_col or self.keep_key]
+        self._columns = None if len(keep) == len(source.feature_names) else keep
+        self.feature_names = [source.feature_names[i] for i in keep]
+        # shared, growing cache of the source: filled by to_arrays requests and by finite sources
+        self._X, self._y, self._owner = [], [], []
+        self._counts = np.zeros(self.nodes, dtype=np.int64)
+        self._rows = 0
+        self._live = None
+        self._exhausted = False
+        self._joined = None
+        self._concepts = {}
+        self._streams = [SplitNode(self, k) for k in range(self.nodes)]
+
+    def __repr__(self):
+        by = "round-robin" if self.key is None else f"key {self.key!r} ({self.how})"
+        return f"Split({self.source!r}, nodes={self.nodes}, by {by})"
+
+    def streams(self) -> list:
+        return list(self._streams)
+
+    def concept(self, k: int) -> "Split":
+        """The same split of ``source.concept(k)`` (kept, so all nodes share it)."""
+        if k not in self._concepts:
+            self._concepts[k] = Split(self.source.concept(k), self.nodes, self.key, self.how, self.mapping,
+                                      self.keep_key)
+        return self._concepts[k]
+
+    def assign(self, X: np.ndarray, start: int) -> np.ndarray:
+        """Node of each row of a block of the source whose first row has index ``start``."""
+        m = self.nodes
+        if self.key is None:
+            return (np.arange(start, start + len(X)) % m).astype(np.int64)
+        values = X[:, self._key_col]
+        if self.how == "hash":
+            bits = (values + 0.0).view(np.uint64)  # + 0.0 turns -0.0 into 0.0
+            return (_splitmix64(bits) % np.uint64(m)).astype(np.int64)
+        if self.how == "value":
+            bad = np.flatnonzero(values != np.round(values))
+            if len(bad):
+                i = int(bad[0])
+                raise BadRecordError("split key value is not an integer", row=start + i + 1, column=self.key,
+                                     value=float(values[i]))
+            return values.astype(np.int64) % m
+        owner = np.full(len(values), -1, dtype=np.int64)
+        for value, node in self.mapping.items():
+            owner[values == value] = node
+        bad = np.flatnonzero(owner < 0)
+        if len(bad):
+            i = int(bad[0])
+            raise BadRecordError("split key value has no node in the mapping", row=start + i + 1, column=self.key,
+                                 value=float(values[i]))
+        return owner
+
+    def _select(self, X):
+        return X if self._columns is None else X[:, self._columns]
+
+    def _grow(self, node: int, n: int | None):
+        """Read the source until ``node`` has ``n`` samples cached (None: to the end of a finite source)."""
+        if self._live is None:
+            self._live = self.source._blocks(None)
+        since = 0
+        while not self._exhausted and (n is None or self._counts[node] < n):
+            try:
+                X, y = next(self._live)
+            except StopIteration:
+                self._exhausted = True
+                break
+            owner = self.assign(X, self._rows)
+            self._X.append(X)
+            self._y.append(y)
+            self._owner.append(owner)
+            self._rows += len(y)
+            self._counts += np.bincount(owner, minlength=self.nodes)
+            self._joined = None
+            since = 0 if (owner == node).any() else since + len(y)
+            if since > MAX_GAP and self.source.n_samples is None:
+                raise StreamlearnError(f"node {node} got no sample in {since} samples of {self.source!r}: "
+                                       "the split starves it (check the key and mapping)")
+
+    def _node_arrays(self, node: int, n: int | None):
+        self._grow(node, n)
+        if self._joined is None:
+            if self._X:
+                self._joined = (np.concatenate(self._X), np.concatenate(self._y), np.concatenate(self._owner))
+            else:
+                self._joined = (np.empty((0, len(self.source.feature_names))), np.empty(0), np.empty(0, np.int64))
+        X, y, owner = self._joined
+        mine = np.flatnonzero(owner == node)[:n]
+        return self._select(X[mine]), y[mine]
+
+    def _filtered_blocks(self, node: int):
+        """Node ``node``'s samples in exact BLOCK-row blocks, from a private pass over an endless source."""
+        bufX, bufy, have, start, since = [], [], 0, 0, 0
+        for X, y in self.source._blocks(None):
+            mine = self.assign(X, start) == node
+            start += len(y)
+            since = 0 if mine.any() else since + len(y)
+            if since > MAX_GAP:
+                raise StreamlearnError(f"node {node} got no sample in {since} samples of {self.source!r}: "
+                                       "the split starves it (check the key and mapping)")
+            if mine.any():
+                bufX.append(self._select(X[mine]))
+                bufy.append(y[mine])
+                have += int(mine.sum())
+            while have >= BLOCK:
+                Xa, ya = np.concatenate(bufX), np.concatenate(bufy)
+                yield Xa[:BLOCK], ya[:BLOCK]
+                bufX, bufy, have = [Xa[BLOCK:]], [ya[BLOCK:]], have - BLOCK
+        if have:
+            yield np.concatenate(bufX), np.concatenate(bufy)
+
+
+class SplitNode(Stream):
+    """The part of a ``Split`` that node ``node`` receives.
+
+    ``to_arrays`` and finite sources read a cache shared by all nodes of the split (the source is generated
+    once); iterating a node of an endless source makes its own pass over the source, so memory stays bounded.
+    """
+
+    def __init__(self, split: Split, node: int):
+        self.split = split
+        self.node = node
+        self.feature_names = split.feature_names
+        self.seed = split.source.seed
+
+    def __repr__(self):
+        return f"{self.split!r}[{self.node}]"
+
+    @property
+    def classes(self):
+        return self.split.source.classes
+
+    @property
+    def n_samples(self):
+        if self.split.source.n_samples is None:
+            return None
+        self.split._grow(self.node, None)
+        return int(self.split._counts[self.node])
+
+    def _concept(self, k):
+        return self.split.concept(k).streams()[self.node]
+
+    def _blocks(self, n):
+        if n is None and self.split.source.n_samples is None:
+            yield from self.split._filtered_blocks(self.node)
+            return
+        X, y = self.split._node_arrays(self.node, n)
+        for start in range(0, len(y), BLOCK):
+            yield X[start:start + BLOCK], y[start:start + BLOCK]

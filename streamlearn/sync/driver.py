@@ -1,0 +1,94 @@
+"""A tiny pure driver: nodes held as an m x d tensor of models and one of references.
+
+It applies protocol actions to the node tensors and answers every ``RequestModels`` at
+once with the requested rows, so a whole lockstep round (all nodes step, then all reports
+are delivered together) runs in one call. The conformance tests and the vectorized
+simulator use it; the Kafka services do the same work over the network.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from streamlearn.sync.aggregate import sq_dist
+from streamlearn.sync.messages import Action, PullToward, Report, RequestModels, SendModel
+from streamlearn.sync.protocol import MODEL, NONE, Protocol
+
+__all__ = ["apply_action", "collect_reports", "settle", "lockstep"]
+
+
+def apply_action(action: Action, W: torch.Tensor, R: torch.Tensor) -> None:
+    """Apply a SendModel or PullToward to node models ``W`` and references ``R`` in place."""
+    if isinstance(action, SendModel):
+        idx = list(action.nodes)
+        model = action.model.to(W.device, W.dtype)
+        W[idx] = model
+        if action.reference:
+            R[idx] = model
+    elif isinstance(action, PullToward):
+        idx = list(action.nodes)
+        W[idx] -= action.strength * (W[idx] - action.model.to(W.device, W.dtype))
+    elif not isinstance(action, RequestModels):
+        raise TypeError(f"not an action: {action!r}")
+
+
+def settle(protocol: Protocol, actions: list[Action], W: torch.Tensor, R: torch.Tensor) -> list[Action]:
+    """Apply ``actions`` in order, answering each RequestModels with rows of ``W`` right away.
+
+    Returns every action applied, including those the answers produced.
+    """
+    done: list[Action] = []
+    queue = list(actions)
+    while queue:
+        action = queue.pop(0)
+        done.append(action)
+        if isinstance(action, RequestModels):
+            queue.extend(protocol.on_models({n: W[n].clone() for n in action.nodes}))
+        else:
+            apply_action(action, W, R)
+    return done
+
+
+def collect_reports(protocol: Protocol, step, W: torch.Tensor, R: torch.Tensor, loss=None, n_samples=None,
+                    nodes=None) -> list[Report]:
+    """The reports the node rule produces after local update ``step`` (an int or one per node).
+
+    ``nodes`` defaults to the protocol's alive nodes; ``loss`` and ``n_samples`` are per
+    node (length m) when given. Divergences ``||W_i - R_i||^2`` are computed in one op.
+    """
+    idx = sorted(protocol.alive) if nodes is None else [int(n) for n in nodes]
+    if not idx:
+        return []
+    steps = torch.as_tensor(step)
+    steps = steps[idx] if steps.dim() else steps.expand(len(idx))
+    codes = protocol.node_rule_many(steps, sq_dist(W[idx], R[idx]).cpu()).tolist()
+    reports = []
+    for k, node in enumerate(idx):
+        if codes[k] == NONE:
+            continue
+        reports.append(Report(
+            node=node, step=int(steps[k]),
+            loss=float("nan") if loss is None else float(loss[node]),
+            n_samples=0 if n_samples is None else int(n_samples[node]),
+            model=W[node].clone() if codes[k] == MODEL else None,
+        ))
+    return reports
+
+
+def lockstep(protocol: Protocol, step, W: torch.Tensor, R: torch.Tensor, loss=None, n_samples=None) -> list[Action]:
+    """One lockstep round after every alive node's local update ``step``: report, deliver, settle.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from streamlearn.sync.periodic import Periodic
+    >>> p = Periodic(m=2, d=2, b=1, seed=0, device="cpu")
+    >>> W, R = torch.tensor([[1.0, 0.0], [3.0, 2.0]]), torch.zeros(2, 2)
+    >>> [a] = lockstep(p, 1, W, R)
+    >>> W.tolist(), R.tolist()
+    ([[2.0, 1.0], [2.0, 1.0]], [[2.0, 1.0], [2.0, 1.0]])
+    """
+    reports = collect_reports(protocol, step, W, R, loss=loss, n_samples=n_samples)
+    if not reports:
+        return []
+    return settle(protocol, protocol.on_reports(reports), W, R)

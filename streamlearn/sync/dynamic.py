@@ -1,0 +1,148 @@
+"""Dynamic averaging (Kamp et al. 2018): sync only when a model drifted away from the reference."""
+
+from __future__ import annotations
+
+import torch
+
+from streamlearn.sync.aggregate import sq_dist
+from streamlearn.sync.messages import Action, Report
+from streamlearn.sync.protocol import MODEL, NONE, Protocol, drop_none, float_param, int_param
+
+__all__ = ["Dynamic"]
+
+
+class Dynamic(Protocol):
+    """Dynamic averaging, exactly as DESIGN.md states it.
+
+    Node rule: every ``b`` local steps node i checks ``||w_i - r||^2 <= delta``; on a
+    violation it sends its model ("model"). The coordinator::
+
+        B = violating nodes;  v += |B|;  if v >= m: B = all, v = 0       # forced full sync
+        while B != all and ||mean(w_B) - r||^2 > delta:
+            request k = |B| more nodes, chosen at random;
+            if |B| would reach m/2, request all instead
+        send mean(w_B) to every node in B
+        if B == all: r = mean(w_B), every node sets it as its reference  # full sync
+
+    Balancing a subset keeps the global mean; only full syncs move r. Choices for an
+    asynchronous world, where ``m`` is the number of alive nodes and "all" means the alive
+    nodes not given up on in this sync:
+
+    - Violations that arrive while a balancing is in flight are merged into it: they join
+      B, add to v (which may force the full sync), and the condition is checked on the
+      grown B once every requested model is in.
+    - Every model-carrying report counts as one violation (``stats.violations`` and v),
+      also when its node is already in B.
+    - A node that leaves or times out is dropped from B; once no violator is left in B
+      the sync ends without action (models still awaited are then ignored). Once all
+      nodes were requested (forced, or by growth), the sync ends as a full sync whatever
+      joins or leaves meanwhile; a full sync reaches every alive node.
+
+    Parameters
+    ----------
+    m, d, w0, seed, initial_nodes, device, dtype
+        See :class:`~streamlearn.sync.protocol.Protocol`.
+    delta
+        Divergence threshold on ``||w - r||^2``.
+    b
+        Local steps between checks of the local condition.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from streamlearn.sync.messages import Report
+    >>> p = Dynamic(m=8, d=1, delta=1.0, b=1, seed=0, device="cpu")
+    >>> p.node_rule(0, step=3, divergence=0.5) is None, p.node_rule(0, step=3, divergence=2.0)
+    (True, 'model')
+    >>> [req] = p.on_reports([Report(0, 3, model=torch.tensor([1.5]))])   # 1.5^2 > 1: grow B
+    >>> len(req.nodes)
+    1
+    >>> [a] = p.on_models({req.nodes[0]: torch.tensor([0.0])})           # (1.5/2)^2 <= 1: balanced
+    >>> a.model.tolist(), a.reference, p.stats.partial_syncs
+    ([0.75], False, 1)
+    """
+
+    name = "dynamic"
+    params = {"delta": float, "b": int}
+
+    def __init__(self, m: int, d: int, delta: float = 1.0, b: int = 1, *, w0=None, seed: int | None = None,
+                 initial_nodes=None, device=None, dtype=torch.float32):
+        super().__init__(m, d, w0=w0, seed=seed, initial_nodes=initial_nodes, device=device, dtype=dtype)
+        self.delta = float_param("delta", delta, 0.0)
+        self.b = int_param("b", b)
+        self._B: set[int] = set()
+        self._violators: set[int] = set()  # the nodes of B that violated (the others were asked)
+        self._v = 0
+        self._full = False  # every node was requested: this sync ends as a full sync
+
+    @property
+    def violation_counter(self) -> int:
+        """v: violations since the last forced full sync."""
+        return self._v
+
+    @property
+    def balancing(self) -> frozenset[int]:
+        """B, the nodes of the sync in progress."""
+        return frozenset(self._B)
+
+    def node_rule_many(self, step, divergence) -> torch.Tensor:
+        divergence = torch.as_tensor(divergence)
+        due = torch.as_tensor(step, device=divergence.device) % self.b == 0
+        return torch.where(due & (divergence > self.delta), MODEL, NONE).to(torch.int8)
+
+    def _everyone(self) -> set[int]:
+        return set(self.alive) - self._excluded
+
+    def _on_reports(self, reports: list[Report]) -> list[Action]:
+        violators = [rep.node for rep in reports if rep.model is not None]
+        self.stats.violations += len(violators)
+        self._v += len(violators)
+        self._B.update(violators)
+        self._violators.update(violators)
+        actions = []
+        if violators and self._v >= len(self.alive):
+            self._v = 0
+            self._full = True
+            everyone = self._everyone()
+            self._B |= everyone
+            missing = everyone - set(self.bank.have.nonzero().flatten().tolist())
+            actions.append(self._request(missing))
+        return drop_none(actions) + self._advance()
+
+    def _forget(self, node: int) -> None:
+        self._B.discard(node)
+        self._violators.discard(node)
+
+    def _advance(self) -> list[Action]:
+        if not self._B or not (self._full or self._violators):
+            self._finish()  # nothing left to balance: every violator left or was given up on
+            return []
+        if self._pending:
+            return []
+        everyone = self._everyone()
+        nodes = sorted(self._B)
+        mean = self.bank.mean(nodes)
+        if self._full or self._B >= everyone:
+            self.stats.full_syncs += 1
+            action = self._send(self._alive_list(), mean, reference=True)
+            self._finish()
+            return drop_none([action])
+        if float(sq_dist(mean, self.bank.r)) <= self.delta:
+            self.stats.partial_syncs += 1
+            action = self._send(nodes, mean, reference=False)
+            self._finish()
+            return drop_none([action])
+        rest = sorted(everyone - self._B)
+        k = len(self._B)
+        if len(self._B) + k >= len(self.alive) / 2 or k >= len(rest):
+            chosen, self._full = rest, True
+        else:
+            chosen = sorted(int(i) for i in self._rng.choice(rest, size=k, replace=False))
+        self._B.update(chosen)
+        return drop_none([self._request(chosen)])
+
+    def _finish(self) -> None:
+        self._B, self._violators = set(), set()
+        self._pending.clear()
+        self._full = False
+        self._end_sync()

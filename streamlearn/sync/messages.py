@@ -1,0 +1,82 @@
+"""What flows in and out of a protocol: node reports, coordinator actions, communication counts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+__all__ = ["Report", "RequestModels", "SendModel", "PullToward", "Action", "CommStats"]
+
+
+@dataclass(frozen=True, eq=False)
+class Report:
+    """A node's report after local step ``step`` (1-based count of mini-batch updates).
+
+    ``n_samples`` counts the samples the node has learned since it last received a model
+    (its last sync), so a lost report loses nothing. ``model`` is the node's flat model
+    when the node rule said "model", else None.
+    """
+
+    node: int
+    step: int
+    loss: float = float("nan")
+    n_samples: int = 0
+    model: torch.Tensor | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class RequestModels:
+    """Ask ``nodes`` to send their current models (answered through ``Protocol.on_models``)."""
+
+    nodes: tuple[int, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class SendModel:
+    """Every node in ``nodes`` replaces its model with ``model``; if ``reference``, also its reference."""
+
+    nodes: tuple[int, ...]
+    model: torch.Tensor
+    reference: bool
+
+
+@dataclass(frozen=True, eq=False)
+class PullToward:
+    """Every node in ``nodes`` moves toward ``model``: ``w <- w - strength * (w - model)`` (LSGD)."""
+
+    nodes: tuple[int, ...]
+    model: torch.Tensor
+    strength: float
+
+
+Action = RequestModels | SendModel | PullToward
+
+
+@dataclass
+class CommStats:
+    """Communication and sync counts of a protocol.
+
+    Each model the coordinator receives is one transfer up; each model it sends is one
+    transfer down per target node; bytes are transfers * d * itemsize. Reports are small
+    and counted apart.
+    """
+
+    models_up: int = 0
+    models_down: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    reports: int = 0
+    violations: int = 0
+    full_syncs: int = 0
+    partial_syncs: int = 0
+    pulls: int = 0
+    timeouts: int = 0
+
+    @property
+    def models(self) -> int:
+        """Model transfers, up and down."""
+        return self.models_up + self.models_down
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)

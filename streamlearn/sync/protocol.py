@@ -1,0 +1,335 @@
+"""The protocol base class: a pure, transport-agnostic state machine driven by node events.
+
+A protocol never sleeps and never does I/O. It receives events (reports, models that
+arrived, joins, leaves, timeouts) and answers with actions (request models, send a model,
+pull toward a model). The vectorized simulator and the Kafka sync service drive the same
+objects, in lockstep rounds or one message at a time.
+
+Shared rules, whatever the protocol:
+
+- Only alive nodes are ever targeted or waited on; a node that leaves is dropped from
+  the sync in progress, which then finishes without it.
+- ``on_timeout(node)`` gives up on an awaited model (or, for round-based protocols, an
+  awaited report): the sync in progress finishes without that node. A late model from it
+  is counted as a transfer but not used.
+- A full sync (one that sets the reference) is sent to every alive node, also to nodes
+  given up on, so that all nodes share one reference afterwards.
+- ``Report.n_samples`` is the count since the node's last sync; the bank keeps the latest.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from streamlearn.errors import ConfigError
+from streamlearn.sync.bank import ModelBank
+from streamlearn.sync.messages import Action, CommStats, PullToward, Report, RequestModels, SendModel
+
+__all__ = ["Protocol", "RoundProtocol", "NONE", "REPORT", "MODEL", "KINDS", "drop_none", "every", "int_param", "float_param"]
+
+# Codes of the node rule, for the batched node_rule_many.
+NONE, REPORT, MODEL = 0, 1, 2
+KINDS = (None, "report", "model")
+
+
+class Protocol:
+    """Base class of every sync protocol (see the module docstring for the shared rules).
+
+    Parameters
+    ----------
+    m
+        Number of node slots.
+    d
+        Length of a flat model.
+    w0
+        The common initial model, the first reference (zeros when None).
+    seed
+        Seed of the protocol's random choices.
+    initial_nodes
+        Nodes present from the start (all ``m`` when None); the others join later.
+    device
+        Where the model bank lives; ``None`` means cuda when available, else cpu.
+    dtype
+        Floating dtype of the models.
+    """
+
+    name = "protocol"
+    #: Hyperparameters a spec string may set, with their types.
+    params: dict[str, type] = {}
+
+    def __init__(self, m: int, d: int, *, w0=None, seed: int | None = None,
+                 initial_nodes: Iterable[int] | None = None, device=None, dtype=torch.float32):
+        if int(m) < 1 or int(d) < 1:
+            raise ConfigError(f"m and d must be >= 1, got m={m!r}, d={d!r}")
+        self.m = int(m)
+        self.d = int(d)
+        self.w0 = w0
+        self.seed = seed
+        self.initial_nodes = initial_nodes
+        self.device = device
+        self.dtype = dtype
+        self.bank = ModelBank(self.m, self.d, device=device, dtype=dtype)
+        if w0 is not None:
+            self.bank.set_reference(w0)
+        if initial_nodes is not None:
+            self.bank.alive[:] = False
+            self.bank.alive[[self.bank.check_node(n) for n in initial_nodes]] = True
+        self.stats = CommStats()
+        self._rng = np.random.default_rng(seed)
+        self._pending: set[int] = set()   # models requested and not yet arrived
+        self._excluded: set[int] = set()  # nodes given up on in the sync in progress
+
+    # ---- node side -------------------------------------------------------------------------
+
+    def node_rule_many(self, step, divergence) -> torch.Tensor:
+        """Batched node rule: a code per node (NONE, REPORT or MODEL) from steps and divergences."""
+        return torch.zeros_like(torch.as_tensor(divergence), dtype=torch.int8)
+
+    def node_rule(self, node: int, step: int, divergence: float) -> str | None:
+        """What node ``node`` sends after local update ``step`` (1-based): None, "report" or "model"."""
+        code = self.node_rule_many(torch.tensor([int(step)]), torch.tensor([float(divergence)]))
+        return KINDS[int(code[0])]
+
+    # ---- coordinator side: state -----------------------------------------------------------
+
+    @property
+    def alive(self) -> frozenset[int]:
+        """Nodes currently part of the system."""
+        return frozenset(self.bank.alive.nonzero().flatten().tolist())
+
+    @property
+    def pending(self) -> set[int]:
+        """Nodes whose model is awaited."""
+        return set(self._pending)
+
+    @property
+    def waiting_reports(self) -> set[int]:
+        """Nodes whose report is awaited (round-based protocols); ``on_timeout`` gives up on them too."""
+        return set()
+
+    @property
+    def reference(self) -> torch.Tensor:
+        """The current reference model r (do not modify it)."""
+        return self.bank.r
+
+    # ---- coordinator side: events ----------------------------------------------------------
+
+    def on_join(self, node: int) -> list[Action]:
+        """Node ``node`` joins (or rejoins): it gets the current reference as model and reference.
+
+        A rejoining node is dropped from the sync in progress (it restarted and will not answer).
+        """
+        node = self.bank.check_node(node)
+        self.bank.alive[node] = True
+        self.bank.have[node] = False
+        self.bank.samples[node] = 0
+        self.bank.loss[node] = float("nan")
+        self._excluded.discard(node)
+        # A rejoining node restarted: it will not answer an earlier request.
+        self._pending.discard(node)
+        self._forget(node)
+        return drop_none([self._send((node,), self.bank.r.clone(), reference=True)] + self._advance())
+
+    def on_leave(self, node: int) -> list[Action]:
+        """Node ``node`` left: never wait on it again; a sync in progress finishes without it."""
+        node = self.bank.check_node(node)
+        if not bool(self.bank.alive[node]):
+            return []
+        self.bank.alive[node] = False
+        self.bank.have[node] = False
+        self._pending.discard(node)
+        self._excluded.discard(node)
+        self._forget(node)
+        return self._advance()
+
+    def on_timeout(self, node: int) -> list[Action]:
+        """An awaited model (or report) of ``node`` did not come: finish the sync without it."""
+        node = self.bank.check_node(node)
+        if node not in self.pending and node not in self.waiting_reports:
+            return []
+        self.stats.timeouts += 1
+        self._pending.discard(node)
+        self._excluded.add(node)
+        self._forget(node)
+        return self._advance()
+
+    def on_reports(self, reports: Iterable[Report]) -> list[Action]:
+        """A batch of reports delivered together; models in them go to the bank (1 transfer up each).
+
+        Reports of nodes that are not alive are ignored (their models are still counted); of
+        several reports of one node in a batch, the last one counts.
+        """
+        reports = list(reports)
+        # Check every report first, so a bad one changes nothing.
+        models = {id(rep): self.bank.as_model(rep.model) for rep in reports if rep.model is not None}
+        for rep in reports:
+            self.bank.check_node(rep.node)
+        self.stats.reports += len(reports)
+        self._count_up(len(models))
+        latest = {int(rep.node): rep for rep in reports if bool(self.bank.alive[int(rep.node)])}
+        accepted = list(latest.values())  # one report per node: its last in the batch
+        if not accepted:
+            return []
+        nodes = list(latest)
+        dev = self.bank.device
+        self.bank.step[nodes] = torch.tensor([int(rep.step) for rep in accepted], device=dev)
+        self.bank.samples[nodes] = torch.tensor([int(rep.n_samples) for rep in accepted], device=dev)
+        self.bank.loss[nodes] = torch.tensor([float(rep.loss) for rep in accepted], dtype=self.bank.dtype, device=dev)
+        got = [node for node, rep in latest.items() if rep.model is not None]
+        if got:
+            self.bank.put_many(got, torch.stack([models[id(latest[n])] for n in got]))
+            self._pending.difference_update(got)
+            self._excluded.difference_update(got)  # a node that sends its model is back in the sync
+        return self._on_reports(accepted)
+
+    def on_models(self, models: dict[int, torch.Tensor]) -> list[Action]:
+        """Requested models arrived (1 transfer up each); models nobody awaits are counted, not used."""
+        self._count_up(len(models))
+        awaited = self.pending
+        used = sorted(int(n) for n in models if int(n) in awaited)
+        if not used:
+            return []
+        self.bank.put_many(used, torch.stack([self.bank.as_model(models[n]) for n in used]))
+        self._pending.difference_update(used)
+        return self._advance()
+
+    # ---- hooks for subclasses --------------------------------------------------------------
+
+    def _on_reports(self, reports: list[Report]) -> list[Action]:
+        return self._advance()
+
+    def _advance(self) -> list[Action]:
+        """Move the sync in progress on as far as the received models allow."""
+        return []
+
+    def _forget(self, node: int) -> None:
+        """Drop ``node`` (left or given up on) from the sync in progress."""
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _alive_list(self) -> list[int]:
+        return self.bank.alive.nonzero().flatten().tolist()
+
+    def _count_up(self, n: int) -> None:
+        self.stats.models_up += n
+        self.stats.bytes_up += n * self.d * self.bank.itemsize
+
+    def _count_down(self, n: int) -> None:
+        self.stats.models_down += n
+        self.stats.bytes_down += n * self.d * self.bank.itemsize
+
+    def _targets(self, nodes) -> tuple[int, ...]:
+        alive = self.bank.alive
+        return tuple(sorted(int(n) for n in set(nodes) if bool(alive[int(n)])))
+
+    def _send(self, nodes, model: torch.Tensor, reference: bool) -> SendModel | None:
+        nodes = self._targets(nodes)
+        if not nodes:
+            return None
+        self._count_down(len(nodes))
+        self.bank.version[list(nodes)] += 1
+        self.bank.samples[list(nodes)] = 0
+        if reference:
+            self.bank.set_reference(model)
+        return SendModel(nodes, model, reference)
+
+    def _pull(self, nodes, model: torch.Tensor, strength: float) -> PullToward | None:
+        nodes = self._targets(nodes)
+        if not nodes:
+            return None
+        self._count_down(len(nodes))
+        self.bank.version[list(nodes)] += 1
+        return PullToward(nodes, model, float(strength))
+
+    def _request(self, nodes) -> RequestModels | None:
+        nodes = tuple(n for n in self._targets(nodes) if n not in self._pending)
+        if not nodes:
+            return None
+        self._pending.update(nodes)
+        return RequestModels(nodes)
+
+    def _end_sync(self) -> None:
+        self._excluded.clear()
+        self.bank.clear()
+
+    # ---- river-style conveniences ----------------------------------------------------------
+
+    def clone(self) -> "Protocol":
+        """A fresh protocol with the same hyperparameters (no state)."""
+        names = list(inspect.signature(type(self).__init__).parameters)[1:]
+        return type(self)(**{name: getattr(self, name) for name in names})
+
+    def __repr__(self) -> str:
+        hyper = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.params)
+        return f"{type(self).__name__}(m={self.m}, d={self.d}{', ' if hyper else ''}{hyper})"
+
+
+class RoundProtocol(Protocol):
+    """A protocol that works in report rounds (FedAvg, LSGD): a round acts once every alive node
+    reported; reports that arrive while the round's models are awaited count for the next round.
+
+    Subclasses set ``_round_busy`` (models of the round are awaited) and start the next round
+    with ``self._reported, self._next = self._next, set()``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._reported: set[int] = set()
+        self._next: set[int] = set()  # reports for the next round, while the round's models are awaited
+
+    @property
+    def _round_busy(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def waiting_reports(self) -> set[int]:
+        if self._round_busy or not (self._reported & self.alive):
+            return set()
+        return set(self.alive) - self._reported - self._excluded
+
+    def _on_reports(self, reports: list[Report]) -> list[Action]:
+        nodes = {rep.node for rep in reports}
+        if self._round_busy:
+            self._next |= nodes
+        else:
+            self._reported |= nodes
+        return self._advance()
+
+    def _forget(self, node: int) -> None:
+        self._reported.discard(node)
+        self._next.discard(node)
+
+
+def every(step, period: int, like: torch.Tensor, code: int) -> torch.Tensor:
+    """Node-rule codes: ``code`` where ``step % period == 0``, NONE elsewhere, shaped like ``like``."""
+    like = torch.as_tensor(like)
+    due = torch.as_tensor(step, device=like.device) % period == 0
+    return torch.where(torch.broadcast_to(due, like.shape), code, NONE).to(torch.int8)
+
+
+def drop_none(actions: Iterable[Action | None]) -> list[Action]:
+    """The actions that are not None (helpers return None when a send has no target)."""
+    return [a for a in actions if a is not None]
+
+
+def int_param(name: str, value, low: int = 1) -> int:
+    """``value`` as an int >= ``low``, or ConfigError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def float_param(name: str, value, low: float, high: float = float("inf"), low_open: bool = False) -> float:
+    """``value`` as a finite float in [low, high] ((low, high] when ``low_open``), or ConfigError."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not np.isfinite(v) or v > high or v < low or (low_open and v == low):
+        interval = f"{'(' if low_open else '['}{low}, {high}]"
+        raise ConfigError(f"{name} must be in {interval}, got {value!r}")
+    return v

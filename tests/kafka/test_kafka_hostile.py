@@ -1,0 +1,180 @@
+"""Hostile models against the real sync service: refused, counted, never averaged, the sync goes on.
+
+The test plays four nodes with hand-crafted records on ``sync.up`` (the pattern of
+test_kafka_sync_service.py). Node 0 violates, the service asks nodes 1-3 for their models, and
+node 3 answers with a damaged model: the full sync must come at once (the timeout is far
+away), hold the mean of nodes 0-2 only, and the refusal must show in the status, the metric
+and the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+
+import numpy as np
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from streamlearn.kafka.codecs import encode_model
+from streamlearn.kafka.sync_service import SyncConfig, SyncService
+from streamlearn.kafka.topics import deadletter_topic, ensure_topics, sync_down_topic, sync_up_topic
+from streamlearn.kafka.wire import SyncMessage, decode_sync, encode_sync
+from streamlearn.metrics import REJECT_REASONS, SyncMetrics
+
+D = 2
+_HEAD = struct.Struct("<4sHHI")
+
+
+def with_model(msg: SyncMessage, model_bytes: bytes) -> bytes:
+    """``msg``'s envelope carrying ``model_bytes`` as its model message (which encode_sync would refuse)."""
+    data = encode_sync(SyncMessage(**{**msg.__dict__, "model": np.zeros(D, dtype=np.float32)}))
+    hlen = _HEAD.unpack_from(data, 0)[3]
+    return data[:_HEAD.size + hlen] + model_bytes
+
+
+def flipped(data: bytes, at: int) -> bytes:
+    b = bytearray(data)
+    b[at] ^= 0xFF
+    return bytes(b)
+
+
+# (reason, raw model message or numpy model): what node 3 answers with
+HOSTILE = {
+    "nan": ("nonfinite", encode_model(np.array([np.nan, 0.0], dtype=np.float32), node=3, version=1,
+                                      allow_nonfinite=True)),
+    "inf": ("nonfinite", encode_model(np.array([0.0, -np.inf], dtype=np.float32), node=3, version=1,
+                                      allow_nonfinite=True)),
+    "float64": ("dtype", np.zeros(D, dtype=np.float64)),
+    "float16": ("dtype", np.zeros(D, dtype=np.float16)),
+    "too long": ("shape", np.zeros(D + 1, dtype=np.float32)),
+    "not flat": ("shape", encode_model(np.zeros((1, D), dtype=np.float32), node=3, version=1)),
+    "absurd norm": ("norm", np.full(D, 1e7, dtype=np.float32)),
+    "bad checksum": ("checksum", flipped(encode_model(np.zeros(D, dtype=np.float32), node=3, version=1), -6)),
+    "truncated": ("malformed", encode_model(np.zeros(D, dtype=np.float32), node=3, version=1)[:-3]),
+}
+
+
+class Nodes:
+    """Four hand-played nodes and a sync service thread on one prefix."""
+
+    def __init__(self, broker, settings, prefix, **kw):
+        ensure_topics(broker.bootstrap, prefix, [], settings=settings)
+        self.prefix = prefix
+        self.producer = KafkaProducer(**settings.producer_kwargs())
+        self.consumer = KafkaConsumer(**settings.consumer_kwargs(fetch_max_wait_ms=20))
+        tp = TopicPartition(sync_down_topic(prefix), 0)
+        self.consumer.assign([tp])
+        self.consumer.seek_to_beginning(tp)
+        self.down: list = []
+        kw = {"max_nodes": 4, "timeout": 60.0, "device": "cpu", "status_interval": 0.1, **kw}
+        self.service = SyncService(SyncConfig(protocol="dynamic:delta=1.0,b=1", bootstrap=broker.bootstrap,
+                                              prefix=prefix, settings=settings, **kw))
+        self.thread = threading.Thread(target=self.service.run, daemon=True)
+        self.thread.start()
+        self.expect(lambda m: m.kind == "hello")
+
+    def send(self, msg: SyncMessage | None = None, raw: bytes | None = None) -> None:
+        self.producer.send(sync_up_topic(self.prefix), raw if raw is not None else encode_sync(msg))
+        self.producer.flush()
+
+    def expect(self, match, timeout: float = 10.0) -> SyncMessage:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for i, msg in enumerate(self.down):
+                if msg is not None and match(msg):
+                    self.down[i] = None
+                    return msg
+            for records in self.consumer.poll(timeout_ms=100).values():
+                self.down.extend(decode_sync(r.value) for r in records)
+        raise AssertionError(f"no matching message on sync.down; got {[m and m.kind for m in self.down]}")
+
+    def join_all(self) -> None:
+        for node in range(4):
+            self.send(SyncMessage("join", node=node, d=D, layout="L", model=np.zeros(D, dtype=np.float32)))
+            self.expect(lambda m, node=node: m.kind == "send" and m.targets == (node,))
+
+    def close(self) -> None:
+        self.service.stop()
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive()
+        self.producer.close()
+        self.consumer.close()
+
+
+@pytest.fixture
+def nodes(broker, settings, prefix):
+    made = []
+
+    def make(**kw):
+        made.append(Nodes(broker, settings, prefix, **kw))
+        return made[-1]
+
+    yield make
+    for n in made:
+        n.close()
+
+
+def test_every_kind_of_hostile_answer_is_refused_and_the_sync_goes_on_without_it(nodes, consume, prefix):
+    f = nodes()
+    f.join_all()
+    raws = []
+    for step, (name, (reason, bad)) in enumerate(HOSTILE.items(), start=1):
+        w0 = 4.0 * step  # node 0's violating model this round
+        f.send(SyncMessage("report", node=0, step=step, n_samples=10, model=np.array([w0, 0.0], dtype=np.float32)))
+        request = f.expect(lambda m: m.kind == "request")
+        assert request.targets == (1, 2, 3)
+        for node in (1, 2):
+            f.send(SyncMessage("model", node=node, step=step, request=request.request,
+                               model=np.zeros(D, dtype=np.float32)))
+        answer = SyncMessage("model", node=3, step=step, request=request.request)
+        raw = with_model(answer, bad) if isinstance(bad, bytes) else encode_sync(
+            SyncMessage(**{**answer.__dict__, "model": bad}))
+        raws.append(raw)
+        f.send(raw=raw)
+        # at once (the timeout is 60 s away), without node 3, and to every node (a full sync)
+        full = f.expect(lambda m: m.kind == "send" and m.reason == "sync")
+        assert full.reference and full.targets == (0, 1, 2, 3), name
+        assert np.allclose(full.model, [w0 / 3, 0.0]), (name, full.model)
+        time.sleep(0.15)  # one status interval: the counts of this round are published
+        st = f.service.status()
+        assert st["rejected_models"] == step and st["timeouts"] == step, name
+    assert st["bad_records"] == 0 and st["nodes_alive"] == 4 and st["pending"] == []
+    by = st["rejected_models_by_reason"]
+    assert set(by) == set(REJECT_REASONS)
+    expected = {r: sum(1 for reason, _ in HOSTILE.values() if reason == r) for r in REJECT_REASONS}
+    assert by == expected
+    assert st["models_up"] == 3 * len(HOSTILE)  # the refused models never reached the bank
+
+    registry = CollectorRegistry()
+    SyncMetrics(registry, status=f.service.status)
+    for reason, n in expected.items():
+        assert registry.get_sample_value("streamlearn_sync_rejected_models_total", {"reason": reason}) == n
+
+    dead = consume(deadletter_topic(prefix), len(HOSTILE))
+    assert [r.value for r in dead] == raws
+    assert all(b"model refused" in dict(r.headers)["sl-error"] for r in dead)
+
+
+def test_a_hostile_violation_is_dropped_and_a_hostile_join_is_rejected(nodes):
+    f = nodes(max_norm=100.0)
+    f.join_all()
+    # a violation with an absurd model: no request goes out, nothing is averaged
+    f.send(SyncMessage("report", node=1, step=1, model=np.array([1e3, 0.0], dtype=np.float32)))
+    nan = encode_model(np.array([np.nan, 1.0], dtype=np.float32), node=2, version=2, allow_nonfinite=True)
+    f.send(raw=with_model(SyncMessage("report", node=2, step=2), nan))
+    # a new node joining with a NaN model is told why it is not taken
+    f.send(raw=with_model(SyncMessage("join", node=3, d=D, layout="L"), nan))
+    reject = f.expect(lambda m: m.kind == "reject" and m.targets == (3,))
+    assert "nonfinite" in reject.reason
+    # a sound violation afterwards is handled as usual
+    f.send(SyncMessage("report", node=0, step=3, model=np.array([4.0, 0.0], dtype=np.float32)))
+    assert f.expect(lambda m: m.kind == "request").targets == (1, 2, 3)
+    time.sleep(0.3)
+    st = f.service.status()
+    assert st["rejected_models"] == 3 and st["violations"] == 1 and st["models_up"] == 1
+    assert st["rejected_models_by_reason"]["norm"] == 1 and st["rejected_models_by_reason"]["nonfinite"] == 2
+    assert st["rejects"] == 1 and st["bad_records"] == 0
+    assert not any(m is not None and m.kind == "request" and m.targets != (1, 2, 3) for m in f.down)

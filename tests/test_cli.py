@@ -1,0 +1,500 @@
+"""End-to-end tests of the ``streamlearn`` command line.
+
+Most commands run in-process through ``streamlearn.cli.main(argv)`` (fast); one runs through the real
+console script in a subprocess. Sample counts are small so the whole file runs in well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamlearn.cli import main
+from streamlearn.learners import LEARNERS
+from streamlearn.streams import DRIFT_KINDS, SOURCES
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SOURCE_NAMES = ["sea", "hyperplane", "rbf", "agrawal", "stagger", "elec2", "csv:PATH"]
+HEADER = "a,b,c,cls"
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+
+
+def _rows(n: int = 400, seed: int = 0) -> list[str]:
+    """Data lines of a separable CSV: cls = pos iff a + b > 0 (with a margin), c is noise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        a, b, c = rng.uniform(-1, 1, 3)
+        if abs(a + b) < 0.2:
+            continue
+        out.append(f"{a:.4f},{b:.4f},{c:.4f},{'pos' if a + b > 0 else 'neg'}")
+    return out
+
+
+def _write_csv(path: Path, n: int = 400, replace: dict | None = None) -> Path:
+    """Write the CSV; ``replace`` maps a file line number (header = line 1) to the text of that line."""
+    lines = [HEADER] + _rows(n)
+    for line_no, text in (replace or {}).items():
+        lines[line_no - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _kv_table(text: str) -> dict:
+    """``label  value`` rows of the evaluate summary table."""
+    table = {}
+    for line in text.splitlines():
+        cells = re.split(r"\s{2,}", line.strip())
+        if len(cells) == 2 and not set(cells[0]) <= {"-"}:
+            table[cells[0]] = cells[1]
+    return table
+
+
+def _row_table(text: str) -> list[dict]:
+    """Rows of the simulate table (header ``protocol  accuracy  ...``), up to the first blank line."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("protocol"))
+    header = re.split(r"\s{2,}", lines[start].strip())
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.strip():
+            break
+        rows.append(dict(zip(header, re.split(r"\s{2,}", line.strip()))))
+    return rows
+
+
+def _sections(text: str) -> dict:
+    """``streamlearn streams`` output as {section title word: {entry name: [param lines]}}."""
+    sections, current = {}, None
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if not line.startswith(" "):
+            current = sections.setdefault(line.split()[0], {})
+            entry = None
+        elif line[2] != " ":
+            entry = line.split()[0]
+            current[entry] = []
+        else:
+            current[entry].append(line.strip())
+    return sections
+
+
+def _console_script() -> list[str]:
+    script = Path(sys.executable).with_name("streamlearn")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "streamlearn.cli"]
+
+
+# ---- streamlearn streams ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def streams_output():
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["streams"])
+    assert code == 0
+    return buf.getvalue()
+
+
+def test_streams_lists_every_source_with_its_parameters(streams_output):
+    sources = _sections(streams_output)["Sources"]
+    assert set(SOURCE_NAMES) <= set(sources)
+    assert set(SOURCES) <= set(sources)
+    for name, info in SOURCES.items():
+        for param, default in info["params"].items():
+            assert f"{param} = {default}" in sources[name], (name, param)
+    # what a csv user needs to know
+    assert {"label = None", "features = None", "classes = None", "on_bad_record = raise"} <= set(sources["csv:PATH"])
+    assert "variant = 0" in sources["sea"]
+
+
+def test_streams_lists_every_drift_kind_with_its_parameters(streams_output):
+    kinds = _sections(streams_output)["Drift"]
+    assert set(DRIFT_KINDS) == set(kinds)
+    assert {"sudden", "gradual", "incremental", "recurring"} <= set(kinds)
+    for name, info in DRIFT_KINDS.items():
+        for param, default in info.get("params", {}).items():
+            assert f"{param} = {default}" in kinds[name], (name, param)
+    assert "width = 1000" in kinds["gradual"]
+
+
+def test_streams_lists_every_learner(streams_output):
+    learners = _sections(streams_output)["Learners"]
+    assert set(LEARNERS) == set(learners)
+    assert {"logreg", "mlp", "cnn", "river-logreg", "hoeffding-tree"} <= set(learners)
+
+
+def test_streams_lists_learner_parameters(streams_output):
+    learners = _sections(streams_output)["Learners"]
+    assert any(line.startswith("lr") for line in learners["logreg"])
+    assert any(line.startswith("hidden") for line in learners["mlp"])
+
+
+# ---- streamlearn evaluate, through the real console script ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def evaluate_sea(tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluate_sea")
+    plot, js = out / "acc.png", out / "res.json"
+    cmd = _console_script() + ["evaluate", "--source", "sea", "--drift", "sudden@2000", "--learner", "logreg",
+                               "--n", "4000", "--no-progress", "--plot", str(plot), "--json", str(js)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=out, timeout=600)
+    return proc, plot, js
+
+
+def test_evaluate_subprocess_exit_code_and_table(evaluate_sea):
+    proc, plot, js = evaluate_sea
+    assert proc.returncode == 0, proc.stderr
+    table = _kv_table(proc.stdout)
+    assert table["samples"] == "4000"
+    assert table["drifts injected"] == "1"
+    assert 0.8 < float(table["accuracy"]) <= 1.0
+    assert f"wrote {plot}" in proc.stdout and f"wrote {js}" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_evaluate_subprocess_writes_png(evaluate_sea):
+    _, plot, _ = evaluate_sea
+    assert plot.read_bytes()[:8] == PNG_MAGIC
+    assert plot.stat().st_size > 1000
+
+
+def test_evaluate_subprocess_writes_json(evaluate_sea):
+    proc, _, js = evaluate_sea
+    d = json.loads(js.read_text())
+    assert d["n"] == 4000
+    assert d["source"] == "sea" and d["learner"] == "logreg" and d["drift"] == ["sudden@2000"]
+    assert f"{d['accuracy']:.4f}" == _kv_table(proc.stdout)["accuracy"]
+    assert [(e["position"], e["kind"]) for e in d["events"]] == [(2000, "sudden")]
+    assert isinstance(d["detections"], list)
+    assert all(isinstance(p, int) and 0 <= p < 4000 for p in d["detections"])
+    assert len(d["detections"]) == int(_kv_table(proc.stdout)["drifts detected (detector fired)"])
+    assert d["score"]["events"] == [2000]
+
+
+# ---- evaluate on a CSV file ------------------------------------------------------------------------
+
+
+def test_evaluate_csv(tmp_path, capsys):
+    path = _write_csv(tmp_path / "good.csv")
+    code, out, err = _run(capsys, "evaluate", "--source", f"csv:{path}", "--label", "cls", "--learner", "logreg",
+                          "--no-progress", "--json", tmp_path / "r.json")
+    assert code == 0, err
+    table = _kv_table(out)
+    assert table["samples"] == "400"  # the whole file by default
+    assert table["skipped bad records"] == "0"
+    assert float(table["accuracy"]) > 0.8
+    assert table["drifts injected"] == "0"
+    assert json.loads((tmp_path / "r.json").read_text())["n"] == 400
+
+
+def test_evaluate_csv_feature_subset(tmp_path, capsys):
+    path = _write_csv(tmp_path / "good.csv")
+    code, out, err = _run(capsys, "evaluate", "--source", f"csv:{path}", "--label", "cls", "--features", "a,b",
+                          "--learner", "river-logreg", "--no-progress")
+    assert code == 0, err
+    assert float(_kv_table(out)["accuracy"]) > 0.8
+
+
+# (file line, text of that line, column named in the error, value named in the error)
+BAD_LINES = {
+    "empty value": (5, "0.5,,0.1,pos", "b", "''"),
+    "short line": (7, "0.5,0.4", "c", "None"),
+    "non-numeric": (9, "0.5,0.4,oops,pos", "c", "'oops'"),
+    "nan": (11, "nan,0.4,0.1,pos", "a", "'nan'"),
+    "infinite": (12, "0.5,inf,0.1,pos", "b", "'inf'"),
+    "missing label": (13, "0.5,0.4,0.1,", "cls", "''"),
+    "extra field": (14, "0.5,0.4,0.1,pos,7", None, "'7'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LINES))
+def test_evaluate_csv_bad_record_names_row_column_value(tmp_path, capsys, case):
+    line, text, column, value = BAD_LINES[case]
+    path = _write_csv(tmp_path / "bad.csv", replace={line: text})
+    code, out, err = _run(capsys, "evaluate", "--source", f"csv:{path}", "--label", "cls", "--learner", "logreg",
+                          "--no-progress")
+    assert code == 2
+    assert err.startswith("streamlearn evaluate: error:")
+    assert f"row {line}" in err
+    if column is not None:
+        assert f"column {column!r}" in err
+    assert f"value {value}" in err
+    assert "Traceback" not in err
+
+
+def test_evaluate_csv_unknown_label_with_declared_classes(tmp_path, capsys):
+    path = _write_csv(tmp_path / "bad.csv", replace={6: "0.5,0.4,0.1,maybe"})
+    code, _, err = _run(capsys, "evaluate", "--source", f"csv:{path}", "--label", "cls", "--classes", "neg,pos",
+                        "--learner", "logreg", "--no-progress")
+    assert code == 2
+    assert "row 6" in err and "column 'cls'" in err and "'maybe'" in err
+    code, out, _ = _run(capsys, "evaluate", "--source", f"csv:{path}", "--label", "cls", "--classes", "neg,pos",
+                        "--learner", "logreg", "--no-progress", "--on-bad-record", "skip")
+    assert code == 0
+    assert _kv_table(out)["skipped bad records"] == "1"
+
+
+def test_evaluate_csv_first_bad_record_is_reported(tmp_path, capsys):
+    path = _write_csv(tmp_path / "bad.csv", replace={20: "0.1,x,0.1,pos", 8: "0.1,0.2,y,neg"})
+    code, _, err = _run(capsys, "evaluate", "--source", f"csv:{path}", "--label", "cls", "--no-progress")
+    assert code == 2
+    assert "row 8" in err and "'y'" in err
+
+
+def _all_bad(tmp_path) -> Path:
+    return _write_csv(tmp_path / "bad.csv", replace={line: text for line, text, _, _ in BAD_LINES.values()})
+
+
+def test_evaluate_csv_skip_bad_records(tmp_path, capsys):
+    path = _all_bad(tmp_path)
+    code, out, err = _run(capsys, "evaluate", "--source", f"csv:{path}", "--label", "cls", "--learner", "logreg",
+                          "--no-progress", "--on-bad-record", "skip")
+    assert code == 0, err
+    table = _kv_table(out)
+    assert table["samples"] == str(400 - len(BAD_LINES))  # the bad lines were left out
+    assert float(table["accuracy"]) > 0.8
+
+
+def test_evaluate_csv_skip_prints_the_skipped_count(tmp_path, capsys):
+    path = _all_bad(tmp_path)
+    code, out, _ = _run(capsys, "evaluate", "--source", f"csv:{path}", "--label", "cls", "--learner", "logreg",
+                        "--no-progress", "--on-bad-record", "skip")
+    assert code == 0
+    assert _kv_table(out)["skipped bad records"] == str(len(BAD_LINES))
+
+
+@pytest.mark.parametrize("command", ["evaluate", "simulate"])
+def test_csv_needs_label(tmp_path, capsys, command):
+    path = _write_csv(tmp_path / "good.csv")
+    code, out, err = _run(capsys, command, "--source", f"csv:{path}", "--learner", "logreg", "--no-progress")
+    assert code == 2
+    assert "--label" in err and "csv" in err
+    assert out == ""
+
+
+def test_csv_label_not_in_header(tmp_path, capsys):
+    path = _write_csv(tmp_path / "good.csv")
+    code, _, err = _run(capsys, "evaluate", "--source", f"csv:{path}", "--label", "target", "--no-progress")
+    assert code == 2
+    assert "row 1" in err and "'target'" in err
+
+
+def test_csv_missing_file(tmp_path, capsys):
+    code, _, err = _run(capsys, "evaluate", "--source", f"csv:{tmp_path / 'nope.csv'}", "--label", "cls",
+                        "--no-progress")
+    assert code == 2
+    assert "nope.csv" in err
+
+
+def test_label_only_for_csv(capsys):
+    code, _, err = _run(capsys, "evaluate", "--source", "sea", "--label", "y", "--n", "50", "--no-progress")
+    assert code == 2
+    assert "--label" in err and "'sea'" in err
+
+
+# ---- evaluate on the shipped Elec2 stream ---------------------------------------------------------
+
+
+def test_evaluate_elec2_river_logreg(capsys):
+    code, out, err = _run(capsys, "evaluate", "--source", "elec2", "--learner", "river-logreg", "--n", "3000",
+                          "--no-progress")
+    assert code == 0, err
+    table = _kv_table(out)
+    assert table["samples"] == "3000"
+    assert 0.55 < float(table["accuracy"]) <= 1.0  # Elec2 is about half UP, half DOWN
+    assert table["drifts injected"] == "0"
+
+
+# ---- streamlearn simulate --------------------------------------------------------------------------
+
+
+def test_simulate_dynamic(tmp_path, capsys):
+    js = tmp_path / "sim.json"
+    code, out, err = _run(capsys, "simulate", "--source", "sea", "--drift", "sudden@1000", "--nodes", "4",
+                          "--protocol", "dynamic", "--delta", "0.5", "--b", "1", "--n", "2000", "--no-progress",
+                          "--json", js)
+    assert code == 0, err
+    [row] = _row_table(out)
+    assert row["protocol"] == "dynamic:delta=0.5,b=1"
+    assert 0.6 < float(row["accuracy"]) <= 1.0
+    assert {"transfers", "full", "partial", "MB sent", "cum. loss"} <= set(row)
+    assert re.search(r"^nodes 4, 2000 samples per node", out, re.M)
+    syncs = re.search(r"^syncs: (\d+) full, (\d+) partial; model transfers (\d+) \((\d+) up, (\d+) down\)", out, re.M)
+    assert syncs, out
+    drifts = re.search(r"^drifts injected (\d+), detected (\d+)", out, re.M)
+    assert drifts, out
+    assert f"wrote {js}" in out
+
+    d = json.loads(js.read_text())
+    assert d["protocol"] == row["protocol"]
+    assert d["m"] == 4 and d["n_per_node"] == 2000
+    assert f"{d['accuracy']:.4f}" == row["accuracy"]
+    assert d["transfers"] == int(row["transfers"]) == int(syncs[3])
+    assert d["transfers"] == d["comm"]["models_up"] + d["comm"]["models_down"]
+    assert d["transfers"] > 0  # the drift at every node forces syncs
+    assert (d["full_syncs"], d["partial_syncs"]) == (int(syncs[1]), int(syncs[2])) == (int(row["full"]),
+                                                                                      int(row["partial"]))
+    assert d["detection"]["drifts_injected"] == 4 == int(drifts[1])  # one sudden drift at each of 4 nodes
+    assert d["detection"]["drifts_detected"] == int(drifts[2])
+    assert [r["position"] for r in d["recovery"]] == [1000]
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("compare") / "cmp"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["simulate", "--source", "sea", "--drift", "sudden@300", "--nodes", "4", "--n", "600",
+                     "--learner", "logreg", "--no-progress", "--compare", "periodic:b=1,4", "dynamic:delta=0.5,2",
+                     "nosync", "--out", str(out)])
+    return code, buf.getvalue(), out
+
+
+EXPECTED_SETTINGS = ["periodic:b=1", "periodic:b=4", "dynamic:delta=0.5", "dynamic:delta=2", "nosync"]
+
+
+def test_compare_table(comparison):
+    code, out, path = comparison
+    assert code == 0
+    assert [r["protocol"] for r in _row_table(out)] == EXPECTED_SETTINGS + ["serial"]
+    assert f"wrote {path}/comparison.json" in out
+
+
+def test_compare_json(comparison):
+    _, out, path = comparison
+    d = json.loads((path / "comparison.json").read_text())
+    assert [r["protocol"] for r in d["rows"]] == EXPECTED_SETTINGS + ["serial"]
+    assert d["nodes"] == 4 and d["n_per_node"] == 600
+    assert [(e["position"], e["node"]) for e in d["events"]] == [(300, node) for node in range(4)]
+    by_name = {r["protocol"]: r for r in d["rows"]}
+    assert by_name["nosync"]["transfers"] == 0
+    # periodic averaging every step sends a model up and down at every node every round
+    assert by_name["periodic:b=1"]["transfers"] == 2 * 4 * (600 // 10)
+    assert by_name["periodic:b=1"]["transfers"] > by_name["periodic:b=4"]["transfers"]
+    matched = d["matched_accuracy"]
+    assert {"best_periodic_accuracy", "tolerance", "periodic", "dynamic", "ratio"} <= set(matched)
+    assert matched["periodic"] in EXPECTED_SETTINGS and matched["dynamic"] in EXPECTED_SETTINGS
+
+
+def test_compare_json_is_strict_json(comparison):
+    _, _, path = comparison
+
+    def reject(token):
+        raise ValueError(f"not JSON: {token}")
+
+    json.loads((path / "comparison.json").read_text(), parse_constant=reject)
+
+
+def test_compare_plots(comparison):
+    _, _, path = comparison
+    for name in ("tradeoff.png", "timeline.png"):
+        assert (path / name).read_bytes()[:8] == PNG_MAGIC, name
+
+
+def test_simulate_csv(tmp_path, capsys):
+    path = _write_csv(tmp_path / "good.csv", n=600)
+    js = tmp_path / "sim.json"
+    code, out, err = _run(capsys, "simulate", "--source", f"csv:{path}", "--label", "cls", "--nodes", "3",
+                          "--learner", "logreg", "--lr", "0.5", "--protocol", "periodic", "--b", "2",
+                          "--no-progress", "--json", js)
+    assert code == 0, err
+    [row] = _row_table(out)
+    assert row["protocol"] == "periodic:b=2"
+    assert float(row["accuracy"]) > 0.75
+    assert re.search(r"^nodes 3, 200 samples per node", out, re.M)  # the file split round-robin
+    d = json.loads(js.read_text())
+    assert d["m"] == 3 and d["n_per_node"] == 200
+
+
+def test_simulate_csv_bad_record(tmp_path, capsys):
+    path = _write_csv(tmp_path / "bad.csv", n=600, replace={9: "0.5,0.4,oops,pos"})
+    args = ["simulate", "--source", f"csv:{path}", "--label", "cls", "--nodes", "3", "--learner", "logreg",
+            "--no-progress"]
+    code, _, err = _run(capsys, *args)
+    assert code == 2
+    assert "row 9" in err and "column 'c'" in err and "'oops'" in err
+    code, out, err = _run(capsys, *args, "--on-bad-record", "skip")
+    assert code == 0, err
+    # 599 good rows round-robin over 3 nodes: 200, 200, 199; cut to whole mini-batches of 10
+    assert re.search(r"^nodes 3, 190 samples per node", out, re.M)
+
+
+# ---- bad settings ----------------------------------------------------------------------------------
+
+
+BAD_SETTINGS = {
+    "unknown source": (["evaluate", "--source", "nope", "--n", "50"], ["'nope'", "source"]),
+    "unknown source (simulate)": (["simulate", "--source", "nope", "--n", "50"], ["'nope'", "source"]),
+    "bad drift position": (["evaluate", "--drift", "sudden@soon", "--n", "50"], ["sudden@soon"]),
+    "bad drift form": (["evaluate", "--drift", "sudden", "--n", "50"], ["'sudden'", "KIND@POSITION"]),
+    "unknown drift kind": (["simulate", "--drift", "wobble@10", "--nodes", "2", "--n", "50"], ["wobble"]),
+    "unknown protocol": (["simulate", "--protocol", "gossip", "--nodes", "2", "--n", "50"], ["'gossip'", "protocol"]),
+    "unknown protocol in grid": (["simulate", "--compare", "gossip:b=1", "--nodes", "2", "--n", "50"], ["'gossip'"]),
+    "zero nodes": (["simulate", "--nodes", "0", "--n", "50"], ["--nodes", "0"]),
+    "negative nodes": (["simulate", "--nodes", "-2", "--n", "50"], ["--nodes", "-2"]),
+    "unknown learner": (["evaluate", "--learner", "svm", "--n", "50"], ["'svm'", "learner"]),
+    "river learner in simulator": (["simulate", "--learner", "river-logreg", "--nodes", "2", "--n", "50"],
+                                   ["--learner", "river-logreg"]),
+    "bad hidden": (["evaluate", "--hidden", "8,x", "--n", "50"], ["--hidden", "8,x"]),
+    "optimizer for river": (["evaluate", "--learner", "river-logreg", "--optimizer", "adam", "--n", "50"],
+                            ["--optimizer"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SETTINGS))
+def test_bad_setting_exit_2_names_it(capsys, case):
+    argv, expected = BAD_SETTINGS[case]
+    learner = [] if "--learner" in argv else ["--learner", "logreg"]
+    code, out, err = _run(capsys, *argv, *learner, "--no-progress")
+    assert code == 2
+    command = argv[0]
+    assert err.startswith(f"streamlearn {command}: error:"), err
+    for text in expected:
+        assert text in err, (text, err)
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["frobnicate"],
+    ["simulate", "--nodes", "many"],
+    ["evaluate", "--on-bad-record", "ignore"],
+    ["evaluate", "--optimizer", "rmsprop"],
+])
+def test_argparse_errors_exit_2(capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "usage: streamlearn" in capsys.readouterr().err
+
+
+def test_bad_setting_through_module_entry_point(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "streamlearn.cli", "simulate", "--nodes", "0", "--n", "50",
+                           "--learner", "logreg", "--no-progress"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "streamlearn simulate: error: --nodes: need an int >= 1, got 0"
+    assert proc.stdout == ""
