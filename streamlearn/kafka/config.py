@@ -223,9 +223,15 @@ class KafkaSettings:
         return kw
 
     def producer_kwargs(self, bootstrap: str | None = None, **overrides) -> dict:
-        """kwargs for ``KafkaProducer``: room for 64 MiB models, all replicas acknowledge."""
+        """kwargs for ``KafkaProducer``: room for 64 MiB models, all replicas acknowledge.
+
+        Not idempotent: after a broker restart that lost its state, an idempotent
+        kafka-python producer fails its producer-id request and stays failed for
+        good. Without it a retried send may be written twice (at-least-once into
+        Kafka); a node counts such a repeat as a ``seq`` gap.
+        """
         kw = self.common_kwargs(bootstrap)
-        kw.update(acks="all", max_request_size=MAX_MESSAGE_BYTES)
+        kw.update(acks="all", max_request_size=MAX_MESSAGE_BYTES, enable_idempotence=False)
         kw.update(overrides)
         return kw
 

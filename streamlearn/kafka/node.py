@@ -472,10 +472,7 @@ class NodeService:
             "up": sync_up_topic(self.prefix_), "down": sync_down_topic(self.prefix_),
             "dead": deadletter_topic(self.prefix_), "status": status_topic(self.prefix_),
         }
-        # Not idempotent: after a broker restart that lost its state, an idempotent kafka-python producer
-        # fails its producer-id request and stays failed for good; here a retried send may be duplicated.
-        self._producer = KafkaProducer(**s.producer_kwargs(self.bootstrap_, max_block_ms=10_000,
-                                                           enable_idempotence=False))
+        self._producer = KafkaProducer(**s.producer_kwargs(self.bootstrap_, max_block_ms=10_000))
         # sync.down has a consumer of its own: with both partitions on one consumer, a paused
         # and resumed samples partition was never fetched again (kafka-python 3.0.12 on Tansu).
         self._down = KafkaConsumer(**s.consumer_kwargs(self.bootstrap_, fetch_max_wait_ms=cfg.fetch_wait_ms))
@@ -904,7 +901,7 @@ class NodeService:
         """Ask for a node id (``node`` None) or renew the hold on ``node``."""
         try:
             self._producer.send(self._topics["up"], encode_sync(SyncMessage("claim", node=node, token=token)),
-                                key=None if node is None else str(node).encode())
+                                key=None if node is None else str(node).encode(), partition=0)
         except Exception as exc:  # KafkaError, buffer full: asked again later
             self._send_errors += 1
             log.warning("node %s: cannot send its id claim: %s", "?" if node is None else node, exc)

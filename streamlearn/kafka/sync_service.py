@@ -257,10 +257,7 @@ class SyncService:
         s = self.settings_
         self._topics = {"up": sync_up_topic(self.prefix_), "down": sync_down_topic(self.prefix_),
                         "dead": deadletter_topic(self.prefix_), "status": status_topic(self.prefix_)}
-        # Not idempotent: after a broker restart that lost its state, an idempotent kafka-python producer
-        # fails its producer-id request and stays failed for good; here a retried send may be duplicated.
-        self._producer = KafkaProducer(**s.producer_kwargs(self.bootstrap_, max_block_ms=10_000,
-                                                           enable_idempotence=False))
+        self._producer = KafkaProducer(**s.producer_kwargs(self.bootstrap_, max_block_ms=10_000))
         self._consumer = KafkaConsumer(**s.consumer_kwargs(self.bootstrap_, fetch_max_wait_ms=cfg.fetch_wait_ms))
         tp = self._up_tp = TopicPartition(self._topics["up"], 0)
         self._consumer.assign([tp])

@@ -171,3 +171,75 @@ def test_a_broker_restart_loses_its_data_and_the_services_reconnect_and_learn_wh
         sync.stop()
         sync_thread.join(timeout=20)
         broker.stop()
+
+
+def test_the_producer_sends_on_through_a_broker_restart(tmp_path):
+    """`streamlearn produce` outlives a broker restart: what it hands to Kafka after the restart all
+    arrives, in order, and it reports no lost record (an idempotent producer would fail for good here)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from streamlearn.kafka.broker import EmbeddedBroker, free_port
+    from streamlearn.kafka.codecs import decode_sample_batch
+    from streamlearn.kafka.config import KafkaSettings
+    from streamlearn.kafka.producer import Producer, ProducerConfig
+    from streamlearn.kafka.topics import samples_topic
+
+    port = free_port()
+    broker = EmbeddedBroker(port=port, log_path=str(tmp_path / "tansu1.log")).start()
+    bootstrap, prefix = broker.bootstrap, "pr.sl"
+    settings = KafkaSettings(bootstrap_servers=bootstrap)
+    producer = Producer(ProducerConfig(source="sea", nodes=1, rate=400, format="binary", batch=20, seed=3,
+                                       bootstrap=bootstrap, prefix=prefix, settings=settings, live_drift=False,
+                                       progress=False))
+    out = {}
+
+    def run():
+        try:
+            out["stats"] = producer.run()
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def until(condition, what, timeout=40.0):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: sent {producer.sent}, {out}"
+            time.sleep(0.05)
+
+    try:
+        until(lambda: producer.ready.is_set() and producer.sent.get(0, 0) >= 400, "a first second of samples")
+        broker.stop()
+        time.sleep(2.0)
+        assert thread.is_alive()  # still running, buffering and retrying
+        broker = EmbeddedBroker(port=port, log_path=str(tmp_path / "tansu2.log")).start()
+        ensure_topics(bootstrap, prefix, 1, settings=settings)
+        restarted_at = producer.sent[0]
+        until(lambda: producer.sent[0] >= restarted_at + 800, "two seconds more")
+        producer.stop()
+        thread.join(timeout=60)
+        assert not thread.is_alive() and "error" not in out, out.get("error")
+        total = out["stats"].sent[0]
+        assert out["stats"].errors == 0
+
+        consumer = KafkaConsumer(**settings.consumer_kwargs())
+        try:
+            tp = TopicPartition(samples_topic(prefix, 0), 0)
+            consumer.assign([tp])
+            consumer.seek_to_beginning(tp)
+            end = consumer.end_offsets([tp])[tp]
+            seqs = []
+            deadline = time.monotonic() + 20
+            while consumer.position(tp) < end and time.monotonic() < deadline:
+                for recs in consumer.poll(timeout_ms=200).values():
+                    seqs.extend(s for r in recs for s in decode_sample_batch(r.value).seqs.tolist())
+        finally:
+            consumer.close()
+        # The new broker holds a contiguous tail of the stream, from before the restart to the last sample sent.
+        assert seqs and seqs[0] <= restarted_at and seqs[-1] == total - 1
+        assert seqs == list(range(seqs[0], total))
+    finally:
+        producer.stop()
+        thread.join(timeout=30)
+        broker.stop()
