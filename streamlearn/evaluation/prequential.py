@@ -102,6 +102,26 @@ class PrequentialBank:
         """A fresh tracker with the same settings."""
         return type(self)(self.m, self.window, self.every, self.eps)
 
+    _STATE = ("n_scored_", "n_correct_", "n_loss_", "loss_sum_")
+
+    def get_state(self) -> tuple[dict, dict]:
+        """``(arrays, meta)``: counts, sums and the rolling window as numpy arrays, plus plain JSON
+        (the history points are not kept). See :meth:`set_state`."""
+        arrays = {name: getattr(self, name).copy() for name in self._STATE}
+        arrays["buf"] = self._buf.copy()
+        return arrays, {"n": int(self.n_), "window": int(self.window)}
+
+    def set_state(self, arrays: dict, meta: dict) -> bool:
+        """Load what :meth:`get_state` returned; False (nothing changed) when the window or the
+        number of nodes differs."""
+        if meta.get("window") != self.window or np.shape(arrays["buf"]) != self._buf.shape:
+            return False
+        for name in self._STATE:
+            setattr(self, name, np.array(arrays[name], dtype=getattr(self, name).dtype))
+        self._buf = np.array(arrays["buf"], dtype=np.float64)
+        self.n_ = int(meta["n"])
+        return True
+
     # -- updates -------------------------------------------------------------------------------
 
     def update(self, correct, loss=None, valid=None) -> None:
@@ -247,6 +267,23 @@ class Prequential:
     def clone(self) -> "Prequential":
         """A fresh tracker with the same settings."""
         return type(self)(self.window, self.every, self.eps)
+
+    def get_state(self) -> tuple[dict, dict]:
+        """``(arrays, meta)`` for a checkpoint (see :meth:`PrequentialBank.get_state`).
+
+        >>> p = Prequential(window=2)
+        >>> p.update_many([1, 0, 1], [1, 1, 1])
+        >>> q = Prequential(window=2)
+        >>> q.set_state(*p.get_state())
+        True
+        >>> q.n, q.accuracy, q.rolling_accuracy
+        (3, 0.6666666666666666, 0.5)
+        """
+        return self._bank.get_state()
+
+    def set_state(self, arrays: dict, meta: dict) -> bool:
+        """Load what :meth:`get_state` returned; False (nothing changed) when the window differs."""
+        return self._bank.set_state(arrays, meta)
 
     def update(self, correct, loss=None, valid=None) -> None:
         """Add ``(B,)`` samples: whether each was right, its loss (NaN = unknown) and whether it was predicted."""

@@ -267,9 +267,7 @@ def protocol_state(protocol) -> tuple[dict, dict]:
     """
     arrays = {"reference": protocol.reference.detach().cpu().numpy().astype(np.float32),
               "version": protocol.bank.version.detach().cpu().numpy().astype(np.int64)}
-    meta = {"m": protocol.m, "d": protocol.d, "stats": protocol.stats.as_dict(),
-            "rng": protocol._rng.bit_generator.state,  # plain ints and strings: JSON
-            "violation_counter": getattr(protocol, "violation_counter", None)}
+    meta = {"m": protocol.m, "d": protocol.d, "stats": protocol.stats.as_dict(), **protocol.get_state()}
     return arrays, meta
 
 
@@ -288,10 +286,7 @@ def restore_protocol_state(protocol, arrays: Mapping[str, np.ndarray], meta: Map
     protocol.bank.set_reference(torch.from_numpy(ref.astype(np.float32)))
     protocol.bank.version.copy_(torch.from_numpy(np.asarray(arrays["version"], dtype=np.int64)))
     protocol.stats = CommStats(**{k: int(v) for k, v in dict(meta.get("stats") or {}).items()})
-    if meta.get("rng") is not None:
-        protocol._rng.bit_generator.state = meta["rng"]
-    if meta.get("violation_counter") is not None and hasattr(protocol, "_v"):
-        protocol._v = int(meta["violation_counter"])  # dynamic averaging's v (read-only property)
+    protocol.set_state(meta)
 
 
 # ---- what the node service keeps of its learner and evaluator ----------------------------------
@@ -323,7 +318,7 @@ def learner_state(learner, prefix: str = "learner.") -> tuple[dict, dict]:
 
     arrays = {prefix + "flat": learner.get_flat().detach().cpu().float()}
     meta: dict = {"type": type(learner).__name__, "optimizer": None, "scaler_n": None}
-    opt = getattr(learner, "_opt", None)
+    opt = getattr(learner, "optimizer_", None)
     if opt is not None and hasattr(opt, "state_dict"):
         entries = []
         for pid, st in opt.state_dict()["state"].items():
@@ -336,10 +331,10 @@ def learner_state(learner, prefix: str = "learner.") -> tuple[dict, dict]:
                                     str(value)])
         meta["optimizer"] = entries
     scaler = getattr(learner, "scaler_", None)
-    if scaler is not None and getattr(scaler, "_mean", None) is not None:
-        arrays[prefix + "scaler.mean"] = scaler._mean
-        arrays[prefix + "scaler.m2"] = scaler._m2
-        meta["scaler_n"] = int(scaler.n_)
+    if scaler is not None and scaler.mean_ is not None:
+        state = scaler.get_state()
+        arrays[prefix + "scaler.mean"], arrays[prefix + "scaler.m2"] = state["mean"], state["m2"]
+        meta["scaler_n"] = state["n"]
     river_opt = getattr(getattr(learner, "model", None), "optimizer", None)
     if river_opt is not None and isinstance(getattr(river_opt, "n_iterations", None), int):
         meta["river_iterations"] = river_opt.n_iterations
@@ -358,7 +353,7 @@ def restore_learner_state(learner, arrays: Mapping[str, np.ndarray], meta: Mappi
     if flat.shape != (d,):
         raise CheckpointError(f"the checkpoint's model has {flat.size} parameters, this learner {d}")
     learner.set_flat(torch.from_numpy(flat.astype(np.float32)))
-    opt = getattr(learner, "_opt", None)
+    opt = getattr(learner, "optimizer_", None)
     if meta.get("optimizer") is not None and opt is not None:
         device = learner.get_flat().device
         state: dict = {}
@@ -371,10 +366,8 @@ def restore_learner_state(learner, arrays: Mapping[str, np.ndarray], meta: Mappi
         opt.load_state_dict(sd)
     scaler = getattr(learner, "scaler_", None)
     if meta.get("scaler_n") is not None and scaler is not None:
-        dev = scaler.device_
-        scaler._mean = torch.from_numpy(np.array(arrays[prefix + "scaler.mean"])).to(dev)
-        scaler._m2 = torch.from_numpy(np.array(arrays[prefix + "scaler.m2"])).to(dev)
-        scaler.n_ = int(meta["scaler_n"])
+        scaler.set_state({"n": meta["scaler_n"], "mean": arrays[prefix + "scaler.mean"],
+                          "m2": arrays[prefix + "scaler.m2"]})
     river_opt = getattr(getattr(learner, "model", None), "optimizer", None)
     if meta.get("river_iterations") is not None and river_opt is not None:
         river_opt.n_iterations = int(meta["river_iterations"])
@@ -383,21 +376,15 @@ def restore_learner_state(learner, arrays: Mapping[str, np.ndarray], meta: Mappi
 def prequential_state(preq, prefix: str = "preq.") -> tuple[dict, dict]:
     """``(arrays, meta)`` of a :class:`~streamlearn.evaluation.Prequential`: counts, sums and the
     rolling window (its history points are not kept)."""
-    bank = preq._bank
-    arrays = {prefix + name: getattr(bank, name) for name in ("n_scored_", "n_correct_", "n_loss_", "loss_sum_")}
-    arrays[prefix + "buf"] = bank._buf
-    return arrays, {"n": int(bank.n_), "window": int(bank.window)}
+    arrays, meta = preq.get_state()
+    return {prefix + name: a for name, a in arrays.items()}, meta
 
 
 def restore_prequential_state(preq, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any],
                               prefix: str = "preq.") -> bool:
     """Put what :func:`prequential_state` kept into ``preq``; False (and nothing changed) when the
     window differs, so the evaluator restarts fresh."""
-    bank = preq._bank
-    if meta.get("window") != bank.window or np.shape(arrays[prefix + "buf"]) != bank._buf.shape:
+    own = {name[len(prefix):]: a for name, a in arrays.items() if name.startswith(prefix)}
+    if "buf" not in own:
         return False
-    for name in ("n_scored_", "n_correct_", "n_loss_", "loss_sum_"):
-        setattr(bank, name, np.array(arrays[prefix + name], dtype=getattr(bank, name).dtype))
-    bank._buf = np.array(arrays[prefix + "buf"], dtype=np.float64)
-    bank.n_ = int(meta["n"])
-    return True
+    return preq.set_state(own, dict(meta))

@@ -106,6 +106,7 @@ from streamlearn.kafka.codecs import (
     record_kind,
 )
 from streamlearn.kafka.config import KafkaSettings
+from streamlearn.kafka.service import Service
 from streamlearn.kafka.status import encode_status, model_hash
 from streamlearn.kafka.topics import (
     deadletter_topic,
@@ -116,7 +117,6 @@ from streamlearn.kafka.topics import (
 )
 from streamlearn.kafka.wire import (
     ID_RENEW_EVERY,
-    StopSignals,
     SyncMessage,
     connect,
     decode_sync,
@@ -294,7 +294,7 @@ class NodeConfig:
         return list(features), list(classes)
 
 
-class NodeService:
+class NodeService(Service):
     """A node of the pipeline: consume, test-then-train, run the node rule, apply syncs, report status.
 
     Call :meth:`run` (blocking; in a thread or a process); :meth:`stop` or the ``stop_event``
@@ -320,43 +320,7 @@ class NodeService:
     def __init__(self, config: NodeConfig, metrics=None):
         if not isinstance(config, NodeConfig):
             raise ConfigError(f"config must be a NodeConfig, got {type(config).__name__}")
-        self.config = config
-        self.metrics = metrics  # a streamlearn.metrics.NodeMetrics, or None
-        self._stop = threading.Event()
-        self._external_stop: threading.Event | None = None
-        self._lock = threading.Lock()
-        self._status: dict = {}
-
-    # ---- public --------------------------------------------------------------------------------
-
-    def stop(self) -> None:
-        """Ask :meth:`run` to finish (thread-safe)."""
-        self._stop.set()
-
-    def status(self) -> dict:
-        """The latest status message (a dict; empty before the service started)."""
-        with self._lock:
-            return dict(self._status)
-
-    def run(self, stop_event: threading.Event | None = None, max_seconds: float | None = None) -> dict:
-        """Run until stopped (``stop()``, ``stop_event``, SIGINT/SIGTERM) or ``max_seconds`` passed.
-
-        Returns the final status. Kafka errors while starting raise; afterwards a failed send
-        or commit is logged and retried, never fatal.
-        """
-        positive("max_seconds", max_seconds, allow_none=True)
-        self._external_stop = stop_event
-        try:
-            with StopSignals(self._stop):
-                self._setup()
-                if self._state == "running":  # else stopped while waiting for its id
-                    self._loop(stop_event, max_seconds)
-        finally:
-            self._shutdown()
-        return self.status()
-
-    def _stopping(self) -> bool:
-        return self._stop.is_set() or (self._external_stop is not None and self._external_stop.is_set())
+        super().__init__(config, metrics)  # metrics: a streamlearn.metrics.NodeMetrics, or None
 
     # ---- setup ---------------------------------------------------------------------------------
 
@@ -1164,8 +1128,7 @@ class NodeService:
 
     def _publish_status(self) -> None:
         status = self._snapshot()
-        with self._lock:
-            self._status = status
+        self._set_status(status)
         if self.metrics is not None:
             self.metrics.update_from_status(status)
         try:

@@ -74,9 +74,10 @@ import torch
 from streamlearn.errors import BadRecordError, ConfigError
 from streamlearn.kafka.codecs import DecodeError, EncodeError, deadletter_headers
 from streamlearn.kafka.config import KafkaSettings
+from streamlearn.kafka.service import Service
 from streamlearn.kafka.status import encode_status, model_hash
 from streamlearn.kafka.topics import deadletter_topic, status_topic, sync_down_topic, sync_up_topic
-from streamlearn.kafka.wire import ID_RENEW_EVERY, StopSignals, SyncMessage, connect, decode_sync, encode_sync, positive
+from streamlearn.kafka.wire import ID_RENEW_EVERY, SyncMessage, connect, decode_sync, encode_sync, positive
 from streamlearn.metrics import REJECT_REASONS
 from streamlearn.sync.messages import PullToward, Report, RequestModels, SendModel
 
@@ -180,7 +181,7 @@ class SyncConfig:
         return name + (":" + ",".join(f"{k}={v}" for k, v in parsed.items()) if parsed else "")
 
 
-class SyncService:
+class SyncService(Service):
     """The coordinator: protocol events from ``sync.up``, actions to ``sync.down``, status out.
 
     Call :meth:`run` (blocking); :meth:`stop`, the ``stop_event``, SIGINT/SIGTERM (main
@@ -196,35 +197,9 @@ class SyncService:
     def __init__(self, config: SyncConfig, metrics=None):
         if not isinstance(config, SyncConfig):
             raise ConfigError(f"config must be a SyncConfig, got {type(config).__name__}")
-        self.config = config
-        self.metrics = metrics  # a streamlearn.metrics.SyncMetrics, or None
+        super().__init__(config, metrics)  # metrics: a streamlearn.metrics.SyncMetrics, or None
         self.protocol_ = None
         self.epoch_ = uuid.uuid4().hex[:12]
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._status: dict = {}
-
-    # ---- public --------------------------------------------------------------------------------
-
-    def stop(self) -> None:
-        """Ask :meth:`run` to finish (thread-safe)."""
-        self._stop.set()
-
-    def status(self) -> dict:
-        """The latest status message (empty before the service started)."""
-        with self._lock:
-            return dict(self._status)
-
-    def run(self, stop_event: threading.Event | None = None, max_seconds: float | None = None) -> dict:
-        """Run until stopped or ``max_seconds`` passed; return the final status."""
-        positive("max_seconds", max_seconds, allow_none=True)
-        try:
-            self._setup()
-            with StopSignals(self._stop):
-                self._loop(stop_event, max_seconds)
-        finally:
-            self._shutdown()
-        return self.status()
 
     # ---- setup and loop ------------------------------------------------------------------------
 
@@ -636,8 +611,7 @@ class SyncService:
 
     def _publish_status(self) -> None:
         status = self._snapshot()
-        with self._lock:
-            self._status = status
+        self._set_status(status)
         if self.metrics is not None:
             self.metrics.update_from_status(status)
         try:

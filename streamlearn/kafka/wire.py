@@ -53,7 +53,6 @@ __all__ = [
     "MAX_TARGETS",
     "ID_RENEW_EVERY",
     "connect",
-    "StopSignals",
     "positive",
 ]
 
@@ -295,30 +294,6 @@ def connect(settings=None, bootstrap: str | None = None, prefix: str | None = No
     except KafkaError as exc:
         raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc!r}") from None
     return settings, bootstrap, prefix
-
-
-class StopSignals:
-    """Context manager: SIGINT/SIGTERM set ``event`` while inside (main thread only; elsewhere a no-op)."""
-
-    def __init__(self, event):
-        self.event = event
-        self._saved: dict = {}
-
-    def __enter__(self) -> "StopSignals":
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._saved[sig] = signal.signal(sig, lambda *_: self.event.set())
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import signal
-
-        for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
-        self._saved.clear()
 
 
 def positive(name: str, value, *, integer: bool = False, allow_none: bool = False):

@@ -122,6 +122,30 @@ class OnlineScaler(base.Transformer):
         out = out.to(Xt.dtype if Xt.is_floating_point() else torch.float32)
         return out if isinstance(X, torch.Tensor) else out.cpu().numpy()
 
+    # -- state (checkpoints) -------------------------------------------------------------------------
+
+    def get_state(self) -> dict:
+        """``{"n", "mean", "m2"}``: the running statistics as float64 numpy arrays (None before any update).
+
+        >>> s = OnlineScaler()
+        >>> _ = s.update(np.array([[1.0, 2.0], [3.0, 6.0]]))
+        >>> t = OnlineScaler()
+        >>> t.set_state(s.get_state())
+        >>> t.n_, t.mean_.tolist()
+        (2, [2.0, 4.0])
+        """
+        arr = lambda t: None if t is None else t.detach().cpu().numpy().copy()  # noqa: E731
+        return {"n": int(self.n_), "mean": arr(self._mean), "m2": arr(self._m2)}
+
+    def set_state(self, state: dict) -> None:
+        """Load what :meth:`get_state` returned."""
+        mean, m2 = state.get("mean"), state.get("m2")
+        if (mean is None) != (m2 is None) or (mean is not None and np.shape(mean) != np.shape(m2)):
+            raise ConfigError(f"OnlineScaler.set_state: mean and m2 must both be arrays of one shape or both None, "
+                              f"got shapes {np.shape(mean)} and {np.shape(m2)}")
+        to = lambda a: None if a is None else torch.as_tensor(np.array(a, dtype=np.float64)).to(self.device_)  # noqa: E731
+        self._mean, self._m2, self.n_ = to(mean), to(m2), int(state["n"])
+
     # -- dict API (river) ---------------------------------------------------------------------------
 
     def _row(self, x: Mapping) -> np.ndarray:

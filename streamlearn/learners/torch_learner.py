@@ -256,6 +256,12 @@ class TorchLearner(FeatureMixin, base.MiniBatchClassifier):
         return self._scaler
 
     @property
+    def optimizer_(self) -> torch.optim.Optimizer | None:
+        """The torch optimizer over the flat parameter tensor (None before the parameters exist);
+        its ``state_dict()`` holds momentum and Adam's moments for checkpoints."""
+        return self._opt
+
+    @property
     def n_params(self) -> int:
         """d, the length of the flat parameter vector."""
         self._require_built()

@@ -80,6 +80,14 @@ class Dynamic(Protocol):
         """v: violations since the last forced full sync."""
         return self._v
 
+    def get_state(self) -> dict:
+        return {**super().get_state(), "violation_counter": self._v}
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        if state.get("violation_counter") is not None:
+            self._v = int(state["violation_counter"])
+
     @property
     def balancing(self) -> frozenset[int]:
         """B, the nodes of the sync in progress."""

@@ -116,6 +116,16 @@ class Protocol:
         """The current reference model r (do not modify it)."""
         return self.bank.r
 
+    def get_state(self) -> dict:
+        """What the coordinator keeps besides the model bank and ``stats``, as plain JSON (its random
+        generator; dynamic averaging adds its violation counter). See :meth:`set_state`."""
+        return {"rng": self._rng.bit_generator.state}
+
+    def set_state(self, state: dict) -> None:
+        """Load what :meth:`get_state` returned (keys it does not know are ignored)."""
+        if state.get("rng") is not None:
+            self._rng.bit_generator.state = state["rng"]
+
     # ---- coordinator side: events ----------------------------------------------------------
 
     def on_join(self, node: int) -> list[Action]:

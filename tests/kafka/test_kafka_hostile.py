@@ -10,19 +10,19 @@ and the dead-letter topic.
 from __future__ import annotations
 
 import struct
-import threading
 import time
 
 import numpy as np
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from streamlearn.kafka.codecs import encode_model
-from streamlearn.kafka.sync_service import SyncConfig, SyncService
-from streamlearn.kafka.topics import deadletter_topic, ensure_topics, sync_down_topic, sync_up_topic
-from streamlearn.kafka.wire import SyncMessage, decode_sync, encode_sync
+from streamlearn.kafka.sync_service import SyncConfig
+from streamlearn.kafka.topics import deadletter_topic
+from streamlearn.kafka.wire import SyncMessage, encode_sync
 from streamlearn.metrics import REJECT_REASONS, SyncMetrics
+
+from sync_wire_helpers import FakeNodes
 
 D = 2
 _HEAD = struct.Struct("<4sHHI")
@@ -57,51 +57,19 @@ HOSTILE = {
 }
 
 
-class Nodes:
+class Nodes(FakeNodes):
     """Four hand-played nodes and a sync service thread on one prefix."""
 
     def __init__(self, broker, settings, prefix, **kw):
-        ensure_topics(broker.bootstrap, prefix, [], settings=settings)
-        self.prefix = prefix
-        self.producer = KafkaProducer(**settings.producer_kwargs())
-        self.consumer = KafkaConsumer(**settings.consumer_kwargs(fetch_max_wait_ms=20))
-        tp = TopicPartition(sync_down_topic(prefix), 0)
-        self.consumer.assign([tp])
-        self.consumer.seek_to_beginning(tp)
-        self.down: list = []
         kw = {"max_nodes": 4, "timeout": 60.0, "device": "cpu", "status_interval": 0.1, **kw}
-        self.service = SyncService(SyncConfig(protocol="dynamic:delta=1.0,b=1", bootstrap=broker.bootstrap,
-                                              prefix=prefix, settings=settings, **kw))
-        self.thread = threading.Thread(target=self.service.run, daemon=True)
-        self.thread.start()
-        self.expect(lambda m: m.kind == "hello")
-
-    def send(self, msg: SyncMessage | None = None, raw: bytes | None = None) -> None:
-        self.producer.send(sync_up_topic(self.prefix), raw if raw is not None else encode_sync(msg))
-        self.producer.flush()
-
-    def expect(self, match, timeout: float = 10.0) -> SyncMessage:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for i, msg in enumerate(self.down):
-                if msg is not None and match(msg):
-                    self.down[i] = None
-                    return msg
-            for records in self.consumer.poll(timeout_ms=100).values():
-                self.down.extend(decode_sync(r.value) for r in records)
-        raise AssertionError(f"no matching message on sync.down; got {[m and m.kind for m in self.down]}")
+        super().__init__(broker, settings, prefix, SyncConfig(protocol="dynamic:delta=1.0,b=1",
+                                                              bootstrap=broker.bootstrap, prefix=prefix,
+                                                              settings=settings, **kw))
 
     def join_all(self) -> None:
         for node in range(4):
             self.send(SyncMessage("join", node=node, d=D, layout="L", model=np.zeros(D, dtype=np.float32)))
             self.expect(lambda m, node=node: m.kind == "send" and m.targets == (node,))
-
-    def close(self) -> None:
-        self.service.stop()
-        self.thread.join(timeout=10)
-        assert not self.thread.is_alive()
-        self.producer.close()
-        self.consumer.close()
 
 
 @pytest.fixture

@@ -8,14 +8,16 @@ import time
 
 import numpy as np
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from streamlearn.errors import ConfigError, StreamlearnError
 from streamlearn.kafka.codecs import encode_sample_batch
 from streamlearn.kafka.node import NodeConfig, NodeService, node_config_from_options
 from streamlearn.kafka.sync_service import SyncConfig, SyncService, sync_config_from_options
-from streamlearn.kafka.topics import ensure_topics, samples_topic, sync_down_topic, sync_up_topic
-from streamlearn.kafka.wire import SyncMessage, decode_sync, encode_sync
+from streamlearn.kafka.topics import ensure_topics, samples_topic, sync_down_topic
+from streamlearn.kafka.wire import SyncMessage, encode_sync
+
+from sync_wire_helpers import SyncWire
 
 FEATURES = ["a", "b", "c"]
 CLASSES = [0, 1]
@@ -164,40 +166,14 @@ def test_an_auto_node_stops_when_told_its_id_went_to_another_node(broker, settin
 # ---- the sync service alone, the test playing the nodes -----------------------------------------
 
 
-class Wire:
-    """Write sync.up, read sync.down (from the start) as the nodes would."""
-
-    def __init__(self, settings, prefix):
-        self.prefix = prefix
-        self.producer = KafkaProducer(**settings.producer_kwargs())
-        self.consumer = KafkaConsumer(**settings.consumer_kwargs(fetch_max_wait_ms=20))
-        tp = TopicPartition(sync_down_topic(prefix), 0)
-        self.consumer.assign([tp])
-        self.consumer.seek_to_beginning(tp)
-        self.seen: list = []
+class Wire(SyncWire):
+    """Claims and renewals as auto-id nodes would send them."""
 
     def send(self, kind: str, **kw) -> None:
-        self.producer.send(sync_up_topic(self.prefix), encode_sync(SyncMessage(kind, **kw)))
-        self.producer.flush()
-
-    def expect(self, match, what: str, timeout: float = 10.0) -> SyncMessage:
-        """The first message on sync.down not seen before that ``match`` accepts."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for i, msg in enumerate(self.seen):
-                if msg is not None and match(msg):
-                    self.seen[i] = None
-                    return msg
-            for records in self.consumer.poll(timeout_ms=100).values():
-                self.seen.extend(decode_sync(r.value) for r in records)
-        raise AssertionError(f"no {what} on sync.down")
+        super().send(SyncMessage(kind, **kw))
 
     def answer(self, token: str) -> SyncMessage:
         return self.expect(lambda m: m.kind == "assign" and m.token == token, f"answer for {token}")
-
-    def close(self):
-        self.producer.close()
-        self.consumer.close()
 
 
 def test_claims_leases_and_their_expiry(broker, settings, prefix):

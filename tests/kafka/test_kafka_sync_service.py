@@ -2,59 +2,18 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamlearn.errors import ConfigError
 from streamlearn.kafka.status import model_hash
-from streamlearn.kafka.sync_service import SyncConfig, SyncService, sync_config_from_options
-from streamlearn.kafka.topics import deadletter_topic, ensure_topics, sync_down_topic, sync_up_topic
-from streamlearn.kafka.wire import SyncMessage, decode_sync, encode_sync
+from streamlearn.kafka.sync_service import SyncConfig, sync_config_from_options
+from streamlearn.kafka.topics import deadletter_topic
+from streamlearn.kafka.wire import SyncMessage
 
-
-class FakeNodes:
-    """The test plays the nodes: it writes sync.up and reads everything on sync.down."""
-
-    def __init__(self, broker, settings, prefix, config: SyncConfig):
-        ensure_topics(broker.bootstrap, prefix, [], settings=settings)
-        self.prefix = prefix
-        self.producer = KafkaProducer(**settings.producer_kwargs())
-        self.consumer = KafkaConsumer(**settings.consumer_kwargs(fetch_max_wait_ms=20))
-        tp = TopicPartition(sync_down_topic(prefix), 0)
-        self.consumer.assign([tp])
-        self.consumer.seek_to_beginning(tp)
-        self.down: list = []
-        self.service = SyncService(config)
-        self.thread = threading.Thread(target=self.service.run, daemon=True)
-        self.thread.start()
-        self.expect(lambda m: m.kind == "hello")  # the service is up and reading
-
-    def send(self, msg: SyncMessage, raw: bytes | None = None) -> None:
-        self.producer.send(sync_up_topic(self.prefix), raw if raw is not None else encode_sync(msg))
-        self.producer.flush()
-
-    def expect(self, match, timeout: float = 10.0) -> SyncMessage:
-        """The first message on sync.down not seen before that ``match`` accepts."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for i, msg in enumerate(self.down):
-                if msg is not None and match(msg):
-                    self.down[i] = None  # consumed
-                    return msg
-            for records in self.consumer.poll(timeout_ms=100).values():
-                self.down.extend(decode_sync(r.value) for r in records)
-        raise AssertionError(f"no matching message on sync.down; got {[m and m.kind for m in self.down]}")
-
-    def close(self) -> None:
-        self.service.stop()
-        self.thread.join(timeout=10)
-        assert not self.thread.is_alive()
-        self.producer.close()
-        self.consumer.close()
+from sync_wire_helpers import FakeNodes
 
 
 @pytest.fixture
