@@ -23,42 +23,10 @@ from connectors.publish import ConnectStats, Publisher
 from connectors.routing import NodeRouter
 from connectors.schema import StreamSchema
 from streamlearn.errors import ConfigError
+# shared with streamlearn's CSV source, so both read a file the same way
+from streamlearn.records import parse_delimiter, sniff_delimiter
 
 __all__ = ["run_csv", "CsvFormat", "sniff_delimiter", "parse_delimiter"]
-
-DELIMITERS = (",", "\t", ";", "|")
-_NAMED = {"comma": ",", "tab": "\t", "\\t": "\t", "semicolon": ";", "pipe": "|", "auto": None}
-
-
-def parse_delimiter(text: str | None) -> str | None:
-    """A ``--delimiter`` value: one character, or comma/tab/semicolon/pipe/auto (None: guess).
-
-    Examples
-    --------
-    >>> parse_delimiter("tab"), parse_delimiter(";"), parse_delimiter("auto")
-    ('\\t', ';', None)
-    """
-    if text is None:
-        return None
-    if text.lower() in _NAMED:
-        return _NAMED[text.lower()]
-    if len(text) != 1 or text in "\r\n\"":
-        raise ConfigError(f"delimiter must be one character or comma, tab, semicolon, pipe, auto; got {text!r}")
-    return text
-
-
-def sniff_delimiter(header: str) -> str:
-    """The most frequent of ``,`` tab ``;`` ``|`` in the header line (``,`` if none).
-
-    Examples
-    --------
-    >>> sniff_delimiter("a;b;c"), sniff_delimiter("a\\tb,c\\td")
-    (';', '\\t')
-    """
-    counts = [(header.count(d), -i, d) for i, d in enumerate(DELIMITERS)]
-    best = max(counts)
-    return best[2] if best[0] > 0 else ","
-
 
 class CsvFormat:
     """The columns of a CSV file checked against a schema, and the parser of its rows.
@@ -115,7 +83,7 @@ def run_csv(path, schema: StreamSchema, router: NodeRouter, *, delimiter: str | 
             rate: float | None = None, speedup: float | None = None, max_gap: float | None = None,
             limit: int | None = None, bootstrap: str | None = None, prefix: str | None = None, settings=None,
             progress: float = 0.0, stop_event: threading.Event | None = None,
-            max_seconds: float | None = None, max_pending: int = 100_000) -> ConnectStats:
+            max_seconds: float | None = None, max_pending: int = 100_000, metrics=None) -> ConnectStats:
     """Replay a CSV file (``-``: stdin; ``.gz``: decompressed) into node topics; return the counts.
 
     Parameters
@@ -130,8 +98,9 @@ def run_csv(path, schema: StreamSchema, router: NodeRouter, *, delimiter: str | 
         Pacing (:class:`~connectors.pacing.Pacer`); ``speedup`` needs the schema's ``time``.
     limit
         Stop after this many data lines.
-    bootstrap, prefix, settings, progress
-        Kafka and output (:class:`~connectors.publish.Publisher`).
+    bootstrap, prefix, settings, progress, metrics
+        Kafka and output (:class:`~connectors.publish.Publisher`); ``metrics`` a
+        :class:`~streamlearn.metrics.ConnectorMetrics` or None.
     stop_event, max_seconds
         Stop early (the counts so far are returned).
     max_pending
@@ -152,7 +121,7 @@ def run_csv(path, schema: StreamSchema, router: NodeRouter, *, delimiter: str | 
             raise ConfigError(f"{path}: header line longer than max_bytes {schema.max_bytes}")
         fmt = CsvFormat(first[1], schema, delimiter)
         publisher = Publisher("csv", bootstrap=bootstrap, prefix=prefix, settings=settings,
-                              nodes=router.known_nodes(), progress=progress)
+                              nodes=router.known_nodes(), progress=progress, metrics=metrics)
         ingest = Ingestor(schema, router, publisher, pacer=pacer, max_pending=max_pending)
 
         def handle(lineno: int, line: bytes, size: int | None) -> None:
@@ -162,7 +131,7 @@ def run_csv(path, schema: StreamSchema, router: NodeRouter, *, delimiter: str | 
                                       value=f"{size} bytes")
                 row = fmt.parse_row(line)
             except RecordError as exc:
-                publisher.deadletter(line, str(exc.with_row(lineno)), source=source, offset=lineno)
+                publisher.deadletter(line, exc.with_row(lineno), source=source, offset=lineno)
                 return
             ingest.record(row, line, source=source, offset=lineno, text=True)
 

@@ -7,12 +7,12 @@ A value becomes a node through an explicit map (``mapping``); else, with
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Mapping
 
 from connectors.errors import RecordError
 from streamlearn.errors import ConfigError
+from streamlearn.records import node_of_key
 
 __all__ = ["NodeRouter", "parse_node_map", "MAX_NODE"]
 
@@ -161,10 +161,7 @@ class NodeRouter:
                 raise RecordError("value not in the node map", field=where, value=value)
             return node
         if self.nodes is not None:
-            if _INT_RE.match(text) or (text.startswith("-") and _INT_RE.match(text[1:])):
-                return int(text) % self.nodes
-            digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-            return int.from_bytes(digest, "little") % self.nodes
+            return node_of_key(text, self.nodes)  # the rule streamlearn's key split uses too
         if not _INT_RE.match(text) or int(text) > self.max_node:
             raise RecordError(f"must be a node id 0..{self.max_node} (or give a node count or a node map)",
                               field=where, value=value)

@@ -23,10 +23,17 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--label", help="label column of a csv source")
     g.add_argument("--features", help="comma-separated feature columns of a csv source (default: all others)")
     g.add_argument("--classes", help="comma-separated labels of a csv source; any other label is a bad record")
+    g.add_argument("--categorical", action="append", default=[], metavar="COL=a|b|c",
+                   help="categories of a text column of a csv source, one-hot encoded (repeatable; default: the "
+                        "values of the first 1000 rows)")
+    g.add_argument("--param", dest="source_param", action="append", default=[], metavar="KEY=VALUE",
+                   help="source parameter, e.g. variant=2 for sea, change_speed=0.01 for rbf (repeatable; "
+                        "see `streamlearn streams`)")
     g.add_argument("--drift", action="append", default=[], metavar="SPEC",
                    help="drift to inject, e.g. sudden@5000, gradual@5000:width=1000 (repeatable)")
     g.add_argument("--on-bad-record", choices=("raise", "skip"), default="raise",
-                   help="what to do with a bad csv record: stop with an error naming it, or skip and count it")
+                   help="what to do with a bad record (a csv row, a NaN value): stop with an error naming it, "
+                        "or skip and count it")
     g.add_argument("--seed", type=int, default=0, help="seed of the stream, learner and protocol")
 
 
@@ -36,13 +43,38 @@ def _add_learner_args(p: argparse.ArgumentParser, default: str) -> None:
     g.add_argument("--lr", type=float, help="learning rate (torch learners, river-logreg)")
     g.add_argument("--hidden", help="hidden layer sizes of mlp/cnn, comma-separated, e.g. 32,32")
     g.add_argument("--optimizer", choices=("sgd", "adam"), help="optimizer of torch learners")
+    g.add_argument("--weight-decay", type=float, help="L2 penalty of torch learners' optimizer (default 0)")
     g.add_argument("--scale", action=argparse.BooleanOptionalAction, default=None,
                    help="standardise features online (torch learners; default on)")
 
 
+# csv source parameters that have a flag of their own
+_CSV_FLAGS = {"label": "--label", "features": "--features", "classes": "--classes",
+              "on_bad_record": "--on-bad-record", "categorical": "--categorical"}
+
+
 def _source_params(args) -> dict:
+    from streamlearn.streams import SOURCES
+
     params = {}
-    if args.source.startswith("csv:"):
+    kind = args.source.partition(":")[0].strip().lower()
+    is_csv = kind == "csv"
+    known = SOURCES.get("csv:PATH" if is_csv else kind, {}).get("params")
+    for item in args.source_param:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise StreamlearnError(f"--param: expected KEY=VALUE, got {item!r}")
+        if is_csv and key in _CSV_FLAGS:
+            raise StreamlearnError(f"--param {key}: use {_CSV_FLAGS[key]}")
+        if known is not None and key not in known:  # an unknown source is reported by make_source
+            valid = [k for k in known if not (is_csv and k in _CSV_FLAGS)]
+            raise StreamlearnError(f"--param {key}: source {args.source!r} has no parameter {key!r}; "
+                                   f"valid: {', '.join(valid) or 'none'}")
+        if key in params:
+            raise StreamlearnError(f"--param {key}: given twice")
+        params[key] = value  # make_source converts text to the parameter's type
+    if is_csv:
         if not args.label:
             raise StreamlearnError("--label: a csv source needs the label column (--label COLUMN)")
         params["label"] = args.label
@@ -51,8 +83,10 @@ def _source_params(args) -> dict:
             params["features"] = [f.strip() for f in args.features.split(",") if f.strip()]
         if args.classes:
             params["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
-    elif args.label or args.features or args.classes:
-        raise StreamlearnError(f"--label/--features/--classes: only for csv sources, not {args.source!r}")
+        if args.categorical:
+            params["categorical"] = list(args.categorical)
+    elif args.label or args.features or args.classes or args.categorical:
+        raise StreamlearnError(f"--label/--features/--classes/--categorical: only for csv sources, not {args.source!r}")
     return params
 
 
@@ -68,13 +102,15 @@ def _learner(args, torch_only: bool = False, stream=None):
     torch_names = ("logreg", "mlp", "cnn")
     if args.learner in torch_names:
         params["seed"] = args.seed
-        params["scale"] = True if args.scale is None else args.scale
+        params["scale"] = _TORCH_CLI_DEFAULTS["scale"] if args.scale is None else args.scale
         if args.optimizer:
             params["optimizer"] = args.optimizer
+        if args.weight_decay is not None:
+            params["weight_decay"] = args.weight_decay
     elif torch_only:
         raise StreamlearnError(f"--learner: the simulator trains torch learners {torch_names}, got {args.learner!r}")
-    elif args.optimizer or args.scale is not None:
-        raise StreamlearnError(f"--optimizer/--scale: only for torch learners {torch_names}")
+    elif args.optimizer or args.scale is not None or args.weight_decay is not None:
+        raise StreamlearnError(f"--optimizer/--scale/--weight-decay: only for torch learners {torch_names}")
     if args.lr is not None:
         params["lr"] = args.lr
     if args.hidden:
@@ -111,9 +147,26 @@ def _fmt(v, digits=4) -> str:
 # ---- commands ------------------------------------------------------------------------------------
 
 
+# What the CLI gives a torch learner unless told otherwise (the Python default of scale is False).
+_TORCH_CLI_DEFAULTS = {"scale": True}
+# Parameters a torch architecture does not use, left out of `streamlearn streams`.
+_TORCH_UNUSED = {"logreg": ("hidden", "kernel_size"), "mlp": ("kernel_size",)}
+
+
+def _cli_learner_params(name: str) -> dict:
+    """The parameters of learner ``name`` as the CLI uses them (its defaults; none the learner ignores)."""
+    from streamlearn.learners.registry import learner_params
+
+    params = learner_params(name)
+    if name in ("logreg", "mlp", "cnn"):
+        params = {k: v for k, v in params.items() if k not in _TORCH_UNUSED.get(name, ())}
+        params.update(_TORCH_CLI_DEFAULTS)
+        params["seed"] = 0  # --seed
+    return params
+
+
 def cmd_streams(args) -> int:
     from streamlearn.learners import LEARNERS
-    from streamlearn.learners.registry import learner_params
     from streamlearn.streams import DRIFT_KINDS, SOURCES
 
     def show(title, entries):
@@ -129,10 +182,10 @@ def cmd_streams(args) -> int:
                 print(f"  {'':<26}{k} = {v}")
         print()
 
-    show("Sources (--source NAME, or csv:PATH --label COLUMN):", SOURCES)
+    show("Sources (--source NAME [--param KEY=VALUE ...], or csv:PATH --label COLUMN):", SOURCES)
     show("Drift kinds (--drift KIND@POSITION[:param=value,...]):", DRIFT_KINDS)
-    show("Learners (--learner NAME):", {name: {"description": desc, "params": learner_params(name)}
-                                        for name, desc in LEARNERS.items()})
+    show("Learners (--learner NAME; --lr, --hidden, --optimizer, --scale, --seed set those parameters):",
+         {name: {"description": desc, "params": _cli_learner_params(name)} for name, desc in LEARNERS.items()})
     return 0
 
 
@@ -147,10 +200,11 @@ def cmd_evaluate(args) -> int:
     learner = _learner(args, stream=stream)
     res = evaluate(stream, learner, n=args.n, batch_size=args.batch_size, window=args.window,
                    detector=None if args.detector == "none" else args.detector,
-                   progress=not args.no_progress, max_delay=args.max_delay)
+                   progress=not args.no_progress, max_delay=args.max_delay, on_bad_record=args.on_bad_record)
+    res.n_bad += getattr(source, "skipped", 0)  # records the csv source left out are skipped bad records too
     s = res.score
     rows = [
-        ["samples", res.n], ["skipped bad records", res.n_bad + getattr(source, "skipped", 0)], ["accuracy", _fmt(res.accuracy)],
+        ["samples", res.n], ["skipped bad records", res.n_bad], ["accuracy", _fmt(res.accuracy)],
         ["log loss", _fmt(res.loss)],
         ["rolling accuracy (end)", _fmt(float(res.history["rolling_accuracy"][-1]) if len(res.history["position"]) else None)],
         ["drifts injected", len(res.events)], ["drifts detected (detector fired)", len(res.detections)],
@@ -158,6 +212,9 @@ def cmd_evaluate(args) -> int:
     if s is not None and res.events:
         rows += [["true drifts found", f"{s.detected}/{len(s.events)}"], ["missed", s.missed],
                  ["false alarms", s.false_alarms], ["mean detection delay", _fmt(s.mean_delay, 1)]]
+    if getattr(source, "categories", None):
+        rows += [["one-hot text columns", ", ".join(source.categories)],
+                 ["values outside the categories", sum(source.unseen_categories.values())]]
     print(_table(rows, ["evaluate", f"{args.source} / {args.learner}"]))
     if args.plot:
         plot_history(res, res.events, res.detections, args.plot, title=f"{args.source} / {args.learner}")
@@ -283,10 +340,20 @@ def cmd_produce(args) -> int:
 
 
 def cmd_drift(args) -> int:
-    from streamlearn.kafka.control import parse_params, send_drift_command
+    from streamlearn.kafka.control import inject_drift, parse_params
 
-    cmd = send_drift_command(None, None, args.node, args.kind, parse_params(args.param))
-    print(f"sent {args.kind} to node {args.node} (command {cmd.id})")
+    res = inject_drift(args.bootstrap, args.prefix, args.node, args.kind, parse_params(args.param), wait=args.wait)
+    print(f"sent {res.command.args['kind']} to node {args.node} (command {res.command.id}) "
+          f"on {res.bootstrap}, topic {res.prefix}.control")
+    if args.wait == 0:
+        return 0
+    if not res.events:
+        print(f"warning: no producer applied command {res.command.id} within {args.wait:g} s: is a producer "
+              f"running on {res.bootstrap} with --prefix {res.prefix} (the demo prints its own), with live drift "
+              f"on and node {args.node}? A producer that rejects a command says why in its log.", file=sys.stderr)
+        return 1
+    applied = ", ".join(f"node {e.node} from sample {e.seq}" for e in sorted(res.events, key=lambda e: e.node or 0))
+    print(f"applied by the producer: {applied}")
     return 0
 
 
@@ -417,6 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", default="all", help="node id, or all")
     p.add_argument("--kind", required=True, help="drift kind (see `streamlearn streams`), e.g. label-permutation")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="drift parameter (repeatable)")
+    p.add_argument("--bootstrap", metavar="HOST:PORT",
+                   help="Kafka cluster of the producer (default: KAFKA_BOOTSTRAP_SERVERS, else 127.0.0.1:9092)")
+    p.add_argument("--prefix", help="topic prefix of the running pipeline (default: KAFKA_TOPIC_PREFIX, else "
+                                    "streamlearn); `streamlearn demo` prints its own")
+    p.add_argument("--wait", type=float, default=5.0,
+                   help="seconds to wait for a producer to apply it (exit 1 if none did; 0: do not wait)")
     p.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("demo", help="the whole pipeline on this machine: broker, producer, nodes, sync service")

@@ -498,3 +498,154 @@ def test_bad_setting_through_module_entry_point(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "streamlearn simulate: error: --nodes: need an int >= 1, got 0"
     assert proc.stdout == ""
+
+
+# ---- source parameters (--param) -------------------------------------------------------------------
+
+
+def test_evaluate_source_params_reach_the_source(tmp_path, capsys):
+    js = tmp_path / "r.json"
+    code, _, err = _run(capsys, "evaluate", "--source", "rbf", "--param", "n_features=3", "--param",
+                        "change_speed=0.01", "--learner", "logreg", "--n", "200", "--no-progress", "--json", js)
+    assert code == 0, err
+    settings = json.loads(js.read_text())["settings"]
+    assert "features=['x0', 'x1', 'x2']" in settings["learner"]  # the model was laid out for 3 features
+
+
+def test_simulate_source_params_reach_the_source(tmp_path, capsys):
+    dims = []
+    for extra in ([], ["--param", "n_features=3"]):
+        js = tmp_path / f"sim{len(extra)}.json"
+        code, _, err = _run(capsys, "simulate", "--source", "hyperplane", *extra, "--nodes", "2", "--n", "50",
+                            "--learner", "logreg", "--protocol", "nosync", "--no-progress", "--json", js)
+        assert code == 0, err
+        dims.append(json.loads(js.read_text())["d"])
+    assert dims[1] < dims[0]  # fewer features, a smaller model
+
+
+@pytest.mark.parametrize("command,extra", [
+    ("evaluate", ["--learner", "logreg"]),
+    ("simulate", ["--learner", "logreg", "--nodes", "2"]),
+    ("produce", ["--nodes", "2"]),  # fails before it looks for a broker
+])
+def test_source_param_values_are_checked_by_the_source(capsys, command, extra):
+    code, _, err = _run(capsys, command, "--source", "sea", "--param", "noise=2", "--n", "50", "--no-progress", *extra)
+    assert code == 2 and err.startswith(f"streamlearn {command}: error: noise") and "2.0" in err
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--source", "sea", "--param", "width=3"], ["--param width", "'width'", "variant, noise"]),
+    (["--source", "elec2", "--param", "variant=1"], ["--param variant", "valid: none"]),
+    (["--source", "sea", "--param", "variant"], ["--param", "KEY=VALUE", "'variant'"]),
+    (["--source", "sea", "--param", "variant=1", "--param", "variant=2"], ["--param variant", "twice"]),
+    (["--source", "sea", "--param", "variant=two"], ["variant", "'two'"]),
+])
+def test_bad_source_params_name_the_key(capsys, argv, expected):
+    code, out, err = _run(capsys, "evaluate", *argv, "--n", "50", "--learner", "logreg", "--no-progress")
+    assert code == 2 and out == ""
+    for text in expected:
+        assert text in err, (text, err)
+
+
+def test_csv_params_with_flags_of_their_own(tmp_path, capsys):
+    path = _write_csv(tmp_path / "good.csv")
+    code, _, err = _run(capsys, "evaluate", "--source", f"csv:{path}", "--label", "cls", "--param", "label=a",
+                        "--no-progress")
+    assert code == 2 and "--param label" in err and "--label" in err
+    code, _, err = _run(capsys, "evaluate", "--source", f"csv:{path}", "--label", "cls", "--param", "nope=1",
+                        "--no-progress")
+    assert code == 2 and "delimiter" in err and "max_categories" in err and "on_bad_record" not in err
+
+
+def test_drift_command_keeps_its_own_param():
+    from streamlearn.cli import build_parser
+
+    args = build_parser().parse_args(["drift", "--kind", "feature-shift", "--param", "shift=2", "--param", "width=0"])
+    assert args.param == ["shift=2", "width=0"]
+    args = build_parser().parse_args(["evaluate", "--param", "variant=1"])
+    assert args.source_param == ["variant=1"]
+
+
+# ---- any CSV: delimiters, text categories, dates ---------------------------------------------------
+
+
+def _mixed_csv(path: Path, n: int = 300) -> Path:
+    """Semicolons; a date column (dropped), a text category that decides the label, a noise column."""
+    rng = np.random.default_rng(1)
+    lines = ["date;plant;load;state"]
+    for i in range(n):
+        plant = ["gas", "coal", "wind"][i % 3]
+        lines.append(f"2024-02-{1 + i // 24 % 28:02d}T{i % 24:02d}:00;{plant};{rng.normal():.3f};"
+                     f"{'high' if plant == 'wind' else 'low'}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_evaluate_csv_with_semicolons_a_category_and_a_date(tmp_path, capsys):
+    path = _mixed_csv(tmp_path / "mixed.csv")
+    js = tmp_path / "r.json"
+    code, out, err = _run(capsys, "evaluate", "--source", f"csv:{path}", "--label", "state", "--learner", "logreg",
+                          "--lr", "0.5", "--no-progress", "--json", js)
+    assert code == 0, err
+    assert "note:" in err and "'date'" in err
+    table = _kv_table(out)
+    assert table["samples"] == "300" and table["skipped bad records"] == "0"
+    assert table["one-hot text columns"] == "plant" and table["values outside the categories"] == "0"
+    assert float(table["accuracy"]) > 0.9  # the category decides the label
+    learner = json.loads(js.read_text())["settings"]["learner"]
+    assert "features=['plant_coal', 'plant_gas', 'plant_wind', 'load']" in learner
+
+
+def test_evaluate_csv_declared_categories(tmp_path, capsys):
+    path = _mixed_csv(tmp_path / "mixed.csv")
+    code, out, err = _run(capsys, "evaluate", "--source", f"csv:{path}", "--label", "state", "--learner",
+                          "river-logreg", "--categorical", "plant=wind|gas", "--no-progress")
+    assert code == 0, err
+    assert _kv_table(out)["values outside the categories"] == "100"  # every coal row: all zeros
+    code, _, err = _run(capsys, "evaluate", "--source", f"csv:{path}", "--label", "state", "--categorical",
+                        "plant", "--no-progress")
+    assert code == 2 and "COLUMN=a|b|c" in err
+    code, _, err = _run(capsys, "evaluate", "--source", "sea", "--categorical", "a=x", "--n", "50", "--no-progress")
+    assert code == 2 and "--categorical" in err
+
+
+def test_simulate_csv_split_by_a_text_key(tmp_path, capsys):
+    lines = ["machine,temp,state"] + [f"{['press-1', 'press-2', 'lathe'][i % 3]},{i % 7},{'ok' if i % 7 < 4 else 'hot'}"
+                                      for i in range(600)]
+    path = tmp_path / "keyed.csv"
+    path.write_text("\n".join(lines) + "\n")
+    code, out, err = _run(capsys, "simulate", "--source", f"csv:{path}", "--label", "state", "--split",
+                          "key:machine:press-1=0,press-2=1,lathe=2", "--nodes", "3", "--learner", "logreg",
+                          "--protocol", "nosync", "--no-progress")
+    assert code == 0, err
+    assert re.search(r"^nodes 3, 200 samples per node", out, re.M)  # one machine per node
+    code, out, err = _run(capsys, "simulate", "--source", f"csv:{path}", "--label", "state", "--split", "key:machine",
+                          "--nodes", "2", "--learner", "logreg", "--protocol", "nosync", "--no-progress")
+    assert code == 0, err  # by hash: press-1 and press-2 on node 0, lathe on node 1
+
+
+# ---- evaluate's JSON agrees with its table ----------------------------------------------------------
+
+
+def test_evaluate_json_counts_skipped_records_like_the_table(tmp_path, capsys):
+    path = _all_bad(tmp_path)
+    js = tmp_path / "r.json"
+    code, out, _ = _run(capsys, "evaluate", "--source", f"csv:{path}", "--label", "cls", "--learner", "mlp",
+                        "--no-progress", "--on-bad-record", "skip", "--json", js)
+    assert code == 0
+    d = json.loads(js.read_text())
+    assert d["n_bad"] == int(_kv_table(out)["skipped bad records"]) == len(BAD_LINES)
+    assert d["settings"]["learner"].startswith('TorchLearner (arch="mlp"') and d["settings"]["learner"].endswith(")")
+
+
+# ---- the listing says what the CLI does ------------------------------------------------------------
+
+
+def test_streams_lists_learner_parameters_as_the_cli_uses_them(streams_output):
+    learners = _sections(streams_output)["Learners"]
+    for name in ("logreg", "mlp", "cnn"):
+        assert "scale = True" in learners[name] and "seed = 0" in learners[name]
+    assert not any(line.startswith(("hidden", "kernel_size")) for line in learners["logreg"])
+    assert not any(line.startswith("kernel_size") for line in learners["mlp"])
+    assert any(line.startswith("kernel_size") for line in learners["cnn"])
+    assert "--param KEY=VALUE" in streams_output

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
+import re
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -110,13 +112,43 @@ class EvaluationResult:
         )
 
 
-class _Records:
-    """Checks raw stream items and applies the bad-record policy."""
+def _needs_numbers(learner) -> bool:
+    """Learners whose model is a flat vector (streamlearn's averageable ones) read every feature as a number."""
+    return callable(getattr(learner, "get_flat", None)) and callable(getattr(learner, "set_flat", None))
 
-    def __init__(self, on_bad_record: str, numpy_rows: bool, feature_order=None):
+
+def _as_float(v, parse_text: bool):
+    """``v`` as a float, or None when it is not a number (text is parsed only when ``parse_text``)."""
+    if type(v) is float:
+        return v
+    if isinstance(v, (numbers.Real, np.bool_)):
+        return float(v)
+    if parse_text and isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    return None
+
+
+class _Records:
+    """Checks raw stream items and applies the bad-record policy.
+
+    ``row`` in every error is the record's position in the stream (0-based, as drift positions are).
+    Every numeric feature value must be finite: one NaN would poison the model. With ``numeric``
+    (numpy batches, averageable learners) every feature the learner reads must be a number (text
+    that parses as one is accepted) and present; other learners (river trees, text pipelines) get
+    text values as they are. ``classes``: the learner's declared labels; any other label is bad.
+    """
+
+    def __init__(self, on_bad_record: str, numpy_rows: bool, feature_order=None, numeric: bool = False,
+                 names=None, classes=None):
         self.on_bad_record = on_bad_record
         self.numpy_rows = numpy_rows
         self.feature_order = feature_order
+        self.numeric = numeric or numpy_rows
+        self.names = names  # () -> the learner's fixed feature names, or None while it has none
+        self.classes = None if classes is None else list(classes)
         self.keys: tuple | None = None  # feature order of numpy rows, fixed by the first record
         self.n_bad = 0
 
@@ -125,12 +157,25 @@ class _Records:
         try:
             return self._check(item, row)
         except BadRecordError as e:
-            if self.on_bad_record == "raise":
-                raise
-            if self.on_bad_record == "warn":
-                warnings.warn(f"skipping bad record: {e}", stacklevel=4)
-            self.n_bad += 1
+            self.reject(e, row)
             return None
+
+    def reject(self, err: BadRecordError, row: int) -> None:
+        """Apply the policy to a bad record at stream position ``row`` (``err`` may come from the learner)."""
+        if err.row != row or str(err.column) != str(self._column(err.column)):
+            # the learner names rows by their place in its batch and columns by their index in its matrix
+            err = BadRecordError(err.reason, row=row, column=self._column(err.column), value=err.value)
+        if self.on_bad_record == "raise":
+            raise err
+        if self.on_bad_record == "warn":
+            warnings.warn(f"skipping bad record: {err}", stacklevel=5)
+        self.n_bad += 1
+
+    def _column(self, column):
+        if self.keys is not None and isinstance(column, str) and re.fullmatch(r"\d+", column) \
+                and column not in map(str, self.keys) and int(column) < len(self.keys):
+            return str(self.keys[int(column)])
+        return column
 
     def _check(self, item, row):
         if not isinstance(item, (tuple, list)) or len(item) != 2:
@@ -140,44 +185,93 @@ class _Records:
             raise BadRecordError("features x must be a dict", row=row, column="x", value=x)
         if y is None:
             raise BadRecordError("label y is missing", row=row, column="y", value=y)
-        if not self.numpy_rows:
-            return x, y, None
-        if self.keys is None:
-            self.keys = tuple(self.feature_order(x))
+        if self.classes is not None and y not in self.classes:
+            raise BadRecordError(f"unknown label (the learner's classes are {self.classes})", row=row, column="y",
+                                 value=y)
+        if self.numpy_rows:
+            if self.keys is None:
+                self.keys = tuple(self.feature_order(x))
+            keys, required = self.keys, True
+        else:
+            fixed = self.names() if self.names is not None else None
+            keys, required = (x, False) if fixed is None else (fixed, True)
         vec = []
-        for k in self.keys:
+        for k in keys:
             if k not in x:
-                raise BadRecordError("feature missing", row=row, column=str(k))
-            try:
-                vec.append(float(x[k]))
-            except (TypeError, ValueError):
-                raise BadRecordError("feature is not a number", row=row, column=str(k), value=x[k]) from None
-        return x, y, vec
+                if required:
+                    raise BadRecordError("feature missing", row=row, column=str(k))
+                continue
+            v = x[k]
+            f = _as_float(v, self.numeric)
+            if f is None:
+                if self.numeric:
+                    raise BadRecordError("feature is not a number", row=row, column=str(k), value=v)
+                continue  # text for a learner that takes text
+            if not math.isfinite(f):
+                raise BadRecordError("NaN or infinite value", row=row, column=str(k), value=v)
+            vec.append(f)
+        return x, y, (vec if self.numpy_rows else None)
 
 
-def _one_by_one_step(learner, predict_one, good) -> list[tuple]:
-    """Predict every sample of the mini-batch, then learn them: ``[(label, proba of true)]``."""
+def _one_by_one_step(learner, predict_one, good, fail) -> list:
+    """Predict every sample of the mini-batch, then learn them: ``[(label, proba of true) or None]``.
+
+    A sample the learner rejects (``BadRecordError``) goes to ``fail(index, error)`` and gives None.
+    """
     out = []
-    for x, y, _ in good:
-        label, proba = predict_one(x)
+    for j, (x, y, _) in enumerate(good):
+        try:
+            label, proba = predict_one(x)
+        except BadRecordError as e:
+            fail(j, e)
+            out.append(None)
+            continue
         out.append((label, math.nan if proba is None else float(proba.get(y, 0.0))))
-    for x, y, _ in good:
-        learner.learn_one(x, y)
+    for j, (x, y, _) in enumerate(good):
+        if out[j] is None:
+            continue
+        try:
+            learner.learn_one(x, y)
+        except BadRecordError as e:
+            fail(j, e)
+            out[j] = None
     return out
 
 
-def _numpy_step(learner, good) -> list[tuple]:
-    """The same with one ``predict_many`` and one ``learn_many`` on numpy arrays."""
-    X = np.array([c[2] for c in good], dtype=np.float64)
-    ys = [c[1] for c in good]
-    if len({type(v) for v in ys}) == 1:
-        y = np.asarray(ys)
-    else:  # mixed label types stay objects (so 1 never becomes "1")
-        y = np.empty(len(ys), dtype=object)
-        y[:] = ys
-    labels, p_true = predict_batch(learner, X, y)
-    learner.learn_many(X, y)
-    return list(zip(labels.tolist(), p_true.tolist()))
+def _numpy_step(learner, good, fail) -> list:
+    """The same with one ``predict_many`` and one ``learn_many`` on numpy arrays.
+
+    A batch the learner rejects is predicted and learned again without the sample it named
+    (its ``*_many`` methods check the whole batch before changing anything).
+    """
+    idx = list(range(len(good)))
+    while idx:
+        X = np.array([good[j][2] for j in idx], dtype=np.float64)
+        ys = [good[j][1] for j in idx]
+        if len({type(v) for v in ys}) == 1:
+            y = np.asarray(ys)
+        else:  # mixed label types stay objects (so 1 never becomes "1")
+            y = np.empty(len(ys), dtype=object)
+            y[:] = ys
+        try:
+            labels, p_true = predict_batch(learner, X, y)
+            learner.learn_many(X, y)
+        except BadRecordError as e:
+            at = e.row if isinstance(e.row, int) and 0 <= e.row < len(idx) else (0 if len(idx) == 1 else None)
+            if at is None:
+                raise
+            fail(idx.pop(at), e)
+            continue
+        done = dict(zip(idx, zip(labels.tolist(), p_true.tolist())))
+        return [done.get(j) for j in range(len(good))]
+    return [None] * len(good)
+
+
+def _describe(learner) -> str:
+    """The learner's repr on one line (river's reprs span lines: ``TorchLearner (\\n  arch="mlp" ...)``)."""
+    text = re.sub(r"\(\s+", "(", repr(learner).strip())
+    text = re.sub(r"\s+\)", ")", text)
+    return " ".join(text.split()) or type(learner).__name__
 
 
 def _stream_length(stream, n):
@@ -227,7 +321,12 @@ def evaluate(
         Show a tqdm bar on stderr.
     on_bad_record
         ``"raise"`` (BadRecordError), ``"skip"`` or ``"warn"`` (skip with a warning). A skipped
-        record keeps its position (so drift positions stay aligned) but is not predicted or learned.
+        record keeps its position (so drift positions stay aligned) but is not predicted or learned;
+        skipped records are counted in ``n_bad``. Bad records: not an ``(x: dict, y)`` pair, no label,
+        a NaN or infinite feature value, a label outside the learner's declared ``classes``, and, for
+        learners that read numbers (numpy mini-batches, averageable learners), a missing or non-numeric
+        feature; also any record the learner itself rejects. Errors name the record's position in
+        the stream (``row``, 0-based), the feature and the value.
     detector_params
         Parameters for the detector, by river's names.
     max_delay
@@ -254,7 +353,10 @@ def evaluate(
     tracker = Prequential(window=window, every=every)
     monitor = None if detector is None else DriftMonitor(detector, detector_params)
     numpy_batches = batch_size > 1 and uses_numpy_batches(learner)
-    records = _Records(on_bad_record, numpy_batches, lambda x: feature_order(learner, x))
+    numeric = _needs_numbers(learner)
+    records = _Records(on_bad_record, numpy_batches, lambda x: feature_order(learner, x), numeric=numeric,
+                       names=lambda: getattr(learner, "feature_names_", None),
+                       classes=getattr(learner, "classes", None) if numeric else None)
     predict_one = OnePredictor(learner)
 
     # Per-sample results, flushed to the tracker and detector in batched calls.
@@ -275,18 +377,23 @@ def evaluate(
     with tqdm(total=_stream_length(stream, n), file=sys.stderr, disable=not progress, unit="sample", desc="evaluate") as bar:
         while raw := list(itertools.islice(items, batch_size)):
             checked = [records.check(item, row + i) for i, item in enumerate(raw)]
-            good = [c for c in checked if c is not None]
+            where = [i for i, c in enumerate(checked) if c is not None]
+            good = [checked[i] for i in where]
+
+            def fail(j, err, _start=row, _where=where):
+                records.reject(err, _start + _where[j])
+
             if not good:
                 results = iter(())
             elif numpy_batches:
-                results = iter(_numpy_step(learner, good))
+                results = iter(_numpy_step(learner, good, fail))
             else:
-                results = iter(_one_by_one_step(learner, predict_one, good))
+                results = iter(_one_by_one_step(learner, predict_one, good, fail))
             for c in checked:
-                label, p = (None, math.nan) if c is None else next(results)
-                buf_y.append(None if c is None else c[1])
-                buf_pred.append(label)
-                buf_p.append(p)
+                r = None if c is None else next(results)
+                buf_y.append(None if r is None else c[1])
+                buf_pred.append(None if r is None else r[0])
+                buf_p.append(math.nan if r is None else r[1])
             row += len(raw)
             if len(buf_y) >= _FLUSH:
                 flush()
@@ -300,7 +407,7 @@ def evaluate(
     detections = [] if monitor is None else list(monitor.detections_)
     score = None if events is None or monitor is None else score_detections(detections, events, max_delay)
     settings = {
-        "learner": repr(learner).strip().splitlines()[0] if repr(learner).strip() else type(learner).__name__,
+        "learner": _describe(learner),
         "batch_size": int(batch_size),
         "window": int(window),
         "every": int(every),

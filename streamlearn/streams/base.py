@@ -131,6 +131,13 @@ class Stream:
     def _concept(self, k: int) -> "Stream":
         return Relabeled(self, k)
 
+    def key_values(self, name: str):
+        """Raw text of column ``name`` for every sample when the stream keeps it (a CSV file's key), else None.
+
+        Used to split a stream by a text key; aligned with the samples (finite streams only).
+        """
+        return None
+
     # -- the public contract ----------------------------------------------------------------
     def __iter__(self):
         names = list(self.feature_names)
@@ -211,6 +218,9 @@ class Relabeled(Stream):
 
     def _concept(self, k):
         return Relabeled(self.inner, self.k + k)
+
+    def key_values(self, name):
+        return self.inner.key_values(name)  # relabeling keeps the samples, so their keys
 
     def _blocks(self, n):
         K = len(self._table)

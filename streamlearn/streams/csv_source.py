@@ -1,6 +1,7 @@
-"""Finite sources replayed from a CSV file (plain or ``.gz``), and the shipped Elec2 stream.
+"""Finite sources replayed from a CSV file (plain or ``.gz``; ``,`` tab ``;`` or ``|``), and the shipped Elec2 stream.
 
-The file is read and checked once per stream object, on first use, and kept as arrays.
+The header and the first records (a bounded look-ahead) are read at construction, to fix the features;
+the whole file is read and checked once per stream object, on first use, and kept as arrays.
 Bad records are reported with ``row`` = the **file line number** (1-based; the header is line 1, so the
 first data record is line 2), the column name and the raw value as text.
 """
@@ -10,11 +11,16 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
 from streamlearn.errors import BadRecordError, ConfigError
+from streamlearn.records import parse_delimiter, sniff_delimiter
 from streamlearn.streams.base import BLOCK, Stream, check_count, label_array
 
 __all__ = ["CSVSource", "Elec2", "ELEC2_PATH"]
@@ -23,12 +29,79 @@ ELEC2_PATH = Path(__file__).resolve().parent / "data" / "elec2.csv.gz"
 
 # How many skipped-record errors a source keeps for inspection (the count is always exact).
 MAX_KEPT_ERRORS = 100
+# Records read ahead to tell text columns from numeric ones, and the most categories a text column may get.
+LOOKAHEAD = 1000
+MAX_CATEGORIES = 50
+# 2024-01-05, 05/01/2024, 2024-01-05T10:00, 10:30:00 ...: a date or time, not a category
+_TIME = re.compile(r"^\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}([ T]|$)|^\d{1,2}:\d{2}")
+_NOTED: set = set()
 
 
 def _open(path: Path):
+    # utf-8-sig: a byte-order mark (spreadsheets write one) must not become part of the first column name
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", newline="", encoding="utf-8")
-    return open(path, newline="", encoding="utf-8")
+        return gzip.open(path, "rt", newline="", encoding="utf-8-sig")
+    return open(path, newline="", encoding="utf-8-sig")
+
+
+def _note(text: str) -> None:
+    """Tell the person running this, once per process."""
+    if text not in _NOTED:
+        _NOTED.add(text)
+        print(f"note: {text}", file=sys.stderr)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _looks_like_time(text: str) -> bool:
+    return bool(_TIME.match(text))
+
+
+def _as_categories(value) -> dict:
+    """``categorical`` as ``{column: [category text, ...]}``: a dict, or ``"COL=a|b|c"`` texts (one or a list).
+
+    >>> _as_categories(["kind=gas|coal", "day = mon|tue"])
+    {'kind': ['gas', 'coal'], 'day': ['mon', 'tue']}
+    """
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        items = [(str(k).strip(), v) for k, v in value.items()]
+    else:
+        items = []
+        for text in [value] if isinstance(value, str) else list(value):
+            column, eq, cats = str(text).partition("=")
+            if not eq or not column.strip():
+                raise ConfigError(f"categorical: expected COLUMN=a|b|c, got {text!r}")
+            items.append((column.strip(), cats))
+    out = {}
+    for column, cats in items:
+        cats = [str(c).strip() for c in (cats.split("|") if isinstance(cats, str) else cats)]
+        if column in out:
+            raise ConfigError(f"categorical: column {column!r} declared twice")
+        if not cats or "" in cats or len(set(cats)) != len(cats):
+            raise ConfigError(f"categorical {column!r}: need distinct, non-empty categories, got {cats}")
+        out[column] = cats
+    return out
+
+
+@dataclass
+class _Parsed:
+    """A parsed file: the kept records and what was left out."""
+
+    X: np.ndarray
+    y: np.ndarray
+    classes: list
+    skipped: int
+    errors: list  # the first skipped records' errors
+    unseen: dict  # text column -> kept records whose value is outside its categories
+    text: dict  # column -> raw text of the kept records (the key column, and columns asked for)
 
 
 def _as_names(value, what) -> list | None:
@@ -43,7 +116,7 @@ def _as_names(value, what) -> list | None:
 
 
 class CSVSource(Stream):
-    """Replay a CSV file: features and label chosen by column name.
+    """Replay a CSV file: features and label chosen by column name; text columns one-hot encoded.
 
     Parameters
     ----------
@@ -52,7 +125,8 @@ class CSVSource(Stream):
     label
         Name of the label column.
     features
-        Names of the feature columns (list, or a comma-separated string); default every other column.
+        Names of the feature columns (list, or a comma-separated string); default every other column
+        (but the label and the ``key``; text columns with too many distinct values are then dropped, see below).
     classes
         The declared label set. Labels outside it are bad records. Labels keep the type of the declared
         classes (a file label matches a class when ``str(class)`` equals it). Undeclared: the sorted
@@ -62,6 +136,28 @@ class CSVSource(Stream):
         left out and counted in ``skipped`` (the first few kept in ``skipped_records``).
     seed
         Kept for the contract (a replay has no randomness; injected drifts use it).
+    key
+        A column kept as raw text for a split by key (:class:`~streamlearn.streams.Split`), e.g. a machine
+        id. It is not a feature unless listed in ``features``; an empty key is a bad record.
+    categorical
+        Declared categories of text columns: ``{column: [category, ...]}`` or ``"COLUMN=a|b|c"`` texts
+        (one, or a list). Values are compared as stripped text.
+    delimiter
+        One character, or ``comma``/``tab``/``semicolon``/``pipe``; default: guessed from the header.
+    lookahead
+        Records read at construction to tell text columns from numeric ones and to collect categories.
+    max_categories
+        A text column with more distinct values than this in the look-ahead is not one-hot encoded.
+
+    Column types: a feature column is numeric unless more than half of its non-empty values in the
+    look-ahead are not numbers (then a stray ``oops`` in a numeric column is a bad record). A text
+    column is categorical: one-hot encoded by
+    :class:`~streamlearn.learners.preprocessing.OneHotEncoder` into columns ``f"{column}_{category}"``
+    over the declared categories, else the sorted distinct values of the look-ahead; a later value
+    outside them gives all-zero columns and is counted in ``unseen_categories``. A text column that
+    looks like dates or times, or has more than ``max_categories`` distinct values, is dropped from
+    the default features with a note on stderr (kept in ``notes``); listed in ``features`` without
+    declared categories it is a ``ConfigError``.
 
     A bad record is a data line with a missing or extra field, an empty, non-numeric, NaN or infinite
     feature value, an empty label, or a label outside the declared ``classes``. A header that lacks a
@@ -79,57 +175,136 @@ class CSVSource(Stream):
     Traceback (most recent call last):
     ...
     streamlearn.errors.BadRecordError: non-numeric value (row 3, column 'b', value 'oops')
+    >>> _ = open(path, "w").write("load;kind;y\\n0.5;gas;1\\n0.7;coal;0\\n")
+    >>> s = CSVSource(path, label="y")
+    >>> s.delimiter, s.feature_names, s.to_arrays(2)[0].tolist()
+    (';', ['load', 'kind_coal', 'kind_gas'], [[0.5, 0.0, 1.0], [0.7, 1.0, 0.0]])
     """
 
     def __init__(self, path, label: str, features=None, classes=None, on_bad_record: str = "raise",
-                 seed: int = 0):
+                 seed: int = 0, key: str | None = None, categorical=None, delimiter: str | None = None,
+                 lookahead: int = LOOKAHEAD, max_categories: int = MAX_CATEGORIES):
         self.path = Path(path)
         if on_bad_record not in ("raise", "skip"):
             raise ConfigError(f"on_bad_record must be 'raise' or 'skip', got {on_bad_record!r}")
         if not isinstance(label, str) or not label:
             raise ConfigError(f"label must be a column name, got {label!r}")
+        if key is not None and (not isinstance(key, str) or not key.strip()):
+            raise ConfigError(f"key must be a column name, got {key!r}")
+        for name, value in (("lookahead", lookahead), ("max_categories", max_categories)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         self.label = label
+        self.key = None if key is None else key.strip()
         self.on_bad_record = on_bad_record
         self.seed = int(seed)
         self._declared = None if classes is None else list(classes)
         if self._declared is not None and len(self._declared) == 0:
             raise ConfigError("classes, when given, must not be empty")
-        self._header = self._read_header()
-        for column in [label] + (_as_names(features, "features") or []):
+        declared = _as_categories(categorical)
+        self._header, sample = self._read_head(delimiter, int(lookahead))
+        listed = _as_names(features, "features")
+        for column in [label] + ([self.key] if self.key else []) + (listed or []) + list(declared):
             if column not in self._header:
                 raise BadRecordError(f"missing column (the header has {self._header})", row=1, column=column)
-        names = _as_names(features, "features")
-        if names is None:
-            names = [c for c in self._header if c != label]
+        if self.key == label:
+            raise ConfigError(f"column {label!r} cannot be both the label and the key")
+        names = listed if listed is not None else [c for c in self._header if c not in (label, self.key)]
         if label in names:
             raise ConfigError(f"column {label!r} cannot be both the label and a feature")
-        self.feature_names = names
-        self._data = None  # (X, y, classes, skipped, skipped_records), parsed on first use
+        outside = [c for c in declared if c not in names]
+        if outside:
+            raise ConfigError(f"categorical columns {outside} are not features (features: {names})")
+        self._plan(names, listed is not None, declared, sample, int(max_categories))
+        self._text_columns = {self.key} if self.key else set()  # columns also kept as raw text
+        self._data = None  # a _Parsed, on first use
 
     def __repr__(self):
         return f"CSVSource({str(self.path)!r}, label={self.label!r}, features={self.feature_names!r})"
 
-    def _read_header(self) -> list:
+    def _read_head(self, delimiter, lookahead: int) -> tuple[list, list]:
+        """The header and the first ``lookahead`` non-blank records; guesses the delimiter."""
         if not self.path.is_file():
             raise ConfigError(f"no such CSV file: {self.path}")
+        sample = []
         with _open(self.path) as f:
-            header = next(csv.reader(f), None)
+            first = f.readline()
+            self.delimiter = parse_delimiter(delimiter) or sniff_delimiter(first)
+            f.seek(0)
+            reader = csv.reader(f, delimiter=self.delimiter)
+            header = next(reader, None)
+            try:
+                for r in reader:
+                    if r and (len(r) > 1 or r[0].strip()):
+                        sample.append(r)
+                        if len(sample) >= lookahead:
+                            break
+            except csv.Error:
+                pass  # the full parse reports the record
         if not header:
             raise BadRecordError("empty file, no header line", row=1)
         header = [h.strip() for h in header]
         if len(set(header)) != len(header):
-            raise BadRecordError("duplicate column name in the header", row=1, value=",".join(header))
-        return header
+            raise BadRecordError("duplicate column name in the header", row=1, value=self.delimiter.join(header))
+        return header, sample
+
+    def _plan(self, names, explicit: bool, declared: dict, sample: list, max_categories: int) -> None:
+        """Fix the type of every feature column from the look-ahead: ``_columns``, ``feature_names``, ``categories``."""
+        self._columns = []  # (name, position in the file, OneHotEncoder or None for numeric)
+        self.categories: dict = {}
+        self.dropped: list = []
+        self.notes: list = []
+        out = []
+        for name in names:
+            pos = self._header.index(name)
+            cats = declared.get(name)
+            if cats is None:
+                values = [r[pos].strip() for r in sample if pos < len(r) and r[pos].strip()]
+                text = [v for v in values if not _is_number(v)]
+                if 2 * len(text) > len(values):
+                    cats = sorted(set(values))
+                    why = None
+                    if sum(map(_looks_like_time, text)) * 2 > len(text):
+                        why = "looks like dates or times"
+                    elif len(cats) > max_categories:
+                        why = f"has {len(cats)} distinct values in its first {len(sample)} records " \
+                              f"(max_categories={max_categories})"
+                    if why is not None:
+                        msg = f"text column {name!r} of {self.path} {why}"
+                        if explicit:
+                            raise ConfigError(f"{msg}: declare its categories (categorical {name}=a|b|...) "
+                                              "or leave it out of the features")
+                        self.dropped.append(name)
+                        self.notes.append(f"{msg}: dropped, not a feature (declare its categories to keep it)")
+                        continue
+            if cats is None:
+                self._columns.append((name, pos, None))
+                out.append(name)
+            else:
+                from streamlearn.learners.preprocessing import OneHotEncoder  # torch: only for text columns
+
+                enc = OneHotEncoder({name: cats})
+                self._columns.append((name, pos, enc))
+                self.categories[name] = list(cats)
+                out += enc.feature_names_out
+        twice = sorted({c for c in out if out.count(c) > 1})
+        if twice:
+            raise ConfigError(f"one-hot columns clash with other columns: {twice}")
+        if not out:
+            raise ConfigError(f"{self.path}: no feature column left (header {self._header})")
+        self.feature_names = out
+        for text in self.notes:
+            _note(text)
 
     # -- parsing, once --------------------------------------------------------------------------
     def _parse(self):
         with _open(self.path) as f:
             text = f.read()
-        records = list(csv.reader(io.StringIO(text)))
+        records = list(csv.reader(io.StringIO(text), delimiter=self.delimiter))
         if len(records) == text.count("\n") + (0 if text.endswith("\n") else 1):
             numbered = enumerate(records, start=1)  # one record per line: line number = index + 1
         else:  # quoted fields span lines: ask the reader for line numbers
-            reader = csv.reader(io.StringIO(text))
+            reader = csv.reader(io.StringIO(text), delimiter=self.delimiter)
             numbered = ((reader.line_num, r) for r in reader)
         next(numbered, None)  # the header
         kept = [(line, r) for line, r in numbered if r and (len(r) > 1 or r[0].strip())]  # blank lines go
@@ -143,18 +318,19 @@ class CSVSource(Stream):
             if i not in errors or pos < errors[i][0]:
                 errors[i] = (pos, BadRecordError(reason, row=lines[i], column=column, value=value))
 
-        wanted = [header.index(c) for c in self.feature_names] + [header.index(self.label)]
+        wanted = [pos for _, pos, _ in self._columns] + [header.index(self.label)]
+        wanted += [header.index(c) for c in self._text_columns]
         regular = set(map(len, rows)) <= {ncol}
         for i, row in enumerate(() if regular else rows):
             if len(row) < ncol:
-                missing = [p for p in wanted if p >= len(row)]
+                missing = sorted(p for p in wanted if p >= len(row))
                 if missing:
                     bad(i, missing[0], "missing value (the line has fewer fields than the header)",
                         header[missing[0]], None)
                 # short rows whose wanted fields are present are fine
             elif len(row) > ncol:
                 bad(i, ncol, f"extra field (the line has {len(row)} fields, the header {ncol})", None,
-                    ",".join(row[ncol:]))
+                    self.delimiter.join(row[ncol:]))
         n = len(rows)
         if regular:
             columns = list(zip(*rows)) or [()] * ncol
@@ -166,9 +342,13 @@ class CSVSource(Stream):
                 return [row[pos] if pos < len(row) else "" for row in rows]
 
         X = np.empty((n, len(self.feature_names)))
-        for j, name in enumerate(self.feature_names):
-            pos = header.index(name)
+        j = 0
+        unseen_rows = {}
+        for name, pos, enc in self._columns:
             texts = column(pos)
+            if enc is not None:
+                j = self._one_hot(X, j, name, pos, enc, texts, bad, unseen_rows)
+                continue
             try:
                 values = np.array(texts, dtype=np.float64)
             except ValueError:  # find the culprits one by one
@@ -182,6 +362,15 @@ class CSVSource(Stream):
             for i in np.flatnonzero(~np.isfinite(values)):
                 bad(int(i), pos, "NaN or infinite value", name, texts[i])
             X[:, j] = values
+            j += 1
+
+        raw = {}
+        for name in self._text_columns:
+            pos = header.index(name)
+            raw[name] = np.array([t.strip() for t in column(pos)], dtype=object)
+            if name == self.key:
+                for i in np.flatnonzero(raw[name] == ""):
+                    bad(int(i), pos, "missing value", name, column(pos)[i])
 
         labels, classes = self._labels(column(header.index(self.label)), header.index(self.label), bad)
         if errors and self.on_bad_record == "raise":
@@ -192,7 +381,28 @@ class CSVSource(Stream):
         y = label_array([labels[i] for i in np.flatnonzero(keep)]) if not keep.all() else label_array(labels)
         if len(y) == 0:
             y = label_array(classes)[:0]
-        self._data = (np.ascontiguousarray(X[keep]), y, classes, len(errors), kept_errors)
+        unseen = {name: int(mask[keep].sum()) for name, mask in unseen_rows.items()}
+        for name, count in unseen.items():
+            if count:
+                _note(f"{count} values of text column {name!r} of {self.path} are outside its "
+                      f"{len(self.categories[name])} categories: one-hot all zeros")
+        self._data = _Parsed(np.ascontiguousarray(X[keep]), y, classes, len(errors), kept_errors, unseen,
+                             {name: values[keep] for name, values in raw.items()})
+
+    def _one_hot(self, X, j, name, pos, enc, texts, bad, unseen_rows) -> int:
+        """Write the one-hot columns of one text column from ``X[:, j]`` on; returns the next free column."""
+        cols = enc.feature_names_out
+        stripped = np.array([t.strip() for t in texts], dtype=object)
+        # encode each distinct value once
+        distinct, inverse = np.unique(stripped, return_inverse=True)
+        table = np.array([[enc.transform_one({name: v})[c] for c in cols] for v in distinct.tolist()])
+        X[:, j:j + len(cols)] = table.reshape(len(distinct), len(cols))[inverse.reshape(-1)]
+        for i in np.flatnonzero(stripped == ""):
+            bad(int(i), pos, "missing value", name, texts[i])
+        known = set(self.categories[name])
+        outside = np.array([v != "" and v not in known for v in distinct.tolist()], dtype=bool)
+        unseen_rows[name] = outside[inverse.reshape(-1)]
+        return j + len(cols)
 
     def _labels(self, texts, pos, bad):
         texts = [t.strip() for t in texts]
@@ -220,7 +430,7 @@ class CSVSource(Stream):
             return [as_int.get(t) for t in texts], sorted(set(as_int.values()))
         return texts, sorted(found)
 
-    def _loaded(self):
+    def _loaded(self) -> "_Parsed":
         if self._data is None:
             self._parse()
         return self._data
@@ -228,31 +438,45 @@ class CSVSource(Stream):
     # -- the contract ---------------------------------------------------------------------------
     @property
     def classes(self) -> list:
-        return list(self._loaded()[2])
+        return list(self._loaded().classes)
 
     @property
     def n_samples(self) -> int:
-        return len(self._loaded()[1])
+        return len(self._loaded().y)
 
     @property
     def skipped(self) -> int:
         """How many bad records were skipped (``on_bad_record="skip"``)."""
-        return self._loaded()[3]
+        return self._loaded().skipped
 
     @property
     def skipped_records(self) -> list:
         """The ``BadRecordError`` of the first skipped records (up to 100), in file order."""
-        return list(self._loaded()[4])
+        return list(self._loaded().errors)
+
+    @property
+    def unseen_categories(self) -> dict:
+        """Per text column, how many kept records had a value outside its categories (encoded as all zeros)."""
+        return dict(self._loaded().unseen)
+
+    def key_values(self, name: str):
+        """The stripped raw text of column ``name`` for every sample (object array), or None if no such column."""
+        if name not in self._header:
+            return None
+        if name not in self._text_columns:
+            self._text_columns = self._text_columns | {name}
+            self._data = None  # parse again, keeping that column's text this time
+        return self._loaded().text[name]
 
     def _blocks(self, n):
-        X, y = self._loaded()[:2]
-        for start in range(0, len(y), BLOCK):
-            yield X[start:start + BLOCK], y[start:start + BLOCK]
+        data = self._loaded()
+        for start in range(0, len(data.y), BLOCK):
+            yield data.X[start:start + BLOCK], data.y[start:start + BLOCK]
 
     def to_arrays(self, n):
         n = check_count(n)
-        X, y = self._loaded()[:2]
-        return X[:n].copy(), y[:n].copy()
+        data = self._loaded()
+        return data.X[:n].copy(), data.y[:n].copy()
 
 
 ELEC2_FEATURES = ["day", "period", "nswdemand", "vicprice", "vicdemand", "transfer"]
@@ -278,10 +502,13 @@ class Elec2(CSVSource):
 
     def _loaded(self):
         if self._data is None:
-            if Elec2._shared is None:
+            if self._text_columns:  # raw text asked for: a parse of its own
                 self._parse()
-                Elec2._shared = self._data
-            self._data = Elec2._shared
+            else:
+                if Elec2._shared is None:
+                    self._parse()
+                    Elec2._shared = self._data
+                self._data = Elec2._shared
         return self._data
 
     def __repr__(self):

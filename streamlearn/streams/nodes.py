@@ -55,13 +55,16 @@ def parse_schedule(schedule: str, nodes: int) -> list:
 def parse_split(split: str) -> dict:
     """Split syntax to ``Split`` keyword arguments.
 
-    ``"round-robin"``; ``"key:COLUMN"`` or ``"key:COLUMN:hash"`` (hash of the value);
-    ``"key:COLUMN:value"`` (integer value mod m); ``"key:COLUMN:V=N,V=N,..."`` (value V to node N).
+    ``"round-robin"``; ``"key:COLUMN"`` or ``"key:COLUMN:hash"`` (an integer value mod m, any other by
+    a stable hash); ``"key:COLUMN:value"`` (integer value mod m); ``"key:COLUMN:V=N,V=N,..."`` (value V
+    to node N; V a number, or a text key such as a machine id).
 
     Examples
     --------
     >>> parse_split("key:day:1=0,2=1")
     {'key': 'day', 'how': 'map', 'mapping': {1.0: 0, 2.0: 1}}
+    >>> parse_split("key:machine:press-1=0,lathe=1")["mapping"]
+    {'press-1': 0, 'lathe': 1}
     """
     text = str(split).strip()
     if text.lower() in ("round-robin", "roundrobin", "rr"):
@@ -75,13 +78,18 @@ def parse_split(split: str) -> dict:
         return {"key": column.strip(), "how": how}
     mapping = {}
     for item in how.split(","):
-        value, eq, node = item.partition("=")
+        value, eq, node = item.rpartition("=")
+        value = value.strip()
         try:
-            if not eq:
+            if not eq or not value:
                 raise ValueError
-            mapping[float(value)] = int(node)
+            node = int(node)
         except ValueError:
             raise ConfigError(f"bad split {split!r}: mapping item {item!r} is not VALUE=NODE") from None
+        try:
+            mapping[float(value)] = node
+        except ValueError:
+            mapping[value] = node  # a text key
     return {"key": column.strip(), "how": "map", "mapping": mapping}
 
 
@@ -104,7 +112,8 @@ def node_streams(source, nodes: int, drifts=(), schedule: str = "all", split: st
         None: one source per node, node k seeded ``seed + k`` with the same concept (Hyperplane and RBF
         share ``model_seed = seed`` unless given; a CSV file gives every node the same records).
         ``"round-robin"`` or ``"key:COLUMN[...]"`` (see ``parse_split``): one source seeded ``seed``
-        divided among the nodes; positions then count each node's own samples.
+        divided among the nodes; positions then count each node's own samples. A CSV file's key
+        column is kept as text and is not a feature unless listed (``CSVSource(key=...)``).
     seed
         Seed of the sources and of the drifts (the same drift definition at every node).
     keep_key
@@ -136,8 +145,11 @@ def node_streams(source, nodes: int, drifts=(), schedule: str = "all", split: st
             params[shared] = seed
         streams = [make_source(source, seed=seed + k, **params) for k in range(nodes)]
     else:
-        base = source if isinstance(source, Stream) else make_source(source, seed=seed, **source_params)
         how = parse_split(split)
+        params = dict(source_params)
+        if how["key"] is not None and isinstance(source, str) and source.partition(":")[0].strip().lower() == "csv":
+            params.setdefault("key", how["key"])  # kept as raw text (a machine id), out of the default features
+        base = source if isinstance(source, Stream) else make_source(source, seed=seed, **params)
         if key_map:
             if how["key"] is None:
                 raise ConfigError("key_map needs split='key:COLUMN'")

@@ -9,7 +9,7 @@ from streamlearn.streams.base import Stream
 from streamlearn.streams.csv_source import CSVSource, Elec2
 from streamlearn.streams.generators import AgrawalStream, HyperplaneStream, RBFStream, SEAStream, STAGGERStream
 
-__all__ = ["SOURCES", "make_source"]
+__all__ = ["SOURCES", "make_source", "is_finite_source"]
 
 _FACTORIES = {
     "sea": SEAStream,
@@ -31,8 +31,10 @@ _DESCRIPTIONS = {
     "stagger": "river STAGGER: size, color, shape codes, 3 rules; alternate concept: next rule",
     "elec2": "Elec2 electricity market, 45,312 samples, 6 features, label UP/DOWN (shipped); "
              "alternate concept: labels swapped",
-    "csv:PATH": "replay a CSV file (.gz ok): label=COLUMN, features=A,B,... (default: all other columns), "
-                "classes=..., on_bad_record=raise|skip; alternate concept: labels cyclically shifted",
+    "csv:PATH": "replay a CSV file (.gz ok; , ; tab | guessed): label=COLUMN, features=A,B,... (default: all "
+                "other columns), classes=..., on_bad_record=raise|skip; text columns one-hot (categorical=COL=a|b|c, "
+                "else the first lookahead rows; dates dropped); key=COLUMN kept as text for a split by key; "
+                "alternate concept: labels cyclically shifted",
 }
 
 # Parameters that define the concept rather than the samples: node_streams shares them across nodes.
@@ -73,6 +75,16 @@ def _coerce(name, value, default):
     except ValueError:
         raise ConfigError(f"parameter {name}={value!r} should be a {type(default).__name__}") from None
     return value
+
+
+def is_finite_source(name: str) -> bool:
+    """Whether source ``name`` is a file (finite, replayed) rather than an endless generator.
+
+    >>> is_finite_source("elec2"), is_finite_source("csv:data.csv"), is_finite_source("sea")
+    (True, True, False)
+    """
+    factory = _FACTORIES.get(str(name).partition(":")[0].strip().lower())
+    return factory is not None and issubclass(factory, CSVSource)
 
 
 def make_source(name: str, seed: int = 0, **params) -> Stream:

@@ -1,7 +1,10 @@
 """One stream divided among m nodes: round-robin, or by a key column (hash, integer value, or an explicit mapping).
 
 Every sample of the source goes to exactly one node, in order; positions in a node's stream count that node's
-samples only. The key column is removed from the nodes' features unless ``keep_key=True``.
+samples only. The key is a numeric feature (removed from the nodes' features unless ``keep_key=True``) or a
+text column the source keeps as raw text (a CSV file's machine id, see ``CSVSource(key=...)``).
+By hash, an integer key goes to node ``value mod m`` and any other key by a stable hash (text: BLAKE2b, the
+rule of the connectors' ``NodeRouter``, so a record lands on the same node in every run and process).
 A key value that cannot be placed raises ``BadRecordError`` whose ``row`` is the 1-based index of the sample
 in the source stream.
 """
@@ -11,12 +14,15 @@ from __future__ import annotations
 import numpy as np
 
 from streamlearn.errors import BadRecordError, ConfigError, StreamlearnError
+from streamlearn.records import is_int_key, node_of_key
 from streamlearn.streams.base import BLOCK, Stream
 
 __all__ = ["Split", "SplitNode"]
 
 # An endless source that gives a node nothing for this many samples in a row is a split that starves it.
 MAX_GAP = 200_000
+# Numeric keys that are integers below this go to value mod m (the integer keys of streamlearn.records).
+_INT_LIMIT = 10**10
 
 
 def _splitmix64(bits: np.ndarray) -> np.ndarray:
@@ -24,6 +30,20 @@ def _splitmix64(bits: np.ndarray) -> np.ndarray:
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
+
+
+def _as_key_text(value) -> str:
+    """A mapping key as the text it matches: ``1.0`` and ``1`` name ``"1"``."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def _key_number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"split mapping key {value!r} is not a number (the key is a numeric feature)") from None
 
 
 class Split:
@@ -36,14 +56,15 @@ class Split:
     nodes
         Number of nodes m.
     key
-        Feature name of the key column; None splits round-robin (sample i to node i mod m).
+        Name of the key column: a feature, or a column the source keeps as text (``source.key_values``);
+        None splits round-robin (sample i to node i mod m).
     how
-        With a key: ``"hash"`` (a fixed 64-bit hash of the value, mod m), ``"value"`` (the value is an
-        integer; node = value mod m) or ``"map"`` (``mapping[value]``).
+        With a key: ``"hash"`` (an integer value mod m, any other value by a fixed 64-bit hash, mod m),
+        ``"value"`` (the value must be an integer; node = value mod m) or ``"map"`` (``mapping[value]``).
     mapping
-        For ``how="map"``: key value -> node.
+        For ``how="map"``: key value -> node (text keys compare as text, ``1.0`` naming ``"1"``).
     keep_key
-        Keep the key column as a feature.
+        Keep a numeric key column as a feature (a text key is never a feature).
 
     Examples
     --------
@@ -52,6 +73,13 @@ class Split:
     >>> X, _ = parts[2].to_arrays(50)
     >>> parts[2].feature_names, X.shape
     (['size', 'shape'], (50, 2))
+    >>> import tempfile, os
+    >>> from streamlearn.streams import CSVSource
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.csv")
+    >>> _ = open(path, "w").write("machine,t,y\\npress-1,1,a\\nlathe,2,b\\npress-1,3,b\\n7,4,a\\n")
+    >>> parts = Split(CSVSource(path, label="y", key="machine"), 2, key="machine").streams()
+    >>> [p.to_arrays(9)[0][:, 0].tolist() for p in parts]   # 7 % 2 = 1; the texts by their hash
+    [[1.0, 3.0], [2.0, 4.0]]
     """
 
     def __init__(self, source: Stream, nodes: int, key: str | None = None, how: str = "hash",
@@ -64,9 +92,15 @@ class Split:
         self.how = how if key is not None else "round-robin"
         self.mapping = None
         self.keep_key = bool(keep_key)
+        self._key_text = None  # raw text of a text key, one per source sample
         if key is not None:
             if key not in source.feature_names:
-                raise ConfigError(f"split key {key!r} is not a feature of the source; it has {source.feature_names}")
+                self._key_text = source.key_values(key)
+                if self._key_text is None:
+                    raise ConfigError(f"split key {key!r} is not a feature of the source nor a text column it "
+                                      f"keeps; its features are {source.feature_names}")
+                if self.keep_key:
+                    raise ConfigError(f"keep_key: the split key {key!r} is a text column, not a feature")
             if how not in ("hash", "value", "map"):
                 raise ConfigError(f"split by key must use how='hash', 'value' or 'map', got {how!r}")
             if how == "map":
@@ -74,14 +108,11 @@ class Split:
                     raise ConfigError("split how='map' needs a mapping {key value: node}")
                 self.mapping = {}
                 for value, node in mapping.items():
-                    try:
-                        value = float(value)
-                    except (TypeError, ValueError):
-                        raise ConfigError(f"split mapping key {value!r} is not a number") from None
+                    value = _as_key_text(value) if self._key_text is not None else _key_number(value)
                     if isinstance(node, bool) or not isinstance(node, (int, np.integer)) or not 0 <= node < nodes:
                         raise ConfigError(f"split mapping sends {value!r} to node {node!r}, not in 0..{nodes - 1}")
                     self.mapping[value] = int(node)
-        self._key_col = None if key is None else source.feature_names.index(key)
+        self._key_col = None if key is None or self._key_text is not None else source.feature_names.index(key)
         keep = [i for i in range(len(source.feature_names)) if i != self._key_col or self.keep_key]
         self._columns = None if len(keep) == len(source.feature_names) else keep
         self.feature_names = [source.feature_names[i] for i in keep]
@@ -114,10 +145,15 @@ class Split:
         m = self.nodes
         if self.key is None:
             return (np.arange(start, start + len(X)) % m).astype(np.int64)
+        if self._key_text is not None:
+            return self._assign_text(self._key_text[start:start + len(X)], start)
         values = X[:, self._key_col]
         if self.how == "hash":
             bits = (values + 0.0).view(np.uint64)  # + 0.0 turns -0.0 into 0.0
-            return (_splitmix64(bits) % np.uint64(m)).astype(np.int64)
+            owner = (_splitmix64(bits) % np.uint64(m)).astype(np.int64)
+            whole = (values == np.round(values)) & (np.abs(values) < _INT_LIMIT)
+            owner[whole] = values[whole].astype(np.int64) % m
+            return owner
         if self.how == "value":
             bad = np.flatnonzero(values != np.round(values))
             if len(bad):
@@ -133,6 +169,33 @@ class Split:
             i = int(bad[0])
             raise BadRecordError("split key value has no node in the mapping", row=start + i + 1, column=self.key,
                                  value=float(values[i]))
+        return owner
+
+    def _assign_text(self, texts: np.ndarray, start: int) -> np.ndarray:
+        """Node of each text key (-1 never returned: a key that cannot be placed raises); each distinct value once."""
+        distinct, inverse = np.unique(texts, return_inverse=True)
+        nodes, reasons = [], {}
+        for v in distinct.tolist():
+            node = -1
+            if v == "":
+                reasons[v] = "split key value is missing"
+            elif self.how == "hash":
+                node = node_of_key(v, self.nodes)
+            elif self.how == "value":
+                if is_int_key(v):
+                    node = int(v) % self.nodes
+                else:
+                    reasons[v] = "split key value is not an integer"
+            elif v in self.mapping:
+                node = self.mapping[v]
+            else:
+                reasons[v] = "split key value has no node in the mapping"
+            nodes.append(node)
+        owner = np.asarray(nodes, dtype=np.int64)[inverse.reshape(-1)]
+        bad = np.flatnonzero(owner < 0)
+        if len(bad):
+            i = int(bad[0])
+            raise BadRecordError(reasons[texts[i]], row=start + i + 1, column=self.key, value=texts[i])
         return owner
 
     def _select(self, X):

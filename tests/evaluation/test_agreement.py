@@ -11,6 +11,7 @@ from river import linear_model, metrics, naive_bayes, preprocessing, tree
 
 import streamlearn
 from streamlearn.evaluation import evaluate
+from streamlearn.streams import make_source
 
 ELEC2 = Path(streamlearn.__file__).parent / "streams" / "data" / "elec2.csv.gz"
 
@@ -28,14 +29,10 @@ def _read_csv():
 
 @pytest.fixture(scope="module")
 def elec2():
-    """The shipped Elec2 stream (from streams.make_source when it exists), label UP -> True as in river's Elec2.
+    """The shipped Elec2 stream from ``make_source("elec2")``, label UP -> True as in river's Elec2.
 
     river's binary models (LogisticRegression) need boolean labels.
     """
-    try:
-        from streamlearn.streams import make_source
-    except ImportError:
-        return _read_csv()
     rows = [(x, y == "UP") for x, y in make_source("elec2")]
     assert rows[:50] == _read_csv()[:50]  # the same stream either way
     return rows

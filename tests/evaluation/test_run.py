@@ -1,7 +1,6 @@
 import json
 import math
 import random
-from collections import namedtuple
 
 import numpy as np
 import pytest
@@ -9,9 +8,7 @@ from river import linear_model, preprocessing
 
 from streamlearn.errors import BadRecordError, ConfigError
 from streamlearn.evaluation import evaluate
-
-# Local stand-in for streamlearn.streams.DriftEvent (same fields).
-DriftEvent = namedtuple("DriftEvent", "position node kind params")
+from streamlearn.streams import DriftEvent
 
 
 class FlipStream:
@@ -205,3 +202,122 @@ def test_streamlearn_learner_in_numpy_mini_batches():
     res = evaluate(make_source("sea", seed=1), learner, n=640, batch_size=32, window=100, progress=False)
     assert res.n == 640 and res.n_scored == 640
     assert res.accuracy > 0.6 and np.isfinite(res.loss)
+
+
+# ---- values the learner would reject are bad records, named by stream position and feature ----------
+
+
+def _with_bad_values():
+    """30 separable samples; position 7 has a NaN, 12 a text value, 20 an infinite value."""
+    stream = [({"a": float(i % 2), "b": 0.5}, "up" if i % 2 else "down") for i in range(30)]
+    stream[7] = ({"a": math.nan, "b": 0.5}, "up")
+    stream[12] = ({"a": 1.0, "b": "oops"}, "up")
+    stream[20] = ({"a": 1.0, "b": math.inf}, "up")
+    return stream
+
+
+@pytest.mark.parametrize("name", ["logreg", "river-logreg"])
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_bad_values_are_caught_before_the_learner(name, batch_size):
+    from streamlearn.learners import make_learner
+
+    def learner():
+        return make_learner(name, features=["a", "b"], classes=["down", "up"])
+
+    with pytest.raises(BadRecordError) as err:
+        evaluate(_with_bad_values(), learner(), batch_size=batch_size, detector=None, progress=False)
+    assert (err.value.row, err.value.column) == (7, "a") and math.isnan(err.value.value)
+    res = evaluate(_with_bad_values(), learner(), batch_size=batch_size, detector=None, progress=False,
+                   on_bad_record="skip")
+    assert (res.n, res.n_bad, res.n_scored) == (30, 3, 27)
+    assert res.to_dict()["n_bad"] == 3
+    with pytest.warns(UserWarning) as caught:
+        evaluate(_with_bad_values(), learner(), batch_size=batch_size, detector=None, progress=False,
+                 on_bad_record="warn")
+    assert [str(w.message).split("(")[1] for w in caught] == [
+        "row 7, column 'a', value nan)", "row 12, column 'b', value 'oops')", "row 20, column 'b', value inf)"]
+
+
+def test_numpy_batches_name_the_feature_not_its_index():
+    from streamlearn.learners import make_learner
+
+    stream = _with_bad_values()[:10]
+    # no feature names given: the learner numbers its matrix columns, the error still names 'a'
+    with pytest.raises(BadRecordError) as err:
+        evaluate(stream, make_learner("logreg", seed=0), batch_size=4, detector=None, progress=False)
+    assert (err.value.row, err.value.column) == (7, "a")
+
+
+def test_nan_is_a_bad_record_for_river_models_too():
+    stream = [({"a": 1.0}, True), ({"a": math.nan}, False), ({"a": 0.0}, False)]
+    with pytest.raises(BadRecordError) as err:
+        evaluate(stream, linear_model.LogisticRegression(), progress=False)
+    assert (err.value.row, err.value.column) == (1, "a")
+    res = evaluate(stream, linear_model.LogisticRegression(), progress=False, on_bad_record="skip")
+    assert (res.n_bad, res.n_scored) == (1, 2)
+
+
+def test_text_values_still_reach_river_models_that_take_them():
+    from river import tree
+
+    stream = [({"color": "red" if i % 2 else "blue"}, bool(i % 2)) for i in range(200)]
+    res = evaluate(stream, tree.HoeffdingTreeClassifier(grace_period=20), detector=None, progress=False)
+    assert res.n_bad == 0 and res.n_scored == 199 and res.accuracy > 0.8  # the first sample has no prediction
+
+
+def test_labels_outside_the_learners_classes_are_bad_records():
+    from streamlearn.learners import make_learner
+
+    stream = [({"a": 1.0}, "up"), ({"a": 0.0}, "sideways"), ({"a": 0.0}, "down")]
+    with pytest.raises(BadRecordError) as err:
+        evaluate(stream, make_learner("logreg", features=["a"], classes=["down", "up"]), progress=False)
+    assert (err.value.row, err.value.column, err.value.value) == (1, "y", "sideways")
+
+
+class PickyLearner(NumpyMajority):
+    """Rejects, like a learner would, a batch holding a negative value, naming its place in the batch."""
+
+    def _check(self, X, names=None):
+        bad = np.argwhere(X < 0)
+        if len(bad):
+            row, col = map(int, bad[0])
+            raise BadRecordError("negative value", row=row, column=str(col if names is None else names[col]),
+                                 value=float(X[row, col]))
+
+    def predict_many(self, X):
+        self._check(X)
+        return super().predict_many(X)
+
+    def learn_many(self, X, y):
+        self._check(X)
+        super().learn_many(X, y)
+
+
+@pytest.mark.parametrize("batch_size", [1, 5])
+def test_records_the_learner_rejects_follow_the_policy(batch_size):
+    stream = [({"a": float(i), "b": 1.0}, bool(i % 2)) for i in range(12)]
+    stream[6] = ({"a": 1.0, "b": -1.0}, True)
+
+    class PickyOne(PickyLearner):
+        def predict_one(self, x):
+            self._check(np.array([[x["a"], x["b"]]]), names=["a", "b"])
+            return super().predict_one(x)
+
+    with pytest.raises(BadRecordError) as err:
+        evaluate(stream, PickyOne(), batch_size=batch_size, detector=None, progress=False)
+    assert (err.value.row, err.value.column, err.value.value) == (6, "b", -1.0)  # stream position, feature name
+    learner = PickyOne()
+    res = evaluate(stream, learner, batch_size=batch_size, detector=None, progress=False, on_bad_record="skip")
+    assert (res.n, res.n_bad, res.n_scored) == (12, 1, 11)
+    assert learner.counts.sum() == 11  # every good sample learned once, the bad one never
+
+
+def test_settings_name_the_learner_on_one_line():
+    from streamlearn.learners import make_learner
+
+    res = evaluate(FlipStream(n=20), make_learner("mlp", hidden=(4,), seed=0), progress=False, detector=None)
+    assert res.settings["learner"].startswith('TorchLearner (arch="mlp" hidden=(4,)')
+    assert "\n" not in res.settings["learner"] and res.settings["learner"].endswith(")")
+    model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    res = evaluate(FlipStream(n=20), model, progress=False, detector=None)
+    assert "StandardScaler" in res.settings["learner"] and "LogisticRegression" in res.settings["learner"]

@@ -1,14 +1,11 @@
 import json
 import math
-from collections import namedtuple
 
 import pytest
 
 from streamlearn.errors import ConfigError
 from streamlearn.evaluation import score_detections
-
-# Local stand-in for streamlearn.streams.DriftEvent (same fields).
-DriftEvent = namedtuple("DriftEvent", "position node kind params")
+from streamlearn.streams import DriftEvent
 
 
 def test_delays_misses_false_alarms():

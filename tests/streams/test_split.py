@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from streamlearn.errors import BadRecordError, ConfigError, StreamlearnError
-from streamlearn.streams import BLOCK, SEAStream, STAGGERStream, Split, inject, make_source
+from streamlearn.streams import BLOCK, SEAStream, STAGGERStream, Split, inject, make_source, node_streams
 from streamlearn.streams import split as split_module
 
 
@@ -51,8 +51,7 @@ def test_key_split_sends_each_key_value_to_one_node_and_drops_the_key(how):
         assert np.array_equal(Xa, X[mine]) and np.array_equal(ya, y[mine])  # order kept
         total += len(ya)
     assert total == len(y) and sorted(owners) == list(range(1, 8))
-    if how == "value":
-        assert all(int(v) % 3 == k for v, k in owners.items())
+    assert all(int(v) % 3 == k for v, k in owners.items())  # integer keys: value mod m, by hash too
 
 
 def test_key_mapping_and_endless_source_paths_agree():
@@ -114,3 +113,91 @@ def test_concept_drift_on_a_split_node():
     assert np.array_equal(y[:300], total[:300] > 8) and np.array_equal(y[300:], total[300:] > 9)
     assert np.array_equal(X, source.to_arrays(1600)[0][1::2])
     assert [e.to_dict()["node"] for e in s.drift_events(800)] == [1]
+
+
+# ---- text keys (a CSV file's machine id) -------------------------------------------------------------
+
+MACHINES = ["press-1", "press-2", "lathe", "mill-A", "7", "12"]
+
+
+def _keyed_csv(tmp_path, n=300):
+    rng = np.random.default_rng(0)
+    lines = ["machine,temp,state"]
+    for i in range(n):
+        lines.append(f"{MACHINES[i % 5 if i % 7 else 4 + i % 2]},{rng.normal():.4f},{'ok' if i % 3 else 'fault'}")
+    path = tmp_path / "keyed.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path, [line.split(",") for line in lines[1:]]
+
+
+def test_split_by_a_text_key_column(tmp_path):
+    from connectors.routing import NodeRouter
+
+    path, rows = _keyed_csv(tmp_path)
+    parts = node_streams(f"csv:{path}", 3, split="key:machine", label="state")
+    router = NodeRouter(field="machine", nodes=3)
+    owner = [router.by_value(r[0]) for r in rows]  # the connectors place each record on the same node
+    assert sorted(set(owner)) == [0, 1, 2]
+    for k, part in enumerate(parts):
+        assert part.feature_names == ["temp"]  # the key is not a feature
+        X, y = part.to_arrays(10**6)
+        mine = [r for r, o in zip(rows, owner) if o == k]
+        assert X[:, 0].tolist() == [float(r[1]) for r in mine] and y.tolist() == [r[2] for r in mine]
+    # integer keys keep value mod m
+    assert owner[[r[0] for r in rows].index("7")] == 7 % 3 and owner[[r[0] for r in rows].index("12")] == 0
+
+
+def test_text_key_hash_is_the_same_in_every_process(tmp_path):
+    import subprocess
+    import sys
+
+    path, _ = _keyed_csv(tmp_path)
+    code = ("import sys; from streamlearn.streams import node_streams; "
+            f"parts = node_streams('csv:{path}', 4, split='key:machine', label='state'); "
+            "print([p.n_samples for p in parts])")
+    seen = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout for seed in ("1", "2")}
+    assert len(seen) == 1
+    here = [p.n_samples for p in node_streams(f"csv:{path}", 4, split="key:machine", label="state")]
+    assert seen == {f"{here}\n"}
+
+
+def test_text_key_options_and_bad_keys(tmp_path):
+    path, rows = _keyed_csv(tmp_path)
+    mapped = node_streams(f"csv:{path}", 2, split="key:machine:press-1=0,press-2=0,lathe=1,mill-A=1,7=0,12=1",
+                          label="state")
+    assert mapped[1].n_samples == sum(r[0] in ("lathe", "mill-A", "12") for r in rows)
+    assert [r[0] for r in rows[:3]] == ["7", "press-2", "lathe"]
+    with pytest.raises(BadRecordError) as info:  # press-2 is not an integer
+        node_streams(f"csv:{path}", 2, split="key:machine:value", label="state")[0].to_arrays(10)
+    assert (info.value.row, info.value.column, info.value.value) == (2, "machine", "press-2")
+    with pytest.raises(BadRecordError) as info:
+        node_streams(f"csv:{path}", 2, split="key:machine:press-2=0,7=1", label="state")[0].to_arrays(10)
+    assert info.value.value == "lathe" and info.value.row == 3 and "mapping" in str(info.value)
+    with pytest.raises(ConfigError):
+        node_streams(f"csv:{path}", 2, split="key:machine", label="state", keep_key=True)
+    with pytest.raises(BadRecordError) as info:  # the key must be a column of the header
+        node_streams(f"csv:{path}", 2, split="key:owner", label="state")
+    assert (info.value.row, info.value.column) == (1, "owner")
+
+
+def test_text_key_of_a_source_built_by_hand(tmp_path):
+    from streamlearn.streams import CSVSource
+
+    path, rows = _keyed_csv(tmp_path)
+    # the key column was not declared: it is asked for when the split is made
+    source = CSVSource(path, label="state", features=["temp"])
+    parts = Split(source, 2, key="machine").streams()
+    assert sum(p.n_samples for p in parts) == len(rows)
+    drifted = inject(parts[0], "sudden@10", node=0)  # the alternate concept keeps the keys
+    assert drifted.to_arrays(10**6)[0].tolist() == parts[0].to_arrays(10**6)[0].tolist()
+
+
+def test_missing_text_key_is_a_bad_record(tmp_path):
+    path = tmp_path / "k.csv"
+    path.write_text("machine,temp,state\na,1,ok\n,2,ok\nb,3,fault\n")
+    with pytest.raises(BadRecordError) as info:
+        node_streams(f"csv:{path}", 2, split="key:machine", label="state")[0].to_arrays(10)
+    assert (info.value.row, info.value.column) == (3, "machine")
+    parts = node_streams(f"csv:{path}", 2, split="key:machine", label="state", on_bad_record="skip")
+    assert sum(p.n_samples for p in parts) == 2
