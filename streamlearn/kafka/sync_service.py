@@ -73,7 +73,7 @@ import torch
 
 from streamlearn.errors import BadRecordError, ConfigError
 from streamlearn.kafka.codecs import DecodeError, EncodeError, deadletter_headers
-from streamlearn.kafka.config import KafkaSettings
+from streamlearn.kafka.config import KafkaSettings, default_fetch_wait_ms
 from streamlearn.kafka.service import Service
 from streamlearn.kafka.status import encode_status, model_hash
 from streamlearn.kafka.topics import deadletter_topic, status_topic, sync_down_topic, sync_up_topic
@@ -86,6 +86,8 @@ __all__ = ["SyncConfig", "SyncService", "sync_config_from_options", "run_sync"]
 log = logging.getLogger(__name__)
 
 _HELLO_EVERY = 2.0  # seconds between two hellos to one unknown node
+# Longest wait for one broker answer, as the node's (kafka-python waits forever on some calls without one).
+_BROKER_WAIT_MS = 10_000
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ class SyncConfig:
     seed: int = 0
     device: str | None = None
     status_interval: float = 1.0
-    fetch_wait_ms: int = 20
+    fetch_wait_ms: int | None = None  # None: default_fetch_wait_ms()
     id_lease: float = 10.0
     id_grace: float = 3.0  # several id renewals (one a second), so a busy machine still makes it
     max_norm: float = 1e6
@@ -155,6 +157,8 @@ class SyncConfig:
 
         object.__setattr__(self, "params", dict(self.params or {}))
         positive("max_nodes", self.max_nodes, integer=True)
+        if self.fetch_wait_ms is None:
+            object.__setattr__(self, "fetch_wait_ms", default_fetch_wait_ms())
         positive("fetch_wait_ms", self.fetch_wait_ms, integer=True)
         positive("timeout", self.timeout)
         positive("status_interval", self.status_interval)
@@ -232,12 +236,12 @@ class SyncService(Service):
         s = self.settings_
         self._topics = {"up": sync_up_topic(self.prefix_), "down": sync_down_topic(self.prefix_),
                         "dead": deadletter_topic(self.prefix_), "status": status_topic(self.prefix_)}
-        self._producer = KafkaProducer(**s.producer_kwargs(self.bootstrap_, max_block_ms=10_000))
+        self._producer = KafkaProducer(**s.producer_kwargs(self.bootstrap_, max_block_ms=_BROKER_WAIT_MS))
         self._consumer = KafkaConsumer(**s.consumer_kwargs(self.bootstrap_, fetch_max_wait_ms=cfg.fetch_wait_ms))
         tp = self._up_tp = TopicPartition(self._topics["up"], 0)
         self._consumer.assign([tp])
         # A new epoch: what nodes sent to an earlier instance is not for this protocol.
-        self._consumer.seek(tp, self._consumer.end_offsets([tp])[tp])
+        self._consumer.seek(tp, self._consumer.end_offsets([tp], timeout_ms=_BROKER_WAIT_MS)[tp])
         self._send(SyncMessage("hello", epoch=self.epoch_))
         self._grace_t0 = time.monotonic()  # connecting can be slow on a busy machine: it must not eat the grace
         self._state = "running"
@@ -295,14 +299,14 @@ class SyncService(Service):
             if running:
                 self._save_state()
                 self._publish_status()
-                self._producer.flush(timeout=10)
+                self._producer.flush(timeout=_BROKER_WAIT_MS / 1000)
         except Exception as exc:
             log.warning("sync %s: unclean shutdown: %s", self.epoch_, exc)
         finally:
             for name in ("_producer", "_consumer"):
                 client = getattr(self, name, None)
                 if client is not None:
-                    client.close(**({"timeout": 5} if name == "_producer" else {}))
+                    client.close(**({"timeout": 5} if name == "_producer" else {"timeout_ms": 5_000}))
         if not running:
             return
         stats = self.protocol_.stats.as_dict() if self.protocol_ is not None else {}
@@ -367,13 +371,15 @@ class SyncService(Service):
             return self._reject(node, f"node id {node} is not below --max-nodes {cfg.max_nodes}")
         if self.protocol_ is None:
             self.protocol_ = make_protocol(cfg.protocol, m=cfg.max_nodes, d=msg.d, w0=_tensor(msg.model),
-                                           seed=cfg.seed, initial_nodes=[], device=cfg.device, **cfg.params)
+                                           seed=cfg.seed, initial_nodes=[], device=cfg.device,
+                                           n_params=msg.n_params, **cfg.params)
             self._d, self._layout = msg.d, msg.layout
             log.info("sync %s: %r on %s, d=%d, w0 from node %d", self.epoch_, self.protocol_,
                      self.protocol_.bank.device, msg.d, node)
-        elif msg.d != self._d or msg.layout != self._layout:
-            return self._reject(node, f"model layout {msg.layout} (d={msg.d}) differs from the other nodes' "
-                                      f"{self._layout} (d={self._d}): same learner, features and classes needed")
+        elif msg.d != self._d or msg.layout != self._layout or (msg.n_params or msg.d) != self.protocol_.n_params:
+            return self._reject(node, f"model layout {msg.layout} (d={msg.d}, n_params={msg.n_params or msg.d}) "
+                                      f"differs from the other nodes' {self._layout} (d={self._d}, "
+                                      f"n_params={self.protocol_.n_params}): same learner, features and classes needed")
         if msg.spec is not None and node not in self._spec_warned and not _same_spec(msg.spec, self.protocol_):
             self._spec_warned.add(node)
             log.warning("sync %s: node %d runs the node rule of %r, this service runs %r", self.epoch_, node,
@@ -446,7 +452,9 @@ class SyncService(Service):
         """sync.up with fewer records than our position: the broker lost its data (a memory-only broker
         restarted) and counts offsets from 0 again; what is there now is new, so read it from the start."""
         hw = self._consumer.highwater(self._up_tp)
-        if hw is not None and hw < self._consumer.position(self._up_tp):
+        # a position is known locally, unless an offset reset is in flight: wait for it a little only
+        position = None if hw is None else self._consumer.position(self._up_tp, timeout_ms=1_000)
+        if position is not None and hw < position:
             self._counts["topic_resets"] += 1
             log.warning("sync %s: %s holds fewer records than were read (the broker lost its data?); "
                         "reading it from its start", self.epoch_, self._topics["up"])
@@ -526,7 +534,10 @@ class SyncService(Service):
             return "dtype", f"model dtype is {w.dtype}, not float32"
         if msg.kind != "join" and self._d is not None and w.shape[0] != self._d:
             return "shape", f"model must have {self._d} entries, got {w.shape[0]}"
-        norm = float(np.linalg.norm(w))  # float32 overflow gives inf, refused too
+        # NaN and inf were refused by the decoder. The limit is on the parameters: buffers after them
+        # (scaler statistics) are in the data's units.
+        span = msg.n_params if msg.kind == "join" else (self.protocol_.n_params if self.protocol_ else None)
+        norm = float(np.linalg.norm(w[:span]))  # float32 overflow gives inf, refused too
         if not norm <= self.config.max_norm:
             return "norm", f"model norm {norm:.4g} is above --max-norm {self.config.max_norm:g}"
         return None
@@ -563,7 +574,8 @@ class SyncService(Service):
                               f"with {cfg.max_nodes}: give the same settings or another directory")
         d = int(meta["d"])
         self.protocol_ = make_protocol(cfg.protocol, m=cfg.max_nodes, d=d, w0=_tensor(ck.arrays["reference"]),
-                                       seed=cfg.seed, initial_nodes=[], device=cfg.device, **cfg.params)
+                                       seed=cfg.seed, initial_nodes=[], device=cfg.device,
+                                       n_params=meta.get("n_params"), **cfg.params)
         restore_protocol_state(self.protocol_, ck.arrays, meta["protocol"])
         self._d, self._layout = d, meta.get("layout")
         self._counts.update({k: int(v) for k, v in dict(meta.get("counts") or {}).items() if k in self._counts})
@@ -581,7 +593,8 @@ class SyncService(Service):
             return
         arrays, pmeta = protocol_state(self.protocol_)
         self._counts["state_saves"] += 1
-        meta = {"spec": self.config.spec, "max_nodes": self.config.max_nodes, "d": self._d, "layout": self._layout,
+        meta = {"spec": self.config.spec, "max_nodes": self.config.max_nodes, "d": self._d,
+                "n_params": self.protocol_.n_params, "layout": self._layout,
                 "epoch": self.epoch_, "protocol": pmeta, "counts": dict(self._counts),
                 "rejected_models_by_reason": dict(self._rejected_by)}
         try:

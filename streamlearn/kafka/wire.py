@@ -86,7 +86,7 @@ REQUIRED = {
     "assign": ("token", "epoch"),              # node: the id given; none (with a reason): no id free
 }
 _OPTIONAL_JSON = ("node", "targets", "epoch", "step", "n_samples", "loss", "request", "reference", "strength",
-                  "reason", "d", "layout", "spec", "token")
+                  "reason", "d", "n_params", "layout", "spec", "token")
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,6 +118,9 @@ class SyncMessage:
     d, layout, spec
         ``join``: model length, a fingerprint of the learner layout (features, classes,
         learner) and the node's protocol spec.
+    n_params
+        ``join``: how many leading model entries are trainable parameters (divergences and the
+        norm limit span them; buffers such as scaler statistics follow). None: all ``d``.
     token
         ``claim``, ``assign`` and an auto-id node's ``leave``: the random token of the node
         that asked for an id (``node`` is then the id asked about or given).
@@ -137,6 +140,7 @@ class SyncMessage:
     strength: float | None = None
     reason: str | None = None
     d: int | None = None
+    n_params: int | None = None
     layout: str | None = None
     spec: str | None = None
     token: str | None = None
@@ -182,6 +186,8 @@ def _validate(obj: dict, has_model: bool, err) -> dict:
         out["request"] = _check_int(obj["request"], "request", err, 0, _INT64_MAX)
     if obj.get("d") is not None:
         out["d"] = _check_int(obj["d"], "d", err, 1, _INT64_MAX)
+    if obj.get("n_params") is not None:
+        out["n_params"] = _check_int(obj["n_params"], "n_params", err, 1, out.get("d", _INT64_MAX))
     if obj.get("loss") is not None:
         out["loss"] = _check_number(obj["loss"], "loss", err)
     if obj.get("strength") is not None:

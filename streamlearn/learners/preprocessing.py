@@ -74,12 +74,19 @@ class OnlineScaler(base.Transformer):
     @property
     def var_(self) -> torch.Tensor | None:
         """Population variance (M2 / n); None before any update."""
-        return None if self._m2 is None else self._m2 / max(self.n_, 1)
+        if self._m2 is None:
+            return None
+        n = self._count()
+        return self._m2 / (n.clamp_min(1) if isinstance(n, torch.Tensor) else max(n, 1))
 
     def _as_tensor(self, X) -> torch.Tensor:
         if isinstance(X, torch.Tensor):
             return X.to(self.device_)
         return torch.as_tensor(np.asarray(X), device=self.device_)
+
+    def _count(self):
+        """n, broadcastable against the (..., f) statistics (a number, or a (..., 1) tensor)."""
+        return self.n_.unsqueeze(-1) if isinstance(self.n_, torch.Tensor) else self.n_
 
     def update(self, X) -> OnlineScaler:
         """Merge a batch ``X[..., B, f]`` into the statistics; returns self."""
@@ -99,11 +106,12 @@ class OnlineScaler(base.Transformer):
             )
         bmean = Xt.mean(-2)
         bm2 = ((Xt - bmean.unsqueeze(-2)) ** 2).sum(-2)
-        n = self.n_ + b
+        n0 = self._count()
+        n = n0 + b
         delta = bmean - self._mean
         self._mean = self._mean + delta * (b / n)
-        self._m2 = self._m2 + bm2 + delta**2 * (self.n_ * b / n)
-        self.n_ = n
+        self._m2 = self._m2 + bm2 + delta**2 * (n0 * b / n)
+        self.n_ = self.n_ + b
         return self
 
     def transform(self, X):
@@ -122,6 +130,53 @@ class OnlineScaler(base.Transformer):
         out = out.to(Xt.dtype if Xt.is_floating_point() else torch.float32)
         return out if isinstance(X, torch.Tensor) else out.cpu().numpy()
 
+    # -- flat state (synced with the model) ----------------------------------------------------------
+
+    @staticmethod
+    def flat_size(n_features: int) -> int:
+        """Length of :meth:`get_flat` for ``n_features`` features: mean, variance, count."""
+        return 2 * int(n_features) + 1
+
+    def get_flat(self, n_features: int, lead: tuple = ()) -> torch.Tensor:
+        """The statistics as float32 ``[mean (f), variance (f), n]`` (shape ``lead + (2f + 1,)``).
+
+        Before any update: zero mean, zero variance, n = 0, which :meth:`set_flat` reads back as
+        "no statistics yet" (the identity). Averaging such vectors averages the running means,
+        variances and counts, so synced nodes standardise their inputs the same way.
+
+        >>> sc = OnlineScaler(device="cpu").update(np.array([[1.0], [3.0]]))
+        >>> sc.get_flat(1).tolist()
+        [2.0, 1.0, 2.0]
+        >>> other = OnlineScaler(device="cpu")
+        >>> other.set_flat(torch.tensor([2.0, 1.0, 2.0]))
+        >>> other.transform(np.array([[4.0]])).tolist()
+        [[2.0]]
+        """
+        if self._mean is None:
+            out = torch.zeros(tuple(lead) + (self.flat_size(n_features),), dtype=torch.float32, device=self.device_)
+            return out
+        n = self.n_ if isinstance(self.n_, torch.Tensor) else torch.full(self._mean.shape[:-1], float(self.n_),
+                                                                            dtype=torch.float64, device=self.device_)
+        return torch.cat([self._mean, self.var_, n.unsqueeze(-1)], dim=-1).float()
+
+    def set_flat(self, v) -> None:
+        """Load statistics written by :meth:`get_flat` (float32, ``(..., 2f + 1)``).
+
+        With one leading index per node (the simulator's layout) each node keeps its own count.
+        """
+        v = torch.as_tensor(v).to(self.device_, torch.float64)
+        f, rem = divmod(v.shape[-1] - 1, 2)
+        if rem or f < 1:
+            raise ConfigError(f"OnlineScaler.set_flat: need 2f + 1 entries, got shape {tuple(v.shape)}")
+        mean, var, n = v[..., :f], v[..., f:2 * f], v[..., 2 * f]
+        if not bool((n > 0).any()):  # no statistics yet anywhere: the identity, as before any update
+            self._mean = self._m2 = None
+            self.n_ = 0
+            return
+        n = n.clamp_min(0)
+        self._mean, self._m2 = mean.clone(), var * n.unsqueeze(-1)
+        self.n_ = n.clone() if n.dim() else _number(float(n))
+
     # -- state (checkpoints) -------------------------------------------------------------------------
 
     def get_state(self) -> dict:
@@ -135,7 +190,8 @@ class OnlineScaler(base.Transformer):
         (2, [2.0, 4.0])
         """
         arr = lambda t: None if t is None else t.detach().cpu().numpy().copy()  # noqa: E731
-        return {"n": int(self.n_), "mean": arr(self._mean), "m2": arr(self._m2)}
+        n = self.n_.tolist() if isinstance(self.n_, torch.Tensor) else self.n_
+        return {"n": n, "mean": arr(self._mean), "m2": arr(self._m2)}
 
     def set_state(self, state: dict) -> None:
         """Load what :meth:`get_state` returned."""
@@ -144,7 +200,9 @@ class OnlineScaler(base.Transformer):
             raise ConfigError(f"OnlineScaler.set_state: mean and m2 must both be arrays of one shape or both None, "
                               f"got shapes {np.shape(mean)} and {np.shape(m2)}")
         to = lambda a: None if a is None else torch.as_tensor(np.array(a, dtype=np.float64)).to(self.device_)  # noqa: E731
-        self._mean, self._m2, self.n_ = to(mean), to(m2), int(state["n"])
+        n = state["n"]
+        self._mean, self._m2 = to(mean), to(m2)
+        self.n_ = to(n) if isinstance(n, (list, tuple, np.ndarray)) else _number(float(n))
 
     # -- dict API (river) ---------------------------------------------------------------------------
 
@@ -166,6 +224,11 @@ class OnlineScaler(base.Transformer):
         out = dict(x)
         out.update(zip(self.feature_names_, z.tolist()))
         return out
+
+
+def _number(x: float):
+    """An int when ``x`` is whole (counts read back from a float vector), else the float."""
+    return int(x) if float(x).is_integer() else float(x)
 
 
 class OneHotEncoder(base.Transformer):

@@ -61,7 +61,10 @@ class TorchLearner(FeatureMixin, base.MiniBatchClassifier):
     scale
         Standardise features online (:class:`~streamlearn.learners.preprocessing.OnlineScaler`):
         predict with the current statistics; learn = update them with the batch, transform, step.
-        The statistics are not part of the flat vector.
+        The statistics (mean, variance, count) are buffers of the model: they follow the
+        parameters in the flat vector, so a sync averages them with the weights and every synced
+        node standardises its inputs the way the averaged weights expect. Divergences and norms
+        span the parameters only (the first ``n_params`` entries).
     kernel_size
         Convolution width for ``cnn`` (odd).
     seed
@@ -263,9 +266,15 @@ class TorchLearner(FeatureMixin, base.MiniBatchClassifier):
 
     @property
     def n_params(self) -> int:
-        """d, the length of the flat parameter vector."""
+        """The number of trainable parameters: the first ``n_params`` entries of the flat vector."""
         self._require_built()
         return self._net.d
+
+    @property
+    def n_flat(self) -> int:
+        """d, the length of the flat vector: the parameters, then the scaler's statistics (``scale=True``)."""
+        self._require_built()
+        return self._net.d + (OnlineScaler.flat_size(len(self.feature_names_)) if self._scaler is not None else 0)
 
     @property
     def params_(self) -> dict[str, torch.Tensor]:
@@ -274,26 +283,31 @@ class TorchLearner(FeatureMixin, base.MiniBatchClassifier):
         return self._net.views(self._w.detach())
 
     def get_flat(self, copy: bool = True) -> torch.Tensor:
-        """A copy of the flat parameter vector (float32, shape (d,), on the learner's device).
+        """A copy of the flat vector (float32, shape (n_flat,), on the learner's device): the
+        parameters, then the scaler's statistics when ``scale=True``.
 
-        ``copy=False`` gives the live parameters instead (no copy of d floats): read them at
-        once, they change with the next step, and never write to them (use ``set_flat``).
+        ``copy=False`` without a scaler gives the live parameters instead (no copy of d floats):
+        read them at once, they change with the next step, and never write to them (use ``set_flat``).
         """
         self._require_built()
         w = self._w.detach()
+        if self._scaler is not None:
+            return torch.cat([w, self._scaler.get_flat(len(self.feature_names_)).to(w.device)])
         return w.clone() if copy else w
 
     def set_flat(self, v) -> None:
-        """Copy ``v`` (tensor or array, shape (d,)) into the parameters, in place.
+        """Copy ``v`` (tensor or array, shape (n_flat,)) into the parameters (in place) and the scaler.
 
         The optimizer state (momentum, Adam moments) is kept.
         """
         self._require_built()
         v = torch.as_tensor(v)
-        if v.shape != self._w.shape:
-            raise ConfigError(f"set_flat: expected a vector of size {self._net.d}, got shape {tuple(v.shape)}")
+        if v.shape != (self.n_flat,):
+            raise ConfigError(f"set_flat: expected a vector of size {self.n_flat}, got shape {tuple(v.shape)}")
         with torch.no_grad():
-            self._w.copy_(v)
+            self._w.copy_(v[: self._net.d])
+        if self._scaler is not None:
+            self._scaler.set_flat(v[self._net.d:])
 
     def functional(self):
         """``(forward, loss)``: ``forward(w[d], X[B, f]) -> logits[B, k]`` (pure, vmap-able) and

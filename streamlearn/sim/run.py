@@ -30,12 +30,13 @@ def build_node_data(source: str, nodes: int, drifts=(), schedule: str = "all", s
     A finite source (a file) is split round-robin across the nodes unless ``split`` says
     otherwise; an endless one gives one generator per node, ``n`` samples each (default 20,000).
     """
-    from streamlearn.streams import make_source, node_streams
+    from streamlearn.streams import node_streams
+    from streamlearn.streams.registry import is_finite_source
 
     if not isinstance(nodes, int) or nodes < 1:
         raise ConfigError(f"--nodes: need an int >= 1, got {nodes!r}")
     params = dict(source_params or {})
-    finite = make_source(source, seed=seed, **params).n_samples is not None
+    finite = is_finite_source(source)
     if finite and split is None:
         split = "round-robin"
     if n is None and not finite:

@@ -90,7 +90,7 @@ class SimResult:
     comm: dict
     syncs: list  # (step, kind, n_nodes) per SendModel/PullToward action
     events: list
-    final_models: torch.Tensor
+    final_models: torch.Tensor  # (m, d) flat models: parameters, then scaler statistics
     seconds: float
 
     @property
@@ -141,12 +141,13 @@ class SimResult:
         }
 
 
-def _as_protocol(protocol, m: int, d: int, w0: torch.Tensor, seed: int) -> Protocol:
+def _as_protocol(protocol, m: int, d: int, w0: torch.Tensor, seed: int, n_params: int) -> Protocol:
     if isinstance(protocol, Protocol):
-        if (protocol.m, protocol.d) != (m, d):
-            raise ConfigError(f"protocol: built for m={protocol.m}, d={protocol.d}; the simulation has m={m}, d={d}")
+        if (protocol.m, protocol.d, protocol.n_params) != (m, d, n_params):
+            raise ConfigError(f"protocol: built for m={protocol.m}, d={protocol.d}, n_params={protocol.n_params}; "
+                              f"the simulation has m={m}, d={d}, n_params={n_params}")
         return protocol
-    return make_protocol(protocol, m=m, d=d, w0=w0, seed=seed, device=w0.device)
+    return make_protocol(protocol, m=m, d=d, w0=w0, seed=seed, device=w0.device, n_params=n_params)
 
 
 def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_size: int = 10, seed: int = 0,
@@ -189,15 +190,18 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
     template = learner.clone({"features": list(data.feature_names), "n_features": None, "classes": list(data.classes)})
     forward, loss_fn = template.functional()
     device = template.device_
-    w0 = template.get_flat()
-    d = w0.numel()
-    proto = _as_protocol(protocol, m, d, w0, seed)
+    w0 = template.get_flat()  # the parameters, then the scaler's statistics (scale=True)
+    d, p = w0.numel(), template.n_params
+    proto = _as_protocol(protocol, m, d, w0, seed, n_params=p)
 
-    W = w0.repeat(m, 1).requires_grad_(True)
+    W = w0[:p].repeat(m, 1).requires_grad_(True)
     Wd = W.detach()  # same storage: syncs write models in place
     R = w0.repeat(m, 1)
     opt = template.make_optimizer([W])
-    scaler = template.scaler_.clone() if template.scaler_ is not None else None
+    scaler = None
+    if template.scaler_ is not None:  # one scaler state per node, synced with the parameters
+        scaler = template.scaler_.clone()
+        scaler.set_flat(w0[p:].repeat(m, 1))
 
     X = torch.from_numpy(data.X[:, :n]).to(device)
     Y = torch.from_numpy(data.y[:, :n]).to(device)
@@ -233,7 +237,13 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
         # Reports carry the prequential loss of the batch (what LSGD ranks nodes by).
         batch_loss = losses[:, sl].mean(dim=1).cpu()
         with torch.no_grad():
-            for action in lockstep(proto, r + 1, Wd, R, loss=batch_loss, n_samples=since_sync):
+            # The protocol sees whole models: parameters, then scaler statistics.
+            full = Wd if scaler is None else torch.cat([Wd, scaler.get_flat(f, lead=(m,))], dim=1)
+            actions = lockstep(proto, r + 1, full, R, loss=batch_loss, n_samples=since_sync)
+            if actions and scaler is not None:
+                Wd.copy_(full[:, :p])
+                scaler.set_flat(full[:, p:])
+            for action in actions:
                 if isinstance(action, (SendModel, PullToward)):
                     since_sync[list(action.nodes)] = 0
                     kind = "pull" if isinstance(action, PullToward) else ("full" if action.reference else "partial")
@@ -248,5 +258,6 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
         m=m, n=n, batch_size=batch_size, d=d,
         correct=correct.cpu().numpy(), losses=losses.cpu().numpy(),
         comm=proto.stats.as_dict(), syncs=syncs, events=[ev for ev in data.events if ev.position < n],
-        final_models=Wd.cpu().clone(), seconds=time.perf_counter() - t0,
+        final_models=(Wd if scaler is None else torch.cat([Wd, scaler.get_flat(f, lead=(m,))], dim=1)).cpu().clone(),
+        seconds=time.perf_counter() - t0,
     )

@@ -65,9 +65,10 @@ class ModelBank:
     [True, False, True]
     """
 
-    def __init__(self, m: int, d: int, device=None, dtype=torch.float32):
+    def __init__(self, m: int, d: int, device=None, dtype=torch.float32, n_params: int | None = None):
         self.m = int(m)
         self.d = int(d)
+        self.n_params = self.d if n_params is None else int(n_params)  # divergences span these leading entries
         self.device = default_device(device)
         self.dtype = dtype
         kw = dict(device=self.device)
@@ -127,8 +128,10 @@ class ModelBank:
         self.r.copy_(self.as_model(r))
 
     def divergence(self, nodes=None) -> torch.Tensor:
-        """Squared distance ``||w_i - r||^2`` of the given rows (all rows when ``nodes`` is None)."""
-        return sq_dist(self.W[self._index(nodes)], self.r)
+        """Squared distance ``||w_i - r||^2`` of the given rows (all rows when ``nodes`` is None),
+        over the parameters (the first ``n_params`` entries)."""
+        p = self.n_params
+        return sq_dist(self.W[self._index(nodes), :p], self.r[:p])
 
     def mean(self, nodes, weights=None) -> torch.Tensor:
         """(Weighted) mean of the models of ``nodes``.

@@ -54,14 +54,16 @@ def collect_reports(protocol: Protocol, step, W: torch.Tensor, R: torch.Tensor, 
     """The reports the node rule produces after local update ``step`` (an int or one per node).
 
     ``nodes`` defaults to the protocol's alive nodes; ``loss`` and ``n_samples`` are per
-    node (length m) when given. Divergences ``||W_i - R_i||^2`` are computed in one op.
+    node (length m) when given. Divergences ``||W_i - R_i||^2`` (over the protocol's ``n_params``
+    leading entries) are computed in one op.
     """
     idx = sorted(protocol.alive) if nodes is None else [int(n) for n in nodes]
     if not idx:
         return []
     steps = torch.as_tensor(step)
     steps = steps[idx] if steps.dim() else steps.expand(len(idx))
-    codes = protocol.node_rule_many(steps, sq_dist(W[idx], R[idx]).cpu()).tolist()
+    p = protocol.n_params
+    codes = protocol.node_rule_many(steps, sq_dist(W[idx, :p], R[idx, :p]).cpu()).tolist()
     reports = []
     for k, node in enumerate(idx):
         if codes[k] == NONE:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from streamlearn.sync.aggregate import sq_dist
@@ -66,8 +67,9 @@ class Dynamic(Protocol):
     params = {"delta": float, "b": int}
 
     def __init__(self, m: int, d: int, delta: float = 1.0, b: int = 1, *, w0=None, seed: int | None = None,
-                 initial_nodes=None, device=None, dtype=torch.float32):
-        super().__init__(m, d, w0=w0, seed=seed, initial_nodes=initial_nodes, device=device, dtype=dtype)
+                 initial_nodes=None, device=None, dtype=torch.float32, n_params=None):
+        super().__init__(m, d, w0=w0, seed=seed, initial_nodes=initial_nodes, device=device, dtype=dtype,
+                         n_params=n_params)
         self.delta = float_param("delta", delta, 0.0)
         self.b = int_param("b", b)
         self._B: set[int] = set()
@@ -97,6 +99,14 @@ class Dynamic(Protocol):
         divergence = torch.as_tensor(divergence)
         due = torch.as_tensor(step, device=divergence.device) % self.b == 0
         return torch.where(due & (divergence > self.delta), MODEL, NONE).to(torch.int8)
+
+    def node_rule(self, node: int, step: int, divergence: float) -> str | None:
+        # in float32, as node_rule_many compares a float32 divergence with delta
+        return "model" if step % self.b == 0 and np.float32(divergence) > np.float32(self.delta) else None
+
+    @property
+    def check_every(self) -> int:
+        return self.b
 
     def _everyone(self) -> set[int]:
         return set(self.alive) - self._excluded
@@ -135,7 +145,7 @@ class Dynamic(Protocol):
             action = self._send(self._alive_list(), mean, reference=True)
             self._finish()
             return drop_none([action])
-        if float(sq_dist(mean, self.bank.r)) <= self.delta:
+        if float(sq_dist(mean[: self.n_params], self.bank.r[: self.n_params])) <= self.delta:
             self.stats.partial_syncs += 1
             action = self._send(nodes, mean, reference=False)
             self._finish()

@@ -49,14 +49,22 @@ class FedAvg(RoundProtocol):
     params = {"b": int, "C": float}
 
     def __init__(self, m: int, d: int, b: int = 1, C: float = 1.0, *, w0=None, seed: int | None = None,
-                 initial_nodes=None, device=None, dtype=torch.float32):
-        super().__init__(m, d, w0=w0, seed=seed, initial_nodes=initial_nodes, device=device, dtype=dtype)
+                 initial_nodes=None, device=None, dtype=torch.float32, n_params=None):
+        super().__init__(m, d, w0=w0, seed=seed, initial_nodes=initial_nodes, device=device, dtype=dtype,
+                         n_params=n_params)
         self.b = int_param("b", b)
         self.C = float_param("C", C, 0.0, 1.0, low_open=True)
         self._selected: set[int] | None = None   # None: collecting reports
 
     def node_rule_many(self, step, divergence) -> torch.Tensor:
         return every(step, self.b, divergence, REPORT)
+
+    def node_rule(self, node: int, step: int, divergence: float) -> str | None:
+        return "report" if step % self.b == 0 else None
+
+    @property
+    def check_every(self) -> int:
+        return self.b
 
     @property
     def _round_busy(self) -> bool:

@@ -78,8 +78,9 @@ class LSGD(RoundProtocol):
 
     def __init__(self, m: int, d: int, tau: int = 1, strength: float = 0.1, groups=None,
                  global_strength: float | None = None, *, w0=None, seed: int | None = None, initial_nodes=None,
-                 device=None, dtype=torch.float32):
-        super().__init__(m, d, w0=w0, seed=seed, initial_nodes=initial_nodes, device=device, dtype=dtype)
+                 device=None, dtype=torch.float32, n_params=None):
+        super().__init__(m, d, w0=w0, seed=seed, initial_nodes=initial_nodes, device=device, dtype=dtype,
+                         n_params=n_params)
         self.tau = int_param("tau", tau)
         self.strength = float_param("strength", strength, 0.0, 1.0, low_open=True)
         self.groups = groups
@@ -91,6 +92,13 @@ class LSGD(RoundProtocol):
 
     def node_rule_many(self, step, divergence) -> torch.Tensor:
         return every(step, self.tau, divergence, REPORT)
+
+    def node_rule(self, node: int, step: int, divergence: float) -> str | None:
+        return "report" if step % self.tau == 0 else None
+
+    @property
+    def check_every(self) -> int:
+        return self.tau
 
     @property
     def _round_busy(self) -> bool:

@@ -27,5 +27,9 @@ class NoSync(Protocol):
     params: dict[str, type] = {}
 
     def __init__(self, m: int, d: int, *, w0=None, seed: int | None = None, initial_nodes=None,
-                 device=None, dtype=torch.float32):
-        super().__init__(m, d, w0=w0, seed=seed, initial_nodes=initial_nodes, device=device, dtype=dtype)
+                 device=None, dtype=torch.float32, n_params=None):
+        super().__init__(m, d, w0=w0, seed=seed, initial_nodes=initial_nodes, device=device, dtype=dtype,
+                         n_params=n_params)
+
+    def node_rule(self, node: int, step: int, divergence: float) -> str | None:
+        return None

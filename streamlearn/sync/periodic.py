@@ -48,12 +48,20 @@ class Periodic(Protocol):
     params = {"b": int}
 
     def __init__(self, m: int, d: int, b: int = 1, *, w0=None, seed: int | None = None, initial_nodes=None,
-                 device=None, dtype=torch.float32):
-        super().__init__(m, d, w0=w0, seed=seed, initial_nodes=initial_nodes, device=device, dtype=dtype)
+                 device=None, dtype=torch.float32, n_params=None):
+        super().__init__(m, d, w0=w0, seed=seed, initial_nodes=initial_nodes, device=device, dtype=dtype,
+                         n_params=n_params)
         self.b = int_param("b", b)
 
     def node_rule_many(self, step, divergence) -> torch.Tensor:
         return every(step, self.b, divergence, MODEL)
+
+    def node_rule(self, node: int, step: int, divergence: float) -> str | None:
+        return "model" if step % self.b == 0 else None
+
+    @property
+    def check_every(self) -> int:
+        return self.b
 
     def _contributors(self) -> set[int]:
         return set((self.bank.have & self.bank.alive).nonzero().flatten().tolist()) - self._excluded
@@ -89,5 +97,6 @@ class Continuous(Periodic):
     params: dict[str, type] = {}
 
     def __init__(self, m: int, d: int, *, w0=None, seed: int | None = None, initial_nodes=None,
-                 device=None, dtype=torch.float32):
-        super().__init__(m, d, 1, w0=w0, seed=seed, initial_nodes=initial_nodes, device=device, dtype=dtype)
+                 device=None, dtype=torch.float32, n_params=None):
+        super().__init__(m, d, 1, w0=w0, seed=seed, initial_nodes=initial_nodes, device=device, dtype=dtype,
+                         n_params=n_params)

@@ -55,6 +55,10 @@ class Protocol:
         Where the model bank lives; ``None`` means cuda when available, else cpu.
     dtype
         Floating dtype of the models.
+    n_params
+        How many leading entries of a model are trainable parameters (None: all ``d``).
+        Divergences ``||w - r||^2`` span them only; the entries after them are buffers (an
+        online scaler's statistics) that every sync averages along with the parameters.
     """
 
     name = "protocol"
@@ -62,17 +66,21 @@ class Protocol:
     params: dict[str, type] = {}
 
     def __init__(self, m: int, d: int, *, w0=None, seed: int | None = None,
-                 initial_nodes: Iterable[int] | None = None, device=None, dtype=torch.float32):
+                 initial_nodes: Iterable[int] | None = None, device=None, dtype=torch.float32,
+                 n_params: int | None = None):
         if int(m) < 1 or int(d) < 1:
             raise ConfigError(f"m and d must be >= 1, got m={m!r}, d={d!r}")
         self.m = int(m)
         self.d = int(d)
+        self.n_params = self.d if n_params is None else int_param("n_params", n_params)
+        if self.n_params > self.d:
+            raise ConfigError(f"n_params must be <= d={self.d}, got {n_params!r}")
         self.w0 = w0
         self.seed = seed
         self.initial_nodes = initial_nodes
         self.device = device
         self.dtype = dtype
-        self.bank = ModelBank(self.m, self.d, device=device, dtype=dtype)
+        self.bank = ModelBank(self.m, self.d, device=device, dtype=dtype, n_params=self.n_params)
         if w0 is not None:
             self.bank.set_reference(w0)
         if initial_nodes is not None:
@@ -90,9 +98,20 @@ class Protocol:
         return torch.zeros_like(torch.as_tensor(divergence), dtype=torch.int8)
 
     def node_rule(self, node: int, step: int, divergence: float) -> str | None:
-        """What node ``node`` sends after local update ``step`` (1-based): None, "report" or "model"."""
+        """What node ``node`` sends after local update ``step`` (1-based): None, "report" or "model".
+
+        The scalar form of :meth:`node_rule_many`, which defines the rule. A node calls this after
+        every mini-batch, so subclasses override it with the same rule on plain Python numbers
+        (tensors for one scalar cost tens of microseconds); a test checks both agree.
+        """
         code = self.node_rule_many(torch.tensor([int(step)]), torch.tensor([float(divergence)]))
         return KINDS[int(code[0])]
+
+    @property
+    def check_every(self) -> int:
+        """Local steps between two checks of the node rule: at steps that are not a multiple of it the
+        rule answers None whatever the divergence, so a node computes ``||w - r||^2`` only then."""
+        return 1
 
     # ---- coordinator side: state -----------------------------------------------------------
 

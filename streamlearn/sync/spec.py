@@ -15,7 +15,7 @@ __all__ = ["PROTOCOLS", "parse_spec", "make_protocol"]
 PROTOCOLS: dict[str, type[Protocol]] = {cls.name: cls for cls in (NoSync, Continuous, Periodic, FedAvg, Dynamic, LSGD)}
 
 # Constructor arguments that are not hyperparameters, accepted by make_protocol as keywords.
-_COMMON = ("initial_nodes", "device", "dtype")
+_COMMON = ("initial_nodes", "device", "dtype", "n_params")
 
 
 def _convert(name: str, key: str, kind: type, text: str):
@@ -63,7 +63,7 @@ def parse_spec(spec: str) -> tuple[str, dict]:
 def make_protocol(spec_or_name: str, m: int, d: int, w0=None, seed: int | None = None, **params) -> Protocol:
     """Build a protocol from a spec string (or bare name) plus keyword hyperparameters.
 
-    Keywords may also set ``initial_nodes``, ``device`` and ``dtype``; a key set both in
+    Keywords may also set ``initial_nodes``, ``device``, ``dtype`` and ``n_params``; a key set both in
     the spec and as a keyword is a ConfigError.
 
     Examples

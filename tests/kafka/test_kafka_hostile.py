@@ -146,3 +146,30 @@ def test_a_hostile_violation_is_dropped_and_a_hostile_join_is_rejected(nodes):
     assert st["rejected_models_by_reason"]["norm"] == 1 and st["rejected_models_by_reason"]["nonfinite"] == 2
     assert st["rejects"] == 1 and st["bad_records"] == 0
     assert not any(m is not None and m.kind == "request" and m.targets != (1, 2, 3) for m in f.down)
+
+
+def test_buffers_after_the_parameters_are_averaged_but_not_held_to_the_norm_limit(nodes):
+    """A model's buffers (a scaler's statistics, in the data's units) follow its ``n_params`` parameters:
+    the norm limit and the divergence span the parameters only, and a sync averages the buffers too."""
+    f = nodes(max_norm=100.0)
+    d, p = 4, 2  # two parameters, then two buffers (e.g. a feature mean of a million)
+    for node in range(4):
+        w0 = np.array([0.0, 0.0, 1e6, 1.0], dtype=np.float32)
+        f.send(SyncMessage("join", node=node, d=d, n_params=p, layout="S", model=w0))
+        f.expect(lambda m, node=node: m.kind == "send" and m.targets == (node,))
+    # node 0's parameters moved (||w - r||^2 = 9 > Δ = 1 over the parameters), its buffers moved a lot more
+    f.send(SyncMessage("report", node=0, step=1, model=np.array([3.0, 0.0, 3e6, 5.0], dtype=np.float32)))
+    request = f.expect(lambda m: m.kind == "request")
+    for node in request.targets:
+        f.send(SyncMessage("model", node=node, step=1, request=request.request,
+                           model=np.array([-1.0, 0.0, 1e6, 1.0], dtype=np.float32)))
+    sync = f.expect(lambda m: m.kind == "send" and m.reason == "sync")
+    k = 1 + len(request.targets)
+    expected = (np.array([3.0, 0.0, 3e6, 5.0]) + (k - 1) * np.array([-1.0, 0.0, 1e6, 1.0])) / k
+    np.testing.assert_allclose(sync.model, expected, rtol=1e-6)
+    st = f.service.status()
+    assert st["rejected_models"] == 0 and st["rejects"] == 0
+    # a node whose parameters split differently is not averaged with them
+    f.send(SyncMessage("join", node=3, d=d, n_params=3, layout="S", model=np.zeros(d, dtype=np.float32)))
+    reject = f.expect(lambda m: m.kind == "reject" and m.targets == (3,))
+    assert "n_params" in reject.reason

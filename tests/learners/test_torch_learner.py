@@ -37,7 +37,8 @@ def test_m_learners_equal_one_vmapped_tensor(arch, opt, loss, scale):
     X = (rng.normal(size=(m, steps, batch, 3)) * [1.0, 5.0, 0.1] + 2.0).astype(np.float32)
     Y = rng.integers(0, 2, size=(m, steps, batch)).astype(bool)
 
-    W = torch.stack([lr.get_flat() for lr in learners]).requires_grad_(True)
+    p = learners[0].n_params
+    W = torch.stack([lr.get_flat()[:p] for lr in learners]).requires_grad_(True)
     forward, loss_fn = learners[0].functional()
     opt_m = learners[0].make_optimizer([W])
     scaler = OnlineScaler(device="cpu")
@@ -53,8 +54,12 @@ def test_m_learners_equal_one_vmapped_tensor(arch, opt, loss, scale):
         vloss(vforward(W, Xt), y_idx).sum().backward()  # sum of per-node means: each row gets its own gradient
         opt_m.step()
     separate = torch.stack([lr.get_flat() for lr in learners])
-    torch.testing.assert_close(W.detach(), separate, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(W.detach(), separate[:, :p], atol=1e-5, rtol=1e-5)
     assert not torch.equal(separate[0], separate[1])
+    if scale:  # the flat vector ends with each learner's scaler statistics: mean, variance, count
+        stats = scaler.get_flat(3, lead=(m,))
+        torch.testing.assert_close(separate[:, p:], stats)
+        assert separate.shape[1] == learners[0].n_flat == p + 2 * 3 + 1
 
 
 def test_learn_many_is_one_step_on_the_mean_loss():
@@ -199,8 +204,30 @@ def test_scaling_uses_current_statistics_and_updates_them_on_learning():
     # predictions now standardise with those statistics
     forward, _ = model.functional()
     Z = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
-    expected = torch.softmax(forward(model.get_flat(), Z), -1).numpy()
+    expected = torch.softmax(forward(model.get_flat()[: model.n_params], Z), -1).numpy()
     np.testing.assert_allclose(model.predict_proba_many(X), expected, rtol=1e-5)
+
+
+def test_scaler_statistics_travel_in_the_flat_vector():
+    """A synced model standardises the way its averaged weights expect: the flat vector carries the
+    scaler's mean, variance and count after the parameters, and set_flat loads them."""
+    a, fresh = learner(scale=True, seed=0), learner(scale=True, seed=0)
+    X = np.array([[1.0, 100.0, -5.0], [3.0, 300.0, 5.0], [2.0, 250.0, 0.0]], dtype=np.float32)
+    assert a.n_flat == a.n_params + 2 * 3 + 1
+    assert a.get_flat()[a.n_params:].eq(0).all()  # no statistics yet: the identity
+    a.learn_many(X, [False, True, True])
+    fresh.set_flat(a.get_flat())
+    assert fresh.scaler_.n_ == 3
+    np.testing.assert_allclose(fresh.predict_proba_many(X), a.predict_proba_many(X), rtol=1e-6)
+    assert torch.equal(fresh.get_flat(), a.get_flat())
+    # the average of two nodes' vectors averages their statistics too
+    b = learner(scale=True, seed=0)
+    b.learn_many(X + 10.0, [False, True, True])
+    fresh.set_flat((a.get_flat() + b.get_flat()) / 2)
+    np.testing.assert_allclose(fresh.scaler_.mean_.numpy(), X.mean(0) + 5.0, rtol=1e-6)
+    # a vector without statistics (the common w0) resets the scaler to the identity
+    fresh.set_flat(learner(scale=True, seed=0).get_flat())
+    assert fresh.scaler_.n_ == 0 and fresh.scaler_.mean_ is None
 
 
 def test_dataframe_input_through_narwhals():

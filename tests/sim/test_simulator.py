@@ -40,6 +40,34 @@ def test_vectorized_equals_a_loop_of_separate_learners(arch, optimizer, scale):
         torch.testing.assert_close(res.final_models[node], learner.get_flat().cpu(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("scale", [False, True])
+def test_vectorized_periodic_equals_a_loop_that_averages_flat_vectors(scale):
+    """With syncs too: the simulator equals separate learners whose get_flat() vectors (scaler
+    statistics included) are averaged and set back every b rounds."""
+    data, b, B = make_data(m=3, n=240), 3, 10
+    template = TorchLearner("mlp", hidden=(8,), lr=0.1, scale=scale, seed=2, device="cpu")
+    res = simulate(data, template, f"periodic:b={b}", batch_size=B, progress=False)
+
+    learners = [template.clone({"features": data.feature_names, "classes": data.classes}) for _ in range(data.m)]
+    correct = np.zeros((data.m, data.n), dtype=bool)
+    for r, start in enumerate(range(0, data.n, B), start=1):
+        for node, learner in enumerate(learners):
+            Xb, yb = data.X[node, start:start + B], data.y[node, start:start + B]
+            correct[node, start:start + B] = learner.predict_many(Xb) == yb
+            learner.learn_many(Xb, yb)
+        if r % b == 0:
+            mean = torch.stack([lr.get_flat() for lr in learners]).mean(0)
+            for learner in learners:
+                learner.set_flat(mean)
+    np.testing.assert_array_equal(res.correct, correct)
+    loop = torch.stack([lr.get_flat().cpu() for lr in learners])
+    torch.testing.assert_close(res.final_models, loop, rtol=1e-5, atol=1e-5)
+    if scale:  # the scaler statistics were averaged with the weights: equal at every node after the last sync
+        p = template.clone({"features": data.feature_names, "classes": data.classes}).n_params
+        assert res.final_models.shape[1] == p + 2 * 4 + 1
+        assert torch.equal(res.final_models[0, p:], res.final_models[2, p:])
+
+
 def test_same_seed_same_result_and_all_nodes_start_equal():
     data = make_data(m=4)
     learner = TorchLearner("mlp", hidden=(8,), lr=0.1, seed=1, device="cpu")
