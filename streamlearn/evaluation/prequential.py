@@ -13,6 +13,8 @@ window covers the last ``window`` positions; its accuracy is over the valid samp
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from streamlearn.errors import ConfigError
@@ -31,7 +33,8 @@ def clipped_log_loss(proba_of_true, eps: float = 1e-15) -> np.ndarray:
     array([ 0.6931,  0.    , 34.5388])
     """
     p = np.asarray(proba_of_true, dtype=np.float64)
-    return -np.log(np.clip(p, eps, 1.0 - eps))
+    # np.clip, without its Python-level dispatch (a few microseconds per call of a node's step)
+    return -np.log(np.minimum(np.maximum(p, eps), 1.0 - eps))
 
 
 def _valid_predictions(y_pred: np.ndarray) -> np.ndarray:
@@ -56,7 +59,7 @@ class PrequentialBank:
     window
         Length of the rolling window, in samples.
     every
-        A history point (position, cumulative accuracy, rolling accuracy, rolling loss) is recorded
+        A history point (position, cumulative accuracy and loss, rolling accuracy and loss) is recorded
         each time a node's position reaches a multiple of ``every``.
     eps
         Probabilities are clipped to ``[eps, 1 - eps]`` before the log.
@@ -89,10 +92,9 @@ class PrequentialBank:
     def _reset(self):
         m, w = self.m, self.window
         self.n_ = 0  # positions seen per node (shared)
-        self.n_scored_ = np.zeros(m, dtype=np.int64)
-        self.n_correct_ = np.zeros(m, dtype=np.int64)
-        self.n_loss_ = np.zeros(m, dtype=np.int64)
-        self.loss_sum_ = np.zeros(m, dtype=np.float64)
+        # Totals per node, rows as in the ring: correct, scored, loss sum, losses counted. One
+        # float64 array (counts stay exact up to 2**53) so an update adds them in one operation.
+        self._tot = np.zeros((4, m), dtype=np.float64)
         # Ring buffers over the last `window` positions; slot (n_ % window) is the oldest.
         # Rows: correct, valid, loss, loss-valid (loss is 0 where not valid).
         self._buf = np.zeros((4, m, w), dtype=np.float64)
@@ -102,7 +104,10 @@ class PrequentialBank:
         """A fresh tracker with the same settings."""
         return type(self)(self.m, self.window, self.every, self.eps)
 
-    _STATE = ("n_scored_", "n_correct_", "n_loss_", "loss_sum_")
+    #: Totals kept in a checkpoint, and their row in ``_tot``.
+    _STATE = {"n_correct_": 0, "n_scored_": 1, "loss_sum_": 2, "n_loss_": 3}
+    #: Curves of :meth:`history`, each ``(m, k)``.
+    CURVES = ("accuracy", "loss", "rolling_accuracy", "rolling_loss")
 
     def get_state(self) -> tuple[dict, dict]:
         """``(arrays, meta)``: counts, sums and the rolling window as numpy arrays, plus plain JSON
@@ -116,8 +121,8 @@ class PrequentialBank:
         number of nodes differs."""
         if meta.get("window") != self.window or np.shape(arrays["buf"]) != self._buf.shape:
             return False
-        for name in self._STATE:
-            setattr(self, name, np.array(arrays[name], dtype=getattr(self, name).dtype))
+        for name, row in self._STATE.items():
+            self._tot[row] = np.asarray(arrays[name], dtype=np.float64)
         self._buf = np.array(arrays["buf"], dtype=np.float64)
         self.n_ = int(meta["n"])
         return True
@@ -142,31 +147,50 @@ class PrequentialBank:
         B = correct.shape[1]
         if B == 0:
             return
-        v = np.ones_like(correct) if valid is None else np.asarray(valid, dtype=bool)
+        # A node calls this after every mini-batch of a few samples: a handful of whole-batch
+        # numpy calls, no temporary stacks or fancy indexing on the common path.
+        new = np.empty((4, self.m, B))  # rows: correct, valid, loss (0 where not valid), loss-valid
+        if valid is None:
+            new[0] = correct
+            new[1] = 1.0
+        else:
+            v = np.asarray(valid, dtype=bool)
+            if v.shape != correct.shape:
+                raise ConfigError(f"valid must have the shape of correct {correct.shape}, got {v.shape}")
+            new[0] = correct & v
+            new[1] = v
         if loss is None:
-            lv = np.zeros_like(correct)
-            lo = np.zeros(correct.shape)
+            new[2:] = 0.0
         else:
             lo = np.asarray(loss, dtype=np.float64)
-            lv = v & np.isfinite(lo)
-            lo = np.where(lv, lo, 0.0)
-        if v.shape != correct.shape or lo.shape != correct.shape:
-            raise ConfigError("correct, loss and valid must have the same shape")
-        new = np.stack([correct & v, v, lo, lv]).astype(np.float64)  # (4, m, B)
+            if lo.shape != correct.shape:
+                raise ConfigError(f"loss must have the shape of correct {correct.shape}, got {lo.shape}")
+            new[2] = lo
+            new[3] = new[1]
+        sums = new.sum(axis=2)
+        # Every sample valid and every loss known (a finite sum): the common case, one check. Else mask.
+        if loss is not None and (valid is not None or not math.isfinite(float(sums[2].sum()))):
+            lv = np.isfinite(lo)
+            if valid is not None:
+                lv &= v
+            new[3] = lv
+            new[2][~lv] = 0.0
+            sums = new.sum(axis=2)
 
         n0, W = self.n_, self.window
         first = (-n0) % self.every or self.every  # k (1-based) of the first history point here
-        ks = np.arange(first, B + 1, self.every)
-        if ks.size:
-            self._record(new, n0, ks)
+        if first <= B:
+            self._record(new, n0, np.arange(first, B + 1, self.every))
 
-        self.n_correct_ += new[0].sum(axis=1).astype(np.int64)
-        self.n_scored_ += new[1].sum(axis=1).astype(np.int64)
-        self.loss_sum_ += new[2].sum(axis=1)
-        self.n_loss_ += new[3].sum(axis=1).astype(np.int64)
+        self._tot += sums
         keep = min(B, W)  # only the last `window` samples can stay in the ring
-        slots = (n0 + np.arange(B - keep, B)) % W
-        self._buf[:, :, slots] = new[:, :, B - keep :]
+        start = (n0 + B - keep) % W
+        if start + keep <= W:  # one slice of the ring
+            self._buf[:, :, start:start + keep] = new[:, :, B - keep:]
+        else:  # the ring wraps around
+            cut = W - start
+            self._buf[:, :, start:] = new[:, :, B - keep:B - keep + cut]
+            self._buf[:, :, :keep - cut] = new[:, :, B - keep + cut:]
         self.n_ = n0 + B
 
     def update_many(self, y_true, y_pred, proba_of_true=None) -> None:
@@ -186,8 +210,9 @@ class PrequentialBank:
         P = np.concatenate([np.zeros(seq.shape[:2] + (1,)), np.cumsum(seq, axis=2)], axis=2)
         roll = P[:, :, W + ks] - P[:, :, ks]  # sums over the `window` positions ending at k
         cum = P[:, :, W + ks] - P[:, :, W : W + 1]  # sums over this batch up to k
-        acc = _nan_div(self.n_correct_[:, None] + cum[0], self.n_scored_[:, None] + cum[1])
-        self._hist.append((n0 + ks, acc, _nan_div(roll[0], roll[1]), _nan_div(roll[2], roll[3])))
+        tot = self._tot[:, :, None] + cum
+        acc, loss = _nan_div(tot[0], tot[1]), _nan_div(tot[2], tot[3])
+        self._hist.append((n0 + ks, acc, loss, _nan_div(roll[0], roll[1]), _nan_div(roll[2], roll[3])))
 
     # -- read-outs -----------------------------------------------------------------------------
 
@@ -197,14 +222,34 @@ class PrequentialBank:
         return self.n_
 
     @property
+    def n_correct_(self) -> np.ndarray:
+        """Right predictions per node, ``(m,)`` int."""
+        return self._tot[0].astype(np.int64)
+
+    @property
+    def n_scored_(self) -> np.ndarray:
+        """Predictions made (valid samples) per node, ``(m,)`` int."""
+        return self._tot[1].astype(np.int64)
+
+    @property
+    def loss_sum_(self) -> np.ndarray:
+        """Sum of the known losses per node, ``(m,)``."""
+        return self._tot[2].copy()
+
+    @property
+    def n_loss_(self) -> np.ndarray:
+        """Known (finite, valid) losses per node, ``(m,)`` int."""
+        return self._tot[3].astype(np.int64)
+
+    @property
     def accuracy(self) -> np.ndarray:
         """Cumulative accuracy per node, ``(m,)`` (NaN before any prediction)."""
-        return _nan_div(self.n_correct_.astype(np.float64), self.n_scored_)
+        return _nan_div(self._tot[0], self._tot[1])
 
     @property
     def loss(self) -> np.ndarray:
         """Cumulative mean log loss per node, ``(m,)``."""
-        return _nan_div(self.loss_sum_, self.n_loss_)
+        return _nan_div(self._tot[2], self._tot[3])
 
     @property
     def rolling_accuracy(self) -> np.ndarray:
@@ -217,23 +262,27 @@ class PrequentialBank:
         return _nan_div(self._buf[2].sum(axis=1), self._buf[3].sum(axis=1))
 
     def history(self) -> dict[str, np.ndarray]:
-        """Recorded points: ``position`` ``(k,)``; ``accuracy``, ``rolling_accuracy``, ``rolling_loss`` ``(m, k)``.
+        """Recorded points: ``position`` ``(k,)``; ``(m, k)`` curves: ``accuracy`` and ``loss``
+        (cumulative: from the start to that position), ``rolling_accuracy`` and ``rolling_loss``
+        (over the last ``window`` positions).
 
         The current position is appended as a last point when it is not a multiple of ``every``.
         """
         parts = list(self._hist)
         if self.n_ and self.n_ % self.every:
-            parts.append((np.array([self.n_]), self.accuracy[:, None], self.rolling_accuracy[:, None], self.rolling_loss[:, None]))
+            parts.append((np.array([self.n_]),) + tuple(getattr(self, name)[:, None] for name in self.CURVES))
         if not parts:
-            empty = np.zeros((self.m, 0))
-            return {"position": np.zeros(0, dtype=np.int64), "accuracy": empty, "rolling_accuracy": empty.copy(), "rolling_loss": empty.copy()}
-        pos, acc, racc, rloss = zip(*parts)
-        return {
-            "position": np.concatenate(pos).astype(np.int64),
-            "accuracy": np.concatenate(acc, axis=1),
-            "rolling_accuracy": np.concatenate(racc, axis=1),
-            "rolling_loss": np.concatenate(rloss, axis=1),
-        }
+            out = {name: np.zeros((self.m, 0)) for name in self.CURVES}
+            return {"position": np.zeros(0, dtype=np.int64), **out}
+        pos, *curves = zip(*parts)
+        out = {"position": np.concatenate(pos).astype(np.int64)}
+        out.update({name: np.concatenate(c, axis=1) for name, c in zip(self.CURVES, curves)})
+        return out
+
+
+def _row(a):
+    """A ``(B,)`` sequence (or a scalar) as a ``(1, B)`` array; None stays None."""
+    return None if a is None else np.asarray(a).reshape(1, -1)
 
 
 class Prequential:
@@ -287,13 +336,11 @@ class Prequential:
 
     def update(self, correct, loss=None, valid=None) -> None:
         """Add ``(B,)`` samples: whether each was right, its loss (NaN = unknown) and whether it was predicted."""
-        row = lambda a: None if a is None else np.atleast_1d(np.asarray(a))[None, :]  # noqa: E731
-        self._bank.update(row(correct), row(loss), row(valid))
+        self._bank.update(_row(correct), _row(loss), _row(valid))
 
     def update_many(self, y_true, y_pred, proba_of_true=None) -> None:
         """Add ``(B,)`` true labels, predicted labels (``None`` = no prediction) and the probabilities given to the true labels."""
-        row = lambda a: None if a is None else np.atleast_1d(np.asarray(a))[None, :]  # noqa: E731
-        self._bank.update_many(row(y_true), row(y_pred), row(proba_of_true))
+        self._bank.update_many(_row(y_true), _row(y_pred), _row(proba_of_true))
 
     def update_one(self, y_true, y_pred, proba_of_true=None) -> None:
         """Add one sample."""
@@ -330,6 +377,7 @@ class Prequential:
         return float(self._bank.rolling_loss[0])
 
     def history(self) -> dict[str, np.ndarray]:
-        """Recorded points as ``(k,)`` arrays: ``position``, ``accuracy``, ``rolling_accuracy``, ``rolling_loss``."""
+        """Recorded points as ``(k,)`` arrays: ``position``, ``accuracy``, ``loss`` (cumulative),
+        ``rolling_accuracy``, ``rolling_loss`` (see :meth:`PrequentialBank.history`)."""
         h = self._bank.history()
         return {k: (v if v.ndim == 1 else v[0]) for k, v in h.items()}

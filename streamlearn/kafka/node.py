@@ -11,7 +11,9 @@ for each, assigned, no group join), and never blocks on the sync service:
    stream has been idle for ``linger`` seconds;
 3. after every local update the node side of the protocol runs,
    ``node_rule(node, step, ||w - r||^2)``, and a ``report`` (with the model on "model") goes
-   up; learning goes on while the sync service decides. While the answer to a model it sent
+   up; learning goes on while the sync service decides. The divergence is computed only at the
+   steps the rule checks it (every ``check_every`` of the protocol, e.g. ``b``) and after a sync
+   was applied; the status shows the last value. While the answer to a model it sent
    is awaited (at most ``sync_timeout`` seconds) the node does not send its model again: the
    non-blocking form of "a violating learner waits for the averaged model" (the authors'
    dlplatform blocks there). Without it a node ahead of the sync round trip would send a
@@ -19,6 +21,9 @@ for each, assigned, no group join), and never blocks on the sync service:
 4. messages from the sync service are applied as they come: ``request`` -> answer with the
    current model; ``send`` -> set the model (and the reference when flagged); ``pull`` ->
    ``w <- w - s (w - model)``; ``hello`` (a sync service started) -> register again.
+
+Every wait on the broker is bounded (:data:`BROKER_WAIT_MS`: offsets, commits, flushes,
+closing), so a broker that stops answering makes a call fail, not hang.
 
 The position in the samples topic is committed (consumer group ``<prefix>.node.<id>``,
 without joining it) only up to the last record whose samples were all learned, about every
@@ -105,7 +110,7 @@ from streamlearn.kafka.codecs import (
     feature_names_hash,
     record_kind,
 )
-from streamlearn.kafka.config import KafkaSettings
+from streamlearn.kafka.config import KafkaSettings, default_fetch_wait_ms
 from streamlearn.kafka.service import Service
 from streamlearn.kafka.status import encode_status, model_hash
 from streamlearn.kafka.topics import (
@@ -133,6 +138,12 @@ _RIVER_LINEAR = ("river-logreg", "river-perceptron", "river-pa")
 _ZERO_HASH = bytes(8)
 _KEEP = 100  # drift and sync positions kept for the status message
 _CLAIM_RETRY = 1.0  # seconds between two claims of a node waiting for its id
+# Longest wait for one broker answer (offsets, commits, flush, close): kafka-python waits forever
+# on some calls without a timeout (committed(), for one) when the broker stops answering.
+BROKER_WAIT_MS = 10_000
+#: Longest wait of a commit inside the learning loop (at shutdown: BROKER_WAIT_MS).
+COMMIT_WAIT_MS = 1_000
+_POSITION_WAIT_MS = 1_000  # in the loop: a position is known locally, unless a reset is in flight
 
 
 @dataclass(frozen=True)
@@ -187,7 +198,8 @@ class NodeConfig:
     fetch_wait_ms
         Longest time the broker may hold a fetch: the latency of a sync message. Tansu holds a
         fetch for about that long even when records arrive (kafka-python's default, 500 ms,
-        made a sync round trip take 250 ms), so it is short here.
+        made a sync round trip take 250 ms), so it is short here: None means
+        :func:`~streamlearn.kafka.config.default_fetch_wait_ms` (20 ms; 500 ms on durable storage).
     device
         Torch device of the learner; None: cuda when available, else cpu.
     prefix, bootstrap, settings
@@ -225,7 +237,7 @@ class NodeConfig:
     commit_interval: float = 1.0
     linger: float = 0.2
     max_poll_records: int = 100
-    fetch_wait_ms: int = 20
+    fetch_wait_ms: int | None = None  # None: default_fetch_wait_ms()
     max_pending: int = 100_000
     label_ttl: float | None = None
     id_timeout: float = 60.0
@@ -246,6 +258,8 @@ class NodeConfig:
         if self.learner not in LEARNERS:
             raise ConfigError(f"learner: one of {sorted(LEARNERS)}, got {self.learner!r}")
         parse_spec(self.protocol)
+        if self.fetch_wait_ms is None:
+            object.__setattr__(self, "fetch_wait_ms", default_fetch_wait_ms())
         for name in ("batch_size", "window", "max_poll_records", "fetch_wait_ms", "max_pending"):
             positive(name, getattr(self, name), integer=True)
         for name in ("sync_timeout", "status_interval", "commit_interval", "linger", "id_timeout"):
@@ -341,7 +355,7 @@ class NodeService(Service):
     def _setup(self) -> None:
         from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-        from streamlearn.evaluation import DriftMonitor, Prequential
+        from streamlearn.evaluation import DriftMonitor, Prequential, clipped_log_loss
         from streamlearn.learners import is_averageable
         from streamlearn.learners.base import labels_array
         from streamlearn.sync.spec import make_protocol
@@ -359,13 +373,18 @@ class NodeService(Service):
         if self.averageable_:
             w0 = self.learner_.get_flat().float()
             self._d = int(w0.numel())
+            # the parameters lead the flat vector; buffers after them (scaler statistics) are not in ||w - r||^2
+            self._n_params = int(getattr(self.learner_, "n_params", self._d))
             self._r = w0.clone()
             self._w0_hash = model_hash(w0)
-            self.protocol_ = make_protocol(cfg.protocol, m=1, d=self._d, w0=w0.cpu(), seed=cfg.seed, device="cpu")
+            self.protocol_ = make_protocol(cfg.protocol, m=1, d=self._d, w0=w0.cpu(), seed=cfg.seed, device="cpu",
+                                           n_params=self._n_params)
+            self._check_every = self.protocol_.check_every
         self._layout = hashlib.blake2b(json.dumps(
             {"learner": cfg.learner, "features": self.features_, "classes": [repr(c) for c in self.classes_],
              "d": self._d}).encode(), digest_size=8).hexdigest()
         self._preq = Prequential(window=cfg.window, every=1 << 62)
+        self._log_loss = clipped_log_loss  # imported here, not at the module's import (it pulls in river)
         self._monitor = None if cfg.detector is None else DriftMonitor(cfg.detector)
 
         # counters and state
@@ -392,7 +411,7 @@ class NodeService(Service):
         self._joined = False
         self._rejected: str | None = None
         self._divergence = 0.0
-        self._last_loss = float("nan")
+        self._step_loss: np.ndarray | None = None  # per-sample losses of the last mini-batch
         self._models_sent = self._models_received = 0
         self._bytes_sent = self._bytes_received = 0
         self._reports_sent = self._violations = self._suppressed = 0
@@ -409,6 +428,7 @@ class NodeService(Service):
         self._off = np.empty(0, dtype=np.int64)
         # per buffered sample: [late-labelled, its prediction on arrival was right, proba of the true label]
         self._early = np.empty((0, 3))
+        self._late_buffered = False  # some buffered sample is late-labelled (its row of _early is set)
         self._head = 0
         self._last_arrival = time.monotonic()
         # keyed readings waiting for their label, and the offsets of those held (oldest first)
@@ -436,7 +456,7 @@ class NodeService(Service):
             "up": sync_up_topic(self.prefix_), "down": sync_down_topic(self.prefix_),
             "dead": deadletter_topic(self.prefix_), "status": status_topic(self.prefix_),
         }
-        self._producer = KafkaProducer(**s.producer_kwargs(self.bootstrap_, max_block_ms=10_000))
+        self._producer = KafkaProducer(**s.producer_kwargs(self.bootstrap_, max_block_ms=BROKER_WAIT_MS))
         # sync.down has a consumer of its own: with both partitions on one consumer, a paused
         # and resumed samples partition was never fetched again (kafka-python 3.0.12 on Tansu).
         self._down = KafkaConsumer(**s.consumer_kwargs(self.bootstrap_, fetch_max_wait_ms=cfg.fetch_wait_ms))
@@ -444,7 +464,7 @@ class NodeService(Service):
         # Only what the sync service says from now on concerns us; seek before claiming an id or
         # joining so the answer is seen.
         self._down.assign([down_tp])
-        self._down.seek(down_tp, self._down.end_offsets([down_tp])[down_tp])
+        self._down.seek(down_tp, self._down.end_offsets([down_tp], timeout_ms=BROKER_WAIT_MS)[down_tp])
         if auto:
             node = self._claim_id()
             if node is None:
@@ -463,22 +483,22 @@ class NodeService(Service):
         self._samples_tp = TopicPartition(self._topics["samples"], 0)
         c = self._consumer
         c.assign([self._samples_tp])
-        committed = c.committed(self._samples_tp)
-        start = committed if committed is not None else c.beginning_offsets([self._samples_tp])[self._samples_tp]
+        committed = self._committed_offset(c)
+        start = committed if committed is not None else self._first_offset()
         if cfg.checkpoint_dir is not None:
             from streamlearn.kafka.checkpoint import CheckpointStore
 
             self._store = CheckpointStore(os.path.join(cfg.checkpoint_dir, f"node-{node}"), "node")
             position = self._restore()
             if position is None:  # no checkpoint yet: a fresh model, which has learned nothing of the topic
-                position = c.beginning_offsets([self._samples_tp])[self._samples_tp]
+                position = self._first_offset()
             if committed is not None and committed > position:
                 self._relearn_until = committed  # the model's own position, even when the group's is further
             start = position
         c.seek(self._samples_tp, start)
         self._committed = start
         self._consumed_next = start
-        self._replay_until = max(start, self._seen.committed(self._samples_tp) or 0)
+        self._replay_until = max(start, self._committed_offset(self._seen) or 0)
         self._committed_seen = self._replay_until
         log.info("node %d: reading %s from offset %d; learner %s (d=%s), protocol %s, broker %s", node,
                  self._topics["samples"], start, cfg.learner, self._d, cfg.protocol if self.averageable_ else "local only",
@@ -487,6 +507,19 @@ class NodeService(Service):
             self._join()
         self._state = "running"
         self._publish_status()
+
+    def _committed_offset(self, consumer) -> int | None:
+        """The offset ``consumer``'s group committed for the samples partition (None: none yet)."""
+        from kafka.errors import KafkaTimeoutError
+
+        try:
+            return consumer.committed(self._samples_tp, timeout_ms=BROKER_WAIT_MS)
+        except KafkaTimeoutError:
+            raise StreamlearnError(f"node {self.config.node}: the broker {self.bootstrap_} did not give the committed "
+                                   f"offset of {self._samples_tp.topic} within {BROKER_WAIT_MS / 1000:g} s") from None
+
+    def _first_offset(self) -> int:
+        return self._consumer.beginning_offsets([self._samples_tp], timeout_ms=BROKER_WAIT_MS)[self._samples_tp]
 
     # ---- main loop -----------------------------------------------------------------------------
 
@@ -545,16 +578,16 @@ class NodeService(Service):
                                                  token=self._token))
                 if self._store is not None:
                     self._checkpoint()
-                self._commit()
+                self._commit(BROKER_WAIT_MS)
                 self._publish_status()
-                self._producer.flush(timeout=10)
+                self._producer.flush(timeout=BROKER_WAIT_MS / 1000)
         except Exception as exc:  # the broker may be gone; closing must still happen
             log.warning("node %d: unclean shutdown: %s", self.config.node, exc)
         finally:
             for name in ("_producer", "_consumer", "_down", "_seen"):
                 client = getattr(self, name, None)
                 if client is not None:
-                    client.close(**({"timeout": 5} if name == "_producer" else {}))
+                    client.close(**({"timeout": 5} if name == "_producer" else {"timeout_ms": 5_000}))
         if not running:
             return
         log.info("node %d: stopped after %d samples, %d steps (%d dead letters, %d models sent, %d received)",
@@ -571,6 +604,7 @@ class NodeService(Service):
         """
         f = len(self.features_)
         xs, ys, seqs, offs, keys = [], [], [], [], []  # keys: the offset a sample became learnable at
+        batch_offs = []  # (offset, samples) of the batch records, in the order of xs
         json_rows, json_y, json_seq, json_off = [], [], [], []
         new_held, joined = [], []  # readings held now: (key, item); labelled now: (item, class index, offset)
         for rec in records:
@@ -583,8 +617,7 @@ class NodeService(Service):
                         xs.append(X)
                         ys.append(y)
                         seqs.append(seq)
-                        offs.append(np.full(len(y), rec.offset))
-                        keys.append(offs[-1])
+                        batch_offs.append((rec.offset, len(y)))
                 elif kind == "json":
                     got = self._decode_json(rec.value)
                     if isinstance(got, LabelRecord):
@@ -608,6 +641,10 @@ class NodeService(Service):
                 self._deadletter(rec, str(exc))
         if new_held:
             self._predict_held(new_held)
+        if batch_offs:  # the offsets of the samples of batch records, in one call
+            where, count = zip(*batch_offs)
+            offs.append(np.repeat(np.asarray(where, dtype=np.int64), count))
+            keys.append(offs[-1])
         if json_rows:
             # JSON and batch records may interleave: keep the offset order.
             xs.append(np.asarray(json_rows, dtype=np.float32).reshape(-1, f))
@@ -615,7 +652,8 @@ class NodeService(Service):
             seqs.append(np.asarray(json_seq, dtype=np.int64))
             offs.append(np.asarray(json_off, dtype=np.int64))
             keys.append(offs[-1])
-        early = [np.zeros((len(y), 3)) for y in ys]
+        plain = sum(len(y) for y in ys)  # samples of batch and JSON records: labelled on arrival
+        early = [np.zeros((plain, 3))] if plain else []
         if joined:
             # A late-labelled reading keeps the offset of its reading (the position is not committed
             # past it before it is learned) and is learned in the order the labels came.
@@ -625,10 +663,11 @@ class NodeService(Service):
             offs.append(np.asarray([item.offset for item, _, _ in joined], dtype=np.int64))
             keys.append(np.asarray([off for _, _, off in joined], dtype=np.int64))
             early.append(_early_scores(np.stack([item.proba for item, _, _ in joined]), ys[-1]))
+            self._late_buffered = True
         if not xs:
             return False
         order = None
-        if len(xs) > 1:
+        if len(keys) > 1:  # samples of several kinds of record (each kind comes in offset order)
             order = np.argsort(np.concatenate(keys), kind="stable")
         self._X = _append(self._X, self._head, np.concatenate(xs), order)
         self._y = _append(self._y, self._head, np.concatenate(ys), order)
@@ -646,17 +685,19 @@ class NodeService(Service):
                               value=batch.names_hash.hex())
         if batch.f != len(self.features_):
             raise DecodeError(f"expected {len(self.features_)} features", field="f", value=batch.f)
+        n = batch.n
         if batch.y is None:
-            self._note_seqs(batch.seqs)
-            self._unlabelled += batch.n
+            self._note_seq_run(batch.first_seq, n)
+            self._unlabelled += n
             return batch.X[:0], np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
         if batch.y.dtype.kind != "i":
             raise DecodeError("labels must be class indices for a classifier", field="y", value=str(batch.y.dtype))
         y = batch.y.astype(np.int64)
-        if batch.n and (y.min() < 0 or y.max() >= len(self.classes_)):
+        # one pass for both bounds: a negative index is a huge unsigned one
+        if n and y.view(np.uint64).max() >= len(self.classes_):
             raise DecodeError(f"class index out of range [0, {len(self.classes_)})", field="y",
                               value=[int(y.min()), int(y.max())])
-        self._note_seqs(batch.seqs)
+        self._note_seq_run(batch.first_seq, n)
         return batch.X.astype(np.float32, copy=False), y, batch.seqs
 
     def _decode_json(self, value):
@@ -677,6 +718,13 @@ class NodeService(Service):
             return self._class_index[label]
         except (KeyError, TypeError):
             raise DecodeError(f"label is not one of the classes {self.classes_!r}", field="y", value=label) from None
+
+    def _note_seq_run(self, first: int, n: int) -> None:
+        """:meth:`_note_seqs` of ``first, first + 1, ..., first + n - 1`` (a batch record: no gap inside)."""
+        if n:
+            if self._seen_seq is not None:
+                self._seq_gaps += first != self._seen_seq + 1
+            self._seen_seq = first + n - 1
 
     def _note_seqs(self, seqs) -> None:
         """Count jumps in ``seq`` as readings are consumed (held ones too, so late labels make none)."""
@@ -753,6 +801,8 @@ class NodeService(Service):
             self._seq, self._off = self._seq[self._head:], self._off[self._head:]
             self._early = self._early[self._head:]
             self._head = 0
+        if not len(self._y):
+            self._late_buffered = False
 
     def _housekeeping(self, now: float) -> None:
         """Renew an assigned id; drop held readings past their time to live."""
@@ -765,9 +815,11 @@ class NodeService(Service):
     # ---- learning ------------------------------------------------------------------------------
 
     def _step(self, n: int) -> None:
-        """Test-then-train on the next ``n`` buffered samples, then run the node rule."""
-        from streamlearn.evaluation import clipped_log_loss
+        """Test-then-train on the next ``n`` buffered samples, then run the node rule.
 
+        The hot path: called for every mini-batch, so everything here works on the whole batch
+        at once (a few numpy calls), and the divergence is computed only when the rule checks it.
+        """
         t0 = time.perf_counter()
         h = self._head
         X, yi, seqs = self._X[h:h + n], self._y[h:h + n], self._seq[h:h + n]
@@ -777,12 +829,16 @@ class NodeService(Service):
         fused = getattr(learner, "predict_proba_learn_many", None)
         P = fused(X, self._labels[yi]) if fused is not None else learner.predict_proba_many(X)
         correct, p_true, valid = _score_step(np.asarray(P, dtype=np.float64), learner, self.classes_, yi)
-        correct, p_true, valid = self._with_early_scores(h, n, correct, p_true, valid)
-        loss = np.where(valid, clipped_log_loss(p_true), np.nan)
-        self._preq.update(correct, loss, valid)
+        if self._late_buffered:
+            correct, p_true, valid = self._with_early_scores(h, n, correct, p_true, valid)
+        all_valid = valid.all()
+        loss = self._log_loss(p_true)
+        if not all_valid:
+            loss[~valid] = np.nan
+        self._preq.update(correct, loss, None if all_valid else valid)
         if self._monitor is not None:
             n0 = self._monitor.n_
-            for pos in self._monitor.update_many((~correct).astype(np.float64), None if valid.all() else valid):
+            for pos in self._monitor.update_many((~correct).astype(np.float64), None if all_valid else valid):
                 self._drifts.append(int(seqs[pos - n0]))
                 self._n_drifts += 1
         if fused is None:
@@ -792,12 +848,12 @@ class NodeService(Service):
         self._samples += n
         self._since_sync += n
         self._step_no += 1
-        self._last_loss = _mean_loss(loss)
+        self._step_loss = loss  # its mean is taken when a report needs it, not at every step
         if self.metrics is not None:
             self.metrics.observe_learn(time.perf_counter() - t0)
         if self.averageable_:
-            w = _live_flat(learner)  # no copy of the model at every step; a model sent up is copied
-            self._divergence = float(torch.sum((w - self._r) ** 2))
+            if self._step_no % self._check_every == 0:  # the rule reads the divergence only then
+                self._divergence = self._model_divergence()
             kind = self.protocol_.node_rule(self.config.node, self._step_no, self._divergence)
             if kind == "model" and self._awaiting is not None:
                 if time.monotonic() - self._awaiting < self.config.sync_timeout:
@@ -813,6 +869,21 @@ class NodeService(Service):
                 self._publish_up(SyncMessage("report", node=self.config.node, step=self._step_no,
                                              n_samples=self._since_sync, loss=self._last_loss,
                                              model=learner.get_flat().cpu() if with_model else None))
+
+    @property
+    def _last_loss(self) -> float:
+        """Mean log loss of the last mini-batch (NaN before the first)."""
+        return float("nan") if self._step_loss is None else _mean_loss(self._step_loss)
+
+    def _model_divergence(self) -> float:
+        """``||w - r||^2``: how far the learner's model is from the reference, as the node rule checks it.
+
+        The one place the node computes it: at the node rule's checks (every ``check_every`` steps
+        of the protocol) and after a model from the sync service was applied.
+        """
+        p = self._n_params
+        x = _live_flat(self.learner_)[:p] - self._r[:p]  # the live parameters: no copy of the model first
+        return float(torch.dot(x, x))  # sq_dist's sum of squares in two torch calls instead of three
 
     def _with_early_scores(self, h: int, n: int, correct, p_true, valid) -> tuple:
         """Scores of the next ``n`` buffered samples: late-labelled ones keep the prediction made on arrival."""
@@ -871,8 +942,8 @@ class NodeService(Service):
             log.warning("node %s: cannot send its id claim: %s", "?" if node is None else node, exc)
 
     def _join(self) -> None:
-        self._publish_up(SyncMessage("join", node=self.config.node, d=self._d, layout=self._layout,
-                                     spec=self.config.protocol, step=self._step_no, n_samples=self._since_sync,
+        self._publish_up(SyncMessage("join", node=self.config.node, d=self._d, n_params=self._n_params,
+                                     layout=self._layout, spec=self.config.protocol, step=self._step_no, n_samples=self._since_sync,
                                      model=self._r.cpu()))
 
     def _publish_up(self, msg: SyncMessage) -> None:
@@ -954,6 +1025,7 @@ class NodeService(Service):
         self._last_sync_step = self._step_no
         self._sync_positions.append(self._samples)
         self._synced_hash = model_hash(self.learner_.get_flat())
+        self._divergence = self._model_divergence()  # the status shows where the sync left the model
 
     # ---- checkpoints and restarts --------------------------------------------------------------
 
@@ -1038,7 +1110,10 @@ class NodeService(Service):
         and counts offsets from 0 again; everything in it now is new, so read it from its start."""
         for consumer, tp in ((self._consumer, self._samples_tp), (self._down, self._down_tp)):
             hw = consumer.highwater(tp)
-            if hw is None or hw >= consumer.position(tp):
+            if hw is None:
+                continue
+            position = consumer.position(tp, timeout_ms=_POSITION_WAIT_MS)
+            if position is None or hw >= position:
                 continue
             self._topic_resets += 1
             log.warning("node %d: %s holds fewer records than were read (the broker lost its data?); reading it "
@@ -1062,7 +1137,9 @@ class NodeService(Service):
         offset, held = self._learned_offset(), self._oldest_held()
         return offset if held is None else min(offset, held)
 
-    def _commit(self) -> None:
+    def _commit(self, wait_ms: int = COMMIT_WAIT_MS) -> None:
+        """Commit what was learned; waits at most ``wait_ms`` per broker call (short in the learning loop,
+        so a broker outage slows learning by at most that much per commit interval)."""
         from kafka.structs import OffsetAndMetadata
 
         offset = self._commit_offset()
@@ -1072,12 +1149,12 @@ class NodeService(Service):
             return
         try:
             if self._deadletters:
-                self._producer.flush(timeout=10)  # dead letters are stored before their position is given up
+                self._producer.flush(timeout=wait_ms / 1000)  # dead letters stored before their position goes
             if seen > self._committed_seen:
-                self._seen.commit({self._samples_tp: OffsetAndMetadata(seen, "", -1)})
+                self._seen.commit({self._samples_tp: OffsetAndMetadata(seen, "", -1)}, timeout_ms=wait_ms)
                 self._committed_seen = seen
             if offset > self._committed:
-                self._consumer.commit({self._samples_tp: OffsetAndMetadata(offset, "", -1)})
+                self._consumer.commit({self._samples_tp: OffsetAndMetadata(offset, "", -1)}, timeout_ms=wait_ms)
                 self._committed = offset
         except Exception as exc:  # coordinator unavailable and the like: next time
             log.warning("node %d: cannot commit offset %d: %s", self.config.node, offset, exc)

@@ -144,48 +144,103 @@ def committed(settings, prefix, node) -> int | None:
 # ------------------------------------------------------------------------------------------------
 
 
-def test_three_nodes_with_a_drift_learn_every_sample_once_and_sync_after_it(broker, settings, prefix):
-    n, flip = 1200, 600
-    data = {node: make_data(n, seed=node, flip_at=flip) for node in range(3)}
+# Samples per node, and where the labels of every node swap (a drift). By then the models have
+# converged (syncs come ever further apart: at about 100, 250, 550, 1000, 1900 samples), while
+# swapped labels send every model from w to about -w: several syncs in a row at every node.
+N, FLIP = 3400, 2800
+LR, DRIFT_SPEC = 0.5, "dynamic:delta=1.0,b=1"
+BURST = 10  # one last mini-batch per node, of large readings labelled against the concept in force
+
+
+def _three_nodes(broker, settings, prefix, flip):
+    """Three nodes and a sync service learn seeded streams (labels swapped from ``flip`` on, at every
+    node; None: no drift), then one burst mini-batch per node.
+
+    Returns the statuses of the nodes once the stream was learned (before the burst), the final
+    statuses of the nodes and the final status of the sync service.
+    """
+    data = {node: make_data(N, seed=node, flip_at=flip) for node in range(3)}
     streams = {
         0: encode(*data[0], 0, "json", 1),  # one reading per record
         1: encode(*data[1], 0, "binary", 20),
         # JSON then binary batches on one topic
-        2: encode(data[2][0][:flip], data[2][1][:flip], 0, "json", 1)
-        + encode(data[2][0][flip:], data[2][1][flip:], flip, "binary", 20),
+        2: encode(data[2][0][:FLIP], data[2][1][:FLIP], 0, "json", 1)
+        + encode(data[2][0][FLIP:], data[2][1][FLIP:], FLIP, "binary", 20),
     }
-    with Pipeline(broker, settings, prefix) as p:
+    first = {0: FLIP, 1: FLIP // 20, 2: FLIP}  # records before the drift
+    # The burst moves every model far (||dw||^2 of about 75 against delta 1) in its node's last
+    # step: every node violates, no subset can balance, so the last sync is a full one that every
+    # node applies after its last step.
+    burst = {}
+    for node in range(3):
+        X, y = make_data(BURST, seed=100 + node, flip_at=None if flip is not None else 0)
+        burst[node] = encode(10 * X, y, N, "json" if node == 0 else "binary", BURST)
+    phases = [(FLIP, {node: recs[:first[node]] for node, recs in streams.items()}, 2.0),
+              (N, {node: recs[first[node]:] for node, recs in streams.items()}, 1.0),
+              (N + BURST, burst, None)]
+    learned = {}
+    with Pipeline(broker, settings, prefix, spec=DRIFT_SPEC) as p:
         sync = p.start_sync()
         for node in range(3):
-            p.start_node(node)
+            p.start_node(node, learner_params={"lr": LR})
         p.wait(lambda r: r.sync and r.sync.get("nodes_alive") == 3, what="3 joins")
-        publish(settings, prefix, streams, seconds=2.0)
-        p.wait(p.learned({0: n, 1: n, 2: n}), what="every sample learned")
-        # let the last sync settle, then read the final statuses
-        p.wait(lambda r: not any(s["awaiting_sync"] for s in r.nodes.values()) and not r.sync["pending"],
-               what="no sync in flight")
+        # Each part once every node has learned the one before: a node lagging behind would otherwise
+        # still learn the old concept while the others' syncs bring it the new one.
+        for done, part, seconds in phases:
+            publish(settings, prefix, part, seconds=seconds)
+            p.wait(p.learned({0: done, 1: done, 2: done}), what=f"{done} samples learned")
+            p.wait(lambda r: not any(s["awaiting_sync"] for s in r.nodes.values()) and not r.sync["pending"],
+                   what="no sync in flight")
+            p.status.poll(0.5)  # statuses from after the last sync
+            if done == N:
+                learned = dict(p.status.nodes)
         for node in range(3):
             p.stop(p.nodes[node])
         p.wait(lambda r: r.sync["nodes_alive"] == 0, what="the leaves")
         p.stop(sync)
         p.status.poll(0.5)
-        nodes, final = p.status.nodes, sync.status()
-
+        nodes, final = dict(p.status.nodes), sync.status()
     for node, st in nodes.items():
         assert st["state"] == "stopped"
-        assert st["samples"] == n and st["seq_gaps"] == 0 and st["last_seq"] == n - 1  # each sample once, in order
+        # each sample once, in order
+        assert st["samples"] == N + BURST and st["seq_gaps"] == 0 and st["last_seq"] == N + BURST - 1
         assert st["deadletters"] == 0 and st["buffered"] == 0
-        assert committed(settings, prefix, node) == len(streams[node])  # the position of the last record
+        assert committed(settings, prefix, node) == len(streams[node]) + len(burst[node])  # after the last record
+        assert len(st["sync_positions"]) < 100  # the status keeps the last 100: none was dropped
+    return learned, nodes, final
+
+
+def syncs_between(nodes: dict, lo: int, hi: int) -> int:
+    """Syncs the nodes applied once they had learned more than ``lo`` and at most ``hi`` samples."""
+    return sum(lo < pos <= hi for st in nodes.values() for pos in st["sync_positions"])
+
+
+def test_three_nodes_with_a_drift_learn_every_sample_once_and_sync_after_it(broker, settings, prefix):
+    learned, nodes, final = _three_nodes(broker, settings, prefix, flip=FLIP)
+    calm, _, _ = _three_nodes(broker, settings, prefix + "calm", flip=None)  # control: same streams, no drift
+
+    for st in learned.values():
         assert st["accuracy"] > 0.7
-    # a sync follows the drift: some node received a model after it learned past the drift
-    assert any(pos > flip for st in nodes.values() for pos in st["sync_positions"])
+    for st in calm.values():
+        assert st["accuracy"] > 0.9
+    # A sync follows the drift: the swapped labels drive every model away from the reference, so
+    # the part after the drift has many more syncs than as many samples before it, and than the
+    # same part of the run without a drift.
+    window = N - FLIP
+    after = syncs_between(learned, FLIP, N)
+    before = syncs_between(learned, FLIP - window, FLIP)
+    control = syncs_between(calm, FLIP, N)
+    assert after >= 12 and after >= 3 * max(before, control, 1), (after, before, control)
+    assert all(syncs_between({0: st}, FLIP, N) >= 2 for st in learned.values()), learned  # at every node
+
     assert final["full_syncs"] >= 1 and final["leaves"] == 3 and final["nodes_alive"] == 0
-    # every node holds the reference of the last full sync; a node whose last sync was a full one
-    # holds exactly that model
-    assert {st["reference_hash"] for st in nodes.values()} == {final["reference_hash"]}
+    # Synced nodes hold equal models: the burst ended with a full sync, which every node applied
+    # after its last step, so every node holds the very model that sync sent, as model and reference.
+    w0 = {st["w0_hash"] for st in nodes.values()}
+    assert len(w0) == 1 and final["reference_hash"] not in w0
+    assert [st["last_sync_kind"] for st in nodes.values()] == ["full"] * 3
     for st in nodes.values():
-        if st["last_sync_kind"] == "full":
-            assert st["synced_hash"] == final["reference_hash"]
+        assert st["model_hash"] == st["synced_hash"] == st["reference_hash"] == final["reference_hash"]
     # the protocol's count of models down equals what the nodes applied (plus the join replies)
     assert final["models_down"] == sum(st["models_received"] for st in nodes.values())
 
