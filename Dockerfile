@@ -4,7 +4,8 @@
 #   docker build --build-arg TORCH_INDEX_URL=https://pypi.org/simple -t streamlearn .   # CUDA build of torch
 #
 # PyPI's Linux x86_64 torch wheels are the CUDA build (with the CUDA libraries as pip packages): run that
-# image with an NVIDIA GPU (NVIDIA Container Toolkit, `--gpus all` or the compose override in docs/docker.md)
+# image with an NVIDIA GPU (NVIDIA Container Toolkit, `--gpus all` or the compose override in README.md,
+# section "Run it as services: docker compose up", subsection GPU)
 # and the learners and the sync service's model bank use cuda. A CUDA-specific index such as
 # https://download.pytorch.org/whl/cu128 works too, when it has this torch version.
 FROM python:3.11-slim

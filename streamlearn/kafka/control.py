@@ -12,6 +12,12 @@ that kind's parameters (defaults fill the rest); there is no position: a running
 producer applies the drift from the node's current position on and publishes the
 ground-truth event (``params.live = true``) on ``<prefix>.drift``.
 
+:func:`inject_drift` (``streamlearn drift``) also waits for that event, matched by the command's
+``id`` in ``params.command``, and reports which nodes applied the drift from which sample; no event
+within the wait means no producer applied it (none on this prefix and cluster, or it rejected the
+command). ``--bootstrap`` and ``--prefix`` reach a pipeline whose topics differ from the environment's,
+e.g. a ``streamlearn demo``, which prints its own command.
+
 Everything is validated here, before anything is sent: an unknown kind, an
 unknown parameter or a bad value raises :class:`~streamlearn.errors.ConfigError`
 naming it. Parameters that depend on the stream (``features`` names, a rotation
@@ -37,6 +43,8 @@ __all__ = [
     "drift_command",
     "parse_drift_command",
     "send_drift_command",
+    "DriftResult",
+    "inject_drift",
 ]
 
 LIVE_DRIFT_COMMAND = "inject_drift"
@@ -202,25 +210,95 @@ def send_drift_command(bootstrap: str | None, prefix: str | None, node, kind: st
     StreamlearnError
         The broker did not acknowledge within ``timeout``.
     """
-    from streamlearn.kafka.config import KafkaSettings, validate_topic_prefix
-    from streamlearn.kafka.topics import control_topic, ensure_topics
+    return inject_drift(bootstrap, prefix, node, kind, params, settings=settings, id=id, timeout=timeout,
+                        wait=0).command
 
+
+@dataclass(frozen=True)
+class DriftResult:
+    """What :func:`inject_drift` did: the command sent, where, and the drift events it produced."""
+
+    command: ControlCommand
+    bootstrap: str
+    prefix: str
+    events: list = field(default_factory=list)  # codecs.DriftEvent with params.command == command.id
+
+
+def inject_drift(bootstrap: str | None, prefix: str | None, node, kind: str, params: Mapping | None = None, *,
+                 settings=None, id: str | None = None, timeout: float = 10.0, wait: float = 5.0) -> DriftResult:
+    """Send an ``inject_drift`` command (as :func:`send_drift_command`) and wait for a producer to apply it.
+
+    A producer that applies a live drift publishes, per node, a ground-truth event on
+    ``<prefix>.drift`` whose ``params.command`` is the command's id. This reads that topic from
+    its end before sending and collects those events for up to ``wait`` seconds: until the
+    target node's event arrives, or, for every node, until no new one came for a second.
+    An empty ``events`` means no producer applied the command in time (none runs with this
+    prefix on this cluster, its live drift is off, or it rejected the command: its log says why).
+    ``gradual`` is announced at the centre of its transition, ``width`` samples later.
+
+    Parameters
+    ----------
+    bootstrap, prefix, node, kind, params, settings, id, timeout
+        As for :func:`send_drift_command`.
+    wait
+        Seconds to wait for the drift events; 0: send only.
+    """
+    from streamlearn.kafka.config import KafkaSettings, validate_topic_prefix
+    from streamlearn.kafka.topics import control_topic, drift_topic, ensure_topics
+
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
+        raise ConfigError(f"--wait: need seconds >= 0, got {wait!r}")
     cmd = drift_command(node, kind, params, id=id)
     settings = KafkaSettings.from_env() if settings is None else settings
-    prefix = validate_topic_prefix(prefix) if prefix is not None else settings.topic_prefix
+    prefix = validate_topic_prefix(prefix, "--prefix") if prefix is not None else settings.topic_prefix
     bootstrap = _resolve_bootstrap(bootstrap, settings)
-    from kafka import KafkaProducer
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     # Creates the control topic (one partition) if no producer did yet; Tansu would auto-create it with four.
     ensure_topics(bootstrap, prefix, [], settings=settings, timeout_ms=int(timeout * 1000))
-    producer = KafkaProducer(**settings.producer_kwargs(bootstrap))
+    consumer = None
+    if wait > 0:
+        # Positioned at the drift topic's end before the command goes out, so no answer is missed.
+        consumer = KafkaConsumer(**settings.consumer_kwargs(bootstrap, fetch_max_wait_ms=100))
+        tp = TopicPartition(drift_topic(prefix), 0)
+        consumer.assign([tp])
+        consumer.seek_to_end(tp)
+        consumer.position(tp)
     try:
-        future = producer.send(control_topic(prefix), value=encode_message(cmd), partition=0)
+        producer = KafkaProducer(**settings.producer_kwargs(bootstrap))
         try:
-            future.get(timeout=timeout)
-        except Exception as exc:  # KafkaTimeoutError, broker errors
-            raise StreamlearnError(f"the drift command was not acknowledged by {bootstrap}: {exc}") from exc
+            future = producer.send(control_topic(prefix), value=encode_message(cmd), partition=0)
+            try:
+                future.get(timeout=timeout)
+            except Exception as exc:  # KafkaTimeoutError, broker errors
+                raise StreamlearnError(f"the drift command was not acknowledged by {bootstrap}: {exc}") from exc
+        finally:
+            producer.close(timeout=timeout)
+        events = [] if consumer is None else _answers(consumer, cmd, wait)
     finally:
-        producer.close(timeout=timeout)
-    return cmd
+        if consumer is not None:
+            consumer.close()
+    return DriftResult(cmd, bootstrap, prefix, events)
 
+
+def _answers(consumer, cmd: ControlCommand, wait: float) -> list:
+    """The drift events carrying ``cmd.id``, read for up to ``wait`` seconds (see :func:`inject_drift`)."""
+    from streamlearn.kafka.codecs import DecodeError, decode_message
+
+    events: list = []
+    deadline = time.monotonic() + wait
+    quiet_until = None  # for every node: stop one second after the last event
+    while time.monotonic() < deadline and (quiet_until is None or time.monotonic() < quiet_until):
+        for records in consumer.poll(timeout_ms=100).values():
+            for rec in records:
+                try:
+                    event = decode_message(rec.value, expect="drift")
+                except DecodeError:
+                    continue
+                if (event.params or {}).get("command") != cmd.id:
+                    continue
+                events.append(event)
+                if cmd.target is not None:
+                    return events
+                quiet_until = time.monotonic() + 1.0
+    return events

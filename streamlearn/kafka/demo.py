@@ -3,12 +3,17 @@
 A broker (the embedded Tansu unless ``KAFKA_BOOTSTRAP_SERVERS`` is set), a producer with a drift
 schedule, N node processes and the sync service, each a process of its own started with the same
 ``streamlearn`` commands a user would type. The demo itself only watches: it follows the status
-and drift topics, redraws a table every second, stops everything on Ctrl-C or after
-``duration`` seconds, and ends with a summary table and a plot.
+and drift topics, takes a snapshot every ``refresh`` seconds (for the live page and the final plot),
+redraws a table (every ``refresh`` seconds on a terminal, every 5 s into a log), prints the
+``streamlearn drift`` command that reaches this run's topics, stops everything on Ctrl-C or after
+``duration`` seconds of running, and ends with a summary table and a plot. When a child process
+dies, the others are stopped, the summary and plot are still written, and the error names the
+process and shows the end of its log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -81,7 +86,16 @@ class _Processes:
         self.procs.append((name, proc, log))
 
     def dead(self) -> list[str]:
+        """The processes that ended with an error, as ``name (exit N)``; a demo child never ends on its own."""
         return [f"{name} (exit {p.returncode})" for name, p, _ in self.procs if p.poll() is not None and p.returncode]
+
+    def failed_names(self) -> list[str]:
+        return [name for name, p, _ in self.procs if p.poll() is not None and p.returncode]
+
+    def tail(self, name: str, lines: int = 20) -> str:
+        """The last ``lines`` lines of a process's log."""
+        with open(os.path.join(self.log_dir, f"{name}.log"), errors="replace") as f:
+            return "".join(f.readlines()[-lines:]).rstrip() or "(empty)"
 
     def stop(self, names=None, timeout: float = 15.0) -> None:
         chosen = [(n, p, f) for n, p, f in self.procs if names is None or n.split("-")[0] in names]
@@ -133,14 +147,32 @@ def _periodic_bytes(nodes: dict, sync: dict | None, b: int) -> int:
     return int(sum(2 * (s.get("steps", 0) // b) for s in nodes.values()) * d * 4)
 
 
+def _baseline(b: int) -> str:
+    return "periodic averaging every step (b=1)" if b == 1 else f"periodic averaging every {b} steps (b={b})"
+
+
 def _fmt(v, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def _view(cfg: DemoConfig, nodes: dict, sync: dict | None, drifts: list, t0: float, b: int) -> str:
+def _sync_line(nodes: dict, sync: dict | None, b: int) -> str:
+    if not sync:
+        return "sync service: waiting for its first status"
+    sent = int(sync.get("bytes", 0) or 0)
+    periodic = _periodic_bytes(nodes, sync, b)
+    # A baseline at the same b, not a comparison at matched accuracy (the README's benchmark: ~1.0-1.3x there).
+    saved = f"{periodic / sent:.1f}x less than that baseline" if sent else "nothing sent yet"
+    versus = f"{periodic / 1e6:.2f} MB" if sync.get("d") else "? MB (model size not known yet)"
+    return (f"sync: {sync.get('full_syncs', 0)} full, {sync.get('partial_syncs', 0)} partial; "
+            f"models {sync.get('models', 0)} ({sync.get('models_up', 0)} up, {sync.get('models_down', 0)} down); "
+            f"sent {sent / 1e6:.2f} MB vs {versus} for {_baseline(b)}: {saved}")
+
+
+def _view(cfg: DemoConfig, nodes: dict, sync: dict | None, drifts: list, elapsed: float, b: int,
+          status: str = "running", drift_command: str | None = None) -> str:
     lines = [f"streamlearn demo — {cfg.nodes} nodes, {cfg.source}, {cfg.protocol}, "
-             f"{time.monotonic() - t0:5.0f} s{'' if cfg.duration is None else f' of {cfg.duration:.0f}'}  "
-             f"(Ctrl-C stops)", ""]
+             f"{elapsed:5.0f} s{'' if cfg.duration is None else f' of {cfg.duration:.0f}'}  {status}"
+             f"{'  (Ctrl-C stops)' if status == 'running' or status.startswith('starting') else ''}", ""]
     lines.append(f"{'node':>4} {'samples':>8} {'rate/s':>7} {'rolling acc':>11} {'accuracy':>8} {'detected':>8} "
                  f"{'divergence':>10} {'Δ':>6} {'models up':>9} {'syncs':>5}")
     for node in sorted(nodes):
@@ -149,66 +181,105 @@ def _view(cfg: DemoConfig, nodes: dict, sync: dict | None, drifts: list, t0: flo
                      f"{_fmt(s.get('rolling_accuracy')):>11} {_fmt(s.get('accuracy')):>8} "
                      f"{s.get('n_drifts', 0):>8} {_fmt(s.get('divergence'), '.3g'):>10} "
                      f"{_fmt(s.get('delta'), '.3g'):>6} {s.get('models_sent', 0):>9} {s.get('syncs', 0):>5}")
+    if not nodes:
+        lines.append(f"{'':>4} (no node has reported yet: {status})")
     lines.append("")
     if drifts:
         shown = ", ".join(f"{e.kind}@{e.seq}" + ("" if e.node is None else f" (node {e.node})") for e in drifts[-6:])
         lines.append(f"drifts injected: {len(drifts)}  [{shown}]")
     else:
         lines.append("drifts injected: none yet")
-    if sync:
-        sent = int(sync.get("bytes", 0) or 0)
-        periodic = _periodic_bytes(nodes, sync, b)
-        saved = f"{periodic / sent:.1f}x less" if sent else "nothing sent"
-        lines.append(f"sync: {sync.get('full_syncs', 0)} full, {sync.get('partial_syncs', 0)} partial; "
-                     f"models {sync.get('models', 0)} ({sync.get('models_up', 0)} up, "
-                     f"{sync.get('models_down', 0)} down); sent {sent / 1e6:.2f} MB, periodic (b={b}) would have "
-                     f"sent {periodic / 1e6:.2f} MB: {saved}")
-    else:
-        lines.append("sync service: waiting for its first status")
+    if drift_command:
+        lines.append(f"inject one now: {drift_command}")
+    lines.append(_sync_line(nodes, sync, b))
     return "\n".join(lines)
 
 
-def _view_state(cfg: DemoConfig, history: dict, sync_history: list, nodes: dict, drifts: list, summary: str) -> dict:
-    detected = sorted({p for s in nodes.values() for p in s.get("drifts", [])})
-    delta = next((s.get("delta") for s in nodes.values() if s.get("delta") is not None), None)
-    return {"title": f"{cfg.nodes} nodes, {cfg.source}, {cfg.protocol}", "summary": summary, "history": history,
-            "drifts": [e.seq for e in drifts if e.seq is not None], "detected": detected, "delta": delta,
-            "sync_history": sync_history}
+def _thin(points: list, limit: int = 600) -> None:
+    """Bound a growing series by dropping every other point (first and last kept), so it keeps its start."""
+    if len(points) > limit:
+        del points[1:-1:2]
 
 
-def _plot(history: list, drifts: list, path: str, title: str) -> None:
+class _Watch:
+    """What the demo has seen: a snapshot per refresh, for the live page and the final plot."""
+
+    def __init__(self, cfg: DemoConfig, b: int, view=None):
+        self.cfg, self.b, self.view = cfg, b, view
+        self.history: list = []  # (seconds, {node: {samples, rolling_accuracy}}), for the plot
+        self.series: dict = {}  # node -> points of the live page
+        self.sync_history: list = []
+        self.status = "starting …"
+        self.drift_command = None
+
+    def snapshot(self, elapsed: float, nodes: dict, sync: dict | None, drifts: list) -> None:
+        self.history.append((elapsed, {k: {"samples": v.get("samples", 0),
+                                           "rolling_accuracy": v.get("rolling_accuracy")} for k, v in nodes.items()}))
+        _thin(self.history, 3600)
+        for node, st in nodes.items():
+            pts = self.series.setdefault(str(node), [])
+            pts.append({k: st.get(k) for k in ("samples", "rolling_accuracy", "divergence")})
+            _thin(pts)
+        if sync:
+            # periodic_bytes is unknown (None) until the sync service knows the model size d
+            periodic = _periodic_bytes(nodes, sync, self.b) if sync.get("d") else None
+            self.sync_history.append({"t": round(elapsed, 1), "full_syncs": sync.get("full_syncs", 0),
+                                      "partial_syncs": sync.get("partial_syncs", 0), "bytes": sync.get("bytes", 0),
+                                      "periodic_bytes": periodic})
+            _thin(self.sync_history)
+        self.publish(nodes, sync, drifts)
+
+    def publish(self, nodes: dict, sync: dict | None, drifts: list) -> None:
+        if self.view is None:
+            return
+        cfg = self.cfg
+        detected = sorted({p for s in nodes.values() for p in s.get("drifts", [])})
+        delta = next((s.get("delta") for s in nodes.values() if s.get("delta") is not None), None)
+        self.view.update({"title": f"{cfg.nodes} nodes, {cfg.source}, {cfg.protocol}", "status": self.status,
+                          "summary": _sync_line(nodes, sync, self.b), "drift_command": self.drift_command,
+                          "protocol": cfg.protocol, "baseline": _baseline(self.b), "history": self.series,
+                          "drifts": sorted({e.seq for e in drifts if e.seq is not None}), "detected": detected,
+                          "delta": delta, "sync_history": self.sync_history})
+
+
+def _plot(history: list, nodes: dict, drifts: list, path: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    nodes = sorted({node for _, snap in history for node in snap})
-    for node in nodes:
+    for node in sorted({node for _, snap in history for node in snap}):
         pts = [(snap[node]["samples"], snap[node]["rolling_accuracy"]) for _, snap in history
                if node in snap and snap[node].get("rolling_accuracy") is not None]
         if pts:
             ax.plot(*zip(*pts), linewidth=1, label=f"node {node}")
-            last = [snap[node] for _, snap in history if node in snap][-1]
-            for pos in last.get("drifts", []):
-                ax.axvline(pos, color="gray", linestyle=":", linewidth=0.8)
-            for pos in last.get("sync_positions", [])[-200:]:
-                ax.plot([pos], [0.02], "|", color="green", markersize=6)
+    for status in nodes.values():
+        for pos in status.get("drifts", []):
+            ax.axvline(pos, color="gray", linestyle=":", linewidth=0.8)
+        for pos in status.get("sync_positions", [])[-200:]:
+            ax.plot([pos], [0.02], "|", color="green", markersize=6)
     for e in drifts:
         if e.seq is not None:
             ax.axvline(e.seq, color="red", linestyle="--", linewidth=1)
+    ax.set_xlim(left=0)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("samples learned per node (red dashed: injected drift; gray dotted: detected; green ticks: syncs)")
     ax.set_ylabel("rolling accuracy")
     ax.set_title(title)
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="lower right", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    """Run the demo; returns the final node and sync statuses (also printed as a table)."""
+    """Run the demo; returns the final node and sync statuses (also printed as a table).
+
+    Raises :class:`StreamlearnError` naming the process when one of them dies, after the others are
+    stopped and the summary and plot are written.
+    """
     from streamlearn.kafka.broker import ensure_broker
     from streamlearn.kafka.status import StatusReader
     from streamlearn.kafka.topics import ensure_topics
@@ -218,22 +289,40 @@ def run_demo(cfg: DemoConfig) -> dict:
     name, params = parse_spec(cfg.protocol)
     b = int(params.get("b", params.get("tau", 1)) or 1)
     prefix = cfg.prefix or f"streamlearn-demo-{int(time.time())}"
-    os.makedirs(os.path.join(cfg.out, "logs"), exist_ok=True)
-    broker = ensure_broker()
-    print(f"broker: {broker.bootstrap} ({broker.origin}); topics: {prefix}.*; logs: {cfg.out}/logs", flush=True)
-    ensure_topics(broker.bootstrap, prefix, list(range(cfg.nodes)))
-    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, KAFKA_TOPIC_PREFIX=prefix)
-    procs = _Processes(os.path.join(cfg.out, "logs"), env)
-    learner_args = ["--learner", cfg.learner, "--batch-size", cfg.batch_size, "--seed", cfg.seed]
-    if cfg.lr is not None:
-        learner_args += ["--lr", cfg.lr]
+    log_dir = os.path.join(cfg.out, "logs")
+    os.makedirs(log_dir, exist_ok=True)
     tty = sys.stdout.isatty()
-    history: list = []
-    series: dict = {}  # node -> points for the live page (bounded)
-    sync_history: list = []
-    reader = drift_reader = view = None
-    t0 = time.monotonic()
-    try:
+    with contextlib.ExitStack() as stack:
+        view = None
+        if cfg.view_port is not None:
+            from streamlearn.kafka.liveview import LiveView
+
+            view = stack.enter_context(LiveView(cfg.view_host, cfg.view_port))
+            print(f"live view: {view.url}", flush=True)
+        watch = _Watch(cfg, b, view)
+        watch.status = "starting: the Kafka broker …"
+        watch.publish({}, None, [])
+        print(watch.status, flush=True)
+        broker = ensure_broker()
+        if broker.origin == "started":
+            stack.callback(broker.stop)
+        watch.drift_command = (f"streamlearn drift --bootstrap {broker.bootstrap} --prefix {prefix} "
+                               f"--node {min(1, cfg.nodes - 1)} --kind label-permutation")
+        print(f"broker: {broker.bootstrap} ({broker.origin}); topics: {prefix}.*; logs: {log_dir}", flush=True)
+        print(f"inject a drift while it runs: {watch.drift_command}", flush=True)
+        ensure_topics(broker.bootstrap, prefix, list(range(cfg.nodes)))
+        env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, KAFKA_TOPIC_PREFIX=prefix)
+        procs = _Processes(log_dir, env)
+        stack.callback(procs.stop)  # on an error below; a no-op after the orderly stop
+        learner_args = ["--learner", cfg.learner, "--batch-size", cfg.batch_size, "--seed", cfg.seed]
+        if cfg.lr is not None:
+            learner_args += ["--lr", cfg.lr]
+        reader = StatusReader(broker.bootstrap, prefix)
+        stack.callback(reader.close)
+        drift_reader = _DriftReader(broker.bootstrap, prefix)
+        stack.callback(drift_reader.close)
+
+        t0 = time.monotonic()  # --duration counts from here: the pipeline's run, not the broker's start
         procs.start("sync", _cli("sync", "--protocol", cfg.protocol))
         for i in range(cfg.nodes):
             procs.start(f"node-{i}", _cli("node", "--id", i, "--source", cfg.source, "--protocol", cfg.protocol,
@@ -242,64 +331,64 @@ def run_demo(cfg: DemoConfig) -> dict:
         procs.start("producer", _cli("produce", "--source", cfg.source, "--nodes", cfg.nodes, "--rate", cfg.rate,
                                      "--schedule", cfg.schedule, "--seed", cfg.seed, "--format", "binary",
                                      *drift_args))
-        reader = StatusReader(broker.bootstrap, prefix)
-        drift_reader = _DriftReader(broker.bootstrap, prefix)
-        if cfg.view_port is not None:
-            from streamlearn.kafka.liveview import LiveView
-
-            view = LiveView(cfg.view_host, cfg.view_port)
-            print(f"live view: {view.url}", flush=True)
-        next_draw = 0.0
-        while cfg.duration is None or time.monotonic() - t0 < cfg.duration:
-            reader.poll(0.2)
-            drift_reader.poll()
-            now = time.monotonic()
-            if now >= next_draw:
-                history.append((now - t0, {k: dict(v) for k, v in reader.nodes.items()}))
-                text = _view(cfg, reader.nodes, reader.sync, drift_reader.events, t0, b)
-                print(("\x1b[H\x1b[2J" + text) if tty else text + "\n", flush=True)
-                if view is not None:
-                    for node, st in reader.nodes.items():
-                        pts = series.setdefault(str(node), [])
-                        pts.append({k: st.get(k) for k in ("samples", "rolling_accuracy", "divergence")})
-                        del pts[:-600]
-                    sync = reader.sync or {}
-                    sync_history.append({"t": round(now - t0, 1), "full_syncs": sync.get("full_syncs", 0),
-                                         "partial_syncs": sync.get("partial_syncs", 0), "bytes": sync.get("bytes", 0),
-                                         "periodic_bytes": _periodic_bytes(reader.nodes, reader.sync, b)})
-                    del sync_history[:-600]
-                    view.update(_view_state(cfg, series, sync_history, reader.nodes, drift_reader.events,
-                                            text.splitlines()[-1]))
-                next_draw = now + (cfg.refresh if tty else max(cfg.refresh, 5.0))
-            dead = procs.dead()
-            if dead:
-                raise StreamlearnError(f"demo: a process failed: {', '.join(dead)}; see {cfg.out}/logs")
-    except KeyboardInterrupt:
-        print("\nstopping ...", flush=True)
-    finally:
+        failed: list[str] = []
+        failed_names: list[str] = []
+        stopped_by = "--duration"
+        next_snapshot = next_print = 0.0
+        try:
+            while True:
+                now = time.monotonic()
+                left = None if cfg.duration is None else cfg.duration - (now - t0)
+                if left is not None and left <= 0:
+                    break
+                reader.poll(0.2 if left is None else max(0.0, min(0.2, left)))
+                drift_reader.poll()
+                now = time.monotonic()
+                if len(reader.nodes) < cfg.nodes or reader.sync is None:
+                    watch.status = (f"starting: {len(reader.nodes)} of {cfg.nodes} nodes and "
+                                    f"{'the' if reader.sync else 'no'} sync service reporting …")
+                else:
+                    watch.status = "running"
+                # The page and the plot get a snapshot every refresh; a log (not a terminal) a table every 5 s.
+                if now >= next_snapshot:
+                    watch.snapshot(now - t0, reader.nodes, reader.sync, drift_reader.events)
+                    next_snapshot = now + cfg.refresh
+                if now >= next_print:
+                    text = _view(cfg, reader.nodes, reader.sync, drift_reader.events, now - t0, b, watch.status,
+                                 watch.drift_command)
+                    print(("\x1b[H\x1b[2J" + text) if tty else text + "\n", flush=True)
+                    next_print = now + (cfg.refresh if tty else max(cfg.refresh, 5.0))
+                failed = procs.dead()
+                if failed:
+                    failed_names = procs.failed_names()  # now: once stopped with SIGINT, the others exit non-zero too
+                    stopped_by = "a failed process"
+                    break
+        except KeyboardInterrupt:
+            stopped_by = "Ctrl-C"
+        elapsed = time.monotonic() - t0
+        watch.status = f"stopping ({stopped_by}) …"
+        watch.publish(reader.nodes, reader.sync, drift_reader.events)
+        print(f"\nstopping after {elapsed:.0f} s ({stopped_by}) …", flush=True)
         # Producer first (no new samples), then the nodes (they leave), then the sync service.
         procs.stop(["producer"])
         procs.stop(["node"])
         procs.stop(["sync"])
-        if reader is not None:
-            for _ in range(5):
-                reader.poll(0.2)
-        if drift_reader is not None:
-            drift_reader.poll()
-    nodes, sync = (reader.nodes, reader.sync) if reader is not None else ({}, None)
-    drifts = drift_reader.events if drift_reader is not None else []
-    history.append((time.monotonic() - t0, {k: dict(v) for k, v in nodes.items()}))
-    print(_view(cfg, nodes, sync, drifts, t0, b))
-    plot_path = os.path.join(cfg.out, "demo.png")
-    _plot(history, drifts, plot_path, f"{cfg.nodes} nodes, {cfg.source}, {cfg.protocol}")
-    print(f"\nwrote {plot_path}")
-    if view is not None:
-        view.close()
-    if reader is not None:
-        reader.close()
-    if drift_reader is not None:
-        drift_reader.close()
-    if broker.origin == "started":
-        broker.stop()
+        for _ in range(5):
+            reader.poll(0.2)
+        drift_reader.poll()
+        nodes, sync, drifts = reader.nodes, reader.sync, drift_reader.events
+        watch.snapshot(elapsed, nodes, sync, drifts)
+        watch.status = f"stopped after {elapsed:.0f} s ({stopped_by})" if not failed else \
+            f"failed: {', '.join(failed)} died; see {log_dir}"
+        watch.publish(nodes, sync, drifts)
+        print(_view(cfg, nodes, sync, drifts, elapsed, b, watch.status))
+        plot_path = os.path.join(cfg.out, "demo.png")
+        _plot(watch.history, nodes, drifts, plot_path, f"{cfg.nodes} nodes, {cfg.source}, {cfg.protocol}")
+        print(f"\nwrote {plot_path}", flush=True)
+        if failed:
+            for name in failed_names:
+                print(f"\n--- last lines of {log_dir}/{name}.log ---\n{procs.tail(name)}", flush=True)
+            raise StreamlearnError(f"demo: a process died: {', '.join(failed)}; its log is above and in {log_dir} "
+                                   f"(summary and plot written)")
     return {"nodes": nodes, "sync": sync, "drifts": [e.__dict__ for e in drifts], "plot": plot_path,
-            "periodic_bytes": _periodic_bytes(nodes, sync, b)}
+            "periodic_bytes": _periodic_bytes(nodes, sync, b), "elapsed": elapsed}

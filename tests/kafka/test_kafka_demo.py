@@ -1,8 +1,13 @@
 """`streamlearn demo` end to end, as a user runs it: its own broker, producer, nodes and sync service."""
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
 
 def test_demo_runs_the_pipeline_and_summarises(tmp_path):
@@ -22,7 +27,48 @@ def test_demo_runs_the_pipeline_and_summarises(tmp_path):
     samples = [int(r[1]) for r in rows]
     assert all(s > 1000 for s in samples), final
     assert "drifts injected: 2" in final, final  # one event per node
-    assert "sync:" in final and "periodic (b=1) would have sent" in final
+    assert "sync:" in final and "for periodic averaging every step (b=1)" in final
+    assert re.search(r"stopped after \d+ s \(--duration\)", final), final
+    assert "streamlearn drift --bootstrap 127.0.0.1:" in text and "--prefix streamlearn-demo-" in text
     assert (out / "demo.png").read_bytes()[:4] == b"\x89PNG"
     for name in ("producer", "sync", "node-0", "node-1"):
         assert (out / "logs" / f"{name}.log").exists()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()]
+
+
+def test_a_dead_child_is_named_and_the_summary_and_plot_still_written(broker, tmp_path):
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, PYTHONUNBUFFERED="1")
+    out = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlearn.cli", "demo", "--nodes", "2", "--duration", "90", "--rate", "300",
+         "--out", str(out), "--view-port", "-1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    try:
+        deadline = time.monotonic() + 60
+        while not any(re.search(r" s of 90  running", line) for line in list(lines)):  # every process reports
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
+            time.sleep(0.2)
+        argvs = {c: Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0") for c in _children(proc.pid)}
+        [node1] = [c for c, argv in argvs.items() if b"node" in argv and argv[argv.index(b"--id") + 1] == b"1"]
+        os.kill(node1, signal.SIGKILL)
+        proc.wait(60)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = "".join(lines)
+    assert proc.returncode == 2, text[-3000:] + err
+    assert "a process died: node-1 (exit -9)" in err
+    final = text[text.rindex("streamlearn demo"):]
+    assert "failed: node-1 (exit -9) died" in final
+    table = final[:final.index("wrote ")]
+    assert len([line for line in table.splitlines() if line.strip()[:1].isdigit()]) == 2, final  # the summary
+    assert "--- last lines of" in final and "node-1.log ---" in final
+    assert (out / "demo.png").read_bytes()[:4] == b"\x89PNG"
