@@ -16,6 +16,7 @@ import threading
 
 from connectors.routing import NodeRouter, parse_node_map
 from connectors.schema import load_schema
+from streamlearn.cli import _add_metrics_args, _metrics  # the same --metrics-* flags as node, sync, produce
 from streamlearn.errors import ConfigError, StreamlearnError
 
 __all__ = ["KINDS", "add_connect_parser", "cmd_connect", "main", "router_from_args"]
@@ -57,6 +58,7 @@ def _common(p: argparse.ArgumentParser, schema_required: bool = True) -> None:
     g.add_argument("--progress", type=float, default=10.0, metavar="SECONDS",
                    help="seconds between count lines on stderr (0: none)")
     g.add_argument("--json", action="store_true", help="print the final counts as JSON")
+    _add_metrics_args(p)
 
 
 def _pacing(p: argparse.ArgumentParser, speedup: bool = True) -> None:
@@ -153,9 +155,12 @@ def _params(items) -> dict:
 
 def cmd_connect(args) -> int:
     """Run the connector ``args.kind``; print its counts. 0, or 1 when Kafka failed to take records."""
+    from streamlearn.metrics import ConnectorMetrics
+
     router = router_from_args(args)
     schema = load_schema(args.schema) if args.schema else None
-    kafka = dict(bootstrap=args.bootstrap, prefix=args.prefix, progress=args.progress)
+    metrics, server = _metrics(args, lambda registry: ConnectorMetrics(registry, args.kind))
+    kafka = dict(bootstrap=args.bootstrap, prefix=args.prefix, progress=args.progress, metrics=metrics)
     if schema is not None:
         features, classes = schema.layout()
         print(f"schema: features {','.join(features)}; classes "
@@ -202,6 +207,8 @@ def cmd_connect(args) -> int:
     finally:
         if restore is not None:
             signal.signal(signal.SIGTERM, restore)
+        if server is not None:
+            server.stop()
     print(json.dumps(stats.to_dict()) if args.json else stats.summary(), flush=True)
     return 1 if stats.send_errors else 0
 

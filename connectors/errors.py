@@ -1,10 +1,10 @@
-"""The one error a connector raises for an unusable input record."""
+"""The one error a connector raises for an unusable input record, and its class for the metrics."""
 
 from __future__ import annotations
 
 from streamlearn.errors import BadRecordError
 
-__all__ = ["RecordError"]
+__all__ = ["RecordError", "reason_class"]
 
 _NO_VALUE = object()
 
@@ -61,3 +61,39 @@ class RecordError(BadRecordError):
 
     def __str__(self) -> str:
         return self.args[0]
+
+
+# (class, words of the reason), tried in order: the first class with a word in the reason wins. Routing
+# and size come first ("missing field (it chooses the node)" is a routing failure, "line too long" a size one).
+_CLASSES = (
+    ("route", ("node", "label for a key with no unlabelled reading")),
+    ("too_large", ("too large", "too long", "longer than", "larger than", "nested deeper")),
+    ("nonfinite", ("finite", "out of float range", "nan or inf")),
+    ("unknown_label", ("unknown label",)),
+    ("unknown_field", ("unknown field", "unknown feature")),
+    ("missing", ("missing field", "needs a label")),
+    ("malformed", ("json", "utf-8", "unicode", "csv row", "cells", "must be bytes", "duplicate key")),
+    ("type", ("must be", "out of range")),
+)
+
+
+def reason_class(error) -> str:
+    """The class of a dead-letter reason, one of ``streamlearn.metrics.DEADLETTER_REASONS``.
+
+    ``error`` is a :class:`RecordError` (its reason is classified, not the field
+    name or value it quotes) or a reason text; anything unrecognised is ``other``.
+
+    Examples
+    --------
+    >>> reason_class(RecordError("must be a finite number", field="temp", value=float("nan")))
+    'nonfinite'
+    >>> reason_class(RecordError("must be a number", field="node", value="x"))  # the field name does not count
+    'type'
+    >>> reason_class("payload is not valid JSON: Expecting value")
+    'malformed'
+    """
+    text = (error.reason if isinstance(error, RecordError) else str(error)).lower()
+    for cls, words in _CLASSES:
+        if any(w in text for w in words):
+            return cls
+    return "other"

@@ -108,10 +108,10 @@ class _Handler(BaseHTTPRequestHandler):
         if length > srv.max_body:
             head = self.rfile.read(min(length, _HEAD_BYTES))
             self.close_connection = True  # the rest of the body is not read
-            reason = str(RecordError(f"payload too large (limit {srv.max_body} bytes)", field="<payload>",
-                                     value=f"{length} bytes"))
-            srv.deadletter(head, reason, offset=srv.next_request())
-            self._reply(413, {"error": reason, "field": "<payload>"})
+            error = RecordError(f"payload too large (limit {srv.max_body} bytes)", field="<payload>",
+                                value=f"{length} bytes")
+            srv.deadletter(head, error, offset=srv.next_request())
+            self._reply(413, {"error": str(error), "field": "<payload>"})
             return
         body = self.rfile.read(length)
         route = {}
@@ -149,13 +149,14 @@ class IngestServer:
         Bearer token every request must carry; None: no authentication.
     max_body
         Largest request body, in bytes.
-    bootstrap, prefix, settings, progress, max_pending
+    bootstrap, prefix, settings, progress, max_pending, metrics
         As for :func:`connectors.csv_replay.run_csv`.
     """
 
     def __init__(self, schema: StreamSchema, router: NodeRouter, *, host: str = "127.0.0.1", port: int = 8080,
                  token: str | None = None, max_body: int = DEFAULT_MAX_BATCH_BYTES, bootstrap: str | None = None,
-                 prefix: str | None = None, settings=None, progress: float = 0.0, max_pending: int = 100_000):
+                 prefix: str | None = None, settings=None, progress: float = 0.0, max_pending: int = 100_000,
+                 metrics=None):
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ConfigError(f"port must be 0..65535, got {port!r}")
         if token is not None and (not isinstance(token, str) or not token.strip()):
@@ -165,7 +166,7 @@ class IngestServer:
         self.token = None if token is None else token.strip()
         self.max_body = max_body
         self.publisher = Publisher("http", bootstrap=bootstrap, prefix=prefix, settings=settings,
-                                   nodes=router.known_nodes(), progress=progress)
+                                   nodes=router.known_nodes(), progress=progress, metrics=metrics)
         self._ingestor = Ingestor(schema, router, self.publisher, max_pending=max_pending, max_batch_bytes=max_body)
         self._lock = threading.Lock()  # one request at a time through the ingestor (seq, round-robin, labels)
         self._requests = 0
@@ -197,8 +198,8 @@ class IngestServer:
             self._requests += 1
             return self._ingestor.payload(body, source=f"http:{INGEST_PATH}", offset=self._requests, **route)
 
-    def deadletter(self, raw: bytes, reason: str, offset: int) -> None:
-        self.publisher.deadletter(raw, reason, source=f"http:{INGEST_PATH}", offset=offset)
+    def deadletter(self, raw: bytes, error, offset: int) -> None:
+        self.publisher.deadletter(raw, error, source=f"http:{INGEST_PATH}", offset=offset)
 
     def start(self) -> "IngestServer":
         """Serve in a background thread."""

@@ -127,6 +127,9 @@ class Ingestor:
         self.pacer = pacer
         self.max_batch_bytes = max(int(max_batch_bytes), schema.max_bytes)
         self._label_nodes = PendingByKey(max_pending)
+        metrics = getattr(publisher, "metrics", None)
+        if metrics is not None:
+            metrics.track_pending(self._label_nodes.__len__)
 
     def payload(self, raw, *, source: str, offset: int | None, route_value: Any = _NO_VALUE,
                 route_field: str | None = None, node: int | None = None, batch: bool = True) -> Outcome:
@@ -208,5 +211,5 @@ class Ingestor:
     def _dead(self, raw, exc: RecordError, source: str, offset) -> None:
         if not isinstance(raw, (bytes, bytearray, memoryview)):
             raw = _element_bytes(raw)
-        self.publisher.deadletter(raw, str(exc), source=source, offset=-1 if offset is None else offset)
+        self.publisher.deadletter(raw, exc, source=source, offset=-1 if offset is None else offset)
 

@@ -28,7 +28,7 @@ def run_jsonl(path, schema: StreamSchema, router: NodeRouter, *, rate: float | N
               speedup: float | None = None, max_gap: float | None = None, limit: int | None = None,
               bootstrap: str | None = None, prefix: str | None = None, settings=None, progress: float = 0.0,
               stop_event: threading.Event | None = None, max_seconds: float | None = None,
-              max_pending: int = 100_000) -> ConnectStats:
+              max_pending: int = 100_000, metrics=None) -> ConnectStats:
     """Publish the JSON lines of ``path`` (``-``: stdin; ``.gz``: decompressed); return the counts.
 
     Parameters are those of :func:`connectors.csv_replay.run_csv` (no delimiter).
@@ -41,14 +41,14 @@ def run_jsonl(path, schema: StreamSchema, router: NodeRouter, *, rate: float | N
     fh = open_binary(path)
     try:
         publisher = Publisher("jsonl", bootstrap=bootstrap, prefix=prefix, settings=settings,
-                              nodes=router.known_nodes(), progress=progress)
+                              nodes=router.known_nodes(), progress=progress, metrics=metrics)
         ingest = Ingestor(schema, router, publisher, pacer=pacer, max_pending=max_pending)
 
         def handle(lineno: int, line: bytes, size: int | None) -> None:
             if size is not None:
                 exc = RecordError(f"line too long (limit {schema.max_bytes} bytes)", field="<payload>",
                                   value=f"{size} bytes", row=lineno)
-                publisher.deadletter(line, str(exc), source=source, offset=lineno)
+                publisher.deadletter(line, exc, source=source, offset=lineno)
                 return
             if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
                 line = line[3:]  # a byte order mark, as editors on Windows write

@@ -133,14 +133,15 @@ class MqttConnector:
         Subscription QoS (0, 1 or 2).
     client_id, username, tls, cafile
         Connection; the password is read from ``MQTT_PASSWORD``.
-    bootstrap, prefix, settings, progress, max_pending
+    bootstrap, prefix, settings, progress, max_pending, metrics
         As for :func:`connectors.csv_replay.run_csv`.
     """
 
     def __init__(self, schema: StreamSchema, router: NodeRouter, *, host: str = "127.0.0.1", port: int = 1883,
                  topics=(), topic_map=(), qos: int = 1, client_id: str | None = None, username: str | None = None,
                  tls: bool = False, cafile: str | None = None, bootstrap: str | None = None,
-                 prefix: str | None = None, settings=None, progress: float = 0.0, max_pending: int = 100_000):
+                 prefix: str | None = None, settings=None, progress: float = 0.0, max_pending: int = 100_000,
+                 metrics=None):
         self.specs = [s if isinstance(s, TopicSpec) else parse_topic(s) for s in topics]
         self.topic_map = list(topic_map)
         if not self.specs and not self.topic_map:
@@ -152,7 +153,7 @@ class MqttConnector:
         self.schema, self.router = schema, router
         self.host, self.port, self.qos = host, port, qos
         self.client_id, self.username, self.tls, self.cafile = client_id, username, tls, cafile
-        self.kafka = dict(bootstrap=bootstrap, prefix=prefix, settings=settings, progress=progress)
+        self.kafka = dict(bootstrap=bootstrap, prefix=prefix, settings=settings, progress=progress, metrics=metrics)
         self.max_pending = max_pending
         self.ready = threading.Event()
         self.messages = 0
@@ -198,7 +199,8 @@ class MqttConnector:
             self._ingest.payload(message.payload, source=source, offset=self.messages)
         except Exception as exc:  # a Kafka failure: keep the subscription alive, count it
             log.warning("message on %s not published: %s", topic, exc)
-            self._ingest.publisher.stats.send_errors += 1
+            if not isinstance(exc, ConnectError):  # a ConnectError was counted where it was raised
+                self._ingest.publisher._on_error(exc)
 
     def run(self, stop_event: threading.Event | None = None, max_seconds: float | None = None,
             max_messages: int | None = None) -> ConnectStats:

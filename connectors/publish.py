@@ -9,6 +9,8 @@ The Kafka key is the reading's ``key`` when it has one. A bad record goes to
 where it came from (``csv:PATH``, ``mqtt:TOPIC``, ``http:/ingest``, ...),
 ``sl-source-partition`` -1 (not a Kafka partition), ``sl-source-offset`` its
 line or message number; plus ``sl-connector``, the connector's kind.
+With a :class:`~streamlearn.metrics.ConnectorMetrics`, every count also goes to
+Prometheus (dead letters by reason class, :func:`connectors.errors.reason_class`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from connectors.errors import RecordError
+from connectors.errors import RecordError, reason_class
 from connectors.labels import LabelRecord, encode_label_json
 from connectors.schema import Reading
 from streamlearn.errors import StreamlearnError
@@ -122,13 +124,16 @@ class Publisher:
         Node ids whose topics are created up front; others are created when first used.
     progress
         Seconds between count lines on stderr (:meth:`tick`); 0: none.
+    metrics
+        A :class:`~streamlearn.metrics.ConnectorMetrics` that gets every count too; None: none.
     """
 
     def __init__(self, kind: str, *, bootstrap: str | None = None, prefix: str | None = None,
-                 settings: KafkaSettings | None = None, nodes=None, progress: float = 0.0):
+                 settings: KafkaSettings | None = None, nodes=None, progress: float = 0.0, metrics=None):
         from kafka import KafkaAdminClient, KafkaProducer
 
         self.stats = ConnectStats(kind)
+        self.metrics = metrics
         self.settings = settings or KafkaSettings.from_env()
         bootstrap = bootstrap or self.settings.bootstrap_servers
         if bootstrap is None:
@@ -188,6 +193,8 @@ class Publisher:
             self._seq[node] = seq + 1
             self.stats.readings += 1
             self.stats.per_node[node] = self.stats.per_node.get(node, 0) + 1
+        if self.metrics is not None:
+            self.metrics.observe_reading(node)
         key = None if reading.key is None else reading.key.encode("utf-8")
         return self._send(topic, data, key)
 
@@ -197,11 +204,17 @@ class Publisher:
         data = encode_label_json(LabelRecord(key=record.key, y=record.y, node=node, ts=record.ts))
         with self._lock:
             self.stats.labels += 1
+        if self.metrics is not None:
+            self.metrics.observe_label(node)
         return self._send(topic, data, record.key.encode("utf-8"))
 
-    def deadletter(self, raw: bytes, reason: str, *, source: str, offset: int):
-        """Send a bad record, unchanged (cut to 1 MiB), to the dead-letter topic with its reason; count it."""
+    def deadletter(self, raw: bytes, error, *, source: str, offset: int):
+        """Send a bad record, unchanged (cut to 1 MiB), to the dead-letter topic with its reason; count it.
+
+        ``error``: the :class:`~connectors.errors.RecordError` (or a reason text); its text is the reason.
+        """
         raw = bytes(raw)
+        reason = str(error)
         if len(raw) > MAX_DEADLETTER_BYTES:
             reason = f"{reason} [first {MAX_DEADLETTER_BYTES} of {len(raw)} bytes kept]"
             raw = raw[:MAX_DEADLETTER_BYTES]
@@ -211,6 +224,8 @@ class Publisher:
             short = _short_reason(reason)
             if short in self.stats.reasons or len(self.stats.reasons) < MAX_REASONS:
                 self.stats.reasons[short] += 1
+        if self.metrics is not None:
+            self.metrics.observe_deadletter(reason_class(error))
         headers = deadletter_headers(reason, topic=_text(source), partition=-1, offset=offset)
         headers.append(("sl-connector", self.stats.kind.encode("utf-8")))
         try:
@@ -233,9 +248,13 @@ class Publisher:
 
     def _on_ok(self, _metadata) -> None:  # kafka-python's sender thread
         self.stats.delivered += 1
+        if self.metrics is not None:
+            self.metrics.observe_delivered()
 
     def _on_error(self, exc) -> None:
         self.stats.send_errors += 1
+        if self.metrics is not None:
+            self.metrics.observe_send_error()
         if self._first_error is None:
             self._first_error = repr(exc)
             log.warning("Kafka send failed: %r", exc)

@@ -88,7 +88,8 @@ def infer_river_schema(dataset, x: dict, y, label: str = "y") -> StreamSchema:
 def run_river(name: str, router: NodeRouter, *, params: dict | None = None, schema: StreamSchema | None = None,
               limit: int | None = None, rate: float | None = None, bootstrap: str | None = None,
               prefix: str | None = None, settings=None, progress: float = 0.0,
-              stop_event: threading.Event | None = None, max_seconds: float | None = None) -> ConnectStats:
+              stop_event: threading.Event | None = None, max_seconds: float | None = None,
+              metrics=None) -> ConnectStats:
     """Publish the readings of a river dataset into node topics; return the counts.
 
     ``schema`` None: inferred (:func:`infer_river_schema`, label field ``y``),
@@ -109,7 +110,7 @@ def run_river(name: str, router: NodeRouter, *, params: dict | None = None, sche
         feats, classes = schema.layout()
         log.info("inferred schema: features %s, classes %s", feats, classes)
     publisher = Publisher("river", bootstrap=bootstrap, prefix=prefix, settings=settings,
-                          nodes=router.known_nodes(), progress=progress)
+                          nodes=router.known_nodes(), progress=progress, metrics=metrics)
     ingest = Ingestor(schema, router, publisher, pacer=pacer)
     source = f"river:{name}"
     t0, reason = time.monotonic(), "done"

@@ -29,6 +29,9 @@ Metric families (``{...}``: labels)
 - producer: ``samples_total{node}``, ``records_total{node}``, ``sent_bytes_total{node}``,
   ``drift_events_total{node,kind}`` (every node and drift kind from the start, at 0, so a first
   drift is an increase Prometheus sees), ``errors_total``.
+- connector: ``readings_total{connector,node}``, ``labels_total{connector,node}``,
+  ``delivered_total{connector}``, ``deadletters_total{connector,reason}`` (:data:`DEADLETTER_REASONS`),
+  ``send_errors_total{connector}``, gauge ``pending_labels{connector}``.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ __all__ = [
     "NODES_BUCKETS",
     "SYNC_KINDS",
     "REJECT_REASONS",
+    "ConnectorMetrics",
+    "DEADLETTER_REASONS",
 ]
 
 #: Histogram buckets of latencies, in seconds (100 µs to 10 s).
@@ -508,6 +513,101 @@ class ProducerMetrics:
         """A record could not be delivered (safe from kafka-python's sender thread)."""
         self._errors.inc()
 
+
+# ---- connectors -----------------------------------------------------------------------------------
+
+#: Why a connector dead-lettered a record (label ``reason``), a fixed set whatever the error text says:
+#: bad JSON/CSV/UTF-8 or not an object, a wrong type, a missing field, an unknown field, NaN/inf (or a
+#: number that overflows to it), a label not among the classes, over the size limit, no node for it,
+#: anything else. ``connectors.errors.reason_class`` maps an error to one of them.
+DEADLETTER_REASONS = ("malformed", "type", "missing", "unknown_field", "nonfinite", "unknown_label", "too_large",
+                      "route", "other")
+
+
+class ConnectorMetrics:
+    """Metrics of one connector process (``streamlearn connect <kind>``), fed by calls.
+
+    Every series carries ``connector`` (the kind: csv, jsonl, mqtt, http, river); the
+    dead-letter counter has every ``reason`` of :data:`DEADLETTER_REASONS` from the start, at 0.
+
+    Parameters
+    ----------
+    registry
+        A ``prometheus_client.CollectorRegistry`` (not the global one).
+    kind
+        The connector's kind, a short lower-case name.
+
+    Examples
+    --------
+    >>> from prometheus_client import CollectorRegistry
+    >>> reg = CollectorRegistry()
+    >>> m = ConnectorMetrics(reg, "mqtt")
+    >>> m.observe_reading(2); m.observe_delivered(); m.observe_deadletter("nonfinite")
+    >>> reg.get_sample_value("streamlearn_connector_readings_total", {"connector": "mqtt", "node": "2"})
+    1.0
+    >>> reg.get_sample_value("streamlearn_connector_deadletters_total", {"connector": "mqtt", "reason": "type"})
+    0.0
+    """
+
+    def __init__(self, registry: CollectorRegistry, kind: str):
+        from prometheus_client import Gauge
+
+        _check_registry(registry)
+        if not isinstance(kind, str) or not kind.isidentifier() or not kind.islower() or len(kind) > 32:
+            raise ConfigError(f"kind must be a short lower-case name such as csv or mqtt, got {kind!r}")
+        self.kind = kind
+        self._readings = Counter("streamlearn_connector_readings", "Readings received, checked and handed to Kafka.",
+                                 ["connector", "node"], registry=registry)
+        self._labels = Counter("streamlearn_connector_labels", "Late label records handed to Kafka.",
+                               ["connector", "node"], registry=registry)
+        self._delivered = Counter("streamlearn_connector_delivered",
+                                  "Readings and label records acknowledged by Kafka.", ["connector"],
+                                  registry=registry).labels(connector=kind)
+        self._dead = Counter("streamlearn_connector_deadletters",
+                             "Bad records sent to the dead-letter topic, by reason class.", ["connector", "reason"],
+                             registry=registry)
+        self._errors = Counter("streamlearn_connector_send_errors", "Records Kafka failed to take.", ["connector"],
+                               registry=registry).labels(connector=kind)
+        self._pending = Gauge("streamlearn_connector_pending_labels",
+                              "Unlabelled readings with a key whose node is kept until their late label comes.",
+                              ["connector"], registry=registry).labels(connector=kind)
+        self._dead_by = {r: self._dead.labels(connector=kind, reason=r) for r in DEADLETTER_REASONS}
+        self._per_node: dict = {}  # (counter, node) -> child: a labels() lookup per reading costs more
+
+    def _child(self, counter, node):
+        child = self._per_node.get((counter, node))
+        if child is None:
+            child = self._per_node[(counter, node)] = counter.labels(connector=self.kind, node=_check_node(node))
+        return child
+
+    def observe_reading(self, node: int) -> None:
+        """A checked reading went to ``node``'s topic."""
+        self._child(self._readings, node).inc()
+
+    def observe_label(self, node: int) -> None:
+        """A late label record went to ``node``'s topic."""
+        self._child(self._labels, node).inc()
+
+    def observe_delivered(self) -> None:
+        """Kafka acknowledged a reading or label record (safe from kafka-python's sender thread)."""
+        self._delivered.inc()
+
+    def observe_deadletter(self, reason: str) -> None:
+        """A bad record went to the dead-letter topic; ``reason`` one of :data:`DEADLETTER_REASONS`."""
+        child = self._dead_by.get(reason)
+        if child is None:
+            raise ConfigError(f"reason must be one of {list(DEADLETTER_REASONS)}, got {reason!r}")
+        child.inc()
+
+    def observe_send_error(self) -> None:
+        """Kafka failed to take a record (safe from kafka-python's sender thread)."""
+        self._errors.inc()
+
+    def track_pending(self, count: Callable[[], int]) -> None:
+        """Read the number of readings waiting for their late label from ``count()`` at each scrape."""
+        if not callable(count):
+            raise ConfigError(f"count must be a callable, got {type(count).__name__}")
+        self._pending.set_function(count)
 
 # ---- registry and server --------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from streamlearn.kafka.codecs import (
     encode_sample_json,
     record_kind,
 )
+from streamlearn.kafka.status import decode_status
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -410,6 +411,7 @@ DECODERS = {
     "model": decode_model,
     "message": decode_message,
     "record_kind": record_kind,
+    "status": decode_status,
 }
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
@@ -440,15 +442,16 @@ def test_fuzz_arbitrary_json(name, value):
 
 
 # Valid records with one field replaced by arbitrary JSON: reaches the field checks.
-@pytest.mark.parametrize("name", ["sample_json", "message"])
+@pytest.mark.parametrize("name", ["sample_json", "message", "status"])
 @FUZZ
 @given(field=st.sampled_from(["seq", "x", "y", "node", "key", "ts", "type", "kind", "params", "args", "metrics",
-                              "step", "command", "target"]), value=json_values, base=st.integers(0, 2))
+                              "step", "command", "target", "role"]), value=json_values, base=st.integers(0, 3))
 def test_fuzz_near_valid_json(name, field, value, base):
     bases = [
         {"seq": 1, "x": {"a": 1.0}, "y": 1, "node": 0},
         {"type": "drift", "kind": "sudden", "ts": 1.0, "params": {}},
         {"type": "report", "ts": 1.0, "step": 1, "metrics": {"acc": 1.0}},
+        {"type": "status", "role": "node", "ts": 1.0, "node": 0, "samples": 10},
     ]
     obj = dict(bases[base])
     obj[field] = value
