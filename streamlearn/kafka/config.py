@@ -1,19 +1,23 @@
 """Kafka client settings, read from environment variables and validated once, here.
 
-=========================  ==============================================================
-Variable                   Meaning
-=========================  ==============================================================
-KAFKA_BOOTSTRAP_SERVERS    ``host:port[,host:port...]``; unset: the embedded Tansu broker
-                           (see :func:`streamlearn.kafka.broker.ensure_broker`)
-KAFKA_SECURITY_PROTOCOL    PLAINTEXT (default), SSL, SASL_PLAINTEXT or SASL_SSL
-KAFKA_SASL_MECHANISM       PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (required for SASL_*)
-KAFKA_SASL_USERNAME        required for SASL_*
-KAFKA_SASL_PASSWORD        required for SASL_*; never printed
-KAFKA_SSL_CAFILE           CA bundle (SSL, SASL_SSL); must be a readable file
-KAFKA_SSL_CERTFILE         client certificate (mutual TLS), with KAFKA_SSL_KEYFILE
-KAFKA_SSL_KEYFILE          client private key
-KAFKA_TOPIC_PREFIX         first part of every topic name, default ``streamlearn``
-=========================  ==============================================================
+============================  ==============================================================
+Variable                      Meaning
+============================  ==============================================================
+KAFKA_BOOTSTRAP_SERVERS       ``host:port[,host:port...]``; unset: the embedded Tansu broker
+                              (see :func:`streamlearn.kafka.broker.ensure_broker`)
+KAFKA_SECURITY_PROTOCOL       PLAINTEXT (default), SSL, SASL_PLAINTEXT or SASL_SSL
+KAFKA_SASL_MECHANISM          PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (required for SASL_*)
+KAFKA_SASL_USERNAME           required for SASL_*
+KAFKA_SASL_PASSWORD           required for SASL_*; never printed
+KAFKA_SSL_CAFILE              CA bundle (SSL, SASL_SSL); must be a readable file
+KAFKA_SSL_CERTFILE            client certificate (mutual TLS), with KAFKA_SSL_KEYFILE
+KAFKA_SSL_KEYFILE             client private key
+KAFKA_TOPIC_PREFIX            first part of every topic name, default ``streamlearn``
+STREAMLEARN_BROKER_STORAGE    storage of the embedded Tansu that :func:`~streamlearn.kafka.broker.ensure_broker`
+                              starts: ``memory://tansu/`` (default, lost when it stops) or
+                              ``s3://<bucket>/`` (durable; endpoint and keys from ``AWS_*``
+                              variables, see :class:`~streamlearn.kafka.broker.EmbeddedBroker`)
+============================  ==============================================================
 
 Empty variables count as unset. A bad value raises
 :class:`~streamlearn.errors.ConfigError` naming the variable and the value.
@@ -38,6 +42,10 @@ __all__ = [
     "SASL_MECHANISMS",
     "DEFAULT_TOPIC_PREFIX",
     "MAX_MESSAGE_BYTES",
+    "BROKER_STORAGE_VAR",
+    "DEFAULT_BROKER_STORAGE",
+    "validate_broker_storage",
+    "broker_storage_from_env",
 ]
 
 ENV_VARS = (
@@ -84,6 +92,67 @@ def validate_bootstrap(value: str, var: str = "KAFKA_BOOTSTRAP_SERVERS") -> str:
                               f"bad entry {item!r} in {value!r}")
         servers.append(f"{host}:{int(port)}")
     return ",".join(servers)
+
+
+BROKER_STORAGE_VAR = "STREAMLEARN_BROKER_STORAGE"
+DEFAULT_BROKER_STORAGE = "memory://tansu/"
+_STORAGE_RE = re.compile(r"^([a-z][a-z0-9+.-]*)://\S+$")
+
+
+def validate_broker_storage(value: str, var: str = BROKER_STORAGE_VAR) -> str:
+    """Check a Tansu storage URL (``scheme://...``); return it without blanks.
+
+    Only the form is checked here: which engines exist depends on how the Tansu
+    binary was built, and it says so when it starts (see ``EmbeddedBroker``).
+
+    Examples
+    --------
+    >>> validate_broker_storage(" s3://tansu/ ")
+    's3://tansu/'
+    >>> validate_broker_storage("/var/lib/tansu")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    streamlearn.errors.ConfigError: STREAMLEARN_BROKER_STORAGE must be a Tansu storage URL ..., got '/var/lib/tansu'
+    """
+    if isinstance(value, str) and _STORAGE_RE.match(value.strip()):
+        return value.strip()
+    shown = _redact_url(value) if isinstance(value, str) else value
+    raise ConfigError(f"{var} must be a Tansu storage URL such as {DEFAULT_BROKER_STORAGE!r} or 's3://<bucket>/', "
+                      f"got {shown!r}")
+
+
+def broker_storage_from_env(env: Mapping[str, str] | None = None) -> str:
+    """The embedded broker's storage URL: ``STREAMLEARN_BROKER_STORAGE``, else memory.
+
+    Examples
+    --------
+    >>> broker_storage_from_env({})
+    'memory://tansu/'
+    """
+    env = os.environ if env is None else env
+    value = env.get(BROKER_STORAGE_VAR)
+    if not isinstance(value, str) or not value.strip():
+        return DEFAULT_BROKER_STORAGE
+    return validate_broker_storage(value)
+
+
+def default_fetch_wait_ms(env: Mapping[str, str] | None = None) -> int:
+    """How long a service lets the broker hold a fetch, unless told: 20 ms, or 500 ms when the embedded
+    broker keeps its records in object storage (``STREAMLEARN_BROKER_STORAGE=s3://...``).
+
+    Tansu holds a fetch about that long even when records arrive, so the wait is the latency of a
+    sync message and is short by default; Tansu 0.6 on ``s3://`` answers a fetch shorter than an
+    object-store read with no records, and a consumer asking again can stay stuck there.
+
+    >>> default_fetch_wait_ms({}), default_fetch_wait_ms({"STREAMLEARN_BROKER_STORAGE": "s3://b/"})
+    (20, 500)
+    """
+    return 20 if broker_storage_from_env(env).startswith(("memory:", "null:")) else 500
+
+
+def _redact_url(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@`` in it hidden (e.g. a postgres:// URL)."""
+    return re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://[^:@/\s\"']*):[^@/\s\"']*@", r"\1:<hidden>@", text)
 
 
 def validate_topic_prefix(value: str, var: str = "KAFKA_TOPIC_PREFIX") -> str:

