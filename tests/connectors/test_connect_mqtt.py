@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 
@@ -15,6 +14,8 @@ from connectors.schema import StreamSchema
 from streamlearn.errors import ConfigError
 from streamlearn.kafka.codecs import decode_sample_json
 from streamlearn.kafka.topics import deadletter_topic, samples_topic
+
+from waiting import wait_until
 
 SCHEMA = StreamSchema({"temp": "float", "rpm": "int"}, label="state", classes=["ok", "fault"])
 
@@ -31,13 +32,6 @@ def publisher(host, port):
 def send(client, topic, payload, retain=False):
     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     client.publish(topic, data, qos=1, retain=retain).wait_for_publish(timeout=10)
-
-
-def wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_topic_filters_and_maps():
@@ -77,7 +71,7 @@ def test_mqtt_readings_arrive_in_their_node_topics(mosquitto, kafka, consume):
         send(client, f"{base}/sensors/0/reading", {"temp": 1, "rpm": 1, "state": "boiling"})
         send(client, f"{base}/sensors/2/reading", {"temp": 40.0, "rpm": 9, "state": "ok"})  # after the bad ones
         good[2].append({"temp": 40.0, "rpm": 9, "state": "ok"})
-        wait_for(lambda: conn.messages >= 11)
+        wait_until(lambda: conn.messages >= 11, "11 messages")
     finally:
         client.loop_stop()
         client.disconnect()

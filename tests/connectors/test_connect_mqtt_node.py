@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -21,21 +20,13 @@ from streamlearn.kafka.node import NodeConfig, NodeService
 from streamlearn.kafka.topics import deadletter_topic, ensure_topics
 from streamlearn.metrics import ConnectorMetrics
 
+from waiting import wait_until
+
 FEATURES = ["temp", "rpm"]
 CLASSES = ["ok", "fault"]
 SCHEMA = StreamSchema({"temp": "float", "rpm": "float"}, label="state", classes=CLASSES)
 N = 400
 BAD = b'{"temp": "hot", "rpm": 1.0, "state": "ok"}'
-
-
-def wait_for(condition, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = condition()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Running:
@@ -93,8 +84,8 @@ def test_node_learns_every_good_mqtt_reading_and_the_bad_one_is_dead_lettered(mo
             if i == N // 2:  # the bad one among the good ones
                 client.publish(sensor_topic, BAD, qos=1).wait_for_publish(timeout=10)
             client.publish(sensor_topic, payload, qos=1).wait_for_publish(timeout=10)
-        status = wait_for(lambda: (lambda st: st if st and st.get("samples") == N else None)(node.status()),
-                          f"the node to learn {N} samples", timeout=90)
+        status = wait_until(lambda: (lambda st: st if st and st.get("samples") == N else None)(node.status()),
+                            f"the node to learn {N} samples", timeout=90)
     finally:
         client.loop_stop()
         client.disconnect()

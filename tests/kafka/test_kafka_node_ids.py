@@ -18,6 +18,7 @@ from streamlearn.kafka.topics import ensure_topics, samples_topic, sync_down_top
 from streamlearn.kafka.wire import SyncMessage, encode_sync
 
 from sync_wire_helpers import SyncWire
+from waiting import wait_until as wait
 
 FEATURES = ["a", "b", "c"]
 CLASSES = [0, 1]
@@ -73,16 +74,6 @@ class Services:
             svc.stop()
         for _, t in self.threads:
             t.join(timeout=20)
-
-
-def wait(condition, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = condition()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def node_id(svc: NodeService):
