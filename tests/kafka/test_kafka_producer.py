@@ -159,7 +159,15 @@ def test_stops_cleanly_and_flushes(settings, prefix, consume):
     assert Producer(ProducerConfig(prefix=prefix + "b", **base)).run(stop_event=stop, max_seconds=20).reason == "stop"
 
     producer = Producer(ProducerConfig(prefix=prefix + "c", **base))
-    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    def interrupt_once_every_node_sent():  # not after a fixed delay: setting up may take longer on a busy machine
+        producer.ready.wait(20)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not all(n > 0 for n in producer.sent.values()):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_every_node_sent, daemon=True).start()
     stats = producer.run(max_seconds=20)  # in the main thread: SIGINT is handled
     assert stats.reason == "signal" and stats.sent[1] > 0
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
