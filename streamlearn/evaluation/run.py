@@ -24,6 +24,7 @@ from streamlearn.evaluation.detectors import DriftMonitor
 from streamlearn.evaluation.learner_io import OnePredictor, feature_order, predict_batch, uses_numpy_batches
 from streamlearn.evaluation.prequential import Prequential, clipped_log_loss
 from streamlearn.evaluation.scoring import DetectionScore, score_detections
+from streamlearn.learners.registry import is_averageable
 
 __all__ = ["EvaluationResult", "evaluate", "ON_BAD_RECORD", "jsonable"]
 
@@ -110,11 +111,6 @@ class EvaluationResult:
                 "settings": self.settings,
             }
         )
-
-
-def _needs_numbers(learner) -> bool:
-    """Learners whose model is a flat vector (streamlearn's averageable ones) read every feature as a number."""
-    return callable(getattr(learner, "get_flat", None)) and callable(getattr(learner, "set_flat", None))
 
 
 def _as_float(v, parse_text: bool):
@@ -353,7 +349,7 @@ def evaluate(
     tracker = Prequential(window=window, every=every)
     monitor = None if detector is None else DriftMonitor(detector, detector_params)
     numpy_batches = batch_size > 1 and uses_numpy_batches(learner)
-    numeric = _needs_numbers(learner)
+    numeric = is_averageable(learner)  # a flat-vector model reads every feature as a number
     records = _Records(on_bad_record, numpy_batches, lambda x: feature_order(learner, x), numeric=numeric,
                        names=lambda: getattr(learner, "feature_names_", None),
                        classes=getattr(learner, "classes", None) if numeric else None)

@@ -882,7 +882,8 @@ class NodeService(Service):
         of the protocol) and after a model from the sync service was applied.
         """
         p = self._n_params
-        x = _live_flat(self.learner_)[:p] - self._r[:p]  # the live parameters: no copy of the model first
+        # live parameters where the learner can give them (a scaled learner copies its vector once)
+        x = _live_flat(self.learner_)[:p] - self._r[:p]
         return float(torch.dot(x, x))  # sq_dist's sum of squares in two torch calls instead of three
 
     def _with_early_scores(self, h: int, n: int, correct, p_true, valid) -> tuple:
@@ -943,8 +944,8 @@ class NodeService(Service):
 
     def _join(self) -> None:
         self._publish_up(SyncMessage("join", node=self.config.node, d=self._d, n_params=self._n_params,
-                                     layout=self._layout, spec=self.config.protocol, step=self._step_no, n_samples=self._since_sync,
-                                     model=self._r.cpu()))
+                                     layout=self._layout, spec=self.config.protocol, step=self._step_no,
+                                     n_samples=self._since_sync, model=self._r.cpu()))
 
     def _publish_up(self, msg: SyncMessage) -> None:
         try:
