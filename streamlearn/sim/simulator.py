@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from streamlearn.errors import ConfigError
 from streamlearn.learners.torch_learner import TorchLearner
+from streamlearn.sync.codec import Uplink
 from streamlearn.sync.driver import lockstep
 from streamlearn.sync.messages import PullToward, SendModel
 from streamlearn.sync.protocol import Protocol
@@ -193,6 +194,8 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
     w0 = template.get_flat()  # the parameters, then the scaler's statistics (scale=True)
     d, p = w0.numel(), template.n_params
     proto = _as_protocol(protocol, m, d, w0, seed, n_params=p)
+    # The nodes' side of a compressed transfer: one error-feedback memory per node.
+    uplink = None if proto.codec.dense else Uplink(proto.codec, m, d, p, device=device)
 
     W = w0[:p].repeat(m, 1).requires_grad_(True)
     Wd = W.detach()  # same storage: syncs write models in place
@@ -239,7 +242,7 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
         with torch.no_grad():
             # The protocol sees whole models: parameters, then scaler statistics.
             full = Wd if scaler is None else torch.cat([Wd, scaler.get_flat(f, lead=(m,))], dim=1)
-            actions = lockstep(proto, r + 1, full, R, loss=batch_loss, n_samples=since_sync)
+            actions = lockstep(proto, r + 1, full, R, loss=batch_loss, n_samples=since_sync, uplink=uplink)
             if actions and scaler is not None:
                 Wd.copy_(full[:, :p])
                 scaler.set_flat(full[:, p:])

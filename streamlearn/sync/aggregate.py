@@ -6,7 +6,7 @@ import torch
 
 from streamlearn.errors import ConfigError
 
-__all__ = ["weighted_mean", "sq_dist"]
+__all__ = ["weighted_mean", "sq_dist", "server_step"]
 
 
 def weighted_mean(W: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -57,3 +57,36 @@ def sq_dist(W: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     [0.0, 4.0]
     """
     return (W - r).square().sum(dim=-1)
+
+
+def server_step(r: torch.Tensor, mean: torch.Tensor, lr: float = 1.0, momentum: float = 0.0,
+                velocity: torch.Tensor | None = None, n_params: int | None = None):
+    """The coordinator's step at a full sync: ``r + lr * v`` with ``v = momentum * velocity + (mean - r)``.
+
+    FedAvgM / FedOpt's server SGD (Hsu et al. 2019; Reddi et al. 2021): ``mean - r`` is the
+    average of the nodes' moves since the last full sync, a pseudo-gradient; ``lr = 1`` without
+    momentum is plain averaging (``mean`` itself, returned as it is). Only the first
+    ``n_params`` entries take the step; the buffers after them (an online scaler's statistics)
+    take the mean: they are statistics of the data, not something to extrapolate.
+
+    Returns ``(model, velocity)``; ``velocity`` is None when ``momentum`` is 0.
+
+    Examples
+    --------
+    >>> import torch
+    >>> r, mean = torch.tensor([0.0, 1.0, 5.0]), torch.tensor([1.0, 2.0, 7.0])
+    >>> server_step(r, mean, lr=2.0, n_params=2)[0].tolist()     # buffer (5 -> 7) takes the mean
+    [2.0, 3.0, 7.0]
+    >>> model, v = server_step(r, mean, lr=1.0, momentum=0.5, velocity=torch.tensor([1.0, 0.0]), n_params=2)
+    >>> model.tolist(), v.tolist()
+    ([1.5, 2.0, 7.0], [1.5, 1.0])
+    """
+    if lr == 1.0 and not momentum:
+        return mean, None
+    p = r.shape[-1] if n_params is None else int(n_params)
+    step = mean[:p] - r[:p]
+    if momentum:
+        step = step if velocity is None else momentum * velocity + step
+    out = mean.clone()
+    out[:p] = r[:p] + lr * step
+    return out, (step if momentum else None)

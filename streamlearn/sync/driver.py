@@ -32,9 +32,17 @@ def apply_action(action: Action, W: torch.Tensor, R: torch.Tensor) -> None:
         raise TypeError(f"not an action: {action!r}")
 
 
-def settle(protocol: Protocol, actions: list[Action], W: torch.Tensor, R: torch.Tensor) -> list[Action]:
+def _models_up(nodes: list[int], W: torch.Tensor, R: torch.Tensor, uplink) -> torch.Tensor:
+    """The rows of ``nodes`` as the coordinator receives them: whole, or through the nodes' codec."""
+    if uplink is None:
+        return W[nodes].clone()
+    return uplink.send(nodes, W[nodes], R[nodes])
+
+
+def settle(protocol: Protocol, actions: list[Action], W: torch.Tensor, R: torch.Tensor, uplink=None) -> list[Action]:
     """Apply ``actions`` in order, answering each RequestModels with rows of ``W`` right away.
 
+    ``uplink`` (a :class:`~streamlearn.sync.codec.Uplink`) compresses what nodes send.
     Returns every action applied, including those the answers produced.
     """
     done: list[Action] = []
@@ -43,14 +51,16 @@ def settle(protocol: Protocol, actions: list[Action], W: torch.Tensor, R: torch.
         action = queue.pop(0)
         done.append(action)
         if isinstance(action, RequestModels):
-            queue.extend(protocol.on_models({n: W[n].clone() for n in action.nodes}))
+            nodes = list(action.nodes)
+            rows = _models_up(nodes, W, R, uplink)
+            queue.extend(protocol.on_models({n: rows[k] for k, n in enumerate(nodes)}))
         else:
             apply_action(action, W, R)
     return done
 
 
 def collect_reports(protocol: Protocol, step, W: torch.Tensor, R: torch.Tensor, loss=None, n_samples=None,
-                    nodes=None) -> list[Report]:
+                    nodes=None, uplink=None) -> list[Report]:
     """The reports the node rule produces after local update ``step`` (an int or one per node).
 
     ``nodes`` defaults to the protocol's alive nodes; ``loss`` and ``n_samples`` are per
@@ -64,6 +74,8 @@ def collect_reports(protocol: Protocol, step, W: torch.Tensor, R: torch.Tensor, 
     steps = steps[idx] if steps.dim() else steps.expand(len(idx))
     p = protocol.n_params
     codes = protocol.node_rule_many(steps, sq_dist(W[idx, :p], R[idx, :p]).cpu()).tolist()
+    senders = [node for k, node in enumerate(idx) if codes[k] == MODEL]
+    sent = dict(zip(senders, _models_up(senders, W, R, uplink))) if senders else {}
     reports = []
     for k, node in enumerate(idx):
         if codes[k] == NONE:
@@ -72,12 +84,13 @@ def collect_reports(protocol: Protocol, step, W: torch.Tensor, R: torch.Tensor, 
             node=node, step=int(steps[k]),
             loss=float("nan") if loss is None else float(loss[node]),
             n_samples=0 if n_samples is None else int(n_samples[node]),
-            model=W[node].clone() if codes[k] == MODEL else None,
+            model=sent.get(node),
         ))
     return reports
 
 
-def lockstep(protocol: Protocol, step, W: torch.Tensor, R: torch.Tensor, loss=None, n_samples=None) -> list[Action]:
+def lockstep(protocol: Protocol, step, W: torch.Tensor, R: torch.Tensor, loss=None, n_samples=None,
+             uplink=None) -> list[Action]:
     """One lockstep round after every alive node's local update ``step``: report, deliver, settle.
 
     Examples
@@ -90,7 +103,7 @@ def lockstep(protocol: Protocol, step, W: torch.Tensor, R: torch.Tensor, loss=No
     >>> W.tolist(), R.tolist()
     ([[2.0, 1.0], [2.0, 1.0]], [[2.0, 1.0], [2.0, 1.0]])
     """
-    reports = collect_reports(protocol, step, W, R, loss=loss, n_samples=n_samples)
+    reports = collect_reports(protocol, step, W, R, loss=loss, n_samples=n_samples, uplink=uplink)
     if not reports:
         return []
-    return settle(protocol, protocol.on_reports(reports), W, R)
+    return settle(protocol, protocol.on_reports(reports), W, R, uplink=uplink)

@@ -7,7 +7,7 @@ import torch
 
 from streamlearn.sync.aggregate import sq_dist
 from streamlearn.sync.messages import Action, Report
-from streamlearn.sync.protocol import MODEL, NONE, Protocol, drop_none, float_param, int_param
+from streamlearn.sync.protocol import SYNC_PARAMS, MODEL, NONE, Protocol, drop_none, float_param, int_param
 
 __all__ = ["Dynamic"]
 
@@ -64,12 +64,14 @@ class Dynamic(Protocol):
     """
 
     name = "dynamic"
-    params = {"delta": float, "b": int}
+    params = {"delta": float, "b": int, **SYNC_PARAMS}
 
     def __init__(self, m: int, d: int, delta: float = 1.0, b: int = 1, *, w0=None, seed: int | None = None,
-                 initial_nodes=None, device=None, dtype=torch.float32, n_params=None):
+                 initial_nodes=None, device=None, dtype=torch.float32, n_params=None,
+                 server_lr=1.0, server_momentum=0.0, codec="fp32"):
         super().__init__(m, d, w0=w0, seed=seed, initial_nodes=initial_nodes, device=device, dtype=dtype,
-                         n_params=n_params)
+                         n_params=n_params, server_lr=server_lr,
+                         server_momentum=server_momentum, codec=codec)
         self.delta = float_param("delta", delta, 0.0)
         self.b = int_param("b", b)
         self._B: set[int] = set()

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-__all__ = ["Report", "RequestModels", "SendModel", "PullToward", "Action", "CommStats"]
+__all__ = ["Report", "RequestModels", "SendModel", "PullToward", "Action", "CommStats", "Compressed"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,12 +33,27 @@ class RequestModels:
 
 
 @dataclass(frozen=True, eq=False)
+class Compressed:
+    """How a model travels compressed: the quantised ``parts`` of ``model - base`` under ``codec``
+    (:mod:`streamlearn.sync.codec`); ``base`` is the reference the delta was taken from."""
+
+    codec: object
+    parts: dict
+    base: torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
 class SendModel:
-    """Every node in ``nodes`` replaces its model with ``model``; if ``reference``, also its reference."""
+    """Every node in ``nodes`` replaces its model with ``model``; if ``reference``, also its reference.
+
+    ``compressed`` (None: sent whole) says how ``model`` crosses the wire; ``model`` is then
+    exactly what a node reconstructs from the message.
+    """
 
     nodes: tuple[int, ...]
     model: torch.Tensor
     reference: bool
+    compressed: Compressed | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,8 +73,9 @@ class CommStats:
     """Communication and sync counts of a protocol.
 
     Each model the coordinator receives is one transfer up; each model it sends is one
-    transfer down per target node; bytes are transfers * d * itemsize. Reports are small
-    and counted apart.
+    transfer down per target node (every addressee reads the message); bytes are what each
+    model message takes on the wire (:func:`streamlearn.sync.codec.message_bytes`: header and
+    payload, compressed or whole). Reports are small and counted apart.
     """
 
     models_up: int = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from streamlearn.sync.messages import Action
-from streamlearn.sync.protocol import MODEL, Protocol, drop_none, every, int_param
+from streamlearn.sync.protocol import SYNC_PARAMS, MODEL, Protocol, drop_none, every, int_param
 
 __all__ = ["Periodic", "Continuous"]
 
@@ -45,12 +45,14 @@ class Periodic(Protocol):
     """
 
     name = "periodic"
-    params = {"b": int}
+    params = {"b": int, **SYNC_PARAMS}
 
     def __init__(self, m: int, d: int, b: int = 1, *, w0=None, seed: int | None = None, initial_nodes=None,
-                 device=None, dtype=torch.float32, n_params=None):
+                 device=None, dtype=torch.float32, n_params=None,
+                 server_lr=1.0, server_momentum=0.0, codec="fp32"):
         super().__init__(m, d, w0=w0, seed=seed, initial_nodes=initial_nodes, device=device, dtype=dtype,
-                         n_params=n_params)
+                         n_params=n_params, server_lr=server_lr,
+                         server_momentum=server_momentum, codec=codec)
         self.b = int_param("b", b)
 
     def node_rule_many(self, step, divergence) -> torch.Tensor:
@@ -94,9 +96,11 @@ class Continuous(Periodic):
     """
 
     name = "continuous"
-    params: dict[str, type] = {}
+    params: dict[str, type] = {**SYNC_PARAMS}
 
     def __init__(self, m: int, d: int, *, w0=None, seed: int | None = None, initial_nodes=None,
-                 device=None, dtype=torch.float32, n_params=None):
+                 device=None, dtype=torch.float32, n_params=None,
+                 server_lr=1.0, server_momentum=0.0, codec="fp32"):
         super().__init__(m, d, 1, w0=w0, seed=seed, initial_nodes=initial_nodes, device=device, dtype=dtype,
-                         n_params=n_params)
+                         n_params=n_params, server_lr=server_lr,
+                         server_momentum=server_momentum, codec=codec)

@@ -26,14 +26,21 @@ import numpy as np
 import torch
 
 from streamlearn.errors import ConfigError
+from streamlearn.sync.aggregate import server_step
 from streamlearn.sync.bank import ModelBank
-from streamlearn.sync.messages import Action, CommStats, PullToward, Report, RequestModels, SendModel
+from streamlearn.sync.codec import FP32_HEADER_BYTES, Downlink, make_codec, message_bytes
+from streamlearn.sync.messages import Action, CommStats, Compressed, PullToward, Report, RequestModels, SendModel
 
-__all__ = ["Protocol", "RoundProtocol", "NONE", "REPORT", "MODEL", "KINDS", "drop_none", "every", "int_param", "float_param"]
+__all__ = ["Protocol", "RoundProtocol", "NONE", "REPORT", "MODEL", "KINDS", "SYNC_PARAMS", "drop_none", "every",
+           "int_param", "float_param"]
 
 # Codes of the node rule, for the batched node_rule_many.
 NONE, REPORT, MODEL = 0, 1, 2
 KINDS = (None, "report", "model")
+
+#: Settings of every protocol that averages (spec keys): the server step at full syncs and the codec
+#: models travel in (see :class:`Protocol`).
+SYNC_PARAMS: dict[str, type] = {"server_lr": float, "server_momentum": float, "codec": str}
 
 
 class Protocol:
@@ -59,6 +66,16 @@ class Protocol:
         How many leading entries of a model are trainable parameters (None: all ``d``).
         Divergences ``||w - r||^2`` span them only; the entries after them are buffers (an
         online scaler's statistics) that every sync averages along with the parameters.
+    server_lr, server_momentum
+        The server step of a full sync (:func:`~streamlearn.sync.aggregate.server_step`): the new
+        reference is ``r + server_lr * v`` with ``v = server_momentum * v + mean(w_i - r)``.
+        ``server_lr = 1`` without momentum is plain averaging. Partial syncs (dynamic
+        averaging's balancing of a subset) stay plain means, so they keep the global mean.
+    codec
+        How models cross the wire (:mod:`streamlearn.sync.codec`): ``fp32`` sends whole models;
+        ``fp16``, ``int8``, ``sign`` and ``top<percent>`` send the delta to the reference,
+        with error feedback at both ends (the nodes' memories are theirs; the coordinator keeps
+        one for the full syncs it broadcasts). A joining node gets the reference whole.
     """
 
     name = "protocol"
@@ -67,7 +84,8 @@ class Protocol:
 
     def __init__(self, m: int, d: int, *, w0=None, seed: int | None = None,
                  initial_nodes: Iterable[int] | None = None, device=None, dtype=torch.float32,
-                 n_params: int | None = None):
+                 n_params: int | None = None, server_lr: float = 1.0, server_momentum: float = 0.0,
+                 codec="fp32"):
         if int(m) < 1 or int(d) < 1:
             raise ConfigError(f"m and d must be >= 1, got m={m!r}, d={d!r}")
         self.m = int(m)
@@ -90,6 +108,14 @@ class Protocol:
         self._rng = np.random.default_rng(seed)
         self._pending: set[int] = set()   # models requested and not yet arrived
         self._excluded: set[int] = set()  # nodes given up on in the sync in progress
+        self.server_lr = float_param("server_lr", server_lr, 0.0, 100.0, low_open=True)
+        self.server_momentum = float_param("server_momentum", server_momentum, 0.0, 0.999)
+        self.codec = make_codec(codec)
+        self._velocity: torch.Tensor | None = None  # server momentum
+        self._downlink = None if self.codec.dense else Downlink(self.codec, self.d, self.n_params,
+                                                                device=self.bank.device)
+        self._dense_bytes = FP32_HEADER_BYTES + self.d * self.bank.itemsize
+        self._msg_bytes = self._dense_bytes if self.codec.dense else message_bytes(self.codec, self.d, self.n_params)
 
     # ---- node side -------------------------------------------------------------------------
 
@@ -145,6 +171,29 @@ class Protocol:
         if state.get("rng") is not None:
             self._rng.bit_generator.state = state["rng"]
 
+    def get_arrays(self) -> dict[str, torch.Tensor]:
+        """State tensors besides the bank: the server momentum and the downlink's error-feedback memory."""
+        out = {}
+        if self._velocity is not None:
+            out["server_velocity"] = self._velocity.detach().cpu()
+        if self._downlink is not None and self._downlink.memory is not None:
+            out["downlink_memory"] = self._downlink.memory[0].detach().cpu()
+        return out
+
+    def set_arrays(self, arrays) -> None:
+        """Load what :meth:`get_arrays` returned (missing keys keep their fresh state)."""
+        dev = self.bank.device
+        if arrays.get("server_velocity") is not None and self.server_momentum:
+            self._velocity = self._state_vector(arrays["server_velocity"], "server_velocity").to(dev)
+        if arrays.get("downlink_memory") is not None and self._downlink is not None:
+            self._downlink.memory[0] = self._state_vector(arrays["downlink_memory"], "downlink_memory").to(dev)
+
+    def _state_vector(self, v, name: str) -> torch.Tensor:
+        v = torch.as_tensor(np.asarray(v, dtype=np.float32))
+        if v.shape != (self.n_params,) or not bool(torch.isfinite(v).all()):
+            raise ConfigError(f"{name}: need a finite vector of {self.n_params} entries, got shape {tuple(v.shape)}")
+        return v
+
     # ---- coordinator side: events ----------------------------------------------------------
 
     def on_join(self, node: int) -> list[Action]:
@@ -161,7 +210,7 @@ class Protocol:
         # A rejoining node restarted: it will not answer an earlier request.
         self._pending.discard(node)
         self._forget(node)
-        return drop_none([self._send((node,), self.bank.r.clone(), reference=True)] + self._advance())
+        return drop_none([self._send((node,), self.bank.r.clone(), reference=True, exact=True)] + self._advance())
 
     def on_leave(self, node: int) -> list[Action]:
         """Node ``node`` left: never wait on it again; a sync in progress finishes without it."""
@@ -245,32 +294,43 @@ class Protocol:
 
     def _count_up(self, n: int) -> None:
         self.stats.models_up += n
-        self.stats.bytes_up += n * self.d * self.bank.itemsize
+        self.stats.bytes_up += n * self._msg_bytes
 
-    def _count_down(self, n: int) -> None:
+    def _count_down(self, n: int, dense: bool = False) -> None:
         self.stats.models_down += n
-        self.stats.bytes_down += n * self.d * self.bank.itemsize
+        self.stats.bytes_down += n * (self._dense_bytes if dense else self._msg_bytes)
 
     def _targets(self, nodes) -> tuple[int, ...]:
         alive = self.bank.alive
         return tuple(sorted(int(n) for n in set(nodes) if bool(alive[int(n)])))
 
-    def _send(self, nodes, model: torch.Tensor, reference: bool) -> SendModel | None:
+    def _send(self, nodes, model: torch.Tensor, reference: bool, exact: bool = False) -> SendModel | None:
+        """Send ``model`` to ``nodes``; a full sync (``reference``) takes the server step first, and
+        unless ``exact`` (a joining node's reference) the model travels under the codec."""
         nodes = self._targets(nodes)
         if not nodes:
             return None
-        self._count_down(len(nodes))
+        compressed = None
+        if not exact:
+            if reference:
+                model, self._velocity = server_step(self.bank.r, model, self.server_lr, self.server_momentum,
+                                                    self._velocity, self.n_params)
+            if self._downlink is not None:
+                base = self.bank.r.clone()
+                model, parts = self._downlink.send(model, base, memory=reference)
+                compressed = Compressed(self.codec, parts, base)
+        self._count_down(len(nodes), dense=exact or self._downlink is None)
         self.bank.version[list(nodes)] += 1
         self.bank.samples[list(nodes)] = 0
         if reference:
             self.bank.set_reference(model)
-        return SendModel(nodes, model, reference)
+        return SendModel(nodes, model, reference, compressed)
 
     def _pull(self, nodes, model: torch.Tensor, strength: float) -> PullToward | None:
         nodes = self._targets(nodes)
         if not nodes:
             return None
-        self._count_down(len(nodes))
+        self._count_down(len(nodes), dense=True)
         self.bank.version[list(nodes)] += 1
         return PullToward(nodes, model, float(strength))
 

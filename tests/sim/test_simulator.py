@@ -85,7 +85,7 @@ def test_periodic_counts_every_transfer_and_leaves_nodes_equal():
     rounds = 200 // 10
     syncs = rounds // 5
     assert res.comm["models_up"] == syncs * 4 and res.comm["models_down"] == syncs * 4
-    assert res.bytes == res.transfers * res.d * 4
+    assert res.bytes == res.transfers * (52 + res.d * 4)  # model header + float32 payload
     assert [s for s, kind, _ in res.syncs] == [5, 10, 15, 20]
     # The last round was a full sync: every node holds the same model.
     assert torch.equal(res.final_models[0], res.final_models[3])

@@ -161,7 +161,7 @@ def test_communication_is_counted_from_the_actions(case):
         down += sum(len(a.nodes) for a in actions if not isinstance(a, RequestModels))
     s = p.stats
     assert (s.models_up, s.models_down) == (up, down)
-    assert (s.bytes_up, s.bytes_down) == (up * D * 4, down * D * 4)
+    assert (s.bytes_up, s.bytes_down) == (up * (52 + D * 4), down * (52 + D * 4))  # header + payload
 
 
 # Hand counts: m=4 nodes, 4 lockstep steps, every node moves each step.
@@ -186,8 +186,8 @@ def test_communication_hand_counts(key):
         world.round(p)
     got = p.stats.as_dict()
     assert {k: got[k] for k in expected} == expected
-    assert got["bytes_up"] == expected["models_up"] * D * 4
-    assert got["bytes_down"] == expected["models_down"] * D * 4
+    assert got["bytes_up"] == expected["models_up"] * (52 + D * 4)
+    assert got["bytes_down"] == expected["models_down"] * (52 + D * 4)
 
 
 def _open_sync(p, world):

@@ -82,7 +82,7 @@ def test_forced_full_sync_after_m_violations():
     assert p.violation_counter == 0
     s = p.stats
     assert (s.models_up, s.models_down, s.full_syncs, s.partial_syncs, s.violations) == (12, 12, 1, 1, 8)
-    assert (s.bytes_up, s.bytes_down) == (12 * D * 4, 12 * D * 4)
+    assert (s.bytes_up, s.bytes_down) == (12 * (52 + D * 4), 12 * (52 + D * 4))
 
 
 def test_violations_arriving_during_a_balancing_are_merged_into_it():
