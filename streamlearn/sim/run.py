@@ -14,13 +14,14 @@ import numpy as np
 from streamlearn.errors import ConfigError
 from streamlearn.evaluation import DriftMonitorBank, score_detections
 from streamlearn.evaluation.run import jsonable
-from streamlearn.sim.compare import expand_grid, matched_accuracy, recovery_after_drifts
+from streamlearn.sim.compare import expand_grid, matched_accuracy, recovery_after_drifts, sync_verdict
 from streamlearn.sim.plots import plot_timeline, plot_tradeoff
 from streamlearn.sim.simulator import NodeData, SimResult, load_node_data, simulate
 
 __all__ = ["build_node_data", "detect", "simulate_once", "run_comparison", "serial_baseline", "result_row"]
 
 DEFAULT_N_PER_NODE = 20_000
+MATCH_TOLERANCE = 0.005  # accuracy within 0.5 points counts as matched; syncing must gain 0.5 points to help
 
 
 def build_node_data(source: str, nodes: int, drifts=(), schedule: str = "all", split: str | None = None,
@@ -108,11 +109,37 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _matched_line(matched: dict) -> str:
+    return (f"matched accuracy (within {matched['tolerance'] * 100:.1f} points of the best periodic "
+            f"{matched['best_periodic_accuracy']:.4f}): {matched['periodic']} sends {matched['periodic_transfers']}"
+            f" models, {matched['dynamic']} sends {matched['dynamic_transfers']}: ratio {matched['ratio']:.2f}")
+
+
+def _verdict_lines(verdict: dict, matched: dict) -> list[str]:
+    """What the comparison says about syncing: no saving is printed where syncing buys nothing."""
+    tol = f"{verdict['tolerance'] * 100:g}"
+    ratio = [_matched_line(matched)] if matched["ratio"] is not None else []
+    if verdict["sync_helps"] is None:
+        if verdict.get("reason") == "no nosync row":
+            return ["the comparison has no nosync row, so it cannot say whether syncing helps "
+                    "(add nosync to --compare)"] + ratio
+        return []
+    if not verdict["sync_helps"]:
+        margin = verdict["nosync_margin_points"]
+        if margin > 0:
+            return [f"no sync is best here (by {margin:.2f} points)"]
+        return [f"no sync is best here (synced settings are within {tol} points: "
+                f"best {verdict['best_synced']} {-margin:+.2f})"]
+    return [f"syncing helps here: best {verdict['best_synced']} {verdict['best_synced_accuracy']:.4f}, "
+            f"{verdict['sync_gain_points']:+.2f} points over no sync {verdict['nosync_accuracy']:.4f}"] + ratio
+
+
 def simulate_once(protocol: str, *, source: str, nodes: int, learner, drifts=(), schedule="all", split=None, n=None,
                   batch_size=10, seed=0, source_params=None, window=500, detector="adwin", progress=True) -> dict:
     """One simulation, summarised: the figures and a printable table."""
     data = build_node_data(source, nodes, drifts, schedule, split, n, seed, source_params)
-    res = simulate(data, learner, protocol, batch_size=batch_size, seed=seed, progress=progress)
+    res = simulate(data, learner, protocol, batch_size=batch_size, seed=seed, progress=progress,
+                   detector=detector)  # restarts the step-size schedule of a learner with lr_decay
     row = result_row(res, window)
     row["detection"] = detect(res, detector)
     lines = [_table([row]), "",
@@ -133,7 +160,11 @@ def run_comparison(specs, *, source: str, nodes: int, learner, drifts=(), schedu
                    progress=True, serial=True) -> dict:
     """Run every protocol setting of ``specs`` (grids expanded) on the same node data.
 
-    Writes ``comparison.json``, ``tradeoff.png`` (cumulative loss against communication) and
+    The table ends with :func:`~streamlearn.sim.compare.sync_verdict`'s answer: "no sync is best
+    here" instead of a transfer ratio where no synced setting beats no sync by 0.5 points.
+
+    Writes ``comparison.json`` (``rows``, ``matched_accuracy``, ``verdict``; also the ``payload``
+    returned), ``tradeoff.png`` (cumulative loss against communication) and
     ``timeline.png`` (accuracy over time with drift markers and syncs) into ``out``.
     """
     import json
@@ -144,19 +175,22 @@ def run_comparison(specs, *, source: str, nodes: int, learner, drifts=(), schedu
     for i, spec in enumerate(settings):
         if progress:
             print(f"[{i + 1}/{len(settings)}] {spec}", flush=True)
-        res = simulate(data, learner, spec, batch_size=batch_size, seed=seed, progress=progress)
+        res = simulate(data, learner, spec, batch_size=batch_size, seed=seed, progress=progress,
+                       detector=detector)  # restarts the step-size schedule of a learner with lr_decay
         row = result_row(res, window)
         row["detection"] = detect(res, detector)
         results.append(res)
         rows.append(row)
     if serial:
         rows.append(serial_baseline(data, learner, batch_size, window))
-    matched = matched_accuracy(rows)
+    matched = matched_accuracy(rows, MATCH_TOLERANCE)
+    verdict = sync_verdict(rows, MATCH_TOLERANCE)
     os.makedirs(out, exist_ok=True)
     payload = {
         "source": source, "nodes": nodes, "drifts": list(drifts), "schedule": schedule, "split": split,
         "n_per_node": data.n, "batch_size": batch_size, "seed": seed,
         "events": [ev.to_dict() for ev in data.events], "rows": rows, "matched_accuracy": matched,
+        "verdict": verdict,
     }
     with open(os.path.join(out, "comparison.json"), "w") as fh:
         json.dump(jsonable(payload), fh, indent=2, allow_nan=False, default=str)
@@ -164,9 +198,8 @@ def run_comparison(specs, *, source: str, nodes: int, learner, drifts=(), schedu
                   title=f"{source}, {nodes} nodes")
     plot_timeline(results, os.path.join(out, "timeline.png"), window=window, title=f"{source}, {nodes} nodes")
     table = _table(rows)
-    if matched["ratio"] is not None:
-        table += (f"\n\nmatched accuracy (within {matched['tolerance'] * 100:.1f} points of the best periodic "
-                  f"{matched['best_periodic_accuracy']:.4f}): {matched['periodic']} sends {matched['periodic_transfers']}"
-                  f" models, {matched['dynamic']} sends {matched['dynamic_transfers']}: ratio {matched['ratio']:.2f}")
+    said = _verdict_lines(verdict, matched)
+    if said:
+        table += "\n\n" + "\n".join(said)
     table += f"\nwrote {out}/comparison.json, {out}/tradeoff.png, {out}/timeline.png"
-    return {"rows": rows, "matched": matched, "table": table, "payload": payload}
+    return {"rows": rows, "matched": matched, "verdict": verdict, "table": table, "payload": payload}
