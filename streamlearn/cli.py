@@ -37,10 +37,16 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of the stream, learner and protocol")
 
 
+_LR_DECAY_HELP = ("step size that decays over TAU steps, lr / sqrt(1 + (t - t_reset) / TAU), and restarts where "
+                  "--detector sees the error rise (simulate, node, demo; evaluate only decays) (torch learners; "
+                  "default: a constant step size)")
+
+
 def _add_learner_args(p: argparse.ArgumentParser, default: str) -> None:
     g = p.add_argument_group("learner")
     g.add_argument("--learner", default=default, help="learner name (see `streamlearn streams`)")
     g.add_argument("--lr", type=float, help="learning rate (torch learners, river-logreg)")
+    g.add_argument("--lr-decay", type=float, metavar="TAU", help=_LR_DECAY_HELP)
     g.add_argument("--hidden", help="hidden layer sizes of mlp/cnn, comma-separated, e.g. 32,32")
     g.add_argument("--optimizer", choices=("sgd", "adam"), help="optimizer of torch learners")
     g.add_argument("--weight-decay", type=float, help="L2 penalty of torch learners' optimizer (default 0)")
@@ -107,10 +113,12 @@ def _learner(args, torch_only: bool = False, stream=None):
             params["optimizer"] = args.optimizer
         if args.weight_decay is not None:
             params["weight_decay"] = args.weight_decay
+        if args.lr_decay is not None:
+            params["lr_decay"] = args.lr_decay
     elif torch_only:
         raise StreamlearnError(f"--learner: the simulator trains torch learners {torch_names}, got {args.learner!r}")
-    elif args.optimizer or args.scale is not None or args.weight_decay is not None:
-        raise StreamlearnError(f"--optimizer/--scale/--weight-decay: only for torch learners {torch_names}")
+    elif args.optimizer or args.scale is not None or args.weight_decay is not None or args.lr_decay is not None:
+        raise StreamlearnError(f"--optimizer/--scale/--weight-decay/--lr-decay: only for torch learners {torch_names}")
     if args.lr is not None:
         params["lr"] = args.lr
     if args.hidden:
@@ -238,6 +246,8 @@ def cmd_simulate(args) -> int:
     if args.compare:
         report = run_comparison(args.compare, out=args.out, window=args.window, detector=args.detector, **common)
         print(report["table"])
+        if args.json:
+            _write_json(args.json, report["payload"])  # the same payload as --out's comparison.json
         return 0
     summary = simulate_once(_protocol_spec(args), window=args.window, detector=args.detector, **common)
     print(summary["table"])
@@ -297,7 +307,7 @@ def cmd_node(args) -> int:
 
     _setup_logging(args.verbose)
     cfg = node_config_from_options(_options(args, (
-        "id", "source", "features", "classes", "learner", "lr", "hidden", "optimizer", "protocol", "batch_size",
+        "id", "source", "features", "classes", "learner", "lr", "lr_decay", "hidden", "optimizer", "protocol", "batch_size",
         "seed", "window", "detector", "sync_timeout", "id_timeout", "max_pending", "label_ttl", "checkpoint_dir",
         "checkpoint_every")))
     # With --id auto the id is known only once the sync service assigned it: metrics are made then.
@@ -362,7 +372,8 @@ def cmd_demo(args) -> int:
 
     run_demo(DemoConfig(nodes=args.nodes, source=args.source, drifts=args.drift or DemoConfig().drifts,
                         schedule=args.schedule, rate=args.rate, learner=args.learner, protocol=args.protocol,
-                        batch_size=args.batch_size, lr=args.lr, duration=args.duration or None, out=args.out,
+                        batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
+                        duration=args.duration or None, out=args.out,
                         seed=args.seed, view_port=None if args.view_port < 0 else args.view_port,
                         view_host=args.view_host))
     return 0
@@ -416,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default="simulate-out", help="folder for --compare's JSON and plots")
     g.add_argument("--window", type=int, default=500, help="rolling accuracy window (per node)")
     g.add_argument("--detector", default="adwin", help="drift detector run on every node's error stream (or none)")
-    g.add_argument("--json", help="write the figures of a single run as JSON")
+    g.add_argument("--json", help="write the figures as JSON (with --compare: comparison.json's rows, "
+                                  "matched accuracy and verdict)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_simulate)
 
@@ -445,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="comma-separated labels (instead of --source)")
     p.add_argument("--learner", default="logreg", help="learner name (see `streamlearn streams`)")
     p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--lr-decay", type=float, metavar="TAU", help=_LR_DECAY_HELP)
     p.add_argument("--hidden", help="hidden layer sizes, e.g. 32,32")
     p.add_argument("--optimizer", choices=("sgd", "adam"), help="optimizer of torch learners")
     p.add_argument("--protocol", default="dynamic:delta=0.5,b=1", help="protocol spec; must match the sync service")
@@ -501,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=1000.0, help="samples per second per node")
     p.add_argument("--learner", default="logreg", help="learner of every node")
     p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--lr-decay", type=float, metavar="TAU", help=_LR_DECAY_HELP)
     p.add_argument("--protocol", default="dynamic:delta=0.5,b=1", help="protocol spec, e.g. periodic:b=8")
     p.add_argument("--batch-size", type=int, default=10, help="mini-batch per local step")
     p.add_argument("--duration", type=float, default=60.0, help="seconds to run (0: until Ctrl-C)")

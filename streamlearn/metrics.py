@@ -71,8 +71,9 @@ NODES_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
 #: Kinds of sync (label ``kind``): a full sync sets the reference, a partial one balances a subset, a pull is LSGD's.
 SYNC_KINDS = ("full", "partial", "pull")
 #: Why the sync service refused a model (label ``reason``): NaN/inf, wrong length or not flat, not
-#: float32, L2 norm above --max-norm, CRC32 mismatch, any other damage of the model message.
-REJECT_REASONS = ("nonfinite", "shape", "dtype", "norm", "checksum", "malformed")
+#: float32, L2 norm above --max-norm, CRC32 mismatch, any other damage of the model message, and a
+#: compressed delta taken from a reference the service does not hold (the node missed a full sync).
+REJECT_REASONS = ("nonfinite", "shape", "dtype", "norm", "checksum", "malformed", "reference")
 
 
 # ---- helpers --------------------------------------------------------------------------------------

@@ -414,6 +414,85 @@ def test_compare_plots(comparison):
         assert (path / name).read_bytes()[:8] == PNG_MAGIC, name
 
 
+# ---- simulate --compare says whether syncing helps (and --json writes the comparison) --------------
+
+
+def _opposed_csv(path: Path, n: int = 600) -> Path:
+    """Two sites with opposite concepts (site s1's labels are s0's flipped): averaging can only hurt."""
+    rng = np.random.default_rng(0)
+    lines = ["site,a,b,cls"]
+    for i in range(n):
+        a, b = rng.uniform(-1, 1, 2)
+        pos = (a + b > 0) == (i % 2 == 0)
+        lines.append(f"s{i % 2},{a:.4f},{b:.4f},{'pos' if pos else 'neg'}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+COMPARE_GRID = ["--compare", "periodic:b=1,4", "dynamic:delta=0.5", "nosync"]
+
+
+def _compare(capsys, tmp_path, *argv) -> tuple[str, dict]:
+    js = tmp_path / "verdict.json"
+    code, out, err = _run(capsys, "simulate", *argv, "--learner", "logreg", "--detector", "none", "--no-progress",
+                          "--out", tmp_path / "cmp", "--json", js)
+    assert code == 0, err
+    assert f"wrote {js}" in out
+    d = json.loads(js.read_text())
+    assert d == json.loads((tmp_path / "cmp" / "comparison.json").read_text())  # the same payload
+    assert {"rows", "matched_accuracy", "verdict"} <= set(d)
+    return out, d
+
+
+def test_compare_says_no_sync_is_best_instead_of_a_ratio(tmp_path, capsys):
+    path = _opposed_csv(tmp_path / "opposed.csv")
+    out, d = _compare(capsys, tmp_path, "--source", f"csv:{path}", "--label", "cls", "--split", "key:site:s0=0,s1=1",
+                      "--nodes", "2", "--lr", "0.5", "--batch-size", "2", *COMPARE_GRID)
+    v = d["verdict"]
+    acc = {r["protocol"]: r["accuracy"] for r in d["rows"]}
+    best = max(acc[p] for p in acc if p not in ("nosync", "serial"))
+    assert v["sync_helps"] is False and v["nosync_accuracy"] == acc["nosync"]
+    assert v["nosync_margin_points"] == pytest.approx(100 * (acc["nosync"] - best)) and v["nosync_margin_points"] > 10
+    assert re.search(rf"^no sync is best here \(by {v['nosync_margin_points']:.2f} points\)$", out, re.M), out
+    assert "ratio" not in out and "matched accuracy" not in out
+    assert v["matched"] is None
+
+
+def test_compare_says_no_sync_is_best_when_synced_is_within_half_a_point(tmp_path, capsys):
+    # an easy separable stream: each of 2 nodes learns it alone about as well as synced ones do
+    path = _write_csv(tmp_path / "easy.csv", n=600)
+    out, d = _compare(capsys, tmp_path, "--source", f"csv:{path}", "--label", "cls", "--nodes", "2", "--lr", "0.5",
+                      "--batch-size", "5", *COMPARE_GRID)
+    v = d["verdict"]
+    assert v["sync_helps"] is False and -0.5 < v["nosync_margin_points"] <= 0
+    line = (f"no sync is best here (synced settings are within 0.5 points: best {v['best_synced']} "
+            f"{-v['nosync_margin_points']:+.2f})")
+    assert line in out.splitlines(), out
+    assert "ratio" not in out
+
+
+def test_compare_prints_the_gain_and_ratio_where_syncing_helps(tmp_path, capsys):
+    out, d = _compare(capsys, tmp_path, "--source", "sea", "--param", "noise=0.2", "--nodes", "8", "--n", "300",
+                      "--lr", "1.0", "--batch-size", "2", *COMPARE_GRID)
+    v, m = d["verdict"], d["matched_accuracy"]
+    assert v["sync_helps"] is True and v["sync_gain_points"] >= 0.5
+    assert v["matched"] == m and m["ratio"] is not None
+    assert m["periodic_bytes"] == next(r["bytes"] for r in d["rows"] if r["protocol"] == m["periodic"])
+    assert (f"syncing helps here: best {v['best_synced']} {v['best_synced_accuracy']:.4f}, "
+            f"{v['sync_gain_points']:+.2f} points over no sync {v['nosync_accuracy']:.4f}") in out.splitlines()
+    assert re.search(rf"^matched accuracy .*: ratio {m['ratio']:.2f}$", out, re.M), out
+    assert "no sync is best" not in out
+
+
+def test_compare_without_nosync_cannot_say(tmp_path, capsys):
+    path = _write_csv(tmp_path / "easy.csv", n=600)
+    out, d = _compare(capsys, tmp_path, "--source", f"csv:{path}", "--label", "cls", "--nodes", "2", "--lr", "0.5",
+                      "--batch-size", "5", "--compare", "periodic:b=1,4", "dynamic:delta=0.5")
+    assert d["verdict"]["sync_helps"] is None and d["verdict"]["reason"] == "no nosync row"
+    assert re.search(r"^the comparison has no nosync row, so it cannot say whether syncing helps", out, re.M), out
+    assert re.search(r"^matched accuracy .*: ratio \d+\.\d\d$", out, re.M), out
+
+
 def test_simulate_csv(tmp_path, capsys):
     path = _write_csv(tmp_path / "good.csv", n=600)
     js = tmp_path / "sim.json"

@@ -248,10 +248,13 @@ def protocol_state(protocol) -> tuple[dict, dict]:
     """``(arrays, meta)`` of a protocol that outlive a restart of the sync service.
 
     Kept: the reference ``r``, the per-node model versions, the communication counts
-    (:class:`~streamlearn.sync.messages.CommStats`), the random generator's state and, for
-    dynamic averaging, the violation counter ``v``. Not kept: the sync in progress (requests
-    in flight die with the process; the nodes register again and ask again) and who is alive
-    (every node registers with the new instance).
+    (:class:`~streamlearn.sync.messages.CommStats`), the random generator's state, for
+    dynamic averaging the violation counter ``v``, and the tensors of ``get_arrays()``: the
+    server momentum (``server_momentum``) and the downlink's error-feedback memory (a codec
+    other than fp32), as arrays ``protocol.<name>``, so a restarted service goes on with the
+    same momentum and memory. Not kept: the sync in progress (requests in flight die with the
+    process; the nodes register again and ask again) and who is alive (every node registers
+    with the new instance).
 
     Examples
     --------
@@ -267,7 +270,11 @@ def protocol_state(protocol) -> tuple[dict, dict]:
     """
     arrays = {"reference": protocol.reference.detach().cpu().numpy().astype(np.float32),
               "version": protocol.bank.version.detach().cpu().numpy().astype(np.int64)}
-    meta = {"m": protocol.m, "d": protocol.d, "stats": protocol.stats.as_dict(), **protocol.get_state()}
+    extra = {_PROTOCOL_ARRAY + name: t.detach().cpu().numpy().astype(np.float32)
+             for name, t in protocol.get_arrays().items()}
+    arrays.update(extra)
+    meta = {"m": protocol.m, "d": protocol.d, "stats": protocol.stats.as_dict(), **protocol.get_state(),
+            "arrays": sorted(extra)}
     return arrays, meta
 
 
@@ -287,13 +294,26 @@ def restore_protocol_state(protocol, arrays: Mapping[str, np.ndarray], meta: Map
     protocol.bank.version.copy_(torch.from_numpy(np.asarray(arrays["version"], dtype=np.int64)))
     protocol.stats = CommStats(**{k: int(v) for k, v in dict(meta.get("stats") or {}).items()})
     protocol.set_state(meta)
+    missing = [name for name in meta.get("arrays") or [] if name not in arrays]
+    if missing:
+        raise CheckpointError(f"the saved protocol state lacks the arrays {missing}")
+    try:  # server momentum, downlink memory (a state without them: fresh ones)
+        protocol.set_arrays({name[len(_PROTOCOL_ARRAY):]: np.asarray(a) for name, a in arrays.items()
+                             if name.startswith(_PROTOCOL_ARRAY)})
+    except ConfigError as exc:
+        raise CheckpointError(f"the saved protocol state does not fit this protocol: {exc}") from None
+
+
+#: Prefix of the names of a protocol's state tensors (``Protocol.get_arrays``) in a checkpoint.
+_PROTOCOL_ARRAY = "protocol."
 
 
 # ---- what the node service keeps of its learner and evaluator ----------------------------------
 
 def learner_state(learner, prefix: str = "learner.") -> tuple[dict, dict]:
     """``(arrays, meta)`` of an averageable learner: its flat parameters, its optimizer's state
-    tensors (momentum, Adam moments and step) and its online scaler's statistics.
+    tensors (momentum, Adam moments and step), its online scaler's statistics and the clock of
+    its step-size schedule (a TorchLearner's ``n_steps_`` and ``t_reset_``, see ``lr_decay``).
 
     A river linear learner keeps its weights as the float32 flat vector (river holds float64)
     and its optimizer's iteration count. Learners that are not averageable cannot be saved
@@ -338,6 +358,8 @@ def learner_state(learner, prefix: str = "learner.") -> tuple[dict, dict]:
     river_opt = getattr(getattr(learner, "model", None), "optimizer", None)
     if river_opt is not None and isinstance(getattr(river_opt, "n_iterations", None), int):
         meta["river_iterations"] = river_opt.n_iterations
+    if hasattr(learner, "restart_schedule"):  # the step-size schedule's clock: [steps, step of the last restart]
+        meta["schedule"] = [int(learner.n_steps_), int(learner.t_reset_)]
     return arrays, meta
 
 
@@ -371,6 +393,13 @@ def restore_learner_state(learner, arrays: Mapping[str, np.ndarray], meta: Mappi
     river_opt = getattr(getattr(learner, "model", None), "optimizer", None)
     if meta.get("river_iterations") is not None and river_opt is not None:
         river_opt.n_iterations = int(meta["river_iterations"])
+    if meta.get("schedule") is not None and hasattr(learner, "restart_schedule"):
+        clock = meta["schedule"]
+        if (not isinstance(clock, (list, tuple)) or len(clock) != 2 or not all(type(v) is int for v in clock)
+                or not 0 <= clock[1] <= clock[0]):
+            raise CheckpointError(f"the checkpoint's schedule clock is not [steps, t_reset] with 0 <= t_reset <= steps: "
+                                  f"{clock!r}")
+        learner.n_steps_, learner.t_reset_ = clock
 
 
 def prequential_state(preq, prefix: str = "preq.") -> tuple[dict, dict]:

@@ -39,6 +39,7 @@ class DemoConfig:
     protocol: str = "dynamic:delta=0.5,b=1"
     batch_size: int = 10
     lr: float | None = None
+    lr_decay: float | None = None  # tau of the nodes' step-size schedule (TorchLearner lr_decay)
     duration: float | None = 60.0
     out: str = "demo-out"
     seed: int = 0
@@ -56,6 +57,9 @@ class DemoConfig:
             raise ConfigError(f"--duration: need seconds > 0, got {self.duration!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"--batch-size: need an int >= 1, got {self.batch_size!r}")
+        from streamlearn.learners.schedule import check_lr_decay
+
+        check_lr_decay(self.lr_decay, "--lr-decay")
         # Fail here, before any process starts, on a bad source, drift or protocol.
         from streamlearn.streams import make_source, parse_drift
         from streamlearn.sync.spec import parse_spec
@@ -142,9 +146,18 @@ class _DriftReader:
 
 
 def _periodic_bytes(nodes: dict, sync: dict | None, b: int) -> int:
-    """What periodic averaging with the same b would have sent: every b steps, m models up and m down."""
+    """What plain periodic averaging with the same b would have sent over the steps the nodes took:
+    every b steps each node's model up and the mean back down, as dense fp32 model messages (header
+    included, as the sync service counts its own). A fixed schedule, not a rate matched to accuracy.
+
+    >>> _periodic_bytes({0: {"steps": 9}, 1: {"steps": 8}}, {"d": 10}, 4)  # 2 rounds x 2 nodes x (up + down)
+    736
+    """
+    from streamlearn.sync.codec import FP32_HEADER_BYTES
+
     d = (sync or {}).get("d") or 0
-    return int(sum(2 * (s.get("steps", 0) // b) for s in nodes.values()) * d * 4)
+    rounds = sum(s.get("steps", 0) // b for s in nodes.values())
+    return int(2 * rounds * (FP32_HEADER_BYTES + 4 * d)) if d else 0
 
 
 def _baseline(b: int) -> str:
@@ -160,12 +173,24 @@ def _sync_line(nodes: dict, sync: dict | None, b: int) -> str:
         return "sync service: waiting for its first status"
     sent = int(sync.get("bytes", 0) or 0)
     periodic = _periodic_bytes(nodes, sync, b)
-    # A baseline at the same b, not a comparison at matched accuracy (the README's benchmark: ~1.0-1.3x there).
-    saved = f"{periodic / sent:.1f}x less than that baseline" if sent else "nothing sent yet"
+    if not periodic:
+        saved = "no ratio yet" if not sync.get("d") else "no step taken yet"
+    elif not sent:
+        saved = "this run sent nothing yet"
+    elif periodic >= sent:
+        saved = f"this run sent {periodic / sent:.1f}x fewer bytes"
+    else:
+        saved = f"this run sent {sent / periodic:.1f}x more bytes"
     versus = f"{periodic / 1e6:.2f} MB" if sync.get("d") else "? MB (model size not known yet)"
+    # Say plainly what the ratio compares with: a fixed schedule at the same b, not periodic averaging
+    # at the accuracy this run reached (there the README's benchmark finds the two within ~1.0-1.3x).
     return (f"sync: {sync.get('full_syncs', 0)} full, {sync.get('partial_syncs', 0)} partial; "
             f"models {sync.get('models', 0)} ({sync.get('models_up', 0)} up, {sync.get('models_down', 0)} down); "
-            f"sent {sent / 1e6:.2f} MB vs {versus} for {_baseline(b)}: {saved}")
+            f"sent {sent / 1e6:.2f} MB\n"
+            f"baseline: {versus} for {_baseline(b)} over the same steps (every node's model up and the mean "
+            f"down, plain fp32): {saved}\n"
+            f"  (a fixed schedule, not periodic averaging at this run's accuracy: at matched accuracy the two are "
+            f"within 1.0-1.3x, README Benchmarks)")
 
 
 def _view(cfg: DemoConfig, nodes: dict, sync: dict | None, drifts: list, elapsed: float, b: int,
@@ -317,6 +342,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         learner_args = ["--learner", cfg.learner, "--batch-size", cfg.batch_size, "--seed", cfg.seed]
         if cfg.lr is not None:
             learner_args += ["--lr", cfg.lr]
+        if cfg.lr_decay is not None:
+            learner_args += ["--lr-decay", cfg.lr_decay]
         reader = StatusReader(broker.bootstrap, prefix)
         stack.callback(reader.close)
         drift_reader = _DriftReader(broker.bootstrap, prefix)

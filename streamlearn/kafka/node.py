@@ -128,6 +128,7 @@ from streamlearn.kafka.wire import (
     encode_sync,
     positive,
 )
+from streamlearn.sync.codec import Uplink, compress_rows, pack_delta, unpack_delta
 
 __all__ = ["NodeConfig", "NodeService", "node_config_from_options", "run_node", "TORCH_LEARNERS"]
 
@@ -386,6 +387,14 @@ class NodeService(Service):
         self._preq = Prequential(window=cfg.window, every=1 << 62)
         self._log_loss = clipped_log_loss  # imported here, not at the module's import (it pulls in river)
         self._monitor = None if cfg.detector is None else DriftMonitor(cfg.detector)
+        # A learner with a step-size schedule (TorchLearner's lr_decay) restarts it where the detector
+        # fires and the error rose (one-sided: detectors also fire while the error drops).
+        self._rise = None
+        if self._monitor is not None and getattr(self.learner_, "lr_decay", None) is not None \
+                and hasattr(self.learner_, "restart_schedule"):
+            from streamlearn.learners.schedule import RiseFilter
+
+            self._rise = RiseFilter()
 
         # counters and state
         self._step_no = 0
@@ -415,6 +424,7 @@ class NodeService(Service):
         self._models_sent = self._models_received = 0
         self._bytes_sent = self._bytes_received = 0
         self._reports_sent = self._violations = self._suppressed = 0
+        self._reference_mismatches, self._rejoin_at = 0, None  # deltas to another reference; the re-join sent
         self._awaiting: float | None = None  # monotonic time the last model went up, until an answer
         self._state = "starting"
         self._t0 = time.monotonic()
@@ -838,9 +848,14 @@ class NodeService(Service):
         self._preq.update(correct, loss, None if all_valid else valid)
         if self._monitor is not None:
             n0 = self._monitor.n_
-            for pos in self._monitor.update_many((~correct).astype(np.float64), None if all_valid else valid):
+            errors = (~correct).astype(np.float64)
+            found = self._monitor.update_many(errors, None if all_valid else valid)
+            for pos in found:
                 self._drifts.append(int(seqs[pos - n0]))
                 self._n_drifts += 1
+            if self._rise is not None and self._rise.update(errors, [p - n0 for p in found],
+                                                            None if all_valid else valid):
+                learner.restart_schedule()  # from the next step on: this one is taken (fused) or below
         if fused is None:
             learner.learn_many(X, self._labels[yi])
         self._last_seq = int(seqs[-1])  # gaps are counted as records are consumed (_note_seqs)
@@ -866,9 +881,12 @@ class NodeService(Service):
                     self._awaiting = time.monotonic()
                 self._violations += with_model
                 self._reports_sent += 1
-                self._publish_up(SyncMessage("report", node=self.config.node, step=self._step_no,
-                                             n_samples=self._since_sync, loss=self._last_loss,
-                                             model=learner.get_flat().cpu() if with_model else None))
+                report = dict(node=self.config.node, step=self._step_no, n_samples=self._since_sync,
+                              loss=self._last_loss)
+                if with_model:
+                    self._publish_model("report", **report)
+                else:
+                    self._publish_up(SyncMessage("report", **report))
 
     @property
     def _last_loss(self) -> float:
@@ -943,25 +961,85 @@ class NodeService(Service):
             log.warning("node %s: cannot send its id claim: %s", "?" if node is None else node, exc)
 
     def _join(self) -> None:
+        """Register with the sync service, carrying the reference; the error-feedback memory starts clean."""
+        codec = self.protocol_.codec
+        self._uplink = None if codec.dense else Uplink(codec, m=1, d=self._d, n_params=self._n_params)
         self._publish_up(SyncMessage("join", node=self.config.node, d=self._d, n_params=self._n_params,
                                      layout=self._layout, spec=self.config.protocol, step=self._step_no,
                                      n_samples=self._since_sync, model=self._r.cpu()))
 
-    def _publish_up(self, msg: SyncMessage) -> None:
+    def _publish_up(self, msg: SyncMessage) -> bool:
+        """Send ``msg`` on sync.up; whether it went (errors are counted and logged, never raised)."""
         try:
             data = encode_sync(msg)
         except EncodeError as exc:  # e.g. a model that went NaN: say so, keep learning
             self._send_errors += 1
             log.warning("node %d: cannot send %s: %s", self.config.node, msg.kind, exc)
-            return
+            return False
         try:
             self._producer.send(self._topics["up"], data, key=str(self.config.node).encode(), partition=0)
         except Exception as exc:
             self._send_errors += 1
             log.warning("node %d: cannot send %s to the sync service: %s", self.config.node, msg.kind, exc)
-            return
+            return False
         self._bytes_sent += len(data)
-        self._models_sent += msg.model is not None
+        self._models_sent += msg.carries_model
+        return True
+
+    def _publish_model(self, kind: str, **fields) -> None:
+        """Send the learner's model up (a violation ``report`` or a ``model`` answer): whole, or, under a
+        codec other than fp32, as the compressed delta to the reference ``self._r`` with error feedback
+        (what a message does not carry stays in the memory and joins the next delta, as in the simulator)."""
+        up = self._uplink
+        if up is None:
+            self._publish_up(SyncMessage(kind, model=self.learner_.get_flat().cpu(), **fields))
+            return
+        w = self.learner_.get_flat().detach().to("cpu", torch.float32)
+        if not bool(torch.isfinite(w).all()):
+            self._send_errors += 1
+            log.warning("node %d: cannot send %s: the model holds NaN or inf", self.config.node, kind)
+            return
+        r = self._r.detach().to("cpu", torch.float32)
+        p = up.n_params
+        _, parts, memory = compress_rows(up.codec, w[None], r[None], up.memory, p)
+        data = pack_delta(up.codec, parts, tail=w[p:], reference=r, n_params=p)
+        if self._publish_up(SyncMessage(kind, delta=data, **fields)) and memory is not None:
+            up.memory.copy_(memory)  # kept only for a message that went
+
+    def _model_from_delta(self, msg: SyncMessage) -> torch.Tensor | None:
+        """The model a ``send`` with a delta carries: ``r + dequantize(parts)`` on the parameters, the buffers
+        from its tail. None when it cannot be used: a damaged one is counted as a bad record; one taken from
+        another reference (this node missed a full sync) is counted, and the node registers again so the
+        sync service sends its reference whole."""
+        node = self.config.node
+        r = self._r.detach().to("cpu", torch.float32)
+        try:
+            codec, parts, tail, n, _ = unpack_delta(msg.delta, reference=r, expected_d=self._d)
+            if n != self._n_params:
+                raise BadRecordError(f"delta of {n} parameters, the model has {self._n_params}", column="n_params",
+                                     value=n)
+            model = r.clone()
+            model[:n] += codec.dequantize(parts, n)[0]
+            model[n:] = tail
+        except BadRecordError as exc:
+            if exc.column != "reference":
+                self._bad_down += 1
+                log.debug("node %d: bad delta on sync.down: %s", node, exc)
+                return None
+            self._reference_mismatches += 1
+            (log.warning if self._reference_mismatches == 1 else log.debug)(
+                "node %d: a sync came as a delta to a reference this node does not hold (it missed a full sync); "
+                "registering again to get the reference whole", node)
+            now = time.monotonic()
+            if self._rejoin_at is None or now - self._rejoin_at >= self.config.sync_timeout:
+                self._rejoin_at = now
+                self._join()
+            return None
+        except Exception as exc:  # whatever else hostile bytes may raise: counted, never fatal
+            self._bad_down += 1
+            log.debug("node %d: bad delta on sync.down: %r", node, exc)
+            return None
+        return model.to(self._r.device)
 
     def _on_down(self, rec) -> None:
         node = self.config.node
@@ -997,14 +1075,19 @@ class NodeService(Service):
                 self._join()
             return
         if kind == "request":
-            w = self.learner_.get_flat().cpu()
-            self._publish_up(SyncMessage("model", node=node, step=self._step_no, n_samples=self._since_sync,
-                                         loss=self._last_loss, request=msg.request, model=w))
+            self._publish_model("model", node=node, step=self._step_no, n_samples=self._since_sync,
+                                loss=self._last_loss, request=msg.request)
             return
-        model = torch.from_numpy(np.array(msg.model, dtype=np.float32)).to(self._r.device)
+        if msg.delta is not None:
+            model = self._model_from_delta(msg)
+            if model is None:
+                return
+        else:
+            model = torch.from_numpy(np.array(msg.model, dtype=np.float32)).to(self._r.device)
         self._models_received += 1
         if kind == "send":
             if msg.reason == "join":
+                self._rejoin_at = None
                 self._epoch, self._joined, self._rejected = msg.epoch, True, None
                 self._join_hash = model_hash(model)
                 if torch.equal(model, self._r):
@@ -1192,6 +1275,7 @@ class NodeService(Service):
             "last_sync": self._last_sync, "last_sync_step": self._last_sync_step,
             "last_sync_kind": self._last_sync_kind,
             "send_errors": self._send_errors, "bad_sync_records": self._bad_down,
+            "reference_mismatches": self._reference_mismatches,
         }
         status.update(awaiting_label=len(self._held), predicted_unlabelled=self._predicted_unlabelled,
                       labels_matched=self._labels_matched, labels_unmatched=self._labels_unmatched,
@@ -1300,7 +1384,8 @@ def _label(text: str):
         return text
 
 
-_NODE_OPTIONS = {"id", "node", "source", "features", "classes", "learner", "lr", "hidden", "optimizer", "scale",
+_NODE_OPTIONS = {"id", "node", "source", "features", "classes", "learner", "lr", "lr_decay", "hidden", "optimizer",
+                 "scale",
                  "protocol", "batch_size", "seed", "window", "detector", "sync_timeout", "status_interval",
                  "commit_interval", "max_poll_records", "fetch_wait_ms", "max_pending", "label_ttl", "id_timeout",
                  "checkpoint_dir", "checkpoint_every",
@@ -1312,7 +1397,7 @@ def node_config_from_options(options: Mapping[str, Any]) -> NodeConfig:
 
     ``id`` (or ``node``) is the node id, or ``"auto"`` (assigned by the sync service at start);
     ``features`` and ``classes`` may be comma-separated
-    strings (class labels that read as integers become ints); ``lr``, ``hidden`` (``"32,32"``),
+    strings (class labels that read as integers become ints); ``lr``, ``lr_decay``, ``hidden`` (``"32,32"``),
     ``optimizer`` and ``scale`` go to the learner; ``detector="none"`` turns drift detection
     off; ``max_seconds`` is ignored here (see :func:`run_node`). Unknown keys are a ConfigError.
 
@@ -1342,7 +1427,7 @@ def node_config_from_options(options: Mapping[str, Any]) -> NodeConfig:
             raise ConfigError(f"id must be an integer >= 0 or auto, got {node!r}") from None
     opts.pop("max_seconds", None)
     learner_params = dict(opts.pop("learner_params", {}) or {})
-    for key in ("lr", "optimizer", "scale"):
+    for key in ("lr", "lr_decay", "optimizer", "scale"):
         if key in opts:
             learner_params[key] = opts.pop(key)
     if "hidden" in opts:

@@ -43,9 +43,22 @@ the model bank: for the protocol it is a model that did not come, so an awaited 
 up on at once (``on_timeout``, also counted in ``timeouts``) and the sync goes on without it. A
 refused ``join`` is answered with a ``reject``.
 
+Compressed transfer. Under a protocol whose ``codec`` is not fp32 (``periodic:b=1,codec=sign``),
+nodes send their models as compressed deltas to their reference (flag bit 0 of the sync
+envelope, :mod:`streamlearn.sync.codec`). The service decodes each against the reference it
+names by its tag: the current one or one of the last :data:`KEEP_REFERENCES` it held (a report
+sent just before its node applied the latest full sync; counted in ``stale_deltas``), and hands
+the dense model to the protocol as it would a whole one. A delta that does not decode, or names
+a reference the service does not hold, is a refused model as above (reasons ``malformed``,
+``checksum``, ``nonfinite``, ``shape``, ``reference``). Its syncs go down the same way: a
+``SendModel`` the protocol compressed is a ``send`` carrying the delta to the reference every
+target holds; a joining node gets the reference whole. A node whose spec names another codec is
+rejected at its join (it learns alone): both ends must agree on what crosses the wire.
+
 State. With ``state_dir`` the service keeps its reference model (float32 ``.npy``) and its
 protocol state (communication counts, per-node model versions, the violation counter, the
-random generator) and its own counters in a :class:`~streamlearn.kafka.checkpoint.CheckpointStore`,
+random generator, the server momentum and the downlink's error-feedback memory) and its own
+counters in a :class:`~streamlearn.kafka.checkpoint.CheckpointStore`,
 written atomically before every full sync is sent and at shutdown. A service that starts with
 a state there resumes from it: the same reference (the nodes, registering again, get it), the
 counts going on. The sync in progress at a crash is not kept: its requests are lost, the
@@ -65,7 +78,8 @@ import struct
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -79,15 +93,18 @@ from streamlearn.kafka.status import encode_status, model_hash
 from streamlearn.kafka.topics import deadletter_topic, status_topic, sync_down_topic, sync_up_topic
 from streamlearn.kafka.wire import ID_RENEW_EVERY, SyncMessage, connect, decode_sync, encode_sync, positive
 from streamlearn.metrics import REJECT_REASONS
+from streamlearn.sync.codec import pack_delta, reference_tag, unpack_delta
 from streamlearn.sync.messages import PullToward, Report, RequestModels, SendModel
 
-__all__ = ["SyncConfig", "SyncService", "sync_config_from_options", "run_sync"]
+__all__ = ["SyncConfig", "SyncService", "sync_config_from_options", "run_sync", "KEEP_REFERENCES"]
 
 log = logging.getLogger(__name__)
 
 _HELLO_EVERY = 2.0  # seconds between two hellos to one unknown node
 # Longest wait for one broker answer, as the node's (kafka-python waits forever on some calls without one).
 _BROKER_WAIT_MS = 10_000
+#: References (the current one and those before it) a delta from a node may be taken from.
+KEEP_REFERENCES = 4
 
 
 @dataclass(frozen=True)
@@ -133,7 +150,7 @@ class SyncConfig:
     >>> SyncConfig(protocol="dynamic", params={"tau": 3})
     Traceback (most recent call last):
     ...
-    streamlearn.errors.ConfigError: protocol 'dynamic' has no parameter 'tau' (parameters: delta, b)
+    streamlearn.errors.ConfigError: protocol 'dynamic' has no parameter 'tau' (parameters: delta, b, server_lr, server_momentum, codec)
     """
 
     protocol: str = "dynamic"
@@ -221,8 +238,11 @@ class SyncService(Service):
         self._early_claims: dict[str, None] = {}  # tokens that claimed during id_grace, in order
         self._counts = dict(bad_records=0, joins=0, leaves=0, rejects=0, unknown_reports=0, send_errors=0,
                             messages_down=0, bytes_down_wire=0, bytes_up_wire=0, ids_assigned=0, ids_expired=0,
-                            id_conflicts=0, rejected_models=0, state_saves=0, state_errors=0, topic_resets=0)
+                            id_conflicts=0, rejected_models=0, state_saves=0, state_errors=0, topic_resets=0,
+                            deltas_up=0, stale_deltas=0)
         self._rejected_by = dict.fromkeys(REJECT_REASONS, 0)
+        self._refs: OrderedDict = OrderedDict()  # reference tag -> reference (cpu float32), newest last
+        self._records: dict = {}  # id of a decoded message of this poll -> its record (to refuse it)
         self._resumed: int | None = None
         self._store = None
         if cfg.state_dir is not None:
@@ -273,6 +293,8 @@ class SyncService(Service):
                     if refused is not None:
                         self._refuse(rec, refused[0], msg.node, msg.kind, refused[1])
                         continue
+                    if msg.delta is not None:
+                        self._records[id(msg)] = rec  # decoded in _handle, after the joins of this poll
                     messages.append(msg)
             # Id bookkeeping, not timed as averaging. Renewals first: a late first fetch can bring a new
             # node's claim in the same batch as the renewals of the ids that are still held.
@@ -280,7 +302,10 @@ class SyncService(Service):
             messages = [m for m in messages if m.kind != "claim"]
             if messages:
                 t0 = time.perf_counter()
-                self._handle(messages)
+                try:
+                    self._handle(messages)
+                finally:
+                    self._records.clear()
                 if self.metrics is not None:
                     self.metrics.observe_averaging(time.perf_counter() - t0)
             for msg in claims:  # after the leaves of this poll: an id freed there can be given out
@@ -324,13 +349,15 @@ class SyncService(Service):
         for msg in by_kind["join"]:
             self._on_join(msg)
         p = self.protocol_
-        reports = [m for m in by_kind["report"] if self._known(m)]
+        # a delta is decoded once its sender is known, against the reference it names
+        reports = [e for e in (self._expand(m) for m in by_kind["report"] if self._known(m)) if e is not None]
         if reports:
             self._act(p.on_reports([
                 Report(node=m.node, step=m.step, loss=float("nan") if m.loss is None else m.loss,
                        n_samples=m.n_samples, model=None if m.model is None else _tensor(m.model))
                 for m in reports]))
-        models = {m.node: _tensor(m.model) for m in by_kind["model"] if self._known(m)}
+        models = {m.node: _tensor(m.model) for m in (self._expand(m) for m in by_kind["model"] if self._known(m))
+                  if m is not None}
         if models:
             self._act(p.on_models(models))
         for msg in by_kind["leave"]:
@@ -369,18 +396,26 @@ class SyncService(Service):
         node = msg.node
         if node >= cfg.max_nodes:
             return self._reject(node, f"node id {node} is not below --max-nodes {cfg.max_nodes}")
+        differs = False
+        if msg.spec is not None:  # before anything of the node is taken (its w0 may start the protocol)
+            ours = self.protocol_ if self.protocol_ is not None else make_protocol(cfg.protocol, m=1, d=1, seed=0,
+                                                                                   device="cpu", **cfg.params)
+            conflict, differs = _node_spec_conflict(msg.spec, ours)
+            if conflict is not None:
+                return self._reject(node, conflict)
         if self.protocol_ is None:
             self.protocol_ = make_protocol(cfg.protocol, m=cfg.max_nodes, d=msg.d, w0=_tensor(msg.model),
                                            seed=cfg.seed, initial_nodes=[], device=cfg.device,
                                            n_params=msg.n_params, **cfg.params)
             self._d, self._layout = msg.d, msg.layout
+            self._note_reference()
             log.info("sync %s: %r on %s, d=%d, w0 from node %d", self.epoch_, self.protocol_,
                      self.protocol_.bank.device, msg.d, node)
         elif msg.d != self._d or msg.layout != self._layout or (msg.n_params or msg.d) != self.protocol_.n_params:
             return self._reject(node, f"model layout {msg.layout} (d={msg.d}, n_params={msg.n_params or msg.d}) "
                                       f"differs from the other nodes' {self._layout} (d={self._d}, "
                                       f"n_params={self.protocol_.n_params}): same learner, features and classes needed")
-        if msg.spec is not None and node not in self._spec_warned and not _same_spec(msg.spec, self.protocol_):
+        if differs and node not in self._spec_warned:
             self._spec_warned.add(node)
             log.warning("sync %s: node %d runs the node rule of %r, this service runs %r", self.epoch_, node,
                         msg.spec, self.protocol_)
@@ -484,6 +519,8 @@ class SyncService(Service):
         if self._store is not None and any(isinstance(a, SendModel) and a.reference and not (
                 i == 0 and joining is not None and a.nodes == (joining,)) for i, a in enumerate(actions)):
             self._save_state()  # a full sync: kept before any node holds the new reference
+        if any(isinstance(a, SendModel) and a.reference for a in actions):
+            self._note_reference()
         for i, action in enumerate(actions):
             if isinstance(action, RequestModels):
                 self._request_id += 1
@@ -493,10 +530,19 @@ class SyncService(Service):
                 # on_join answers the joining node first, with the reference.
                 reason = "join" if (i == 0 and joining is not None and action.nodes == (joining,)) else "sync"
                 self._send(SyncMessage("send", targets=tuple(action.nodes), epoch=self.epoch_,
-                                       reference=action.reference, reason=reason, model=action.model.cpu()))
+                                       reference=action.reference, reason=reason, **self._model_body(action)))
             elif isinstance(action, PullToward):
                 self._send(SyncMessage("pull", targets=tuple(action.nodes), epoch=self.epoch_,
                                        strength=action.strength, model=action.model.cpu()))
+
+    def _model_body(self, action: SendModel) -> dict:
+        """What a ``send`` carries: the model whole, or the delta the protocol compressed (to ``base``,
+        the reference every target holds), its buffers as float32 after the parameters."""
+        c = action.compressed
+        if c is None:
+            return {"model": action.model.cpu()}
+        p = self.protocol_.n_params
+        return {"delta": pack_delta(c.codec, c.parts, tail=action.model[p:], reference=c.base, n_params=p)}
 
     def _send(self, msg: SyncMessage) -> None:
         try:
@@ -542,12 +588,58 @@ class SyncService(Service):
             return "norm", f"model norm {norm:.4g} is above --max-norm {self.config.max_norm:g}"
         return None
 
+    def _note_reference(self) -> None:
+        """Remember the protocol's current reference by its tag (the last :data:`KEEP_REFERENCES`)."""
+        r = self.protocol_.reference.detach().to("cpu", torch.float32).clone()
+        tag = reference_tag(r)
+        self._refs.pop(tag, None)
+        self._refs[tag] = r
+        while len(self._refs) > KEEP_REFERENCES:
+            self._refs.popitem(last=False)
+
+    def _expand(self, msg: SyncMessage) -> SyncMessage | None:
+        """``msg`` with the dense model its delta stands for (None: refused, counted and dead-lettered)."""
+        if msg.delta is None:
+            return msg
+        p = self.protocol_
+        try:
+            codec, parts, tail, n, tag = unpack_delta(msg.delta, expected_d=p.d)
+            if n != p.n_params:
+                raise BadRecordError(f"delta of {n} parameters, the model has {p.n_params}", column="n_params",
+                                     value=n)
+            ref = self._refs.get(tag)
+            if ref is None:
+                raise BadRecordError("delta taken from a reference this service does not hold (the node missed a "
+                                     "full sync, or another service's)", column="reference", value=tag)
+            w = ref.clone()
+            w[:n] += codec.dequantize(parts, n)[0]
+            w[n:] = tail
+            if not bool(torch.isfinite(w).all()):
+                raise BadRecordError("the delta's model holds NaN or inf", column="tensor")
+        except BadRecordError as exc:
+            return self._refuse_delta(msg, _delta_fault(exc), str(exc))
+        except (ValueError, TypeError, IndexError, RuntimeError, struct.error, RecursionError, MemoryError,
+                OverflowError) as exc:  # hostile bytes must never stop the service
+            return self._refuse_delta(msg, "malformed", f"{type(exc).__name__}: {exc}")
+        out = replace(msg, model=w.numpy(), delta=None)
+        refused = self._screen(out)
+        if refused is not None:
+            return self._refuse_delta(msg, *refused)
+        self._counts["deltas_up"] += 1
+        self._counts["stale_deltas"] += tag != next(reversed(self._refs))
+        return out
+
+    def _refuse_delta(self, msg: SyncMessage, reason: str, detail: str) -> None:
+        self._refuse(self._records.get(id(msg)), reason, msg.node, msg.kind, detail)
+        return None
+
     def _refuse(self, rec, reason: str, node: int | None, kind: str, detail: str) -> None:
         """A model that must not reach an average: counted, dead-lettered, and treated as never come."""
         self._counts["rejected_models"] += 1
         self._rejected_by[reason] += 1
         log.warning("sync %s: refused the model in a %s of node %s (%s): %s", self.epoch_, kind, node, reason, detail)
-        self._deadletter(rec, f"model refused ({reason}): {detail}", count=False)
+        if rec is not None:
+            self._deadletter(rec, f"model refused ({reason}): {detail}", count=False)
         p = self.protocol_
         if node is None or node >= self.config.max_nodes:
             return
@@ -577,6 +669,7 @@ class SyncService(Service):
                                        seed=cfg.seed, initial_nodes=[], device=cfg.device,
                                        n_params=meta.get("n_params"), **cfg.params)
         restore_protocol_state(self.protocol_, ck.arrays, meta["protocol"])
+        self._note_reference()
         self._d, self._layout = d, meta.get("layout")
         self._counts.update({k: int(v) for k, v in dict(meta.get("counts") or {}).items() if k in self._counts})
         self._rejected_by.update({k: int(v) for k, v in dict(meta.get("rejected_models_by_reason") or {}).items()
@@ -643,28 +736,68 @@ _FAULTS = {"crc32": "checksum", "tensor": "nonfinite", "dtype": "dtype", "shape"
            "ndim": "shape"}
 
 
+#: Refusal reasons of a compressed delta, by the field unpack_delta names.
+_DELTA_FAULTS = {"crc32": "checksum", "n_params": "shape", "reference": "reference", "tensor": "nonfinite"}
+
+
+def _delta_fault(exc: BadRecordError) -> str:
+    if exc.column == "payload" and "NaN" in exc.reason:
+        return "nonfinite"
+    return _DELTA_FAULTS.get(exc.column, "malformed")
+
+
 def _model_fault(data) -> tuple | None:
-    """``(reason, node, kind)`` when a sync record's header is sound and its model part is what fails."""
+    """``(reason, node, kind)`` when a sync record's header is sound and its model part (a model message or
+    a compressed delta) is what fails; None otherwise. Never raises, whatever the bytes."""
     from streamlearn.kafka.codecs import decode_model
-    from streamlearn.kafka.wire import _HEAD, SYNC_MAGIC
+    from streamlearn.kafka.wire import _HEAD, FLAG_DELTA, SYNC_MAGIC, SYNC_VERSION
 
     try:
         view = memoryview(data)
-        magic, _version, _flags, hlen = _HEAD.unpack_from(view, 0)
+        magic, version, flags, hlen = _HEAD.unpack_from(view, 0)
+        if magic != SYNC_MAGIC or version != SYNC_VERSION or flags & ~FLAG_DELTA:
+            return None
         obj = json.loads(bytes(view[_HEAD.size:_HEAD.size + hlen]))
         rest = view[_HEAD.size + hlen:]
-    except (ValueError, TypeError, struct.error):
+        if not isinstance(obj, dict) or obj.get("kind") not in ("join", "report", "model") or not rest.nbytes:
+            return None
+        node = obj.get("node")
+        node = node if isinstance(node, int) and not isinstance(node, bool) and 0 <= node < (1 << 31) else None
+        if flags & FLAG_DELTA:  # a delta that decode_sync refused (bad magic, counts, or on a join)
+            return "malformed", node, obj["kind"]
+        try:
+            mm = decode_model(rest)
+        except DecodeError as exc:
+            return _FAULTS.get(exc.field, "malformed"), node, obj["kind"]
+        return ("shape", node, obj["kind"]) if mm.array.ndim != 1 else None
+    except (ValueError, TypeError, KeyError, IndexError, struct.error, RecursionError, MemoryError, OverflowError):
         return None
-    if magic != SYNC_MAGIC or not isinstance(obj, dict) or obj.get("kind") not in ("join", "report", "model") \
-            or not rest.nbytes:
-        return None
-    node = obj.get("node")
-    node = node if isinstance(node, int) and not isinstance(node, bool) and node >= 0 else None
+
+
+#: Settings only the sync service uses: a node's spec may differ there without changing anything.
+_SERVICE_ONLY = ("server_lr", "server_momentum")
+
+
+def _node_spec_conflict(spec: str, protocol) -> tuple[str | None, bool]:
+    """``(reason to reject, node rule differs)`` of a joining node's protocol spec against the service's.
+
+    Both ends must send models the same way (``codec``): a node with another codec is rejected.
+    Another node rule (protocol or its thresholds) is only warned about, and settings of the
+    service alone (the server step) are not compared.
+    """
+    from streamlearn.sync.spec import make_protocol
+
     try:
-        mm = decode_model(rest)
-    except DecodeError as exc:
-        return _FAULTS.get(exc.field, "malformed"), node, obj["kind"]
-    return ("shape", node, obj["kind"]) if mm.array.ndim != 1 else None
+        other = make_protocol(spec, m=1, d=1, seed=0, device="cpu")
+    except ConfigError:
+        return None, True
+    ours, theirs = getattr(protocol, "codec", None), getattr(other, "codec", None)
+    if ours is not None and theirs is not None and ours != theirs:
+        return (f"its protocol sends models as codec={theirs.spec} ({spec}), this sync service as codec={ours.spec} "
+                f"({protocol.name}): give the nodes and the service the same codec"), True
+    same = type(other) is type(protocol) and all(getattr(other, k) == getattr(protocol, k) for k in protocol.params
+                                                 if k not in _SERVICE_ONLY)
+    return None, not same
 
 
 def _same_spec(spec: str, protocol) -> bool:

@@ -1,9 +1,17 @@
 """The node <-> sync service message layer: one binary envelope for every record on the sync topics.
 
 A sync message is a small JSON header, optionally followed by a model message
-(:func:`~streamlearn.kafka.codecs.encode_model`, with its own CRC32)::
+(:func:`~streamlearn.kafka.codecs.encode_model`, with its own CRC32) or, when flag bit 0
+(:data:`FLAG_DELTA`) is set, by a compressed delta to the receiver's reference
+(:func:`~streamlearn.sync.codec.pack_delta`: its own magic ``SZ``, version, tag of the reference
+and CRC32)::
 
-    magic "SLSY" | version u16 | flags u16 (0) | header length u32 | header JSON | [model message]
+    magic "SLSY" | version u16 | flags u16 | header length u32 | header JSON | [model message | delta]
+
+A delta travels in ``report`` and ``model`` (a node whose protocol has a codec other than fp32)
+and in ``send`` (the sync service's syncs under such a codec; a joining node's reference always
+goes whole). It stays bytes in :attr:`SyncMessage.delta`: the receiver decodes it against its
+reference with :func:`~streamlearn.sync.codec.unpack_delta`, which checks the tag.
 
 Nodes write ``join``, ``leave``, ``report`` and ``model`` (an answer to a request) on
 ``<prefix>.sync.up``; the sync service writes ``hello``, ``request``, ``send``, ``pull`` and
@@ -43,6 +51,10 @@ from streamlearn.kafka.codecs import (
 
 __all__ = [
     "SYNC_MAGIC",
+    "SYNC_VERSION",
+    "FLAG_DELTA",
+    "DELTA_KINDS",
+    "ENVELOPE_FIXED_BYTES",
     "UP_KINDS",
     "DOWN_KINDS",
     "REQUIRED",
@@ -59,6 +71,12 @@ __all__ = [
 SYNC_MAGIC = b"SLSY"
 SYNC_VERSION = 1
 _HEAD = struct.Struct("<4sHHI")  # magic, version, flags, header JSON length
+#: Bytes of every sync record before its JSON header (magic, version, flags, header length).
+ENVELOPE_FIXED_BYTES = _HEAD.size
+#: Flag bit: what follows the header is a compressed delta (``SyncMessage.delta``), not a model message.
+FLAG_DELTA = 1
+#: Kinds that may carry a compressed delta instead of a whole model.
+DELTA_KINDS = ("report", "model", "send")
 MAX_SYNC_HEADER_BYTES = 64 << 10
 MAX_TARGETS = 4096
 _INT32_MAX = (1 << 31) - 1
@@ -126,6 +144,10 @@ class SyncMessage:
         that asked for an id (``node`` is then the id asked about or given).
     model
         The flat model (numpy, float), or None.
+    delta
+        Instead of ``model`` (kinds in :data:`DELTA_KINDS`): the compressed delta to the
+        receiver's reference, as bytes (:func:`~streamlearn.sync.codec.pack_delta`); the receiver
+        decodes it with :func:`~streamlearn.sync.codec.unpack_delta`. None: no delta.
     """
 
     kind: str
@@ -145,6 +167,12 @@ class SyncMessage:
     spec: str | None = None
     token: str | None = None
     model: Any = None
+    delta: bytes | None = None
+
+    @property
+    def carries_model(self) -> bool:
+        """Whether the message carries a model, whole or as a delta."""
+        return self.model is not None or self.delta is not None
 
     def addressed_to(self, node: int) -> bool:
         """Whether ``node`` is one of the targets (every node when ``targets`` is None)."""
@@ -218,20 +246,43 @@ def encode_sync(msg: SyncMessage) -> bytes:
     >>> answer = decode_sync(encode_sync(SyncMessage("assign", token="9f2c", node=2, epoch="e1")))
     >>> answer.kind, answer.token, answer.node
     ('assign', '9f2c', 2)
+
+    A compressed delta (:func:`~streamlearn.sync.codec.pack_delta`) instead of a model:
+
+    >>> import torch
+    >>> from streamlearn.sync.codec import make_codec, pack_delta, unpack_delta
+    >>> sign, r = make_codec("sign"), torch.zeros(3)
+    >>> payload = pack_delta(sign, sign.quantize(torch.tensor([[0.5, -1.0, 2.0]])), torch.zeros(0), r, 3)
+    >>> data = encode_sync(SyncMessage("report", node=2, step=41, delta=payload))
+    >>> msg = decode_sync(data, expected_d=3)
+    >>> msg.model is None, msg.delta == payload, len(payload), data[6]  # flag bit 0: a delta follows
+    (True, True, 25, 1)
+    >>> codec, parts, tail, n, tag = unpack_delta(msg.delta, reference=r)
+    >>> codec.dequantize(parts, n).tolist()
+    [[1.1666666269302368, -1.1666666269302368, 1.1666666269302368]]
     """
     if not isinstance(msg, SyncMessage):
         raise EncodeError("expected a SyncMessage", field="<root>", value=type(msg).__name__)
-    obj = {f.name: getattr(msg, f.name) for f in fields(msg) if f.name != "model"}
+    delta = None
+    if msg.delta is not None:
+        if msg.model is not None:
+            raise EncodeError("a sync message carries a model or a delta, not both", field="delta")
+        if msg.kind not in DELTA_KINDS:
+            raise EncodeError(f"only {', '.join(DELTA_KINDS)} may carry a delta", field="delta", value=msg.kind)
+        delta = _check_delta(msg.delta, None, EncodeError)
+    obj = {f.name: getattr(msg, f.name) for f in fields(msg) if f.name not in ("model", "delta")}
     obj = {k: (list(v) if k == "targets" and v is not None else v) for k, v in obj.items()
            if v is not None and not (k in ("step", "n_samples") and v == 0) and not (k == "reference" and not v)}
     if obj.get("loss") is not None and not math.isfinite(obj["loss"]):
         del obj["loss"]  # an unknown loss is simply left out
-    clean = _validate(obj, msg.model is not None, EncodeError)
+    clean = _validate(obj, msg.carries_model, EncodeError)
     header = _dump_json(clean)
     if len(header) > MAX_SYNC_HEADER_BYTES:
         raise EncodeError("sync message header too large", field="<header>", value=f"{len(header)} bytes")
-    parts = [_HEAD.pack(SYNC_MAGIC, SYNC_VERSION, 0, len(header)), header]
-    if msg.model is not None:
+    parts = [_HEAD.pack(SYNC_MAGIC, SYNC_VERSION, 0 if delta is None else FLAG_DELTA, len(header)), header]
+    if delta is not None:
+        parts.append(delta)
+    elif msg.model is not None:
         parts.append(encode_model(msg.model, node=msg.node, version=msg.step, is_reference=msg.reference,
                                   samples=msg.n_samples))
     return b"".join(parts)
@@ -240,8 +291,11 @@ def encode_sync(msg: SyncMessage) -> bytes:
 def decode_sync(data: bytes, *, expected_d: int | None = None) -> SyncMessage:
     """Decode and validate a sync message; ``expected_d`` also checks the model's length.
 
-    The model comes back as a read-only zero-copy numpy view of ``data`` (1-D).
-    Raises :class:`DecodeError` for anything it cannot use.
+    The model comes back as a read-only zero-copy numpy view of ``data`` (1-D). A delta
+    (flag :data:`FLAG_DELTA`) comes back as bytes in ``delta``, its fixed header checked (magic,
+    and with ``expected_d`` its parameter and buffer counts); the rest (version, codec, CRC32,
+    payload, reference tag) is checked by :func:`~streamlearn.sync.codec.unpack_delta` where it
+    is decoded. Raises :class:`DecodeError` for anything it cannot use.
     """
     view = _as_bytes_view(data, "sync message")
     if view.nbytes < _HEAD.size:
@@ -252,13 +306,17 @@ def decode_sync(data: bytes, *, expected_d: int | None = None) -> SyncMessage:
         raise DecodeError("not a sync message: bad magic", field="magic", value=bytes(magic))
     if version != SYNC_VERSION:
         raise DecodeError("unsupported sync message version", field="version", value=version)
-    if flags:
+    if flags & ~FLAG_DELTA:
         raise DecodeError("unknown flags set", field="flags", value=flags)
     if hlen > MAX_SYNC_HEADER_BYTES or _HEAD.size + hlen > view.nbytes:
         raise DecodeError("sync message header length out of range", field="header_len", value=hlen)
     obj = _load_json(view[_HEAD.size:_HEAD.size + hlen], "sync message header", MAX_SYNC_HEADER_BYTES)
     rest = view[_HEAD.size + hlen:]
     clean = _validate(obj, rest.nbytes > 0, DecodeError)
+    if flags & FLAG_DELTA:
+        if clean["kind"] not in DELTA_KINDS:
+            raise DecodeError(f"only {', '.join(DELTA_KINDS)} may carry a delta", field="flags", value=flags)
+        return SyncMessage(delta=_check_delta(rest, expected_d, DecodeError), **clean)
     model = None
     if rest.nbytes:
         mm = decode_model(rest)
@@ -268,6 +326,28 @@ def decode_sync(data: bytes, *, expected_d: int | None = None) -> SyncMessage:
             raise DecodeError(f"model must have {expected_d} entries", field="shape", value=mm.shape)
         model = mm.array
     return SyncMessage(model=model, **clean)
+
+
+def _check_delta(data, expected_d: int | None, err) -> bytes:
+    """The bytes of a compressed delta whose fixed header is sound (magic, counts); ``err`` otherwise.
+
+    Cheap and bounded: nothing is allocated beyond a copy of the bytes present.
+    """
+    from streamlearn.sync.codec import DELTA_MAGIC, HEADER_BYTES
+
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise err("a delta must be bytes", field="delta", value=type(data).__name__)
+    view = memoryview(data)
+    if view.nbytes < HEADER_BYTES:
+        raise err("delta truncated: shorter than its header", field="delta", value=f"{view.nbytes} bytes")
+    if bytes(view[:2]) != DELTA_MAGIC:
+        raise err("not a compressed delta: bad magic", field="delta", value=bytes(view[:2]))
+    if expected_d is not None:
+        n, t = struct.unpack_from("<II", view, 4)
+        if n + t != expected_d:
+            raise err(f"delta of {n} parameters and {t} buffers, the model has {expected_d} entries", field="shape",
+                      value=(n, t))
+    return bytes(view)
 
 
 # ------------------------------------------------- plumbing both services share

@@ -19,6 +19,7 @@ from streamlearn.learners.base import (
 from streamlearn.learners.losses import get_loss
 from streamlearn.learners.nets import ARCHITECTURES, build_net
 from streamlearn.learners.preprocessing import OnlineScaler
+from streamlearn.learners.schedule import check_lr_decay, decayed_lr
 
 __all__ = ["TorchLearner"]
 
@@ -56,6 +57,13 @@ class TorchLearner(FeatureMixin, base.MiniBatchClassifier):
         must share one layout, so for them pass ``classes`` (and ``features``/``n_features``).
     optimizer, lr, momentum, weight_decay
         ``"sgd"`` (with ``momentum``) or ``"adam"`` (``momentum`` must be 0), as in ``torch.optim``.
+    lr_decay
+        None (default): a constant step size ``lr``. A number ``tau`` > 0 (steps): the step size
+        decays while the stream is stable, ``lr / sqrt(1 + (t - t_reset) / tau)`` at step ``t``
+        (:func:`~streamlearn.learners.schedule.decayed_lr`), and ``restart_schedule()`` (called
+        by the node service and the simulator when the drift detector sees the error rise) sets
+        ``t_reset`` to the current step. The step count and ``t_reset`` are the learner's state
+        (``n_steps_``, ``t_reset_``): ``clone()`` starts afresh, checkpoints keep them.
     loss
         ``"cross_entropy"`` or ``"hinge"`` (multi-class margin loss).
     scale
@@ -114,6 +122,7 @@ class TorchLearner(FeatureMixin, base.MiniBatchClassifier):
         kernel_size: int = 3,
         seed: int | None = None,
         device: str | None = None,
+        lr_decay: float | None = None,
     ):
         self.arch = arch
         self.hidden = hidden
@@ -129,6 +138,7 @@ class TorchLearner(FeatureMixin, base.MiniBatchClassifier):
         self.kernel_size = kernel_size
         self.seed = seed
         self.device = device
+        self.lr_decay = lr_decay
         self._check_hyperparameters()
         self.device_ = resolve_device(device)
         self._loss_fn = get_loss(loss)
@@ -141,6 +151,7 @@ class TorchLearner(FeatureMixin, base.MiniBatchClassifier):
         self._closed_form = self._plain_sgd = False
         self.n_samples_seen_ = 0
         self.n_steps_ = 0
+        self.t_reset_ = 0  # step of the last restart of the step-size schedule (lr_decay)
         if self.feature_names_ is not None:
             self._build()
 
@@ -155,6 +166,7 @@ class TorchLearner(FeatureMixin, base.MiniBatchClassifier):
                 raise ConfigError(f"{name}: need a finite number >= 0, got {v!r}")
         if self.lr == 0:
             raise ConfigError("lr: need lr > 0")
+        check_lr_decay(self.lr_decay)
         if self.optimizer == "adam" and self.momentum:
             raise ConfigError("momentum: only for optimizer='sgd' (Adam has its own betas)")
         if self.seed is not None and (not isinstance(self.seed, numbers.Integral) or isinstance(self.seed, bool)):
@@ -315,6 +327,31 @@ class TorchLearner(FeatureMixin, base.MiniBatchClassifier):
         self._require_built()
         return self._net.forward, self._loss_fn
 
+    @property
+    def lr_(self) -> float:
+        """The step size of the next step: ``lr``, or with ``lr_decay`` the decayed one."""
+        return decayed_lr(self.lr, self.n_steps_, self.t_reset_, self.lr_decay)
+
+    def restart_schedule(self) -> None:
+        """Restart the step-size schedule: the next step takes ``lr`` again, then it decays anew.
+
+        Sets ``t_reset_`` to the current step count (a no-op for the step size without ``lr_decay``).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> X, y = np.zeros((4, 2), dtype=np.float32), [0, 1, 0, 1]
+        >>> model = TorchLearner("logreg", n_features=2, classes=[0, 1], lr=0.4, lr_decay=2, seed=0, device="cpu")
+        >>> for _ in range(6):
+        ...     model.learn_many(X, y)
+        >>> model.n_steps_, round(model.lr_, 3)  # 0.4 / sqrt(1 + 6 / 2)
+        (6, 0.2)
+        >>> model.restart_schedule()
+        >>> model.t_reset_, model.lr_
+        (6, 0.4)
+        """
+        self.t_reset_ = self.n_steps_
+
     def make_optimizer(self, params: list[torch.Tensor]) -> torch.optim.Optimizer:
         """A fresh ``torch.optim`` optimizer over ``params`` with this learner's hyperparameters."""
         if self.optimizer == "sgd":
@@ -400,6 +437,8 @@ class TorchLearner(FeatureMixin, base.MiniBatchClassifier):
         """``self._opt.step()`` with ``grad``; plain SGD is done here, the same arithmetic as
         torch.optim.SGD without its per-call overhead (hooks, profiler records: ~15 us)."""
         group = self._opt.param_groups[0]
+        if self.lr_decay is not None:  # the schedule's step size for this step (t = n_steps_ before it)
+            group["lr"] = decayed_lr(self.lr, self.n_steps_, self.t_reset_, self.lr_decay)
         if self._plain_sgd and group["momentum"] == 0 and not group.get("maximize", False):
             w = self._w.detach()
             if group["weight_decay"]:

@@ -147,6 +147,11 @@ def simulate_once(protocol: str, *, source: str, nodes: int, learner, drifts=(),
              f"({res.d * 4} bytes), {res.seconds:.1f} s",
              f"syncs: {row['full_syncs']} full, {row['partial_syncs']} partial; "
              f"model transfers {row['transfers']} ({row['comm']['models_up']} up, {row['comm']['models_down']} down)"]
+    if getattr(learner, "lr_decay", None) is not None:
+        said = ("never restarted (no detector)" if detector in (None, "none") else
+                f"restarted {len(res.restarts)} times at {len({node for _, node in res.restarts})} nodes where "
+                f"{detector} saw the error rise")
+        lines.append(f"step size: lr / sqrt(1 + steps / {learner.lr_decay:g}), {said}")
     det = row["detection"]
     if det.get("detector"):
         lines.append(f"drifts injected {det['drifts_injected']}, detected {det['drifts_detected']} "

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from streamlearn.errors import ConfigError
+from streamlearn.learners.schedule import RISE_SPAN, decayed_lr, error_rose
 from streamlearn.learners.torch_learner import TorchLearner
 from streamlearn.sync.codec import Uplink
 from streamlearn.sync.driver import lockstep
@@ -93,6 +94,9 @@ class SimResult:
     events: list
     final_models: torch.Tensor  # (m, d) flat models: parameters, then scaler statistics
     seconds: float
+    # (step, node) per restart of a node's step-size schedule (lr_decay with a detector): the
+    # node's clock restarts after that step, at sample position step * batch_size
+    restarts: list = field(default_factory=list)
 
     @property
     def accuracy(self) -> float:
@@ -137,6 +141,7 @@ class SimResult:
             "bytes": self.bytes,
             "full_syncs": int(self.comm["full_syncs"]),
             "partial_syncs": int(self.comm["partial_syncs"]),
+            "restarts": len(self.restarts),
             "comm": dict(self.comm),
             "seconds": self.seconds,
         }
@@ -152,7 +157,7 @@ def _as_protocol(protocol, m: int, d: int, w0: torch.Tensor, seed: int, n_params
 
 
 def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_size: int = 10, seed: int = 0,
-             progress: bool = True) -> SimResult:
+             progress: bool = True, detector=None) -> SimResult:
     """Run ``data.m`` nodes in lockstep: test-then-train on mini-batches, the protocol syncs.
 
     Parameters
@@ -168,6 +173,13 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
         Samples per node per round; one round is one local update (one step) per node.
     seed
         Seeds the protocol's random choices.
+    detector
+        With a learner that has ``lr_decay``: a drift detector (a name of
+        :data:`~streamlearn.evaluation.detectors.DETECTORS` or a river detector) run online on
+        every node's 0/1 errors, round by round; a node whose detector fires while its error
+        rose (:func:`~streamlearn.learners.schedule.error_rose`) restarts its step-size schedule
+        after that round, as ``TorchLearner.restart_schedule()`` does (see ``SimResult.restarts``).
+        None (default) or ``"none"``: no restarts. Without ``lr_decay`` it is not run.
 
     Examples
     --------
@@ -201,6 +213,23 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
     Wd = W.detach()  # same storage: syncs write models in place
     R = w0.repeat(m, 1)
     opt = template.make_optimizer([W])
+    # Step-size schedule (lr_decay = tau): every node steps once per round, so node i's clock is the
+    # round r and its factor 1/sqrt(1 + (r - t_reset[i]) / tau) multiplies the learner's lr.
+    tau = template.lr_decay
+    t_reset = torch.zeros(m, dtype=torch.int64)  # per node: step of the last restart
+    group = opt.param_groups[0]
+    # Plain SGD: w -= lr * g, so scaling node i's gradient row by its factor is exactly a per-node lr.
+    # Otherwise (momentum: w -= lr * buf with buf = mu * buf + g; weight decay: g + wd * w; Adam: lr *
+    # m_hat / (sqrt(v_hat) + eps)) a scaled gradient would enter the momentum buffer, the decay term or
+    # Adam's scale-free ratio, not the step; there every torch step is still linear in lr, so the update
+    # w_new - w_old of row i is scaled by its factor instead: the same as a per-node lr, up to rounding.
+    scale_grad = template.optimizer == "sgd" and not group["momentum"] and not group["weight_decay"]
+    bank = None
+    restarts: list[tuple[int, int]] = []
+    if tau is not None and detector is not None and not (isinstance(detector, str) and detector.lower() == "none"):
+        from streamlearn.evaluation.detectors import DriftMonitorBank
+
+        bank = DriftMonitorBank(m, detector)
     scaler = None
     if template.scaler_ is not None:  # one scaler state per node, synced with the parameters
         scaler = template.scaler_.clone()
@@ -235,7 +264,27 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
         k = logits.shape[-1]
         opt.zero_grad(set_to_none=True)
         (loss_fn(logits.reshape(-1, k), yb.reshape(-1)) * m).backward()
-        opt.step()
+        if tau is None:
+            opt.step()
+        else:
+            factor = decayed_lr(1.0, r, t_reset.double(), tau).to(device=device, dtype=W.dtype)[:, None]  # (m, 1)
+            if scale_grad:
+                W.grad.mul_(factor)
+                opt.step()
+            else:
+                before = Wd.clone()
+                opt.step()
+                with torch.no_grad():
+                    Wd.sub_(before).mul_(factor).add_(before)
+        if bank is not None:
+            # Online detection on this round's errors; a rise restarts the node's clock after this step,
+            # as the node service calls restart_schedule() after the step it detected in.
+            found = bank.update((~correct[:, sl]).cpu().numpy())
+            for i, positions in enumerate(found):
+                if any(error_rose((~correct[i, max(0, pos + 1 - RISE_SPAN):pos + 1]).cpu().numpy())
+                       for pos in positions):
+                    t_reset[i] = r + 1
+                    restarts.append((r + 1, i))
         since_sync += batch_size
         # Reports carry the prequential loss of the batch (what LSGD ranks nodes by).
         batch_loss = losses[:, sl].mean(dim=1).cpu()
@@ -262,5 +311,5 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
         correct=correct.cpu().numpy(), losses=losses.cpu().numpy(),
         comm=proto.stats.as_dict(), syncs=syncs, events=[ev for ev in data.events if ev.position < n],
         final_models=(Wd if scaler is None else torch.cat([Wd, scaler.get_flat(f, lead=(m,))], dim=1)).cpu().clone(),
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - t0, restarts=restarts,
     )

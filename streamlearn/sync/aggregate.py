@@ -6,7 +6,7 @@ import torch
 
 from streamlearn.errors import ConfigError
 
-__all__ = ["weighted_mean", "sq_dist", "server_step"]
+__all__ = ["weighted_mean", "sq_dist", "server_step", "reference_velocity"]
 
 
 def weighted_mean(W: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -90,3 +90,27 @@ def server_step(r: torch.Tensor, mean: torch.Tensor, lr: float = 1.0, momentum: 
     out = mean.clone()
     out[:p] = r[:p] + lr * step
     return out, (step if momentum else None)
+
+
+def reference_velocity(r_old: torch.Tensor, r_new: torch.Tensor, steps) -> torch.Tensor:
+    """How fast the reference moved between two full syncs ``steps`` apart: ``(r_new - r_old) / steps``
+    (zeros when ``steps`` is not positive). Rows are nodes when the inputs are 2-D and ``steps`` a vector.
+
+    Dynamic averaging against an extrapolated reference (prediction-based geometric monitoring,
+    Giatrakos et al. 2012) checks ``||w - (r + (t - t_sync) v)||^2 <= delta``: the movement all
+    nodes share then no longer counts as divergence.
+
+    Examples
+    --------
+    >>> import torch
+    >>> reference_velocity(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 1.0]), 4).tolist()
+    [0.5, 0.0]
+    >>> r, v = torch.tensor([1.0, 1.0]), torch.tensor([0.5, 0.0])
+    >>> (r + 3 * v).tolist()   # the reference extrapolated 3 steps after the sync
+    [2.5, 1.0]
+    """
+    steps = torch.as_tensor(steps, dtype=r_new.dtype, device=r_new.device)
+    if r_new.dim() == 2 and steps.dim() == 1:
+        steps = steps.unsqueeze(1)
+    safe = torch.where(steps > 0, steps, torch.ones_like(steps))
+    return torch.where(steps > 0, (r_new - r_old) / safe, torch.zeros_like(r_new))

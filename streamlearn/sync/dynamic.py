@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from streamlearn.sync.aggregate import sq_dist
+from streamlearn.sync.aggregate import reference_velocity, sq_dist
 from streamlearn.sync.messages import Action, Report
+from streamlearn.errors import ConfigError
 from streamlearn.sync.protocol import SYNC_PARAMS, MODEL, NONE, Protocol, drop_none, float_param, int_param
 
 __all__ = ["Dynamic"]
@@ -47,6 +48,13 @@ class Dynamic(Protocol):
         Divergence threshold on ``||w - r||^2``.
     b
         Local steps between checks of the local condition.
+    extrapolate
+        1: check the condition against the reference extrapolated to the current step,
+        ``r + (t - t_sync) v``, with ``v`` the reference's velocity between the last two full
+        syncs (:func:`~streamlearn.sync.aggregate.reference_velocity`): the movement all nodes
+        share between syncs no longer fires the trigger. Nodes and coordinator compute ``v`` the
+        same way, from the full syncs each saw and its own step count; the balancing check
+        uses the latest step reported.
 
     Examples
     --------
@@ -64,9 +72,10 @@ class Dynamic(Protocol):
     """
 
     name = "dynamic"
-    params = {"delta": float, "b": int, **SYNC_PARAMS}
+    params = {"delta": float, "b": int, "extrapolate": int, **SYNC_PARAMS}
 
-    def __init__(self, m: int, d: int, delta: float = 1.0, b: int = 1, *, w0=None, seed: int | None = None,
+    def __init__(self, m: int, d: int, delta: float = 1.0, b: int = 1, extrapolate: int = 0, *, w0=None,
+                 seed: int | None = None,
                  initial_nodes=None, device=None, dtype=torch.float32, n_params=None,
                  server_lr=1.0, server_momentum=0.0, codec="fp32"):
         super().__init__(m, d, w0=w0, seed=seed, initial_nodes=initial_nodes, device=device, dtype=dtype,
@@ -74,6 +83,12 @@ class Dynamic(Protocol):
                          server_momentum=server_momentum, codec=codec)
         self.delta = float_param("delta", delta, 0.0)
         self.b = int_param("b", b)
+        self.extrapolate = int_param("extrapolate", extrapolate, low=0)
+        if self.extrapolate > 1:
+            raise ConfigError(f"extrapolate must be 0 or 1, got {extrapolate!r}")
+        self._t_now = 0   # latest step reported
+        self._t_sync = 0  # step of the last full sync
+        self._velocity_r = torch.zeros(self.n_params, dtype=self.bank.dtype, device=self.bank.device)
         self._B: set[int] = set()
         self._violators: set[int] = set()  # the nodes of B that violated (the others were asked)
         self._v = 0
@@ -85,12 +100,35 @@ class Dynamic(Protocol):
         return self._v
 
     def get_state(self) -> dict:
-        return {**super().get_state(), "violation_counter": self._v}
+        return {**super().get_state(), "violation_counter": self._v, "t_now": self._t_now, "t_sync": self._t_sync}
 
     def set_state(self, state: dict) -> None:
         super().set_state(state)
         if state.get("violation_counter") is not None:
             self._v = int(state["violation_counter"])
+        for key in ("t_now", "t_sync"):
+            if isinstance(state.get(key), int):
+                setattr(self, f"_{key}", int(state[key]))
+
+    def get_arrays(self) -> dict:
+        out = super().get_arrays()
+        if self.extrapolate:
+            out["reference_velocity"] = self._velocity_r.detach().cpu()
+        return out
+
+    def set_arrays(self, arrays) -> None:
+        super().set_arrays(arrays)
+        if self.extrapolate and arrays.get("reference_velocity") is not None:
+            self._velocity_r = self._state_vector(arrays["reference_velocity"], "reference_velocity").to(
+                self.bank.device, self.bank.dtype)
+
+    def reference_now(self) -> torch.Tensor:
+        """The reference the balancing condition is checked against (over the parameters): ``r``, or
+        with ``extrapolate`` ``r + (t - t_sync) v`` at the latest step reported."""
+        r = self.bank.r[: self.n_params]
+        if not self.extrapolate:
+            return r
+        return r + (self._t_now - self._t_sync) * self._velocity_r
 
     @property
     def balancing(self) -> frozenset[int]:
@@ -114,6 +152,7 @@ class Dynamic(Protocol):
         return set(self.alive) - self._excluded
 
     def _on_reports(self, reports: list[Report]) -> list[Action]:
+        self._t_now = max([self._t_now] + [int(rep.step) for rep in reports])
         violators = [rep.node for rep in reports if rep.model is not None]
         self.stats.violations += len(violators)
         self._v += len(violators)
@@ -144,10 +183,14 @@ class Dynamic(Protocol):
         mean = self.bank.mean(nodes)
         if self._full or self._B >= everyone:
             self.stats.full_syncs += 1
+            old = self.bank.r[: self.n_params].clone()
             action = self._send(self._alive_list(), mean, reference=True)
+            if action is not None and self.extrapolate:
+                self._velocity_r = reference_velocity(old, self.bank.r[: self.n_params], self._t_now - self._t_sync)
+            self._t_sync = self._t_now
             self._finish()
             return drop_none([action])
-        if float(sq_dist(mean[: self.n_params], self.bank.r[: self.n_params])) <= self.delta:
+        if float(sq_dist(mean[: self.n_params], self.reference_now())) <= self.delta:
             self.stats.partial_syncs += 1
             action = self._send(nodes, mean, reference=False)
             self._finish()

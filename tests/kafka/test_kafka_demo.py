@@ -27,7 +27,10 @@ def test_demo_runs_the_pipeline_and_summarises(tmp_path):
     samples = [int(r[1]) for r in rows]
     assert all(s > 1000 for s in samples), final
     assert "drifts injected: 2" in final, final  # one event per node
-    assert "sync:" in final and "for periodic averaging every step (b=1)" in final
+    assert "sync:" in final and "for periodic averaging every step (b=1) over the same steps" in final
+    # the saving line says what it compares with: a fixed schedule, not periodic averaging at matched accuracy
+    assert re.search(r"this run sent \d+\.\dx (fewer|more) bytes", final), final
+    assert "not periodic averaging at this run's accuracy" in final, final
     assert re.search(r"stopped after \d+ s \(--duration\)", final), final
     assert "streamlearn drift --bootstrap 127.0.0.1:" in text and "--prefix streamlearn-demo-" in text
     assert (out / "demo.png").read_bytes()[:4] == b"\x89PNG"
