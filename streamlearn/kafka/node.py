@@ -359,6 +359,7 @@ class NodeService(Service):
         from streamlearn.evaluation import DriftMonitor, Prequential, clipped_log_loss
         from streamlearn.learners import is_averageable
         from streamlearn.learners.base import labels_array
+        from streamlearn.sync.driver import ReferenceMotion
         from streamlearn.sync.spec import make_protocol
 
         cfg = self.config
@@ -371,6 +372,7 @@ class NodeService(Service):
         self.averageable_ = is_averageable(self.learner_)
         self.protocol_ = None
         self._d = None
+        self._motion = None
         if self.averageable_:
             w0 = self.learner_.get_flat().float()
             self._d = int(w0.numel())
@@ -381,6 +383,10 @@ class NodeService(Service):
             self.protocol_ = make_protocol(cfg.protocol, m=1, d=self._d, w0=w0.cpu(), seed=cfg.seed, device="cpu",
                                            n_params=self._n_params)
             self._check_every = self.protocol_.check_every
+            # dynamic averaging against an extrapolated reference: the reference's velocity between the
+            # last two full syncs this node received, and the step of the last one
+            self._motion = ReferenceMotion(1, self._n_params, device=self._r.device) \
+                if getattr(self.protocol_, "extrapolate", 0) else None
         self._layout = hashlib.blake2b(json.dumps(
             {"learner": cfg.learner, "features": self.features_, "classes": [repr(c) for c in self.classes_],
              "d": self._d}).encode(), digest_size=8).hexdigest()
@@ -901,7 +907,8 @@ class NodeService(Service):
         """
         p = self._n_params
         # live parameters where the learner can give them (a scaled learner copies its vector once)
-        x = _live_flat(self.learner_)[:p] - self._r[:p]
+        r = self._r[:p] if self._motion is None else self._motion.reference([0], self._r[None], self._step_no)[0]
+        x = _live_flat(self.learner_)[:p] - r
         return float(torch.dot(x, x))  # sq_dist's sum of squares in two torch calls instead of three
 
     def _with_early_scores(self, h: int, n: int, correct, p_true, valid) -> tuple:
@@ -1094,6 +1101,9 @@ class NodeService(Service):
                     return  # it already holds this reference: keep what it learned meanwhile
             self.learner_.set_flat(model)
             if msg.reference:
+                if self._motion is not None:  # a join restarts the motion: no velocity known yet
+                    self._motion.on_reference([0], (model if msg.reason == "join" else self._r)[None], model,
+                                              self._step_no)
                 self._r = model.clone()
             self._last_sync_kind = "join" if msg.reason == "join" else ("full" if msg.reference else "partial")
         elif kind == "pull":

@@ -21,7 +21,7 @@ from streamlearn.errors import ConfigError
 from streamlearn.learners.schedule import RISE_SPAN, decayed_lr, error_rose
 from streamlearn.learners.torch_learner import TorchLearner
 from streamlearn.sync.codec import Uplink
-from streamlearn.sync.driver import lockstep
+from streamlearn.sync.driver import ReferenceMotion, lockstep
 from streamlearn.sync.messages import PullToward, SendModel
 from streamlearn.sync.protocol import Protocol
 from streamlearn.sync.spec import make_protocol
@@ -208,6 +208,8 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
     proto = _as_protocol(protocol, m, d, w0, seed, n_params=p)
     # The nodes' side of a compressed transfer: one error-feedback memory per node.
     uplink = None if proto.codec.dense else Uplink(proto.codec, m, d, p, device=device)
+    # Dynamic averaging against an extrapolated reference: the nodes follow their references' motion.
+    motion = ReferenceMotion(m, p, device=device) if getattr(proto, "extrapolate", 0) else None
 
     W = w0[:p].repeat(m, 1).requires_grad_(True)
     Wd = W.detach()  # same storage: syncs write models in place
@@ -291,7 +293,8 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
         with torch.no_grad():
             # The protocol sees whole models: parameters, then scaler statistics.
             full = Wd if scaler is None else torch.cat([Wd, scaler.get_flat(f, lead=(m,))], dim=1)
-            actions = lockstep(proto, r + 1, full, R, loss=batch_loss, n_samples=since_sync, uplink=uplink)
+            actions = lockstep(proto, r + 1, full, R, loss=batch_loss, n_samples=since_sync, uplink=uplink,
+                               motion=motion)
             if actions and scaler is not None:
                 Wd.copy_(full[:, :p])
                 scaler.set_flat(full[:, p:])

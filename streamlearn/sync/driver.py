@@ -14,16 +14,50 @@ from streamlearn.sync.aggregate import sq_dist
 from streamlearn.sync.messages import Action, PullToward, Report, RequestModels, SendModel
 from streamlearn.sync.protocol import MODEL, NONE, Protocol
 
-__all__ = ["apply_action", "collect_reports", "settle", "lockstep"]
+__all__ = ["apply_action", "collect_reports", "settle", "lockstep", "ReferenceMotion"]
 
 
-def apply_action(action: Action, W: torch.Tensor, R: torch.Tensor) -> None:
-    """Apply a SendModel or PullToward to node models ``W`` and references ``R`` in place."""
+class ReferenceMotion:
+    """The nodes' side of dynamic averaging against an extrapolated reference (``extrapolate=1``).
+
+    Per node: the velocity of its reference between its last two full syncs and the step of the
+    last one; :meth:`reference` gives ``r + (t - t_sync) v``. Every node follows the full syncs it
+    receives, so the nodes of a lockstep simulation agree with the coordinator.
+    """
+
+    def __init__(self, m: int, n_params: int, device=None, dtype=torch.float32):
+        self.n_params = int(n_params)
+        self.V = torch.zeros(m, self.n_params, device=device, dtype=dtype)
+        self.t_sync = torch.zeros(m, dtype=torch.int64)
+
+    def reference(self, nodes, R: torch.Tensor, step) -> torch.Tensor:
+        """The extrapolated references (over the parameters) of ``nodes``, whose references are ``R``."""
+        idx = list(nodes)
+        dt = (torch.as_tensor(step, dtype=torch.int64).expand(len(idx)) - self.t_sync[idx]).to(R.dtype)
+        return R[:, : self.n_params] + dt.to(R.device).unsqueeze(1) * self.V[idx]
+
+    def on_reference(self, nodes, r_old: torch.Tensor, r_new: torch.Tensor, step: int) -> None:
+        """Nodes ``nodes`` took ``r_new`` as reference at ``step`` (their previous ones: rows ``r_old``)."""
+        from streamlearn.sync.aggregate import reference_velocity
+
+        idx = list(nodes)
+        p = self.n_params
+        dt = int(step) - self.t_sync[idx]
+        self.V[idx] = reference_velocity(r_old[:, :p], r_new[:p].expand(len(idx), p), dt.to(self.V.device))
+        self.t_sync[idx] = int(step)
+
+
+def apply_action(action: Action, W: torch.Tensor, R: torch.Tensor, motion: ReferenceMotion | None = None,
+                 step: int = 0) -> None:
+    """Apply a SendModel or PullToward to node models ``W`` and references ``R`` in place
+    (``motion``, at ``step``, follows the references for an extrapolating protocol)."""
     if isinstance(action, SendModel):
         idx = list(action.nodes)
         model = action.model.to(W.device, W.dtype)
         W[idx] = model
         if action.reference:
+            if motion is not None:
+                motion.on_reference(idx, R[idx], model, step)
             R[idx] = model
     elif isinstance(action, PullToward):
         idx = list(action.nodes)
@@ -39,7 +73,8 @@ def _models_up(nodes: list[int], W: torch.Tensor, R: torch.Tensor, uplink) -> to
     return uplink.send(nodes, W[nodes], R[nodes])
 
 
-def settle(protocol: Protocol, actions: list[Action], W: torch.Tensor, R: torch.Tensor, uplink=None) -> list[Action]:
+def settle(protocol: Protocol, actions: list[Action], W: torch.Tensor, R: torch.Tensor, uplink=None,
+           motion: ReferenceMotion | None = None, step: int = 0) -> list[Action]:
     """Apply ``actions`` in order, answering each RequestModels with rows of ``W`` right away.
 
     ``uplink`` (a :class:`~streamlearn.sync.codec.Uplink`) compresses what nodes send.
@@ -55,12 +90,12 @@ def settle(protocol: Protocol, actions: list[Action], W: torch.Tensor, R: torch.
             rows = _models_up(nodes, W, R, uplink)
             queue.extend(protocol.on_models({n: rows[k] for k, n in enumerate(nodes)}))
         else:
-            apply_action(action, W, R)
+            apply_action(action, W, R, motion, step)
     return done
 
 
 def collect_reports(protocol: Protocol, step, W: torch.Tensor, R: torch.Tensor, loss=None, n_samples=None,
-                    nodes=None, uplink=None) -> list[Report]:
+                    nodes=None, uplink=None, motion: ReferenceMotion | None = None) -> list[Report]:
     """The reports the node rule produces after local update ``step`` (an int or one per node).
 
     ``nodes`` defaults to the protocol's alive nodes; ``loss`` and ``n_samples`` are per
@@ -73,7 +108,8 @@ def collect_reports(protocol: Protocol, step, W: torch.Tensor, R: torch.Tensor, 
     steps = torch.as_tensor(step)
     steps = steps[idx] if steps.dim() else steps.expand(len(idx))
     p = protocol.n_params
-    codes = protocol.node_rule_many(steps, sq_dist(W[idx, :p], R[idx, :p]).cpu()).tolist()
+    ref = R[idx, :p] if motion is None else motion.reference(idx, R[idx], steps)
+    codes = protocol.node_rule_many(steps, sq_dist(W[idx, :p], ref).cpu()).tolist()
     senders = [node for k, node in enumerate(idx) if codes[k] == MODEL]
     sent = dict(zip(senders, _models_up(senders, W, R, uplink))) if senders else {}
     reports = []
@@ -90,7 +126,7 @@ def collect_reports(protocol: Protocol, step, W: torch.Tensor, R: torch.Tensor, 
 
 
 def lockstep(protocol: Protocol, step, W: torch.Tensor, R: torch.Tensor, loss=None, n_samples=None,
-             uplink=None) -> list[Action]:
+             uplink=None, motion: ReferenceMotion | None = None) -> list[Action]:
     """One lockstep round after every alive node's local update ``step``: report, deliver, settle.
 
     Examples
@@ -103,7 +139,7 @@ def lockstep(protocol: Protocol, step, W: torch.Tensor, R: torch.Tensor, loss=No
     >>> W.tolist(), R.tolist()
     ([[2.0, 1.0], [2.0, 1.0]], [[2.0, 1.0], [2.0, 1.0]])
     """
-    reports = collect_reports(protocol, step, W, R, loss=loss, n_samples=n_samples, uplink=uplink)
+    reports = collect_reports(protocol, step, W, R, loss=loss, n_samples=n_samples, uplink=uplink, motion=motion)
     if not reports:
         return []
-    return settle(protocol, protocol.on_reports(reports), W, R, uplink=uplink)
+    return settle(protocol, protocol.on_reports(reports), W, R, uplink=uplink, motion=motion, step=int(step))

@@ -221,7 +221,8 @@ def run_sea(broker, settings, prefix, spec) -> dict:
                 "down": read_topic(settings, sync_down_topic(prefix))}
 
 
-@pytest.mark.parametrize("spec", ["periodic:b=1,codec=sign", "dynamic:delta=0.1,codec=int8,server_lr=2"])
+@pytest.mark.parametrize("spec", ["periodic:b=1,codec=sign", "dynamic:delta=0.1,codec=int8,server_lr=2",
+                                  "dynamic:delta=0.1,codec=sign,extrapolate=1"])
 def test_three_sea_nodes_learn_and_sync_compressed_and_the_wire_carries_what_the_protocol_counts(
         broker, settings, prefix, spec):
     got = run_sea(broker, settings, prefix, spec)
