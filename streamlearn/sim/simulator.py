@@ -207,7 +207,8 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
     d, p = w0.numel(), template.n_params
     proto = _as_protocol(protocol, m, d, w0, seed, n_params=p)
     # The nodes' side of a compressed transfer: one error-feedback memory per node.
-    uplink = None if proto.codec.dense else Uplink(proto.codec, m, d, p, device=device)
+    uplink = None if proto.codec.dense else Uplink(proto.codec, m, d, p, device=device,
+                                                  buffers_every=proto.buffers_every)
     # Dynamic averaging against an extrapolated reference: the nodes follow their references' motion.
     motion = ReferenceMotion(m, p, device=device) if getattr(proto, "extrapolate", 0) else None
 

@@ -247,16 +247,19 @@ def make_codec(spec) -> Codec:
     raise ConfigError(f"codec: one of fp32, fp16, int8, sign, top<percent> (e.g. top3), got {spec!r}")
 
 
-def message_bytes(codec: Codec, d: int, n_params: int | None = None) -> int:
-    """Bytes of one model message of a ``d``-entry model (``n_params`` parameters, the rest buffers)."""
+def message_bytes(codec: Codec, d: int, n_params: int | None = None, buffers: bool = True) -> int:
+    """Bytes of one model message of a ``d``-entry model (``n_params`` parameters, the rest buffers,
+    sent along unless ``buffers`` is False)."""
     p = d if n_params is None else n_params
     if codec.dense:
         return FP32_HEADER_BYTES + 4 * d
-    return HEADER_BYTES + codec.payload_bytes(p) + 4 * (d - p)
+    return HEADER_BYTES + codec.payload_bytes(p) + (4 * (d - p) if buffers else 0)
 
 
-def reference_tag(r: torch.Tensor) -> int:
-    """A 32-bit tag of a reference model: a delta is only meaningful against the reference it was taken from."""
+def reference_tag(r: torch.Tensor, n_params: int | None = None) -> int:
+    """A 32-bit tag of a reference model's parameters (its first ``n_params`` entries): a delta is only
+    meaningful against the reference it was taken from. Buffers are not deltas, so they are not tagged."""
+    r = r if n_params is None else r[:n_params]
     return zlib.crc32(r.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
 
 
@@ -283,7 +286,7 @@ def pack_delta(codec: Codec, parts: dict, tail: torch.Tensor, reference: torch.T
     payload = codec.pack(parts, n_params)
     tail_b = tail.detach().to(torch.float32).cpu().numpy().astype("<f4").tobytes()
     body = payload + tail_b
-    return _HEADER.pack(DELTA_MAGIC, _VERSION, codec.code, n_params, tail.numel(), reference_tag(reference),
+    return _HEADER.pack(DELTA_MAGIC, _VERSION, codec.code, n_params, tail.numel(), reference_tag(reference, n_params),
                         zlib.crc32(body)) + body
 
 
@@ -292,8 +295,8 @@ def unpack_delta(data, *, reference: torch.Tensor | None = None, expected_d: int
     """``(codec, parts, tail, n_params, tag)`` of a compressed message; BadRecordError on anything wrong.
 
     With ``reference``, its tag must match the message's (``column="reference"`` otherwise); with
-    ``expected_d``, parameters plus buffers must come to it. Every size is checked against the
-    bytes present before anything is allocated.
+    ``expected_d``, parameters plus buffers must come to it, or the message carries no buffers
+    (``buffers_every``). Every size is checked against the bytes present before anything is allocated.
     """
     view = memoryview(data)
     if len(view) < HEADER_BYTES:
@@ -307,7 +310,8 @@ def unpack_delta(data, *, reference: torch.Tensor | None = None, expected_d: int
     names = {v: k for k, v in _CODES.items()}
     if code not in names or code == _CODES["fp32"]:
         raise BadRecordError("unknown codec code", column="codec", value=code)
-    if not 1 <= n <= MAX_PARAMS or t > MAX_PARAMS or (expected_d is not None and n + t != expected_d):
+    if not 1 <= n <= MAX_PARAMS or t > MAX_PARAMS or (expected_d is not None and n + t != expected_d and
+                                                       not (t == 0 and n < expected_d)):
         raise BadRecordError(f"parameter/buffer counts do not fit the model (d={expected_d})", column="n_params",
                              value=(n, t))
     body = view[HEADER_BYTES:]
@@ -315,7 +319,7 @@ def unpack_delta(data, *, reference: torch.Tensor | None = None, expected_d: int
         raise BadRecordError("checksum mismatch: compressed model corrupted", column="crc32", value=crc)
     if len(body) < 4 * t:
         raise BadRecordError("compressed model truncated", column="payload", value=len(view))
-    if reference is not None and reference_tag(reference) != tag:
+    if reference is not None and reference_tag(reference, n) != tag:
         raise BadRecordError("delta taken from another reference model", column="reference", value=tag)
     codec = Codec(names[code], fraction)
     split = len(body) - 4 * t
@@ -336,12 +340,24 @@ class Uplink:
         Nodes, model length, leading parameter entries (the rest are buffers, sent as they are).
     error_feedback
         Keep what a message did not carry and add it to the next delta (default True).
+    buffers_every
+        Each node sends its buffers with every ``buffers_every``-th model only (:meth:`with_buffers`).
     """
 
-    def __init__(self, codec, m: int, d: int, n_params: int | None = None, device=None, error_feedback: bool = True):
+    def __init__(self, codec, m: int, d: int, n_params: int | None = None, device=None, error_feedback: bool = True,
+                 buffers_every: int = 1):
         self.codec = make_codec(codec)
         self.n_params = d if n_params is None else int(n_params)
         self.memory = torch.zeros(m, self.n_params, dtype=torch.float32, device=device) if error_feedback else None
+        self.buffers_every = int(buffers_every)
+        self.sends = torch.zeros(m, dtype=torch.int64)  # models each node sent
+
+    def with_buffers(self, nodes) -> list[bool]:
+        """Whether the next model of each of ``nodes`` carries its buffers; counts the sends."""
+        idx = list(nodes)
+        due = (self.sends[idx] % self.buffers_every == 0).tolist()
+        self.sends[idx] += 1
+        return due
 
     def send(self, nodes, W: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
         """Rows ``W`` of ``nodes`` (against their references ``R``) as the coordinator reconstructs them."""
@@ -355,9 +371,11 @@ class Uplink:
         return W_hat
 
     def reset(self, nodes) -> None:
-        """Forget the memory of ``nodes`` (a node that joined again starts clean)."""
+        """Forget the memory of ``nodes`` (a node that joined again starts clean; its next model carries
+        its buffers)."""
         if self.memory is not None:
             self.memory[list(nodes)] = 0
+        self.sends[list(nodes)] = 0
 
 
 class Downlink:

@@ -54,11 +54,12 @@ def apply_action(action: Action, W: torch.Tensor, R: torch.Tensor, motion: Refer
     if isinstance(action, SendModel):
         idx = list(action.nodes)
         model = action.model.to(W.device, W.dtype)
-        W[idx] = model
+        k = model.shape[-1]  # n_params: sent without the buffers, which the nodes keep
+        W[idx, :k] = model
         if action.reference:
             if motion is not None:
                 motion.on_reference(idx, R[idx], model, step)
-            R[idx] = model
+            R[idx, :k] = model
     elif isinstance(action, PullToward):
         idx = list(action.nodes)
         W[idx] -= action.strength * (W[idx] - action.model.to(W.device, W.dtype))
@@ -66,11 +67,14 @@ def apply_action(action: Action, W: torch.Tensor, R: torch.Tensor, motion: Refer
         raise TypeError(f"not an action: {action!r}")
 
 
-def _models_up(nodes: list[int], W: torch.Tensor, R: torch.Tensor, uplink) -> torch.Tensor:
-    """The rows of ``nodes`` as the coordinator receives them: whole, or through the nodes' codec."""
+def _models_up(nodes: list[int], W: torch.Tensor, R: torch.Tensor, uplink) -> list[torch.Tensor]:
+    """The rows of ``nodes`` as the coordinator receives them: whole, or through the nodes' codec
+    (without the buffers, ``n_params`` long, when the uplink says they are not due)."""
     if uplink is None:
-        return W[nodes].clone()
-    return uplink.send(nodes, W[nodes], R[nodes])
+        return list(W[nodes].clone())
+    rows = uplink.send(nodes, W[nodes], R[nodes])
+    due = uplink.with_buffers(nodes)
+    return [row if whole else row[: uplink.n_params] for row, whole in zip(rows, due)]
 
 
 def settle(protocol: Protocol, actions: list[Action], W: torch.Tensor, R: torch.Tensor, uplink=None,

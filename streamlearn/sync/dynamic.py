@@ -77,10 +77,10 @@ class Dynamic(Protocol):
     def __init__(self, m: int, d: int, delta: float = 1.0, b: int = 1, extrapolate: int = 0, *, w0=None,
                  seed: int | None = None,
                  initial_nodes=None, device=None, dtype=torch.float32, n_params=None,
-                 server_lr=1.0, server_momentum=0.0, codec="fp32"):
+                 server_lr=1.0, server_momentum=0.0, codec="fp32", buffers_every=1):
         super().__init__(m, d, w0=w0, seed=seed, initial_nodes=initial_nodes, device=device, dtype=dtype,
                          n_params=n_params, server_lr=server_lr,
-                         server_momentum=server_momentum, codec=codec)
+                         server_momentum=server_momentum, codec=codec, buffers_every=buffers_every)
         self.delta = float_param("delta", delta, 0.0)
         self.b = int_param("b", b)
         self.extrapolate = int_param("extrapolate", extrapolate, low=0)

@@ -40,7 +40,7 @@ KINDS = (None, "report", "model")
 
 #: Settings of every protocol that averages (spec keys): the server step at full syncs and the codec
 #: models travel in (see :class:`Protocol`).
-SYNC_PARAMS: dict[str, type] = {"server_lr": float, "server_momentum": float, "codec": str}
+SYNC_PARAMS: dict[str, type] = {"server_lr": float, "server_momentum": float, "codec": str, "buffers_every": int}
 
 
 class Protocol:
@@ -76,6 +76,12 @@ class Protocol:
         ``fp16``, ``int8``, ``sign`` and ``top<percent>`` send the delta to the reference,
         with error feedback at both ends (the nodes' memories are theirs; the coordinator keeps
         one for the full syncs it broadcasts). A joining node gets the reference whole.
+    buffers_every
+        With a compressed codec: the buffers after the parameters (an online scaler's statistics,
+        float32, often larger than a compressed delta) travel with every ``buffers_every``-th model
+        a node sends and every ``buffers_every``-th full sync only (default 1: always). A model
+        without them is ``n_params`` long: the coordinator takes its reference's buffers for it, a
+        node keeps its own; a full sync without them leaves the reference's buffers as they were.
     """
 
     name = "protocol"
@@ -85,7 +91,7 @@ class Protocol:
     def __init__(self, m: int, d: int, *, w0=None, seed: int | None = None,
                  initial_nodes: Iterable[int] | None = None, device=None, dtype=torch.float32,
                  n_params: int | None = None, server_lr: float = 1.0, server_momentum: float = 0.0,
-                 codec="fp32"):
+                 codec="fp32", buffers_every: int = 1):
         if int(m) < 1 or int(d) < 1:
             raise ConfigError(f"m and d must be >= 1, got m={m!r}, d={d!r}")
         self.m = int(m)
@@ -111,11 +117,17 @@ class Protocol:
         self.server_lr = float_param("server_lr", server_lr, 0.0, 100.0, low_open=True)
         self.server_momentum = float_param("server_momentum", server_momentum, 0.0, 0.999)
         self.codec = make_codec(codec)
+        self.buffers_every = int_param("buffers_every", buffers_every)
+        if self.buffers_every > 1 and self.codec.dense:
+            raise ConfigError(f"buffers_every={buffers_every} needs a compressed codec (codec=sign, int8, ...): "
+                              f"fp32 sends whole models")
+        self._full_sends = 0  # full syncs sent (every buffers_every-th carries the buffers)
         self._velocity: torch.Tensor | None = None  # server momentum
         self._downlink = None if self.codec.dense else Downlink(self.codec, self.d, self.n_params,
                                                                 device=self.bank.device)
         self._dense_bytes = FP32_HEADER_BYTES + self.d * self.bank.itemsize
         self._msg_bytes = self._dense_bytes if self.codec.dense else message_bytes(self.codec, self.d, self.n_params)
+        self._lean_bytes = message_bytes(self.codec, self.d, self.n_params, buffers=False)
 
     # ---- node side -------------------------------------------------------------------------
 
@@ -163,13 +175,15 @@ class Protocol:
 
     def get_state(self) -> dict:
         """What the coordinator keeps besides the model bank and ``stats``, as plain JSON (its random
-        generator; dynamic averaging adds its violation counter). See :meth:`set_state`."""
-        return {"rng": self._rng.bit_generator.state}
+        generator, full syncs sent; dynamic averaging adds its violation counter). See :meth:`set_state`."""
+        return {"rng": self._rng.bit_generator.state, "full_sends": self._full_sends}
 
     def set_state(self, state: dict) -> None:
         """Load what :meth:`get_state` returned (keys it does not know are ignored)."""
         if state.get("rng") is not None:
             self._rng.bit_generator.state = state["rng"]
+        if isinstance(state.get("full_sends"), int):
+            self._full_sends = int(state["full_sends"])
 
     def get_arrays(self) -> dict[str, torch.Tensor]:
         """State tensors besides the bank: the server momentum and the downlink's error-feedback memory."""
@@ -243,11 +257,12 @@ class Protocol:
         """
         reports = list(reports)
         # Check every report first, so a bad one changes nothing.
-        models = {id(rep): self.bank.as_model(rep.model) for rep in reports if rep.model is not None}
+        models = {id(rep): self._upload(rep.model) for rep in reports if rep.model is not None}
         for rep in reports:
             self.bank.check_node(rep.node)
         self.stats.reports += len(reports)
-        self._count_up(len(models))
+        self._count_up([whole for _, whole in models.values()])
+        models = {k: w for k, (w, _) in models.items()}
         latest = {int(rep.node): rep for rep in reports if bool(self.bank.alive[int(rep.node)])}
         accepted = list(latest.values())  # one report per node: its last in the batch
         if not accepted:
@@ -266,12 +281,13 @@ class Protocol:
 
     def on_models(self, models: dict[int, torch.Tensor]) -> list[Action]:
         """Requested models arrived (1 transfer up each); models nobody awaits are counted, not used."""
-        self._count_up(len(models))
+        uploads = {int(n): self._upload(w) for n, w in models.items()}
+        self._count_up([whole for _, whole in uploads.values()])
         awaited = self.pending
-        used = sorted(int(n) for n in models if int(n) in awaited)
+        used = sorted(n for n in uploads if n in awaited)
         if not used:
             return []
-        self.bank.put_many(used, torch.stack([self.bank.as_model(models[n]) for n in used]))
+        self.bank.put_many(used, torch.stack([uploads[n][0] for n in used]))
         self._pending.difference_update(used)
         return self._advance()
 
@@ -292,13 +308,22 @@ class Protocol:
     def _alive_list(self) -> list[int]:
         return self.bank.alive.nonzero().flatten().tolist()
 
-    def _count_up(self, n: int) -> None:
-        self.stats.models_up += n
-        self.stats.bytes_up += n * self._msg_bytes
+    def _upload(self, w) -> tuple[torch.Tensor, bool]:
+        """A model that arrived, as a whole model, and whether it came whole: one of ``n_params`` entries
+        (sent without its buffers, ``buffers_every``) takes the reference's buffers."""
+        w = torch.as_tensor(w)
+        p = self.n_params
+        if p < self.d and w.shape == (p,):
+            return torch.cat([w.to(self.bank.device, self.bank.dtype), self.bank.r[p:]]), False
+        return self.bank.as_model(w), True
 
-    def _count_down(self, n: int, dense: bool = False) -> None:
+    def _count_up(self, whole: list[bool]) -> None:
+        self.stats.models_up += len(whole)
+        self.stats.bytes_up += sum(self._msg_bytes if w else self._lean_bytes for w in whole)
+
+    def _count_down(self, n: int, dense: bool = False, buffers: bool = True) -> None:
         self.stats.models_down += n
-        self.stats.bytes_down += n * (self._dense_bytes if dense else self._msg_bytes)
+        self.stats.bytes_down += n * (self._dense_bytes if dense else (self._msg_bytes if buffers else self._lean_bytes))
 
     def _targets(self, nodes) -> tuple[int, ...]:
         alive = self.bank.alive
@@ -311,6 +336,7 @@ class Protocol:
         if not nodes:
             return None
         compressed = None
+        buffers = True
         if not exact:
             if reference:
                 model, self._velocity = server_step(self.bank.r, model, self.server_lr, self.server_momentum,
@@ -319,11 +345,19 @@ class Protocol:
                 base = self.bank.r.clone()
                 model, parts = self._downlink.send(model, base, memory=reference)
                 compressed = Compressed(self.codec, parts, base)
-        self._count_down(len(nodes), dense=exact or self._downlink is None)
+            if self.buffers_every > 1:
+                buffers = reference and self._full_sends % self.buffers_every == 0
+                if not buffers:
+                    model = model[: self.n_params]  # nodes keep their own buffers
+            self._full_sends += reference
+        self._count_down(len(nodes), dense=exact or self._downlink is None, buffers=buffers)
         self.bank.version[list(nodes)] += 1
         self.bank.samples[list(nodes)] = 0
         if reference:
-            self.bank.set_reference(model)
+            if buffers:
+                self.bank.set_reference(model)
+            else:
+                self.bank.r[: self.n_params].copy_(model)
         return SendModel(nodes, model, reference, compressed)
 
     def _pull(self, nodes, model: torch.Tensor, strength: float) -> PullToward | None:

@@ -125,3 +125,17 @@ def test_server_step_is_a_pure_function_of_its_inputs():
     assert model.tolist() == [0.5, 0.5, 0.5] and v.tolist() == [1.0, 1.0, 1.0]
     model, v = server_step(r, mean, lr=0.5, momentum=0.5, velocity=v, n_params=3)
     assert model.tolist() == [0.75, 0.75, 0.75]  # v = 0.5 * 1 + 1
+
+
+def test_buffers_every_k_th_message_and_full_sync_only(make):
+    p = make(codec="sign", buffers_every=3)
+    up = Uplink(p.codec, M, D, P, buffers_every=3)
+    W, R, actions = walk(p, rounds=12, uplink=up)
+    full = [a for a in actions if isinstance(a, SendModel) and a.reference]
+    assert [a.model.numel() for a in full[:4]] == [D, P, P, D]  # nodes keep their own buffers in between
+    lean, whole = message_bytes(p.codec, D, P, buffers=False), message_bytes(p.codec, D, P)
+    sent = up.sends.tolist()
+    expect_up = sum(whole if i % 3 == 0 else lean for n in sent for i in range(n))
+    assert p.stats.bytes_up == expect_up and p.stats.models_up == sum(sent)
+    with pytest.raises(ConfigError, match="buffers_every"):
+        make(buffers_every=2)  # fp32 sends whole models
