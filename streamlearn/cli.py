@@ -192,7 +192,7 @@ def cmd_streams(args) -> int:
 
     show("Sources (--source NAME [--param KEY=VALUE ...], or csv:PATH --label COLUMN):", SOURCES)
     show("Drift kinds (--drift KIND@POSITION[:param=value,...]):", DRIFT_KINDS)
-    show("Learners (--learner NAME; --lr, --hidden, --optimizer, --scale, --seed set those parameters):",
+    show("Learners (--learner NAME; --lr, --lr-decay, --hidden, --optimizer, --scale, --seed set those parameters):",
          {name: {"description": desc, "params": _cli_learner_params(name)} for name, desc in LEARNERS.items()})
     return 0
 
