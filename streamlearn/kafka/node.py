@@ -970,7 +970,8 @@ class NodeService(Service):
     def _join(self) -> None:
         """Register with the sync service, carrying the reference; the error-feedback memory starts clean."""
         codec = self.protocol_.codec
-        self._uplink = None if codec.dense else Uplink(codec, m=1, d=self._d, n_params=self._n_params)
+        self._uplink = None if codec.dense else Uplink(
+            codec, m=1, d=self._d, n_params=self._n_params, buffers_every=self.protocol_.buffers_every)
         self._publish_up(SyncMessage("join", node=self.config.node, d=self._d, n_params=self._n_params,
                                      layout=self._layout, spec=self.config.protocol, step=self._step_no,
                                      n_samples=self._since_sync, model=self._r.cpu()))
@@ -1009,7 +1010,8 @@ class NodeService(Service):
         r = self._r.detach().to("cpu", torch.float32)
         p = up.n_params
         _, parts, memory = compress_rows(up.codec, w[None], r[None], up.memory, p)
-        data = pack_delta(up.codec, parts, tail=w[p:], reference=r, n_params=p)
+        buffers = up.with_buffers([0])[0]  # every buffers_every-th model carries the buffers
+        data = pack_delta(up.codec, parts, tail=w[p:] if buffers else w[p:p], reference=r, n_params=p)
         if self._publish_up(SyncMessage(kind, delta=data, **fields)) and memory is not None:
             up.memory.copy_(memory)  # kept only for a message that went
 
@@ -1027,7 +1029,8 @@ class NodeService(Service):
                                      value=n)
             model = r.clone()
             model[:n] += codec.dequantize(parts, n)[0]
-            model[n:] = tail
+            # without buffers (buffers_every) the node keeps its own
+            model[n:] = tail if tail.numel() else self.learner_.get_flat().detach().to("cpu", torch.float32)[n:]
         except BadRecordError as exc:
             if exc.column != "reference":
                 self._bad_down += 1

@@ -72,7 +72,6 @@ service has read, it reads the topic from its start (``topic_resets`` in the sta
 
 from __future__ import annotations
 
-import json
 import logging
 import struct
 import threading
@@ -578,7 +577,8 @@ class SyncService(Service):
             return None
         if w.dtype != np.float32:
             return "dtype", f"model dtype is {w.dtype}, not float32"
-        if msg.kind != "join" and self._d is not None and w.shape[0] != self._d:
+        lean = self.protocol_ is not None and w.shape[0] == self.protocol_.n_params  # sent without its buffers
+        if msg.kind != "join" and self._d is not None and w.shape[0] != self._d and not lean:
             return "shape", f"model must have {self._d} entries, got {w.shape[0]}"
         # NaN and inf were refused by the decoder. The limit is on the parameters: buffers after them
         # (scaler statistics) are in the data's units.
@@ -591,7 +591,7 @@ class SyncService(Service):
     def _note_reference(self) -> None:
         """Remember the protocol's current reference by its tag (the last :data:`KEEP_REFERENCES`)."""
         r = self.protocol_.reference.detach().to("cpu", torch.float32).clone()
-        tag = reference_tag(r)
+        tag = reference_tag(r, self.protocol_.n_params)
         self._refs.pop(tag, None)
         self._refs[tag] = r
         while len(self._refs) > KEEP_REFERENCES:
@@ -613,7 +613,10 @@ class SyncService(Service):
                                      "full sync, or another service's)", column="reference", value=tag)
             w = ref.clone()
             w[:n] += codec.dequantize(parts, n)[0]
-            w[n:] = tail
+            if tail.numel():
+                w[n:] = tail
+            else:  # sent without its buffers (buffers_every): the protocol takes its reference's
+                w = w[:n]
             if not bool(torch.isfinite(w).all()):
                 raise BadRecordError("the delta's model holds NaN or inf", column="tensor")
         except BadRecordError as exc:
@@ -750,15 +753,10 @@ def _model_fault(data) -> tuple | None:
     """``(reason, node, kind)`` when a sync record's header is sound and its model part (a model message or
     a compressed delta) is what fails; None otherwise. Never raises, whatever the bytes."""
     from streamlearn.kafka.codecs import decode_model
-    from streamlearn.kafka.wire import _HEAD, FLAG_DELTA, SYNC_MAGIC, SYNC_VERSION
+    from streamlearn.kafka.wire import FLAG_DELTA, split_envelope
 
     try:
-        view = memoryview(data)
-        magic, version, flags, hlen = _HEAD.unpack_from(view, 0)
-        if magic != SYNC_MAGIC or version != SYNC_VERSION or flags & ~FLAG_DELTA:
-            return None
-        obj = json.loads(bytes(view[_HEAD.size:_HEAD.size + hlen]))
-        rest = view[_HEAD.size + hlen:]
+        flags, obj, rest = split_envelope(data)  # either envelope version; DecodeError (a ValueError) if unsound
         if not isinstance(obj, dict) or obj.get("kind") not in ("join", "report", "model") or not rest.nbytes:
             return None
         node = obj.get("node")

@@ -490,6 +490,13 @@ def test_examples_in_docs_schemas_decode():
             decoded.append(decode_message(data) if b'"type"' in data else decode_sample_json(data))
         else:
             data = bytes.fromhex(body.replace("\n", " "))
+            if data[:2] == b"SZ":  # the compressed delta example: sign, 4 parameters against a zero reference
+                from streamlearn.sync.codec import unpack_delta
+
+                codec, parts, tail, n, _ = unpack_delta(data, reference=torch.zeros(6), expected_d=6)
+                assert codec.dequantize(parts, n)[0].tolist() == [0.75, -0.75, 0.75, 0.75]
+                assert tail.tolist() == [2.0, 3.0]
+                continue
             decoded.append(decode_sample_batch(data) if record_kind(data) == "sample_batch" else decode_model(data))
     kinds = [type(d).__name__ for d in decoded]
     assert kinds == ["Sample", "SampleBatch", "ModelMessage", "DriftEvent", "ControlCommand", "Report", "ControlCommand"]

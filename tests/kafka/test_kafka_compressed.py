@@ -32,12 +32,12 @@ from streamlearn.errors import BadRecordError
 from streamlearn.kafka.checkpoint import CheckpointError, protocol_state, restore_protocol_state
 from streamlearn.kafka.codecs import DecodeError, EncodeError, encode_model, encode_sample_batch
 from streamlearn.kafka.node import NodeConfig, NodeService
-from streamlearn.kafka.status import StatusReader, model_hash
+from streamlearn.kafka.status import model_hash
 from streamlearn.kafka.sync_service import SyncConfig, SyncService, _model_fault
 from streamlearn.kafka.topics import (deadletter_topic, ensure_topics, samples_topic, sync_down_topic,
                                       sync_up_topic)
-from streamlearn.kafka.wire import (ENVELOPE_FIXED_BYTES, FLAG_DELTA, SYNC_MAGIC, SyncMessage, decode_sync,
-                                    encode_sync)
+from streamlearn.kafka.wire import (FLAG_DELTA, SYNC_MAGIC, SyncMessage, decode_sync, encode_sync,
+                                    envelope_bytes)
 from streamlearn.metrics import REJECT_REASONS
 from streamlearn.streams import make_source
 from streamlearn.sync.codec import (HEADER_BYTES, compress_rows, make_codec, message_bytes, pack_delta,
@@ -45,6 +45,7 @@ from streamlearn.sync.codec import (HEADER_BYTES, compress_rows, make_codec, mes
 from streamlearn.sync.spec import make_protocol
 
 from sync_wire_helpers import FakeNodes
+from test_kafka_pipeline import Pipeline as BasePipeline
 from waiting import wait_until
 
 _HEAD = struct.Struct("<4sHHI")
@@ -84,8 +85,9 @@ def with_header(data: bytes, **fields) -> bytes:
 
 
 def envelope_of(record: bytes) -> int:
-    """Bytes of a sync record before its model part: the fixed 12 bytes plus the JSON header."""
-    return ENVELOPE_FIXED_BYTES + _HEAD.unpack_from(record, 0)[3]
+    """Bytes of a sync record before its model part, either envelope version (v1: 12 bytes plus the JSON
+    header; v2: the binary header of report, model and send)."""
+    return envelope_bytes(record)
 
 
 def read_topic(settings, topic: str) -> list:
@@ -115,33 +117,15 @@ LEARNER = {"lr": 0.5, "scale": True}  # logreg on SEA: 8 parameters, then 7 scal
 N, BATCH = 1500, 10
 
 
-class Pipeline:
-    """A sync service and nodes as threads on one prefix (as test_kafka_pipeline.py), SEA's layout."""
+class Pipeline(BasePipeline):
+    """The sync service and nodes of test_kafka_pipeline.py on SEA's layout: 3 slots, logreg with a scaler."""
 
     def __init__(self, broker, settings, prefix, spec):
-        self.broker, self.settings, self.prefix, self.spec = broker, settings, prefix, spec
-        self.threads: list = []
-        ensure_topics(broker.bootstrap, prefix, 3, settings=settings)
-        self.status = StatusReader(broker.bootstrap, prefix, settings=settings)
-
-    def _start(self, svc):
-        errors: list = []
-
-        def target():
-            try:
-                svc.run()
-            except BaseException as exc:  # surfaced by stop()
-                errors.append(exc)
-
-        t = threading.Thread(target=target, daemon=True)
-        t.errors = errors
-        t.start()
-        self.threads.append((svc, t))
-        return svc
+        super().__init__(broker, settings, prefix, spec, timeout=3.0)
 
     def start_sync(self) -> SyncService:
         return self._start(SyncService(SyncConfig(
-            protocol=self.spec, max_nodes=3, timeout=3.0, device="cpu", status_interval=0.2,
+            protocol=self.spec, max_nodes=3, timeout=self.timeout, device="cpu", status_interval=0.2,
             bootstrap=self.broker.bootstrap, prefix=self.prefix, settings=self.settings)))
 
     def start_node(self, node: int) -> NodeService:
@@ -150,18 +134,8 @@ class Pipeline:
             protocol=self.spec, batch_size=BATCH, device="cpu", status_interval=0.2, commit_interval=0.3,
             detector=None, bootstrap=self.broker.bootstrap, prefix=self.prefix, settings=self.settings)))
 
-    def stop(self, svc) -> None:
-        for s, t in self.threads:
-            if s is svc:
-                s.stop()
-                t.join(timeout=20)
-                assert not t.is_alive(), f"{type(s).__name__} did not stop"
-                assert not t.errors, t.errors
-
     def wait(self, condition, what: str, timeout: float = 60.0) -> None:
-        assert self.status.wait_for(condition, timeout), f"timed out waiting for {what}: nodes=" \
-            f"{ {n: (s.get('samples'), s.get('awaiting_sync')) for n, s in self.status.nodes.items()} }, " \
-            f"sync={self.status.sync and {k: self.status.sync.get(k) for k in ('nodes_alive', 'pending')} }"
+        super().wait(condition, timeout=timeout, what=what)
 
     def publish(self, streams: dict, seconds: float | None = None) -> None:
         producer = KafkaProducer(**self.settings.producer_kwargs())
@@ -175,16 +149,6 @@ class Pipeline:
             producer.flush()
         finally:
             producer.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        for svc, _ in reversed(self.threads):
-            svc.stop()
-        for _, t in self.threads:
-            t.join(timeout=20)
-        self.status.close()
 
 
 def sea_records(node: int, n: int, first_seq: int = 0, flip: bool = False) -> list:
@@ -328,8 +292,7 @@ HOSTILE_DELTAS = {
 def raw_delta(msg: SyncMessage, data: bytes) -> bytes:
     """``msg``'s envelope carrying ``data`` as its delta, unchecked (encode_sync would refuse a bad magic)."""
     good = encode_sync(SyncMessage(**{**msg.__dict__, "delta": int8_delta(R0)}))
-    hlen = _HEAD.unpack_from(good, 0)[3]
-    return good[:_HEAD.size + hlen] + data
+    return good[:envelope_bytes(good)] + data
 
 
 class Nodes(FakeNodes):
@@ -378,7 +341,7 @@ def test_hostile_and_stale_deltas_are_refused_counted_and_the_sync_goes_on_witho
         # at once (the timeout is 60 s away), without node 3, to every node, as a delta to the reference
         full = f.expect(lambda m: m.kind == "send" and m.reason == "sync")
         assert full.reference and full.targets == (0, 1, 2, 3) and full.delta is not None, name
-        assert unpack_delta(full.delta, reference=torch.from_numpy(r))[4] == reference_tag(torch.from_numpy(r))
+        assert unpack_delta(full.delta, reference=torch.from_numpy(r))[4] == reference_tag(torch.from_numpy(r), P)
         new = reconstruct(full.delta, r)
         # the mean of nodes 0-2 only, within int8's step (one scale per 256 entries: max |x| / 127)
         np.testing.assert_allclose(new, r + W_VIOLATE / 3, atol=4 / 3 / 127 * 1.01, err_msg=name)
@@ -741,3 +704,27 @@ def test_wire_bytes_per_model_message_on_sea(capsys):
     with capsys.disabled():
         for row in rows:
             print("{:6} d={:3} n_params={:3} {:5} {:4} B  x{:.2f}".format(*row))
+
+
+def test_buffers_every_sends_the_scaler_statistics_with_every_fourth_model_only(broker, settings, prefix):
+    spec = "periodic:b=1,codec=sign,buffers_every=4"
+    got = run_sea(broker, settings, prefix, spec)
+    st = got["sync"]
+    codec, d, p = make_codec("sign"), 15, 8
+    whole, lean = message_bytes(codec, d, p), message_bytes(codec, d, p, buffers=False)
+    assert (whole, lean) == (53, 25)  # the 7 scaler statistics are 28 of the 53 bytes
+    for s in got["learned"].values():
+        assert s["accuracy"] > 0.85, s["accuracy"]
+        assert s["reference_mismatches"] == 0 and s["bad_sync_records"] == 0
+    assert st["rejected_models"] == 0 and st["bad_records"] == 0 and st["full_syncs"] >= 20
+    # every node: its 1st, 5th, 9th ... model carried its buffers; the sync's 1st, 5th ... full sync too
+    up = [m for m in (decode_sync(r.value) for r in got["up"]) if m.kind in ("report", "model") and m.carries_model]
+    for node in range(3):
+        sizes = [len(m.delta) for m in up if m.node == node]
+        assert sizes == [whole if i % 4 == 0 else lean for i in range(len(sizes))]
+    assert st["bytes_up"] == sum(len(m.delta) for m in up)
+    sends = [m for m in (decode_sync(r.value) for r in got["down"]) if m.kind == "send"]
+    syncs = [m for m in sends if m.reason == "sync"]
+    assert [len(m.delta) for m in syncs] == [whole if i % 4 == 0 else lean for i in range(len(syncs))]
+    joins = [m for m in sends if m.reason == "join"]  # the reference whole: 52 + 4 d bytes each
+    assert st["bytes_down"] == sum(len(m.targets) * len(m.delta) for m in syncs) + len(joins) * (52 + 4 * d)

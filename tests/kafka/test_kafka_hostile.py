@@ -9,17 +9,20 @@ and the dead-letter topic.
 
 from __future__ import annotations
 
+import json
 import struct
 import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings as hsettings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from streamlearn.kafka.codecs import encode_model
-from streamlearn.kafka.sync_service import SyncConfig
+from streamlearn.kafka.codecs import DecodeError, encode_model
+from streamlearn.kafka.sync_service import SyncConfig, _model_fault
 from streamlearn.kafka.topics import deadletter_topic
-from streamlearn.kafka.wire import SyncMessage, encode_sync
+from streamlearn.kafka.wire import SyncMessage, decode_sync, encode_sync, envelope_bytes
 from streamlearn.metrics import REJECT_REASONS, SyncMetrics
 
 from sync_wire_helpers import FakeNodes
@@ -31,8 +34,7 @@ _HEAD = struct.Struct("<4sHHI")
 def with_model(msg: SyncMessage, model_bytes: bytes) -> bytes:
     """``msg``'s envelope carrying ``model_bytes`` as its model message (which encode_sync would refuse)."""
     data = encode_sync(SyncMessage(**{**msg.__dict__, "model": np.zeros(D, dtype=np.float32)}))
-    hlen = _HEAD.unpack_from(data, 0)[3]
-    return data[:_HEAD.size + hlen] + model_bytes
+    return data[:envelope_bytes(data)] + model_bytes  # either envelope version (report and model: binary)
 
 
 def flipped(data: bytes, at: int) -> bytes:
@@ -173,3 +175,40 @@ def test_buffers_after_the_parameters_are_averaged_but_not_held_to_the_norm_limi
     f.send(SyncMessage("join", node=3, d=d, n_params=3, layout="S", model=np.zeros(d, dtype=np.float32)))
     reject = f.expect(lambda m: m.kind == "reject" and m.targets == (3,))
     assert "n_params" in reject.reason
+
+
+# ---- without a broker: the service's fallback classifies a damaged model in either envelope version
+def json_envelope(header: dict, model_bytes: bytes) -> bytes:
+    """A version-1 (JSON header) record carrying ``model_bytes``."""
+    body = json.dumps(header, separators=(",", ":")).encode()
+    return _HEAD.pack(b"SLSY", 1, 0, len(body)) + body + model_bytes
+
+
+@pytest.mark.parametrize("name", [k for k, (_, bad) in HOSTILE.items() if isinstance(bad, bytes)])
+@pytest.mark.parametrize("kind", ["report", "model"])
+def test_a_damaged_model_is_classified_the_same_in_both_envelope_versions(name, kind):
+    reason, bad = HOSTILE[name]
+    fields = {"report": dict(node=3, step=7, n_samples=10, loss=0.25), "model": dict(node=3, step=7, request=4)}[kind]
+    lean = with_model(SyncMessage(kind, **fields), bad)
+    assert lean[4] == 2  # report and model take the binary header
+    with pytest.raises(DecodeError):
+        decode_sync(lean)
+    assert _model_fault(lean) == _model_fault(json_envelope({"kind": kind, **fields}, bad)) == (reason, 3, kind)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.sampled_from(["report", "model"]), st.integers(0, (1 << 31) - 1), st.integers(1, 1 << 40),
+       st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 7)), min_size=1, max_size=4), st.integers(0, 200))
+def test_damaged_binary_records_only_raise_decode_error_and_the_fallback_never_raises(kind, node, step, flips, cut):
+    msg = SyncMessage(kind, node=node, step=step, request=step if kind == "model" else None,
+                      model=np.array([1.5, -2.0], dtype=np.float32))
+    data = bytearray(encode_sync(msg))
+    for at, bit in flips:
+        data[at % len(data)] ^= 1 << bit
+    for blob in (bytes(data), bytes(data[:len(data) - cut % (len(data) + 1)])):
+        try:
+            decode_sync(blob, expected_d=D)
+        except DecodeError:
+            pass
+        fault = _model_fault(blob)
+        assert fault is None or (fault[0] in REJECT_REASONS and fault[2] in ("join", "report", "model"))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from learners_data import FEATURES, as_dicts, separable_stream
+from learners_data import FEATURES, separable_stream
 
 from streamlearn.errors import BadRecordError, ConfigError
 from streamlearn.learners import NotInitializedError, OnlineScaler, TorchLearner
