@@ -728,3 +728,14 @@ def test_streams_lists_learner_parameters_as_the_cli_uses_them(streams_output):
     assert not any(line.startswith("kernel_size") for line in learners["mlp"])
     assert any(line.startswith("kernel_size") for line in learners["cnn"])
     assert "--param KEY=VALUE" in streams_output
+
+
+def test_the_benchmarks_recommended_setting_runs_as_simulate_takes_it(tmp_path, capsys):
+    """bench/results/sync_value.json's ``recommended`` is a --protocol and flags simulate accepts as they are."""
+    rec = json.loads((Path(__file__).parents[1] / "bench" / "results" / "sync_value.json").read_text())["recommended"]
+    js = tmp_path / "rec.json"
+    code, out, err = _run(capsys, "simulate", "--source", "sea", "--nodes", "3", "--n", "300", "--no-progress",
+                          "--protocol", rec["protocol"], *rec["args"], "--json", js)
+    assert code == 0, err
+    [row] = _row_table(out)
+    assert row["protocol"] == rec["protocol"] and int(row["transfers"]) > 0

@@ -168,6 +168,11 @@ def _fmt(v, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _size(n: float) -> str:
+    """Bytes for a person: ``_size(2_500) == '2.5 kB'``, ``_size(3.2e6) == '3.20 MB'``."""
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
 def _sync_line(nodes: dict, sync: dict | None, b: int) -> str:
     if not sync:
         return "sync service: waiting for its first status"
@@ -181,16 +186,16 @@ def _sync_line(nodes: dict, sync: dict | None, b: int) -> str:
         saved = f"this run sent {periodic / sent:.1f}x fewer bytes"
     else:
         saved = f"this run sent {sent / periodic:.1f}x more bytes"
-    versus = f"{periodic / 1e6:.2f} MB" if sync.get("d") else "? MB (model size not known yet)"
+    versus = _size(periodic) if sync.get("d") else "? MB (model size not known yet)"
     # Say plainly what the ratio compares with: a fixed schedule at the same b, not periodic averaging
-    # at the accuracy this run reached (there the README's benchmark finds the two within ~1.0-1.3x).
+    # at the accuracy this run reached (bench/sync_value.py measures that, README Benchmarks).
     return (f"sync: {sync.get('full_syncs', 0)} full, {sync.get('partial_syncs', 0)} partial; "
             f"models {sync.get('models', 0)} ({sync.get('models_up', 0)} up, {sync.get('models_down', 0)} down); "
-            f"sent {sent / 1e6:.2f} MB\n"
+            f"sent {_size(sent)}\n"
             f"baseline: {versus} for {_baseline(b)} over the same steps (every node's model up and the mean "
             f"down, plain fp32): {saved}\n"
-            f"  (a fixed schedule, not periodic averaging at this run's accuracy: at matched accuracy the two are "
-            f"within 1.0-1.3x, README Benchmarks)")
+            f"  (a fixed schedule, not periodic averaging at this run's accuracy: bytes at matched accuracy, "
+            f"each setting at its best learning rate, are in the README's Benchmarks, bench/sync_value.py)")
 
 
 def _view(cfg: DemoConfig, nodes: dict, sync: dict | None, drifts: list, elapsed: float, b: int,
