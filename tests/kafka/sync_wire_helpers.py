@@ -62,3 +62,22 @@ class FakeNodes(SyncWire):
         self.thread.join(timeout=10)
         assert not self.thread.is_alive()
         super().close()
+
+
+def nodes_fixture(cls):
+    """A pytest fixture ``nodes(**kw)`` that makes ``cls(broker, settings, prefix, **kw)`` and closes them all."""
+    import pytest
+
+    @pytest.fixture
+    def nodes(broker, settings, prefix):
+        made = []
+
+        def make(**kw):
+            made.append(cls(broker, settings, prefix, **kw))
+            return made[-1]
+
+        yield make
+        for n in made:
+            n.close()
+
+    return nodes

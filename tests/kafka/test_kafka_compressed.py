@@ -44,8 +44,8 @@ from streamlearn.sync.codec import (HEADER_BYTES, compress_rows, make_codec, mes
                                     reference_tag, unpack_delta)
 from streamlearn.sync.spec import make_protocol
 
-from sync_wire_helpers import FakeNodes
-from test_kafka_pipeline import Pipeline as BasePipeline
+from sync_wire_helpers import FakeNodes, nodes_fixture
+from test_kafka_pipeline import Pipeline as BasePipeline, publish
 from waiting import wait_until
 
 _HEAD = struct.Struct("<4sHHI")
@@ -138,17 +138,7 @@ class Pipeline(BasePipeline):
         super().wait(condition, timeout=timeout, what=what)
 
     def publish(self, streams: dict, seconds: float | None = None) -> None:
-        producer = KafkaProducer(**self.settings.producer_kwargs())
-        try:
-            schedule = sorted((i / len(recs), node, i) for node, recs in streams.items() for i in range(len(recs)))
-            t0 = time.monotonic()
-            for when, node, i in schedule:
-                if seconds:
-                    time.sleep(max(0.0, t0 + when * seconds - time.monotonic()))
-                producer.send(samples_topic(self.prefix, node), streams[node][i], partition=0)
-            producer.flush()
-        finally:
-            producer.close()
+        publish(self.settings, self.prefix, streams, seconds=seconds)
 
 
 def sea_records(node: int, n: int, first_seq: int = 0, flip: bool = False) -> list:
@@ -311,17 +301,7 @@ class Nodes(FakeNodes):
             assert reply.reason == "join" and reply.model is not None and reply.delta is None  # the reference whole
 
 
-@pytest.fixture
-def nodes(broker, settings, prefix):
-    made = []
-
-    def make(**kw):
-        made.append(Nodes(broker, settings, prefix, **kw))
-        return made[-1]
-
-    yield make
-    for n in made:
-        n.close()
+nodes = nodes_fixture(Nodes)
 
 
 def test_hostile_and_stale_deltas_are_refused_counted_and_the_sync_goes_on_without_them(nodes, settings, prefix):

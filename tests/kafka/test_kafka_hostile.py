@@ -25,7 +25,7 @@ from streamlearn.kafka.topics import deadletter_topic
 from streamlearn.kafka.wire import SyncMessage, decode_sync, encode_sync, envelope_bytes
 from streamlearn.metrics import REJECT_REASONS, SyncMetrics
 
-from sync_wire_helpers import FakeNodes
+from sync_wire_helpers import FakeNodes, nodes_fixture
 
 D = 2
 _HEAD = struct.Struct("<4sHHI")
@@ -74,17 +74,7 @@ class Nodes(FakeNodes):
             self.expect(lambda m, node=node: m.kind == "send" and m.targets == (node,))
 
 
-@pytest.fixture
-def nodes(broker, settings, prefix):
-    made = []
-
-    def make(**kw):
-        made.append(Nodes(broker, settings, prefix, **kw))
-        return made[-1]
-
-    yield make
-    for n in made:
-        n.close()
+nodes = nodes_fixture(Nodes)
 
 
 def test_every_kind_of_hostile_answer_is_refused_and_the_sync_goes_on_without_it(nodes, consume, prefix):
