@@ -1,6 +1,7 @@
 """``streamlearn connect <kind> ...``: the connectors' command line.
 
-``streamlearn/cli.py`` calls :func:`add_connect_parser` on its subparsers; every
+``streamlearn/cli.py`` calls :func:`add_connect_parser` on its subparsers (its one lazy hook,
+``_register_connect``; this module never imports :mod:`streamlearn.cli`); every
 kind sets ``func`` = :func:`cmd_connect`. :func:`main` runs one kind alone
 (``python -m connectors csv data.csv --schema s.toml``).
 """
@@ -16,8 +17,8 @@ import threading
 
 from connectors.routing import NodeRouter, parse_node_map
 from connectors.schema import load_schema
-from streamlearn.cli import _add_metrics_args, _metrics  # the same --metrics-* flags as node, sync, produce
 from streamlearn.errors import ConfigError, StreamlearnError
+from streamlearn.metrics_cli import add_metrics_args, start_metrics  # the same --metrics-* flags as node, sync, produce
 
 __all__ = ["KINDS", "add_connect_parser", "cmd_connect", "main", "router_from_args"]
 
@@ -58,7 +59,7 @@ def _common(p: argparse.ArgumentParser, schema_required: bool = True) -> None:
     g.add_argument("--progress", type=float, default=10.0, metavar="SECONDS",
                    help="seconds between count lines on stderr (0: none)")
     g.add_argument("--json", action="store_true", help="print the final counts as JSON")
-    _add_metrics_args(p)
+    add_metrics_args(p)
 
 
 def _pacing(p: argparse.ArgumentParser, speedup: bool = True) -> None:
@@ -159,7 +160,7 @@ def cmd_connect(args) -> int:
 
     router = router_from_args(args)
     schema = load_schema(args.schema) if args.schema else None
-    metrics, server = _metrics(args, lambda registry: ConnectorMetrics(registry, args.kind))
+    metrics, server = start_metrics(args, lambda registry: ConnectorMetrics(registry, args.kind))
     kafka = dict(bootstrap=args.bootstrap, prefix=args.prefix, progress=args.progress, metrics=metrics)
     if schema is not None:
         features, classes = schema.layout()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.errors import RecordError
-from connectors.labels import LabelRecord, PendingByKey
+from streamlearn.kafka.labels import LabelRecord, PendingByKey
 from connectors.pacing import Pacer
 from connectors.routing import NodeRouter
 from connectors.schema import StreamSchema

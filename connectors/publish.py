@@ -2,7 +2,7 @@
 
 Readings go to ``<prefix>.samples.<node>`` as sample JSON (``docs/schemas.md``),
 numbered ``seq`` 0, 1, 2, ... per node from the connector's start; label
-records (:mod:`connectors.labels`) go to the same topic and take no ``seq``.
+records (:mod:`streamlearn.kafka.labels`) go to the same topic and take no ``seq``.
 The Kafka key is the reading's ``key`` when it has one. A bad record goes to
 ``<prefix>.deadletter`` unchanged (cut to 1 MiB), with the headers of
 ``codecs.deadletter_headers``: ``sl-error`` the reason, ``sl-source-topic``
@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from connectors.errors import RecordError, reason_class
-from connectors.labels import LabelRecord, encode_label_json
+from streamlearn.kafka.labels import LabelRecord, encode_label_json
 from connectors.schema import Reading
 from streamlearn.errors import StreamlearnError
 from streamlearn.kafka.codecs import MAX_SAMPLE_JSON_BYTES, _dump_json, deadletter_headers

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Mapping, Union
 
 from connectors.errors import RecordError
-from connectors.labels import LabelRecord
+from streamlearn.kafka.labels import LabelRecord
 from streamlearn.errors import ConfigError
 from streamlearn.kafka.codecs import MAX_FEATURES, MAX_NAME_CHARS, MAX_SAMPLE_JSON_BYTES
 

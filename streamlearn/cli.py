@@ -10,6 +10,7 @@ import os
 import sys
 
 from streamlearn.errors import StreamlearnError
+from streamlearn.metrics_cli import add_metrics_args, start_metrics
 
 __all__ = ["main"]
 
@@ -207,7 +208,7 @@ def cmd_evaluate(args) -> int:
         args.n = 20_000
     learner = _learner(args, stream=stream)
     res = evaluate(stream, learner, n=args.n, batch_size=args.batch_size, window=args.window,
-                   detector=None if args.detector == "none" else args.detector,
+                   detector=None if args.detector == "none" else args.detector, one_sided=not args.two_sided,
                    progress=not args.no_progress, max_delay=args.max_delay, on_bad_record=args.on_bad_record)
     res.n_bad += getattr(source, "skipped", 0)  # records the csv source left out are skipped bad records too
     s = res.score
@@ -215,11 +216,15 @@ def cmd_evaluate(args) -> int:
         ["samples", res.n], ["skipped bad records", res.n_bad], ["accuracy", _fmt(res.accuracy)],
         ["log loss", _fmt(res.loss)],
         ["rolling accuracy (end)", _fmt(float(res.history["rolling_accuracy"][-1]) if len(res.history["position"]) else None)],
-        ["drifts injected", len(res.events)], ["drifts detected (detector fired)", len(res.detections)],
+        ["drifts injected", len(res.events)], ["drifts detected (the error rose)", len(res.detections)],
     ]
     if s is not None and res.events:
         rows += [["true drifts found", f"{s.detected}/{len(s.events)}"], ["missed", s.missed],
-                 ["false alarms", s.false_alarms], ["mean detection delay", _fmt(s.mean_delay, 1)]]
+                 ["false alarms", s.false_alarms],
+                 ["false alarms per 10,000 samples", _fmt(s.false_alarm_rate, 2)],
+                 ["mean detection delay", _fmt(s.mean_delay, 1)]]
+    if res.detections or res.n_ignored:
+        rows += [["firings ignored (the error did not rise)", res.n_ignored]]
     if getattr(source, "categories", None):
         rows += [["one-hot text columns", ", ".join(source.categories)],
                  ["values outside the categories", sum(source.unseen_categories.values())]]
@@ -244,12 +249,14 @@ def cmd_simulate(args) -> int:
                   n=args.n, batch_size=args.batch_size, seed=args.seed, source_params=_source_params(args),
                   learner=_learner(args, torch_only=True), progress=not args.no_progress)
     if args.compare:
-        report = run_comparison(args.compare, out=args.out, window=args.window, detector=args.detector, **common)
+        report = run_comparison(args.compare, out=args.out, window=args.window, detector=args.detector,
+                                one_sided=not args.two_sided, **common)
         print(report["table"])
         if args.json:
             _write_json(args.json, report["payload"])  # the same payload as --out's comparison.json
         return 0
-    summary = simulate_once(_protocol_spec(args), window=args.window, detector=args.detector, **common)
+    summary = simulate_once(_protocol_spec(args), window=args.window, detector=args.detector,
+                            one_sided=not args.two_sided, **common)
     print(summary["table"])
     if args.json:
         _write_json(args.json, summary["result"])
@@ -269,31 +276,13 @@ def _setup_logging(verbose: bool = False) -> None:
     logging.getLogger("kafka").setLevel(logging.CRITICAL if not verbose else logging.WARNING)
 
 
-def _add_metrics_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (default: none)")
-    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics endpoint (0.0.0.0 exposes it)")
-
-
-def _metrics(args, make):
-    """(metrics object, server) when --metrics-port is given, else (None, None)."""
-    if args.metrics_port is None:
-        return None, None
-    from streamlearn.metrics import new_registry, serve_metrics
-
-    registry = new_registry()
-    metrics = make(registry)
-    server = serve_metrics(registry, args.metrics_port, args.metrics_host)
-    print(f"metrics: {server.url}", file=sys.stderr, flush=True)
-    return metrics, server
-
-
 def _options(args, names) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def _run_service(args, service_cls, cfg, make_metrics) -> dict:
     """Run a node or sync service to its end, with its metrics endpoint when asked."""
-    metrics, server = _metrics(args, make_metrics)
+    metrics, server = start_metrics(args, make_metrics)
     try:
         return service_cls(cfg, metrics=metrics).run(max_seconds=args.max_seconds)
     finally:
@@ -339,7 +328,7 @@ def cmd_produce(args) -> int:
     cfg = ProducerConfig(source=args.source, nodes=args.nodes, rate=args.rate, drifts=tuple(args.drift),
                          schedule=args.schedule, split=args.split, n=args.n, format=args.format, batch=args.batch,
                          seed=args.seed, source_params=_source_params(args), progress=not args.no_progress)
-    metrics, server = _metrics(args, lambda reg: ProducerMetrics(reg, nodes=cfg.nodes))
+    metrics, server = start_metrics(args, lambda reg: ProducerMetrics(reg, nodes=cfg.nodes))
     try:
         stats = Producer(cfg, metrics=metrics).run(max_seconds=args.max_seconds)
     finally:
@@ -382,13 +371,22 @@ def cmd_demo(args) -> int:
 # ---- parser --------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamlearn", description=__doc__.splitlines()[0].strip("`"))
-    sub = parser.add_subparsers(dest="command", required=True)
+def _register_connect(sub) -> None:
+    """Add ``streamlearn connect`` (:func:`connectors.cli.add_connect_parser`) to the subcommands.
 
+    The one place :mod:`streamlearn` imports :mod:`connectors` (tests/test_imports.py checks it):
+    the connectors sit above streamlearn and import it, so the import is lazy, made only when the
+    parser is built.
+    """
     from connectors.cli import add_connect_parser
 
     add_connect_parser(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamlearn", description=__doc__.splitlines()[0].strip("`"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    _register_connect(sub)
 
     p = sub.add_parser("streams", help="list sources, drift kinds and learners with their parameters")
     p.set_defaults(func=cmd_streams)
@@ -401,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=1000, help="rolling accuracy window")
     p.add_argument("--detector", default="adwin", help="drift detector on the error stream (adwin, page_hinkley, kswin, ..., none)")
     p.add_argument("--max-delay", type=int, default=2000, help="largest delay at which a detection counts for a drift")
+    p.add_argument("--two-sided", action="store_true",
+                   help="report every firing of the detector, also where the error fell (default: only rises)")
     p.add_argument("--plot", help="PNG of rolling accuracy with injected and detected drifts")
     p.add_argument("--json", help="write the figures as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -427,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default="simulate-out", help="folder for --compare's JSON and plots")
     g.add_argument("--window", type=int, default=500, help="rolling accuracy window (per node)")
     g.add_argument("--detector", default="adwin", help="drift detector run on every node's error stream (or none)")
+    g.add_argument("--two-sided", action="store_true",
+                   help="score every firing of the detector, also where the error fell (default: only rises; "
+                        "step-size restarts are always one-sided)")
     g.add_argument("--json", help="write the figures as JSON (with --compare: comparison.json's rows, "
                                   "matched accuracy and verdict)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -443,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=100, help="samples per binary batch / per send round")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
-    _add_metrics_args(p)
+    add_metrics_args(p)
     p.set_defaults(func=cmd_produce)
 
     p = sub.add_parser("node", help="one node: consume its topic, test-then-train, sync by the protocol")
@@ -470,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, help="samples between two checkpoints (default 10000; and at stop)")
     p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
     p.add_argument("--verbose", action="store_true", help="debug logging")
-    _add_metrics_args(p)
+    add_metrics_args(p)
     p.set_defaults(func=cmd_node)
 
     p = sub.add_parser("sync", help="the sync service: drives the protocol over Kafka")
@@ -490,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="keep the reference and protocol state here and resume from it on restart")
     p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
     p.add_argument("--verbose", action="store_true", help="debug logging")
-    _add_metrics_args(p)
+    add_metrics_args(p)
     p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("drift", help="inject a drift live into a running producer (control topic)")

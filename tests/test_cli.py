@@ -187,7 +187,7 @@ def test_evaluate_subprocess_writes_json(evaluate_sea):
     assert [(e["position"], e["kind"]) for e in d["events"]] == [(2000, "sudden")]
     assert isinstance(d["detections"], list)
     assert all(isinstance(p, int) and 0 <= p < 4000 for p in d["detections"])
-    assert len(d["detections"]) == int(_kv_table(proc.stdout)["drifts detected (detector fired)"])
+    assert len(d["detections"]) == int(_kv_table(proc.stdout)["drifts detected (the error rose)"])
     assert d["score"]["events"] == [2000]
 
 

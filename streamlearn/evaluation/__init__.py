@@ -1,6 +1,6 @@
 """streamlearn.evaluation: prequential metrics, drift detectors, scoring detections vs ground truth, plots."""
 
-from streamlearn.evaluation.detectors import DETECTORS, DriftMonitor, DriftMonitorBank, make_detector
+from streamlearn.evaluation.detectors import DETECTORS, DriftMonitor, DriftMonitorBank, false_alarm_rate, make_detector
 from streamlearn.evaluation.plot import plot_history
 from streamlearn.evaluation.prequential import Prequential, PrequentialBank, clipped_log_loss
 from streamlearn.evaluation.run import ON_BAD_RECORD, EvaluationResult, evaluate
@@ -14,6 +14,7 @@ __all__ = [
     "make_detector",
     "DriftMonitor",
     "DriftMonitorBank",
+    "false_alarm_rate",
     "DetectionScore",
     "score_detections",
     "EvaluationResult",

@@ -2,6 +2,12 @@
 
 river's detectors take one value at a time; :class:`DriftMonitor` feeds them a ``(B,)`` error
 vector and returns the positions (0-based sample index in the node's stream) where they fired.
+
+A detection means the error went *up*: river's detectors (ADWIN above all) also fire when the
+error falls while a model learns, so by default (``one_sided=True``) a firing is reported only
+when :func:`~streamlearn.learners.schedule.error_rose` says the error rose there; the others are
+counted (``n_ignored_``), not reported. Everything that acts on or scores detections (the node
+service, its step-size restarts, the simulator, ``streamlearn evaluate``) goes through this rule.
 """
 
 from __future__ import annotations
@@ -11,8 +17,29 @@ from river import drift
 from river.drift import binary
 
 from streamlearn.errors import ConfigError
+from streamlearn.learners.schedule import RISE_WINDOW, RiseFilter
 
-__all__ = ["DETECTORS", "make_detector", "DriftMonitor", "DriftMonitorBank"]
+__all__ = ["DETECTORS", "make_detector", "DriftMonitor", "DriftMonitorBank", "false_alarm_rate"]
+
+#: False alarms are counted per this many samples (per node).
+RATE_PER = 10_000
+#: A firing where the error did not (yet) rise is reported later if the error rises within this many
+#: samples after it: a detector that fires at the first few samples of a new concept has not seen
+#: a window of them yet.
+CONFIRM_WITHIN = RISE_WINDOW
+
+
+def false_alarm_rate(false_alarms: int, samples: int) -> float | None:
+    """False alarms per 10,000 samples per node: ``false_alarms`` over all nodes' ``samples`` (summed).
+
+    None when no sample was seen.
+
+    Examples
+    --------
+    >>> false_alarm_rate(6, 4 * 60_000)  # 6 false alarms on 4 nodes of 60,000 samples
+    0.25
+    """
+    return None if samples <= 0 else RATE_PER * float(false_alarms) / float(samples)
 
 #: Detector names (and aliases) -> river classes. river's FHDDM is left out: it fires when the
 #: mean of its input *drops*, so on an error stream it would flag improvements.
@@ -72,11 +99,24 @@ class DriftMonitor:
         river detector instance (cloned).
     params
         Parameters of the detector, by river's names.
+    one_sided
+        True (default): report a firing only when the error rose there (the last 200 errors above
+        the up-to-800 before by more than one standard error,
+        :func:`~streamlearn.learners.schedule.error_rose`); firings where it did not are counted in
+        ``n_ignored_``. A firing that is no rise yet is reported at the first of the next
+        ``CONFIRM_WITHIN`` (200) samples where the error has risen, if any (a detector may fire a
+        few samples into a new concept). False: report every firing (the detector alone, both
+        directions).
 
     Attributes
     ----------
     detections_ : list[int]
-        Positions (0-based sample index in the stream) at which the detector fired.
+        Positions (0-based sample index in the stream) of the reported detections.
+    ignored_ : list[int]
+        Positions at which the detector fired but the error did not rise, then or within
+        ``CONFIRM_WITHIN`` samples (``one_sided`` only).
+    n_ignored_ : int
+        ``len(ignored_)``.
 
     Examples
     --------
@@ -87,43 +127,96 @@ class DriftMonitor:
     >>> found = mon.update_many(errors)
     >>> len(found) >= 1 and 1000 <= found[0] < 1100
     True
+
+    A model that learns: the error falls from 0.5 to 0.1. ADWIN fires, but nothing is reported.
+
+    >>> learning = np.r_[rng.random(1000) < 0.5, rng.random(2000) < 0.1]
+    >>> one, two = DriftMonitor("adwin"), DriftMonitor("adwin", one_sided=False)
+    >>> one.update_many(learning), len(two.update_many(learning)) > 0, one.n_ignored_ == len(two.detections_)
+    ([], True, True)
     """
 
-    def __init__(self, detector="adwin", params: dict | None = None):
+    def __init__(self, detector="adwin", params: dict | None = None, one_sided: bool = True):
         self.detector = detector
         self.params = dict(params or {})
+        self.one_sided = bool(one_sided)
         self.detector_ = make_detector(detector, **self.params)
+        self._rise = RiseFilter() if self.one_sided else None
         self.n_ = 0
         self.detections_: list[int] = []
+        self.ignored_: list[int] = []
+        self._pending = 0  # samples left in which the last unconfirmed firing may still be confirmed
+
+    @property
+    def n_ignored_(self) -> int:
+        """Firings not reported: the error did not rise there."""
+        return len(self.ignored_)
 
     def clone(self) -> "DriftMonitor":
         """A fresh monitor with the same settings."""
-        return type(self)(self.detector, self.params)
+        return type(self)(self.detector, self.params, one_sided=self.one_sided)
 
     def update(self, error: float) -> bool:
         """Add one error value; True when the detector fires on it."""
         return bool(self.update_many([error]))
 
     def update_many(self, errors, valid=None) -> list[int]:
-        """Add a ``(B,)`` error vector; return the positions of new detections.
+        """Add a ``(B,)`` error vector; return the positions of new (reported) detections.
 
         Samples with ``valid`` False (no prediction) advance the position but are not fed.
         """
         e = np.asarray(errors, dtype=np.float64).ravel()
         fed = range(e.size) if valid is None else np.flatnonzero(np.asarray(valid, dtype=bool).ravel()).tolist()
         values = e.tolist()
-        det, found, n0 = self.detector_, [], self.n_
+        det, fired, n0 = self.detector_, [], self.n_
         for i in fed:
             det.update(values[i])
             if det.drift_detected:
-                found.append(n0 + i)
+                fired.append(i)
         self.n_ = n0 + e.size
+        if self._rise is None:
+            found = [n0 + i for i in fired]
+        else:
+            found = self._one_sided(e, list(fed), fired, valid, n0)
         self.detections_.extend(found)
+        return found
+
+    def _one_sided(self, e, fed: list[int], fired: list[int], valid, n0: int) -> list[int]:
+        """The reported detections among ``fired`` (batch indices), confirming pending firings."""
+        at = {i: k for k, i in enumerate(fed)}  # batch index -> order among the fed samples
+        # Where the rule may be asked: every firing, and the samples a pending firing may be confirmed at.
+        ks = set(range(min(self._pending, len(fed))))
+        for i in fired:
+            ks.update(range(at[i], min(at[i] + CONFIRM_WITHIN + 1, len(fed))))
+        cands = [fed[k] for k in sorted(ks)]
+        rose = dict(zip(cands, self._rise.rises(e, cands, valid)))
+        fired_set, found, pending = set(fired), [], self._pending
+        for i in cands:
+            if i in fired_set:
+                if rose[i]:
+                    found.append(n0 + i)
+                    pending = 0
+                else:
+                    self.ignored_.append(n0 + i)
+                    pending = CONFIRM_WITHIN
+            elif pending:
+                if rose[i]:  # the firing before was the start of a rise: reported now, no longer ignored
+                    self.ignored_.pop()
+                    found.append(n0 + i)
+                    pending = 0
+                else:
+                    pending -= 1
+        # samples after the last candidate in this batch also count down a pending firing
+        if pending and cands:
+            pending = max(0, pending - (len(fed) - 1 - at[cands[-1]]))
+        self._pending = pending
         return found
 
 
 class DriftMonitorBank:
     """One :class:`DriftMonitor` per node, updated with ``(m, B)`` error matrices.
+
+    ``one_sided`` as in :class:`DriftMonitor` (default True: only rises of the error are reported).
 
     Examples
     --------
@@ -136,17 +229,18 @@ class DriftMonitorBank:
     ([], True)
     """
 
-    def __init__(self, m: int, detector="adwin", params: dict | None = None):
+    def __init__(self, m: int, detector="adwin", params: dict | None = None, one_sided: bool = True):
         if int(m) != m or m < 1:
             raise ConfigError(f"m must be a positive integer, got {m!r}")
         self.m = int(m)
         self.detector = detector
         self.params = dict(params or {})
-        self.monitors = [DriftMonitor(detector, self.params) for _ in range(self.m)]
+        self.one_sided = bool(one_sided)
+        self.monitors = [DriftMonitor(detector, self.params, one_sided=self.one_sided) for _ in range(self.m)]
 
     def clone(self) -> "DriftMonitorBank":
         """A fresh bank with the same settings."""
-        return type(self)(self.m, self.detector, self.params)
+        return type(self)(self.m, self.detector, self.params, one_sided=self.one_sided)
 
     def update(self, errors, valid=None) -> list[list[int]]:
         """Add ``(m, B)`` errors (and optional ``(m, B)`` valid mask); return each node's new detections."""
@@ -160,3 +254,8 @@ class DriftMonitorBank:
     def detections_(self) -> list[list[int]]:
         """Detection positions of every node."""
         return [mon.detections_ for mon in self.monitors]
+
+    @property
+    def n_ignored_(self) -> list[int]:
+        """Per node, the firings not reported (the error did not rise)."""
+        return [mon.n_ignored_ for mon in self.monitors]

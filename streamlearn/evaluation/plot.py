@@ -1,4 +1,8 @@
-"""Plot rolling accuracy over time with injected (dashed) and detected (dotted) drifts, to a PNG."""
+"""Plot rolling accuracy over time with injected drifts (dashed) and detections, to a PNG.
+
+A detection within ``max_delay`` after an injected drift is drawn as an orange triangle on its
+line, a false alarm as a grey x (see :func:`~streamlearn.evaluation.scoring.split_detections`).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,13 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from streamlearn.evaluation.scoring import _position
+from streamlearn.evaluation.scoring import _position, split_detections
 
-__all__ = ["plot_history"]
+__all__ = ["plot_history", "DETECTED_STYLE", "FALSE_ALARM_STYLE"]
+
+#: Marker styles (matplotlib keywords): a detection that found an injected drift, a false alarm.
+DETECTED_STYLE = {"marker": "^", "color": "tab:orange", "markersize": 8, "ls": "none"}
+FALSE_ALARM_STYLE = {"marker": "x", "color": "0.45", "markersize": 7, "ls": "none", "mew": 1.5}
 
 
 def _curves(items, labels):
@@ -31,7 +39,8 @@ def _curves(items, labels):
     return out
 
 
-def plot_history(results_or_histories, events=None, detections=None, path="history.png", *, labels=None, title=None) -> str:
+def plot_history(results_or_histories, events=None, detections=None, path="history.png", *, labels=None, title=None,
+                 max_delay: int | None = None) -> str:
     """Draw rolling accuracy against position and save it as a PNG; return the path.
 
     Parameters
@@ -43,21 +52,25 @@ def plot_history(results_or_histories, events=None, detections=None, path="histo
         True drifts (ints, ``DriftEvent``-like, or dicts with ``position``), drawn dashed. Defaults to
         the events of the given results.
     detections
-        Detection positions drawn dotted: one list for all, or one list per line. Defaults to the
-        detections of the given results.
+        Detection positions, marked on their line: one list for all, or one list per line. Defaults
+        to the detections of the given results. Those within ``max_delay`` after an injected drift
+        are orange triangles, false alarms grey crosses.
     path
         Where to write the PNG (folders are created).
     labels
         Legend names, one per item.
     title
         Plot title.
+    max_delay
+        Largest delay at which a detection found a drift; default: the results' ``max_delay``
+        setting, else 1000.
 
     Examples
     --------
     >>> import numpy as np, tempfile, os
     >>> h = {"position": np.arange(100, 1100, 100), "rolling_accuracy": np.linspace(0.5, 0.9, 10)}
     >>> with tempfile.TemporaryDirectory() as d:
-    ...     out = plot_history(h, events=[500], detections=[560], path=os.path.join(d, "h.png"))
+    ...     out = plot_history(h, events=[500], detections=[560, 900], path=os.path.join(d, "h.png"))
     ...     os.path.getsize(out) > 0
     True
     """
@@ -80,11 +93,16 @@ def plot_history(results_or_histories, events=None, detections=None, path="histo
         ax.plot(pos, racc, color=color, lw=1.2, label=name)
     for k, e in enumerate(events):
         ax.axvline(_position(e), color="black", ls="--", lw=1, alpha=0.7, label="injected drift" if k == 0 else None)
-    first = True
-    for dets, color in zip(per_line, colors):
-        for d in dets:
-            ax.axvline(int(d), color=color, ls=":", lw=1.2, label="detected drift" if first else None)
-            first = False
+    if max_delay is None:
+        max_delay = next((it.settings["max_delay"] for it in items if "max_delay" in getattr(it, "settings", {})), 1000)
+    labelled = set()
+    for dets, (_, pos, racc, _) in zip(per_line, curves):
+        true, false = split_detections(dets, events, max_delay)
+        for which, style, label in ((true, DETECTED_STYLE, f"detected drift (within {max_delay})"),
+                                    (false, FALSE_ALARM_STYLE, "false alarm")):
+            if which and len(pos):
+                ax.plot(which, np.interp(which, pos, racc), **style, label=None if label in labelled else label)
+                labelled.add(label)
     ax.set_xlabel("samples")
     ax.set_ylabel("rolling accuracy")
     ax.set_ylim(-0.02, 1.02)

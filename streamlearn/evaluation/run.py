@@ -77,11 +77,15 @@ class EvaluationResult:
     history
         ``position``, ``accuracy``, ``rolling_accuracy``, ``rolling_loss`` arrays (see :class:`Prequential`).
     detections
-        Positions at which the drift detector fired on the error stream.
+        Positions of the reported detections on the error stream (one-sided by default: where the
+        detector fired and the error rose, see :class:`DriftMonitor`).
     events
         True drifts (``DriftEvent``-like objects or ints), empty when the stream has none.
     score
-        Detections scored against ``events``; ``None`` when the stream has no ground truth.
+        Detections scored against ``events`` (with the false alarms per 10,000 samples); ``None``
+        when the stream has no ground truth.
+    n_ignored
+        Firings of the detector not reported because the error did not rise there.
     """
 
     accuracy: float
@@ -94,6 +98,7 @@ class EvaluationResult:
     events: list
     score: DetectionScore | None
     settings: dict = field(default_factory=dict)
+    n_ignored: int = 0
 
     def to_dict(self) -> dict:
         """JSON-ready dict (arrays become lists, NaN becomes ``None``)."""
@@ -106,6 +111,7 @@ class EvaluationResult:
                 "n_bad": self.n_bad,
                 "history": self.history,
                 "detections": self.detections,
+                "n_ignored": self.n_ignored,
                 "events": [_event_dict(e) for e in self.events],
                 "score": None if self.score is None else self.score.to_dict(),
                 "settings": self.settings,
@@ -293,6 +299,7 @@ def evaluate(
     detector_params: dict | None = None,
     max_delay: int = 1000,
     events=None,
+    one_sided: bool = True,
 ) -> EvaluationResult:
     """Prequential evaluation of ``learner`` on ``stream`` (one node).
 
@@ -329,6 +336,8 @@ def evaluate(
         Largest delay at which a detection counts for a true drift.
     events
         True drifts, overriding ``stream.drift_events``.
+    one_sided
+        Report a detection only where the error rose (default); False: every firing of the detector.
 
     Examples
     --------
@@ -347,7 +356,7 @@ def evaluate(
         raise ConfigError(f"on_bad_record must be one of {ON_BAD_RECORD}, got {on_bad_record!r}")
 
     tracker = Prequential(window=window, every=every)
-    monitor = None if detector is None else DriftMonitor(detector, detector_params)
+    monitor = None if detector is None else DriftMonitor(detector, detector_params, one_sided=one_sided)
     numpy_batches = batch_size > 1 and uses_numpy_batches(learner)
     numeric = is_averageable(learner)  # a flat-vector model reads every feature as a number
     records = _Records(on_bad_record, numpy_batches, lambda x: feature_order(learner, x), numeric=numeric,
@@ -401,7 +410,7 @@ def evaluate(
     else:
         events = list(events)
     detections = [] if monitor is None else list(monitor.detections_)
-    score = None if events is None or monitor is None else score_detections(detections, events, max_delay)
+    score = None if events is None or monitor is None else score_detections(detections, events, max_delay, samples=row)
     settings = {
         "learner": _describe(learner),
         "batch_size": int(batch_size),
@@ -410,6 +419,7 @@ def evaluate(
         "detector": detector if isinstance(detector, str) or detector is None else type(detector).__name__,
         "detector_params": dict(detector_params or {}),
         "max_delay": int(max_delay),
+        "one_sided": bool(one_sided),
     }
     return EvaluationResult(
         accuracy=tracker.accuracy,
@@ -422,4 +432,5 @@ def evaluate(
         events=[] if events is None else events,
         score=score,
         settings=settings,
+        n_ignored=0 if monitor is None else monitor.n_ignored_,
     )

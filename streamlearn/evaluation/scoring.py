@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from streamlearn.errors import ConfigError
 
-__all__ = ["DetectionScore", "score_detections"]
+__all__ = ["DetectionScore", "score_detections", "split_detections"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,11 @@ class DetectionScore:
         All detections scored.
     mean_delay
         Mean delay of the detected drifts (NaN when none was detected).
+    samples
+        Samples the detections were looked for in (all nodes together), when given.
+    false_alarm_rate
+        False alarms per 10,000 samples (per node, with ``samples`` summed over nodes); None
+        without ``samples``.
     """
 
     events: tuple[int, ...]
@@ -47,6 +52,14 @@ class DetectionScore:
     n_detections: int
     max_delay: int
     mean_delay: float = field(default=math.nan)
+    samples: int | None = None
+
+    @property
+    def false_alarm_rate(self) -> float | None:
+        """False alarms per 10,000 samples; None without ``samples``."""
+        from streamlearn.evaluation.detectors import false_alarm_rate
+
+        return None if self.samples is None else false_alarm_rate(self.false_alarms, self.samples)
 
     def to_dict(self) -> dict:
         """Plain JSON-ready dict (NaN becomes ``None``)."""
@@ -60,6 +73,8 @@ class DetectionScore:
             "n_detections": self.n_detections,
             "max_delay": self.max_delay,
             "mean_delay": None if math.isnan(self.mean_delay) else self.mean_delay,
+            "samples": self.samples,
+            "false_alarms_per_10k": self.false_alarm_rate,
         }
 
 
@@ -70,7 +85,7 @@ def _position(event) -> int:
     return int(getattr(event, "position", event))
 
 
-def score_detections(detections, events, max_delay: int) -> DetectionScore:
+def score_detections(detections, events, max_delay: int, samples: int | None = None) -> DetectionScore:
     """Match detections to true drifts (see the module docstring for the rules).
 
     Parameters
@@ -81,12 +96,14 @@ def score_detections(detections, events, max_delay: int) -> DetectionScore:
         True drifts: ints, ``DriftEvent``-like objects with ``.position``, or dicts with ``"position"``.
     max_delay
         Largest delay (in samples) at which a detection still counts for a drift.
+    samples
+        Length of the stream the detections come from: gives ``false_alarm_rate`` (per 10,000).
 
     Examples
     --------
-    >>> s = score_detections([50, 130, 135, 400], events=[100, 300, 600], max_delay=50)
-    >>> s.delays, s.missed, s.false_alarms, s.redundant, s.mean_delay
-    ((30, None, None), 2, 2, 1, 30.0)
+    >>> s = score_detections([50, 130, 135, 400], events=[100, 300, 600], max_delay=50, samples=1000)
+    >>> s.delays, s.missed, s.false_alarms, s.redundant, s.mean_delay, s.false_alarm_rate
+    ((30, None, None), 2, 2, 1, 30.0, 20.0)
     """
     if int(max_delay) != max_delay or max_delay < 0:
         raise ConfigError(f"max_delay must be a non-negative integer, got {max_delay!r}")
@@ -124,4 +141,27 @@ def score_detections(detections, events, max_delay: int) -> DetectionScore:
         n_detections=len(dets),
         max_delay=max_delay,
         mean_delay=sum(found) / len(found) if found else math.nan,
+        samples=None if samples is None else int(samples),
     )
+
+
+def split_detections(detections, events, max_delay: int) -> tuple[list[int], list[int]]:
+    """Detections that match a true drift and false alarms, by :func:`score_detections`' rules.
+
+    A detection matches when it lies in a drift's window (``p <= d <= p + max_delay``, before the
+    next drift); redundant detections in a window match too. For drawing the two apart.
+
+    Examples
+    --------
+    >>> split_detections([50, 130, 135, 400], events=[100, 300, 600], max_delay=50)
+    ([130, 135], [50, 400])
+    """
+    if int(max_delay) != max_delay or max_delay < 0:
+        raise ConfigError(f"max_delay must be a non-negative integer, got {max_delay!r}")
+    pos = sorted(_position(e) for e in events)
+    ends = [min(p + int(max_delay), pos[k + 1] - 1) if k + 1 < len(pos) else p + int(max_delay)
+            for k, p in enumerate(pos)]
+    true, false = [], []
+    for d in sorted(int(d) for d in detections):
+        (true if any(p <= d <= e for p, e in zip(pos, ends)) else false).append(d)
+    return true, false

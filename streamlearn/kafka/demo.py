@@ -263,13 +263,38 @@ class _Watch:
         if self.view is None:
             return
         cfg = self.cfg
-        detected = sorted({p for s in nodes.values() for p in s.get("drifts", [])})
+        detected, false_alarms = _split_detected(nodes, drifts)
         delta = next((s.get("delta") for s in nodes.values() if s.get("delta") is not None), None)
         self.view.update({"title": f"{cfg.nodes} nodes, {cfg.source}, {cfg.protocol}", "status": self.status,
                           "summary": _sync_line(nodes, sync, self.b), "drift_command": self.drift_command,
                           "protocol": cfg.protocol, "baseline": _baseline(self.b), "history": self.series,
                           "drifts": sorted({e.seq for e in drifts if e.seq is not None}), "detected": detected,
-                          "delta": delta, "sync_history": self.sync_history})
+                          "false_alarms": false_alarms, "max_delay": DETECTION_MAX_DELAY, "delta": delta, "sync_history": self.sync_history})
+
+
+#: A node's detection within this many samples after a drift injected at it found that drift; the
+#: others are false alarms (drawn apart on the live page and the plot).
+DETECTION_MAX_DELAY = 1000
+
+
+def _split_detected(nodes: dict, drifts: list) -> tuple[list[int], list[int]]:
+    """Every node's detections (sample positions), split into those that found a drift injected at
+    that node (or at every node) within ``DETECTION_MAX_DELAY`` and false alarms.
+
+    >>> from streamlearn.kafka.codecs import DriftEvent
+    >>> drifts = [DriftEvent(kind="label-permutation", ts=0.0, seq=20000), DriftEvent("x", 0.0, node=1, seq=30000)]
+    >>> _split_detected({"0": {"drifts": [900, 20040]}, "1": {"drifts": [20100, 30300]}}, drifts)
+    ([20040, 20100, 30300], [900])
+    """
+    from streamlearn.evaluation.scoring import split_detections
+
+    true, false = set(), set()
+    for node, status in nodes.items():
+        events = [e.seq for e in drifts if e.seq is not None and (e.node is None or str(e.node) == str(node))]
+        t, f = split_detections(status.get("drifts", []), events, DETECTION_MAX_DELAY)
+        true.update(t)
+        false.update(f)
+    return sorted(true), sorted(false)
 
 
 def _plot(history: list, nodes: dict, drifts: list, path: str, title: str) -> None:
@@ -284,9 +309,16 @@ def _plot(history: list, nodes: dict, drifts: list, path: str, title: str) -> No
                if node in snap and snap[node].get("rolling_accuracy") is not None]
         if pts:
             ax.plot(*zip(*pts), linewidth=1, label=f"node {node}")
+    from streamlearn.evaluation.plot import DETECTED_STYLE, FALSE_ALARM_STYLE
+
+    true, false = _split_detected(nodes, drifts)
+    for xs, style, label in ((true, DETECTED_STYLE, f"detected drift (within {DETECTION_MAX_DELAY})"),
+                             (false, FALSE_ALARM_STYLE, "false alarm")):
+        for pos in xs:
+            ax.axvline(pos, color=style["color"], linestyle=":", linewidth=0.8)
+        if xs:  # a marker on top of each line: orange triangle, grey x
+            ax.plot(xs, [1.0] * len(xs), **style, label=label, clip_on=False)
     for status in nodes.values():
-        for pos in status.get("drifts", []):
-            ax.axvline(pos, color="gray", linestyle=":", linewidth=0.8)
         for pos in status.get("sync_positions", [])[-200:]:
             ax.plot([pos], [0.02], "|", color="green", markersize=6)
     for e in drifts:
@@ -294,7 +326,7 @@ def _plot(history: list, nodes: dict, drifts: list, path: str, title: str) -> No
             ax.axvline(e.seq, color="red", linestyle="--", linewidth=1)
     ax.set_xlim(left=0)
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("samples learned per node (red dashed: injected drift; gray dotted: detected; green ticks: syncs)")
+    ax.set_xlabel("samples learned per node (red dashed: injected drift; orange ▲: detected drift; gray x: false alarm; green ticks: syncs)")
     ax.set_ylabel("rolling accuracy")
     ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:

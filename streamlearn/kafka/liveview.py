@@ -3,13 +3,14 @@
 A small threaded HTTP server: ``/`` is one self-contained page (inline SVG charts, no CDN, so it
 works offline), ``/state.json`` the latest state the demo pushed with :meth:`LiveView.update`. The
 page fetches the state every second and redraws without a reload: rolling accuracy per node with
-injected (red) and detected (gray) drift markers, divergence against Δ, full and partial syncs over
+injected drift (red), detected drift (orange, a triangle on top: within ``max_delay`` after an
+injected drift) and false alarm (gray, an x on top) markers, divergence against Δ, full and partial syncs over
 time, and the bytes sent against what periodic averaging would have sent; a status line ("starting
 …", "running", "stopped") and the command that injects a drift into the running demo.
 
 State keys (all optional): ``title``, ``status``, ``summary``, ``drift_command``, ``protocol``,
 ``baseline`` (legend of the periodic curve), ``history`` (node id to a list of ``{samples,
-rolling_accuracy, divergence}``), ``drifts`` and ``detected`` (sample positions), ``delta``,
+rolling_accuracy, divergence}``), ``drifts``, ``detected`` and ``false_alarms`` (sample positions), ``max_delay``, ``delta``,
 ``sync_history`` (list of ``{t, full_syncs, partial_syncs, bytes, periodic_bytes}``). Each chart's
 svg records what it drew in ``data-series``, ``data-points``, ``data-markers`` and ``data-xmax``,
 and ``<body data-updates>`` counts the redraws, for tests and scripts.
@@ -82,8 +83,10 @@ function chart(id, series, opts) {
   el("text", {x: L, y: H - 4, fill: "#666", "font-size": 10}, svg).textContent = x0.toFixed(0);
   el("text", {x: W - R, y: H - 4, fill: "#666", "font-size": 10, "text-anchor": "end"}, svg).textContent =
     (opts.xlabel || "") + " " + x1.toFixed(0);
-  vlines.forEach(v => el("line", {x1: sx(v.x), x2: sx(v.x), y1: T, y2: H - B, stroke: v.color,
-    "stroke-dasharray": v.dash, "stroke-width": 1.2, class: "marker"}, svg));
+  vlines.forEach(v => { el("line", {x1: sx(v.x), x2: sx(v.x), y1: T, y2: H - B, stroke: v.color,
+    "stroke-dasharray": v.dash, "stroke-width": 1.2, class: "marker"}, svg);
+    if (v.glyph) el("text", {x: sx(v.x), y: T + 9, fill: v.color, "font-size": 11, "text-anchor": "middle",
+      class: "glyph"}, svg).textContent = v.glyph; });
   (opts.hlines || []).forEach(v => el("line", {x1: L, x2: W - R, y1: sy(v), y2: sy(v), stroke: "#444",
     "stroke-dasharray": "6 3"}, svg));
   let drawn = 0;
@@ -108,13 +111,16 @@ async function refresh() {
   const div = nodes.map((n, i) => ({color: color(i),
     points: hist[n].map(p => [p.samples, p.divergence]).filter(p => p[1] !== null)}));
   const vl = (st.drifts || []).map(x => ({x: x, color: "red", dash: "5 3"}))
-    .concat((st.detected || []).map(x => ({x: x, color: "#888", dash: "2 2"})));
+    .concat((st.detected || []).map(x => ({x: x, color: "#ff7f0e", dash: "", glyph: "▲"})))
+    .concat((st.false_alarms || []).map(x => ({x: x, color: "#888", dash: "2 2", glyph: "×"})));
   const empty = st.status && st.status.startsWith("starting") ? st.status : "no data yet";
   let drawn = chart("acc", acc, {xmin: 0, ymin: 0, ymax: 1, vlines: vl, xlabel: "samples per node", empty: empty});
   drawn += chart("div", div, {xmin: 0, ymin: 0, hlines: st.delta ? [st.delta] : [], xlabel: "samples per node",
                               empty: empty});
   const nodeItems = nodes.map((n, i) => [color(i), "node " + n]);
-  legend("acc-legend", nodeItems.concat([["red", "injected drift", 1], ["#888", "detected drift", 1]]));
+  const within = st.max_delay ? " (within " + st.max_delay + ")" : "";
+  legend("acc-legend", nodeItems.concat([["red", "injected drift", 1], ["#ff7f0e", "▲ detected drift" + within, 1],
+                                         ["#888", "× false alarm", 1]]));
   legend("div-legend", nodeItems.concat(st.delta ? [["#444", "Δ = " + st.delta, 1]] : []));
   const sh = st.sync_history || [];
   drawn += chart("syncs", [{points: sh.map(p => [p.t, p.full_syncs]), color: "#2ca02c"},

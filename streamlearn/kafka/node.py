@@ -32,9 +32,9 @@ at least once, and exactly once without crashes. A status message goes to
 ``<prefix>.status`` every ``status_interval`` seconds.
 
 Late labels (docs/connectors.md, "Late labels"): a JSON record without ``x`` and ``seq`` is a
-label record (:func:`connectors.labels.decode_node_record`). A reading with a ``key`` and
+label record (:func:`streamlearn.kafka.labels.decode_node_record`). A reading with a ``key`` and
 ``"y": null`` is predicted as soon as it is consumed (counted; logged at debug level, the
-last one is in the status) and held in a :class:`connectors.labels.PendingByKey`, at most
+last one is in the status) and held in a :class:`streamlearn.kafka.labels.PendingByKey`, at most
 ``max_pending`` readings for at most ``label_ttl`` seconds. Its label record puts it into
 the learning buffer with the prediction made on arrival, which is what prequential
 accuracy and the drift detector score. A label that matches no held reading is counted
@@ -100,7 +100,6 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from connectors.labels import LabelRecord, PendingByKey, decode_node_record
 from streamlearn.errors import BadRecordError, ConfigError, StreamlearnError
 from streamlearn.kafka.codecs import (
     DecodeError,
@@ -111,6 +110,7 @@ from streamlearn.kafka.codecs import (
     record_kind,
 )
 from streamlearn.kafka.config import KafkaSettings, default_fetch_wait_ms
+from streamlearn.kafka.labels import LabelRecord, PendingByKey, decode_node_record
 from streamlearn.kafka.service import Service
 from streamlearn.kafka.status import encode_status, model_hash
 from streamlearn.kafka.topics import (
@@ -393,14 +393,11 @@ class NodeService(Service):
         self._preq = Prequential(window=cfg.window, every=1 << 62)
         self._log_loss = clipped_log_loss  # imported here, not at the module's import (it pulls in river)
         self._monitor = None if cfg.detector is None else DriftMonitor(cfg.detector)
-        # A learner with a step-size schedule (TorchLearner's lr_decay) restarts it where the detector
-        # fires and the error rose (one-sided: detectors also fire while the error drops).
-        self._rise = None
-        if self._monitor is not None and getattr(self.learner_, "lr_decay", None) is not None \
-                and hasattr(self.learner_, "restart_schedule"):
-            from streamlearn.learners.schedule import RiseFilter
-
-            self._rise = RiseFilter()
+        # A learner with a step-size schedule (TorchLearner's lr_decay) restarts it at a detection: the
+        # monitor is one-sided, it reports only firings where the error rose (detectors also fire while
+        # the error drops).
+        self._restarts = self._monitor is not None and getattr(self.learner_, "lr_decay", None) is not None \
+            and hasattr(self.learner_, "restart_schedule")
 
         # counters and state
         self._step_no = 0
@@ -859,8 +856,7 @@ class NodeService(Service):
             for pos in found:
                 self._drifts.append(int(seqs[pos - n0]))
                 self._n_drifts += 1
-            if self._rise is not None and self._rise.update(errors, [p - n0 for p in found],
-                                                            None if all_valid else valid):
+            if found and self._restarts:
                 learner.restart_schedule()  # from the next step on: this one is taken (fused) or below
         if fused is None:
             learner.learn_many(X, self._labels[yi])
@@ -1279,6 +1275,8 @@ class NodeService(Service):
             "buffered": self._buffered(),
             "accuracy": self._preq.accuracy, "rolling_accuracy": self._preq.rolling_accuracy,
             "loss": self._preq.loss, "rolling_loss": self._preq.rolling_loss, "lag": self._lag(), "drifts": list(self._drifts), "n_drifts": self._n_drifts,
+            # detector firings where the error did not rise: not detections (since this process started)
+            "detections_ignored": 0 if self._monitor is None else self._monitor.n_ignored_,
             "divergence": self._divergence, "delta": getattr(self.protocol_, "delta", None),
             "models_sent": self._models_sent, "models_received": self._models_received,
             "bytes_sent": self._bytes_sent, "bytes_received": self._bytes_received,

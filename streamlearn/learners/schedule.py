@@ -9,8 +9,10 @@ learner (:class:`~streamlearn.learners.TorchLearner`, ``lr_decay=tau``), the vec
 simulator and the node service take it from. A restart is for a *rise* of the error only:
 river's detectors (ADWIN above all) also fire when the error drops while a model learns, and
 that is no reason to take large steps again. :func:`error_rose` is that one-sided rule, on the
-node's recent 0/1 errors; :class:`RiseFilter` keeps those errors for a node that sees its
-stream one mini-batch at a time (the node service), the simulator slices its error matrix.
+node's recent 0/1 errors; :class:`RiseFilter` keeps those errors for a stream seen one
+mini-batch at a time. The rule is applied in one place, the one-sided
+:class:`~streamlearn.evaluation.DriftMonitor` (the default): every reported detection is a rise,
+and the node service and the simulator restart the schedule at a reported detection.
 """
 
 from __future__ import annotations
@@ -168,13 +170,25 @@ class RiseFilter:
         ``detections`` are indices into this batch; samples with ``valid`` False (no prediction)
         are not errors and are left out, as the detector leaves them out.
         """
+        return any(self.rises(errors, detections, valid))
+
+    def rises(self, errors, detections=(), valid=None) -> list[bool]:
+        """Add a batch's ``(B,)`` errors; per index of ``detections``, whether the error rose there.
+
+        What :class:`~streamlearn.evaluation.DriftMonitor` (``one_sided=True``) reports by.
+        """
         e = np.asarray(errors, dtype=np.float64).ravel()
         keep = None if valid is None else np.asarray(valid, dtype=bool).ravel()
-        rose = False
-        for k in detections:
-            upto = e[: k + 1] if keep is None else e[: k + 1][keep[: k + 1]]
-            if error_rose(np.concatenate([self._recent, upto]), self.window, self.history, self.z):
-                rose = True
-                break
-        self._recent = np.concatenate([self._recent, e if keep is None else e[keep]])[-self._span:]
-        return rose
+        fed = e if keep is None else e[keep]
+        out = []
+        if len(detections):
+            counts = None if keep is None else np.cumsum(keep)  # fed samples up to each index
+            span, recent = self._span, self._recent
+            for k in detections:
+                c = k + 1 if counts is None else int(counts[k])
+                upto = fed[max(0, c - span):c]  # error_rose looks at the last `span` errors only
+                need = span - upto.size
+                head = recent[max(0, recent.size - need):] if need > 0 else recent[:0]
+                out.append(error_rose(np.concatenate([head, upto]), self.window, self.history, self.z))
+        self._recent = np.concatenate([self._recent, fed])[-self._span:]
+        return out

@@ -52,13 +52,29 @@ def plot_tradeoff(rows: list[dict], path: str, title: str = "") -> None:
     plt.close(fig)
 
 
-def plot_timeline(results, path: str, window: int = 500, title: str = "") -> None:
-    """Accuracy over time (mean over nodes, rolling ``window``) with drift markers and sync events."""
+def plot_timeline(results, path: str, window: int = 500, title: str = "", detections=None) -> None:
+    """Accuracy over time (mean over nodes, rolling ``window``) with drift markers and sync events.
+
+    ``detections``: per result, what :func:`streamlearn.sim.run.detect` returned (or None); its
+    detections are marked on the result's line, every node's together: those that found an
+    injected drift as orange triangles, false alarms as grey crosses.
+    """
+    from streamlearn.evaluation.plot import DETECTED_STYLE, FALSE_ALARM_STYLE
+
     plt = _pyplot()
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    for res in results:
+    labelled = set()
+    for k, res in enumerate(results):
         acc = res.rolling_accuracy(window).mean(axis=0)
         ax.plot(np.arange(1, res.n + 1), acc, linewidth=1, label=res.protocol)
+        det = detections[k] if detections is not None and k < len(detections) else None
+        where = (det or {}).get("positions") or {}
+        for key, style, label in (("true", DETECTED_STYLE, f"detected drift (within {(det or {}).get('max_delay')})"),
+                                  ("false", FALSE_ALARM_STYLE, "false alarm")):
+            xs = sorted(p for node in where.get(key, []) for p in node)
+            if xs:
+                ax.plot(xs, acc[np.minimum(xs, res.n - 1)], **style, label=None if key in labelled else label)
+                labelled.add(key)
     drift_positions = sorted({ev.position for res in results for ev in res.events})
     for p in drift_positions:
         ax.axvline(p, color="red", linestyle="--", linewidth=0.8)

@@ -12,8 +12,9 @@ import os
 import numpy as np
 
 from streamlearn.errors import ConfigError
-from streamlearn.evaluation import DriftMonitorBank, score_detections
+from streamlearn.evaluation import DriftMonitorBank, false_alarm_rate, score_detections
 from streamlearn.evaluation.run import jsonable
+from streamlearn.evaluation.scoring import split_detections
 from streamlearn.sim.compare import expand_grid, matched_accuracy, recovery_after_drifts, sync_verdict
 from streamlearn.sim.plots import plot_timeline, plot_tradeoff
 from streamlearn.sim.simulator import NodeData, SimResult, load_node_data, simulate
@@ -46,12 +47,23 @@ def build_node_data(source: str, nodes: int, drifts=(), schedule: str = "all", s
     return load_node_data(streams, n)
 
 
-def detect(result: SimResult, detector: str | None, max_delay: int = 2000) -> dict:
-    """Run ``detector`` over every node's error stream and score it against the injected drifts."""
+def detect(result: SimResult, detector: str | None, max_delay: int = 2000, one_sided: bool = True) -> dict:
+    """Run ``detector`` over every node's error stream and score it against the injected drifts.
+
+    One-sided by default (a firing counts only where the error rose, see
+    :class:`~streamlearn.evaluation.DriftMonitor`); ``ignored`` counts the firings left out.
+    ``false_alarms_per_10k`` is per 10,000 samples per node. ``positions`` lists, per node, the
+    detections that found a drift (``true``) and the false alarms (``false``).
+    """
     if detector in (None, "none"):
         return {"detector": None}
-    bank = DriftMonitorBank(result.m, detector)
+    bank = DriftMonitorBank(result.m, detector, one_sided=one_sided)
     found = bank.update(~result.correct)
+    true_pos, false_pos = [], []
+    for node in range(result.m):
+        t, f = split_detections(found[node], [ev for ev in result.events if ev.node == node], max_delay)
+        true_pos.append(t)
+        false_pos.append(f)
     detected = missed = false_alarms = 0
     delays: list[int] = []
     for node in range(result.m):
@@ -62,7 +74,10 @@ def detect(result: SimResult, detector: str | None, max_delay: int = 2000) -> di
     return {
         "detector": detector, "detections": int(sum(len(f) for f in found)), "drifts_injected": len(result.events),
         "drifts_detected": detected, "missed": missed, "false_alarms": false_alarms,
+        "false_alarms_per_10k": false_alarm_rate(false_alarms, result.m * result.n),
         "mean_delay": float(np.mean(delays)) if delays else None,
+        "one_sided": bool(one_sided), "ignored": int(sum(bank.n_ignored_)), "max_delay": int(max_delay),
+        "positions": {"true": true_pos, "false": false_pos},
     }
 
 
@@ -135,13 +150,18 @@ def _verdict_lines(verdict: dict, matched: dict) -> list[str]:
 
 
 def simulate_once(protocol: str, *, source: str, nodes: int, learner, drifts=(), schedule="all", split=None, n=None,
-                  batch_size=10, seed=0, source_params=None, window=500, detector="adwin", progress=True) -> dict:
-    """One simulation, summarised: the figures and a printable table."""
+                  batch_size=10, seed=0, source_params=None, window=500, detector="adwin", progress=True,
+                  one_sided=True) -> dict:
+    """One simulation, summarised: the figures and a printable table.
+
+    Detections are scored one-sided (only rises of the error) unless ``one_sided=False``; the
+    step-size restarts of a learner with ``lr_decay`` are one-sided either way.
+    """
     data = build_node_data(source, nodes, drifts, schedule, split, n, seed, source_params)
     res = simulate(data, learner, protocol, batch_size=batch_size, seed=seed, progress=progress,
                    detector=detector)  # restarts the step-size schedule of a learner with lr_decay
     row = result_row(res, window)
-    row["detection"] = detect(res, detector)
+    row["detection"] = detect(res, detector, one_sided=one_sided)
     lines = [_table([row]), "",
              f"nodes {res.m}, {res.n} samples per node, batch {res.batch_size}, model size d={res.d} "
              f"({res.d * 4} bytes), {res.seconds:.1f} s",
@@ -155,15 +175,19 @@ def simulate_once(protocol: str, *, source: str, nodes: int, learner, drifts=(),
     det = row["detection"]
     if det.get("detector"):
         lines.append(f"drifts injected {det['drifts_injected']}, detected {det['drifts_detected']} "
-                     f"({det['detector']}: {det['detections']} alarms, {det['false_alarms']} false, "
+                     f"({det['detector']}{'' if det['one_sided'] else ', two-sided'}: {det['detections']} alarms, "
+                     f"{det['false_alarms']} false = {_fmt(det['false_alarms_per_10k'], 2)} per 10,000 samples "
+                     f"per node, {det['ignored']} firings ignored as no rise, "
                      f"mean delay {_fmt(det['mean_delay'], 0)} samples)")
     return {"result": row, "table": "\n".join(lines)}
 
 
 def run_comparison(specs, *, source: str, nodes: int, learner, drifts=(), schedule="all", split=None, n=None,
                    batch_size=10, seed=0, source_params=None, out="simulate-out", window=500, detector="adwin",
-                   progress=True, serial=True) -> dict:
+                   progress=True, serial=True, one_sided=True) -> dict:
     """Run every protocol setting of ``specs`` (grids expanded) on the same node data.
+
+    Detections are scored as in :func:`simulate_once` (``one_sided``).
 
     The table ends with :func:`~streamlearn.sim.compare.sync_verdict`'s answer: "no sync is best
     here" instead of a transfer ratio where no synced setting beats no sync by 0.5 points.
@@ -183,7 +207,7 @@ def run_comparison(specs, *, source: str, nodes: int, learner, drifts=(), schedu
         res = simulate(data, learner, spec, batch_size=batch_size, seed=seed, progress=progress,
                        detector=detector)  # restarts the step-size schedule of a learner with lr_decay
         row = result_row(res, window)
-        row["detection"] = detect(res, detector)
+        row["detection"] = detect(res, detector, one_sided=one_sided)
         results.append(res)
         rows.append(row)
     if serial:
@@ -201,7 +225,8 @@ def run_comparison(specs, *, source: str, nodes: int, learner, drifts=(), schedu
         json.dump(jsonable(payload), fh, indent=2, allow_nan=False, default=str)
     plot_tradeoff([r for r in rows if r["protocol"] != "serial"], os.path.join(out, "tradeoff.png"),
                   title=f"{source}, {nodes} nodes")
-    plot_timeline(results, os.path.join(out, "timeline.png"), window=window, title=f"{source}, {nodes} nodes")
+    plot_timeline(results, os.path.join(out, "timeline.png"), window=window, title=f"{source}, {nodes} nodes",
+                  detections=[row.get("detection") for row in rows[:len(results)]])
     table = _table(rows)
     said = _verdict_lines(verdict, matched)
     if said:

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from streamlearn.errors import ConfigError
-from streamlearn.learners.schedule import RISE_SPAN, decayed_lr, error_rose
+from streamlearn.learners.schedule import decayed_lr
 from streamlearn.learners.torch_learner import TorchLearner
 from streamlearn.sync.codec import Uplink
 from streamlearn.sync.driver import ReferenceMotion, lockstep
@@ -177,7 +177,7 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
         With a learner that has ``lr_decay``: a drift detector (a name of
         :data:`~streamlearn.evaluation.detectors.DETECTORS` or a river detector) run online on
         every node's 0/1 errors, round by round; a node whose detector fires while its error
-        rose (:func:`~streamlearn.learners.schedule.error_rose`) restarts its step-size schedule
+        rose (a one-sided :class:`~streamlearn.evaluation.DriftMonitorBank` reports only those) restarts its step-size schedule
         after that round, as ``TorchLearner.restart_schedule()`` does (see ``SimResult.restarts``).
         None (default) or ``"none"``: no restarts. Without ``lr_decay`` it is not run.
 
@@ -280,12 +280,12 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
                 with torch.no_grad():
                     Wd.sub_(before).mul_(factor).add_(before)
         if bank is not None:
-            # Online detection on this round's errors; a rise restarts the node's clock after this step,
-            # as the node service calls restart_schedule() after the step it detected in.
+            # Online detection on this round's errors (one-sided: only rises are reported); a detection
+            # restarts the node's clock after this step, as the node service calls restart_schedule()
+            # after the step it detected in.
             found = bank.update((~correct[:, sl]).cpu().numpy())
             for i, positions in enumerate(found):
-                if any(error_rose((~correct[i, max(0, pos + 1 - RISE_SPAN):pos + 1]).cpu().numpy())
-                       for pos in positions):
+                if positions:
                     t_reset[i] = r + 1
                     restarts.append((r + 1, i))
         since_sync += batch_size

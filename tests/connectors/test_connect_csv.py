@@ -9,7 +9,7 @@ import pytest
 
 from connectors.csv_replay import CsvFormat, parse_delimiter, run_csv, sniff_delimiter
 from connectors.errors import RecordError
-from connectors.labels import LabelRecord, decode_node_record
+from streamlearn.kafka.labels import LabelRecord, decode_node_record
 from connectors.routing import NodeRouter
 from connectors.schema import SCHEMA_DIR, StreamSchema, load_schema
 from streamlearn.errors import ConfigError

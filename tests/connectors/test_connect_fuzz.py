@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from connectors.csv_replay import CsvFormat, parse_delimiter
 from connectors.errors import RecordError, reason_class
 from connectors.ingest import Ingestor, parse_payload
-from connectors.labels import LabelRecord, decode_label_json, decode_node_record, encode_label_json
+from streamlearn.kafka.labels import LabelRecord, decode_label_json, decode_node_record, encode_label_json
 from connectors.lines import read_lines
 from connectors.mqtt import parse_topic, parse_topic_map
 from connectors.publish import encode_reading

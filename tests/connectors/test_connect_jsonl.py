@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from connectors.jsonl import run_jsonl
-from connectors.labels import LabelRecord, decode_node_record
+from streamlearn.kafka.labels import LabelRecord, decode_node_record
 from connectors.routing import NodeRouter
 from connectors.schema import StreamSchema
 from streamlearn.kafka.topics import deadletter_topic, samples_topic

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from connectors.errors import RecordError
-from connectors.labels import LabelRecord
+from streamlearn.kafka.labels import LabelRecord
 from connectors.schema import SCHEMA_DIR, Reading, StreamSchema, load_schema, parse_schema
 from streamlearn.errors import ConfigError
 

@@ -129,6 +129,21 @@ def test_detects_injected_drift_and_scores_it():
     assert racc[pos == 1700][0] < racc[pos == 1500][0]  # hit by the drift
 
 
+def test_one_sided_by_default_with_the_false_alarm_rate():
+    def run(**kw):
+        model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+        return evaluate(FlipStream(n=6000, at=4000), model, detector="adwin", window=200, every=50, progress=False,
+                        max_delay=1000, **kw)
+
+    one, two = run(), run(one_sided=False)
+    assert one.settings["one_sided"] and not two.settings["one_sided"]
+    assert one.score.detected == two.score.detected == 1
+    assert len(one.detections) + one.n_ignored == len(two.detections) and two.n_ignored == 0
+    d = one.to_dict()
+    assert d["n_ignored"] == one.n_ignored and d["score"]["samples"] == 6000
+    assert d["score"]["false_alarms_per_10k"] == one.score.false_alarms * 1e4 / 6000
+
+
 def test_ground_truth_from_a_streamlearn_stream():
     from streamlearn.streams import inject, make_source
 

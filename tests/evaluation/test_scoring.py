@@ -50,3 +50,23 @@ def test_no_events_all_false_alarms_and_json():
 def test_bad_max_delay():
     with pytest.raises(ConfigError):
         score_detections([], [1], max_delay=-1)
+
+
+def test_false_alarm_rate_per_10k_samples():
+    from streamlearn.evaluation import false_alarm_rate
+
+    s = score_detections([50, 130, 135, 400], events=[100, 300, 600], max_delay=50, samples=4000)
+    assert s.false_alarms == 2 and s.false_alarm_rate == 5.0
+    assert s.to_dict()["false_alarms_per_10k"] == 5.0 and s.to_dict()["samples"] == 4000
+    assert score_detections([1], [], max_delay=5).false_alarm_rate is None  # no length, no rate
+    assert false_alarm_rate(3, 4 * 30_000) == 0.25 and false_alarm_rate(0, 0) is None
+
+
+def test_split_detections_follows_the_scoring():
+    from streamlearn.evaluation.scoring import split_detections
+
+    dets, events = [50, 130, 135, 400, 601, 700], [100, 300, 600]
+    true, false = split_detections(dets, events, max_delay=50)
+    s = score_detections(dets, events, max_delay=50)
+    assert true == [130, 135, 601] and false == [50, 400, 700]
+    assert len(false) == s.false_alarms and len(true) == s.n_detections - s.false_alarms

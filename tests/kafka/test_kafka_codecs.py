@@ -31,6 +31,7 @@ from streamlearn.kafka.codecs import (
     encode_sample_json,
     record_kind,
 )
+from streamlearn.kafka.labels import decode_node_record
 from streamlearn.kafka.status import decode_status
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
@@ -487,7 +488,7 @@ def test_examples_in_docs_schemas_decode():
     for lang, body in blocks:
         if lang:
             data = body.strip().encode()
-            decoded.append(decode_message(data) if b'"type"' in data else decode_sample_json(data))
+            decoded.append(decode_message(data) if b'"type"' in data else decode_node_record(data))
         else:
             data = bytes.fromhex(body.replace("\n", " "))
             if data[:2] == b"SZ":  # the compressed delta example: sign, 4 parameters against a zero reference
@@ -499,6 +500,8 @@ def test_examples_in_docs_schemas_decode():
                 continue
             decoded.append(decode_sample_batch(data) if record_kind(data) == "sample_batch" else decode_model(data))
     kinds = [type(d).__name__ for d in decoded]
-    assert kinds == ["Sample", "SampleBatch", "ModelMessage", "DriftEvent", "ControlCommand", "Report", "ControlCommand"]
-    assert decoded[1].X.tolist() == [[1.0, 2.0], [3.0, 4.0]] and decoded[1].names == ("a", "b")
-    assert decoded[2].array.tolist() == [0.5, -1.0, 2.0] and (decoded[2].node, decoded[2].version) == (3, 12)
+    assert kinds == ["Sample", "LabelRecord", "SampleBatch", "ModelMessage", "DriftEvent", "ControlCommand", "Report",
+                     "ControlCommand"]
+    assert decoded[1].key == "meter-7/2024-05-01T10:30" and decoded[1].y == "UP"
+    assert decoded[2].X.tolist() == [[1.0, 2.0], [3.0, 4.0]] and decoded[2].names == ("a", "b")
+    assert decoded[3].array.tolist() == [0.5, -1.0, 2.0] and (decoded[3].node, decoded[3].version) == (3, 12)

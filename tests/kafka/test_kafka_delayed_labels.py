@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from connectors.labels import LabelRecord, encode_label_json
+from streamlearn.kafka.labels import LabelRecord, encode_label_json
 from streamlearn.kafka.codecs import Sample, encode_sample_json
 from streamlearn.kafka.node import NodeConfig, NodeService, _declared_proba, _early_scores
 from streamlearn.kafka.topics import deadletter_topic, ensure_topics, samples_topic

@@ -231,6 +231,23 @@ def test_drift_markers_stay_in_range_when_the_history_starts_later(tmp_path):
     assert len(xs) == 2 and all(48 <= x for x in xs), xs  # right of the y axis: inside the plotting area
 
 
+def test_detections_and_false_alarms_are_drawn_apart(tmp_path):
+    history = {"0": [{"samples": 100 * i, "rolling_accuracy": 0.8, "divergence": 0.1} for i in range(100)]}
+    with LiveView(port=0) as view:
+        view.update({"title": "t", "status": "running", "history": history, "drifts": [4000], "detected": [4050],
+                     "false_alarms": [1200, 7000], "max_delay": 1000})
+        dom = _dump_dom(tmp_path, view.url)
+    svg = re.search(r'<svg id="acc"[^>]*>', dom)
+    assert svg, dom[-2000:]
+    assert 'data-markers="4"' in svg.group(0)
+    acc = dom[svg.start():dom.index("</svg>", svg.start())]
+    strokes = re.findall(r'<line [^>]*stroke="([^"]+)"[^>]*class="marker"', acc)
+    assert strokes.count("red") == 1 and strokes.count("#ff7f0e") == 1 and strokes.count("#888") == 2, strokes
+    assert acc.count("▲") == 1 and acc.count("×") == 2
+    legend = dom[dom.index('id="acc-legend"'):]
+    assert "detected drift (within 1000)" in legend[:2000] and "false alarm" in legend[:2000]
+
+
 def test_state_and_unknown_paths():
     with LiveView(port=0) as view:
         view.update({"title": "3 nodes", "delta": 0.5, "x": float("nan")})

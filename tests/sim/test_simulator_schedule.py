@@ -6,7 +6,6 @@ import torch
 
 from streamlearn.evaluation import DriftMonitor
 from streamlearn.learners import TorchLearner, make_learner
-from streamlearn.learners.schedule import RiseFilter
 from streamlearn.sim import NodeData, simulate
 from streamlearn.sim.run import build_node_data
 
@@ -22,10 +21,10 @@ def flipped_data(m=3, n=2000, f=4, flip_at=1000, seed=0):
 
 def scalar_run(template, data, node, B, detector):
     """One learner test-then-trained on one node's stream, as the node service does it: predict and
-    learn in one pass, feed the errors to the detector, restart the schedule after a rise."""
+    learn in one pass, feed the errors to the (one-sided) monitor, restart the schedule after a detection:
+    the monitor reports only rises of the error."""
     learner = template.clone({"features": data.feature_names, "classes": data.classes})
     monitor = None if detector is None else DriftMonitor(detector)
-    rise = RiseFilter()
     correct, restarts = [], []
     for start in range(0, data.n, B):
         Xb, yb = data.X[node, start:start + B], data.y[node, start:start + B]
@@ -33,9 +32,7 @@ def scalar_run(template, data, node, B, detector):
         ok = P.argmax(axis=1) == yb
         correct.append(ok)
         if monitor is not None:
-            n0 = monitor.n_
-            found = monitor.update_many((~ok).astype(float))
-            if rise.update((~ok).astype(float), [p - n0 for p in found]):
+            if monitor.update_many((~ok).astype(float)):
                 learner.restart_schedule()
                 restarts.append((learner.n_steps_, node))
     return np.concatenate(correct), learner, restarts

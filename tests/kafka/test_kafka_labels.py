@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.labels import LabelRecord, PendingByKey, decode_label_json, decode_node_record, encode_label_json
+from streamlearn.kafka.labels import LabelRecord, PendingByKey, decode_label_json, decode_node_record, encode_label_json
 from streamlearn.kafka.codecs import DecodeError, Sample
 
 
