@@ -31,7 +31,7 @@ without joining it) only up to the last record whose samples were all learned, a
 at least once, and exactly once without crashes. A status message goes to
 ``<prefix>.status`` every ``status_interval`` seconds.
 
-Late labels (docs/connectors.md, "Late labels"): a JSON record without ``x`` and ``seq`` is a
+Late labels (README, "Late labels"; docs/schemas.md, "Label record"): a JSON record without ``x`` and ``seq`` is a
 label record (:func:`streamlearn.kafka.labels.decode_node_record`). A reading with a ``key`` and
 ``"y": null`` is predicted as soon as it is consumed (counted; logged at debug level, the
 last one is in the status) and held in a :class:`streamlearn.kafka.labels.PendingByKey`, at most
