@@ -151,22 +151,25 @@ def _verdict_lines(verdict: dict, matched: dict) -> list[str]:
 
 def simulate_once(protocol: str, *, source: str, nodes: int, learner, drifts=(), schedule="all", split=None, n=None,
                   batch_size=10, seed=0, source_params=None, window=500, detector="adwin", progress=True,
-                  one_sided=True) -> dict:
+                  one_sided=True, guard=None) -> dict:
     """One simulation, summarised: the figures and a printable table.
+
+    ``guard=(window, margin)`` turns on guarded averaging (:func:`~streamlearn.sim.simulator.simulate`).
 
     Detections are scored one-sided (only rises of the error) unless ``one_sided=False``; the
     step-size restarts of a learner with ``lr_decay`` are one-sided either way.
     """
     data = build_node_data(source, nodes, drifts, schedule, split, n, seed, source_params)
     res = simulate(data, learner, protocol, batch_size=batch_size, seed=seed, progress=progress,
-                   detector=detector)  # restarts the step-size schedule of a learner with lr_decay
+                   detector=detector, guard=guard)  # detector: restarts the step size of a learner with lr_decay
     row = result_row(res, window)
     row["detection"] = detect(res, detector, one_sided=one_sided)
     lines = [_table([row]), "",
              f"nodes {res.m}, {res.n} samples per node, batch {res.batch_size}, model size d={res.d} "
              f"({res.d * 4} bytes), {res.seconds:.1f} s",
              f"syncs: {row['full_syncs']} full, {row['partial_syncs']} partial; "
-             f"model transfers {row['transfers']} ({row['comm']['models_up']} up, {row['comm']['models_down']} down)"]
+             f"model transfers {row['transfers']} ({row['comm']['models_up']} up, {row['comm']['models_down']} down)"
+             + (f"; {row['comm']['declines']} models declined by guarded nodes" if guard is not None else "")]
     if getattr(learner, "lr_decay", None) is not None:
         said = ("never restarted (no detector)" if detector in (None, "none") else
                 f"restarted {len(res.restarts)} times at {len({node for _, node in res.restarts})} nodes where "
@@ -184,8 +187,9 @@ def simulate_once(protocol: str, *, source: str, nodes: int, learner, drifts=(),
 
 def run_comparison(specs, *, source: str, nodes: int, learner, drifts=(), schedule="all", split=None, n=None,
                    batch_size=10, seed=0, source_params=None, out="simulate-out", window=500, detector="adwin",
-                   progress=True, serial=True, one_sided=True) -> dict:
-    """Run every protocol setting of ``specs`` (grids expanded) on the same node data.
+                   progress=True, serial=True, one_sided=True, guard=None) -> dict:
+    """Run every protocol setting of ``specs`` (grids expanded) on the same node data (``guard``: as in
+    :func:`simulate_once`, for every setting).
 
     Detections are scored as in :func:`simulate_once` (``one_sided``).
 
@@ -205,7 +209,7 @@ def run_comparison(specs, *, source: str, nodes: int, learner, drifts=(), schedu
         if progress:
             print(f"[{i + 1}/{len(settings)}] {spec}", flush=True)
         res = simulate(data, learner, spec, batch_size=batch_size, seed=seed, progress=progress,
-                       detector=detector)  # restarts the step-size schedule of a learner with lr_decay
+                       detector=detector, guard=guard)  # detector: restarts the step size of a learner with lr_decay
         row = result_row(res, window)
         row["detection"] = detect(res, detector, one_sided=one_sided)
         results.append(res)

@@ -22,6 +22,7 @@ from streamlearn.learners.schedule import decayed_lr
 from streamlearn.learners.torch_learner import TorchLearner
 from streamlearn.sync.codec import Uplink
 from streamlearn.sync.driver import ReferenceMotion, lockstep
+from streamlearn.sync.guard import accepts, check_guard, window_loss
 from streamlearn.sync.messages import PullToward, SendModel
 from streamlearn.sync.protocol import Protocol
 from streamlearn.sync.spec import make_protocol
@@ -157,7 +158,7 @@ def _as_protocol(protocol, m: int, d: int, w0: torch.Tensor, seed: int, n_params
 
 
 def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_size: int = 10, seed: int = 0,
-             progress: bool = True, detector=None) -> SimResult:
+             progress: bool = True, detector=None, guard: tuple | None = None) -> SimResult:
     """Run ``data.m`` nodes in lockstep: test-then-train on mini-batches, the protocol syncs.
 
     Parameters
@@ -180,6 +181,11 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
         rose (a one-sided :class:`~streamlearn.evaluation.DriftMonitorBank` reports only those) restarts its step-size schedule
         after that round, as ``TorchLearner.restart_schedule()`` does (see ``SimResult.restarts``).
         None (default) or ``"none"``: no restarts. Without ``lr_decay`` it is not run.
+    guard
+        ``(window, margin)``: guarded averaging (:mod:`streamlearn.sync.guard`). A node that gets a
+        model from the sync compares its mean log loss on the node's last ``window`` learned samples
+        with its own model's, and keeps its own (taking the new reference) when the arriving one is
+        worse by more than ``margin`` nats; the protocol hears of it (``on_declined``). None: off.
 
     Examples
     --------
@@ -209,6 +215,7 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
     # The nodes' side of a compressed transfer: one error-feedback memory per node.
     uplink = None if proto.codec.dense else Uplink(proto.codec, m, d, p, device=device,
                                                   buffers_every=proto.buffers_every)
+    window, margin = check_guard(*(guard if guard is not None else (None, 0.0)))
     # Dynamic averaging against an extrapolated reference: the nodes follow their references' motion.
     motion = ReferenceMotion(m, p, device=device) if getattr(proto, "extrapolate", 0) else None
 
@@ -294,8 +301,11 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
         with torch.no_grad():
             # The protocol sees whole models: parameters, then scaler statistics.
             full = Wd if scaler is None else torch.cat([Wd, scaler.get_flat(f, lead=(m,))], dim=1)
+            before = full.clone() if window is not None else None
             actions = lockstep(proto, r + 1, full, R, loss=batch_loss, n_samples=since_sync, uplink=uplink,
                                motion=motion)
+            if before is not None and actions:
+                _guard(proto, actions, full, before, X, Y, sl.stop, window, margin, forward, scaler, p)
             if actions and scaler is not None:
                 Wd.copy_(full[:, :p])
                 scaler.set_flat(full[:, p:])
@@ -317,3 +327,29 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
         final_models=(Wd if scaler is None else torch.cat([Wd, scaler.get_flat(f, lead=(m,))], dim=1)).cpu().clone(),
         seconds=time.perf_counter() - t0, restarts=restarts,
     )
+
+
+def _guard(proto, actions, full, before, X, Y, end: int, window: int, margin: float, forward, scaler, p: int) -> None:
+    """Guarded averaging after a round's syncs: nodes whose arriving model is worse on their last ``window``
+    learned samples than their own by more than ``margin`` go back to their own model (``before``), keep
+    the new reference, and the protocol hears of it."""
+    got = sorted({int(n) for a in actions if isinstance(a, (SendModel, PullToward)) for n in a.nodes})
+    lo = max(0, end - window)
+    if not got or end - lo < 10:
+        return  # nothing to judge by yet: take the sync
+    Xw, yw = X[got, lo:end], Y[got, lo:end]
+
+    def loss(flat):
+        Xs = Xw
+        if scaler is not None:
+            sc = scaler.clone()
+            sc.set_flat(flat[:, p:])
+            Xs = sc.transform(Xw)
+        logp = torch.log_softmax(forward(flat[:, :p], Xs), dim=-1)
+        return window_loss(logp.gather(-1, yw.unsqueeze(-1)).squeeze(-1).exp())
+
+    ok = accepts(loss(full[got]), loss(before[got]), margin).tolist()
+    declined = [n for n, keep in zip(got, ok) if not keep]
+    if declined:
+        full[declined] = before[declined]
+        proto.on_declined(declined)

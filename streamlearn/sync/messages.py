@@ -88,6 +88,7 @@ class CommStats:
     partial_syncs: int = 0
     pulls: int = 0
     timeouts: int = 0
+    declines: int = 0  # models a guarded node did not take (streamlearn.sync.guard)
 
     @property
     def models(self) -> int:

@@ -127,6 +127,8 @@ class Protocol:
                                                                 device=self.bank.device)
         self._dense_bytes = FP32_HEADER_BYTES + self.d * self.bank.itemsize
         self._msg_bytes = self._dense_bytes if self.codec.dense else message_bytes(self.codec, self.d, self.n_params)
+        #: models each node declined (guarded averaging)
+        self.declined = torch.zeros(self.m, dtype=torch.int64)
         self._lean_bytes = message_bytes(self.codec, self.d, self.n_params, buffers=False)
 
     # ---- node side -------------------------------------------------------------------------
@@ -290,6 +292,16 @@ class Protocol:
         self.bank.put_many(used, torch.stack([uploads[n][0] for n in used]))
         self._pending.difference_update(used)
         return self._advance()
+
+    def on_declined(self, nodes: Iterable[int]) -> list[Action]:
+        """Guarded nodes did not take the model they were sent (:mod:`streamlearn.sync.guard`): counted.
+
+        They took its reference all the same, so the protocol's state stays as it is.
+        """
+        nodes = [self.bank.check_node(n) for n in nodes]
+        self.stats.declines += len(nodes)
+        self.declined[nodes] += 1
+        return []
 
     # ---- hooks for subclasses --------------------------------------------------------------
 
