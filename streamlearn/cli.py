@@ -248,6 +248,8 @@ def cmd_simulate(args) -> int:
     common = dict(source=args.source, nodes=args.nodes, drifts=args.drift, schedule=args.schedule, split=args.split,
                   n=args.n, batch_size=args.batch_size, seed=args.seed, source_params=_source_params(args),
                   learner=_learner(args, torch_only=True), progress=not args.no_progress)
+    if args.guard is not None:  # guarded averaging (streamlearn.sync.guard)
+        common["guard"] = (args.guard, args.guard_margin)
     if args.compare:
         report = run_comparison(args.compare, out=args.out, window=args.window, detector=args.detector,
                                 one_sided=not args.two_sided, **common)
@@ -298,7 +300,7 @@ def cmd_node(args) -> int:
     cfg = node_config_from_options(_options(args, (
         "id", "source", "features", "classes", "learner", "lr", "lr_decay", "hidden", "optimizer", "protocol", "batch_size",
         "seed", "window", "detector", "sync_timeout", "id_timeout", "max_pending", "label_ttl", "checkpoint_dir",
-        "checkpoint_every")))
+        "checkpoint_every", "guard", "guard_margin")))
     # With --id auto the id is known only once the sync service assigned it: metrics are made then.
     final = _run_service(args, NodeService, cfg, lambda reg: functools.partial(NodeMetrics, reg))
     print(f"node {final.get('node', cfg.node)}: learned {final.get('samples', 0)} samples, accuracy {_fmt(final.get('accuracy'))}, "
@@ -364,7 +366,7 @@ def cmd_demo(args) -> int:
                         batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
                         duration=args.duration or None, out=args.out,
                         seed=args.seed, view_port=None if args.view_port < 0 else args.view_port,
-                        view_host=args.view_host))
+                        view_host=args.view_host, guard=args.guard, guard_margin=args.guard_margin))
     return 0
 
 
@@ -433,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", help="write the figures as JSON (with --compare: comparison.json's rows, "
                                   "matched accuracy and verdict)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_guard_args(g)
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("produce", help="publish per-node streams (with drift injection) into Kafka")
@@ -471,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync-timeout", type=float, help="seconds to wait for the sync service before going on")
     p.add_argument("--checkpoint-dir", help="keep checkpoints here and resume from the newest on restart")
     p.add_argument("--checkpoint-every", type=int, help="samples between two checkpoints (default 10000; and at stop)")
+    _add_guard_args(p)
     p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     add_metrics_args(p)
@@ -525,8 +529,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the streams and learners")
     p.add_argument("--view-port", type=int, default=8050, help="port of the live page (-1: none; 0: any free port)")
     p.add_argument("--view-host", default="127.0.0.1", help="address of the live page (0.0.0.0 exposes it)")
+    _add_guard_args(p)
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _add_guard_args(p) -> None:
+    """--guard WINDOW and --guard-margin NATS: guarded averaging (streamlearn.sync.guard)."""
+    p.add_argument("--guard", type=int, metavar="WINDOW",
+                   help="guarded averaging: a node keeps its last WINDOW learned samples (>= 10) and declines a model "
+                        "from the sync whose mean log loss on them is above its own model's by more than "
+                        "--guard-margin (default: off)")
+    p.add_argument("--guard-margin", type=float, default=0.05, metavar="NATS",
+                   help="with --guard: how much worse (nats of mean log loss) an arriving model may be (default 0.05)")
 
 
 def main(argv: list[str] | None = None) -> int:

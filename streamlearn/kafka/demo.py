@@ -47,6 +47,8 @@ class DemoConfig:
     refresh: float = 1.0
     view_port: int | None = 8050  # the live page on 127.0.0.1; None: no page
     view_host: str = "127.0.0.1"
+    guard: int | None = None  # guarded averaging at every node: window in samples (None: off)
+    guard_margin: float = 0.05  # nats (streamlearn.sync.guard)
 
     def check(self) -> "DemoConfig":
         if not isinstance(self.nodes, int) or not 1 <= self.nodes <= 64:
@@ -68,6 +70,12 @@ class DemoConfig:
         for d in self.drifts:
             parse_drift(d)
         parse_spec(self.protocol)
+        from streamlearn.sync.guard import check_guard
+
+        try:
+            self.guard, self.guard_margin = check_guard(self.guard, self.guard_margin)
+        except ConfigError as exc:
+            raise ConfigError(f"--{exc}".replace("--guard_margin", "--guard-margin")) from None
         return self
 
 
@@ -381,6 +389,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             learner_args += ["--lr", cfg.lr]
         if cfg.lr_decay is not None:
             learner_args += ["--lr-decay", cfg.lr_decay]
+        if cfg.guard is not None:  # guarded averaging at every node
+            learner_args += ["--guard", cfg.guard, "--guard-margin", cfg.guard_margin]
         reader = StatusReader(broker.bootstrap, prefix)
         stack.callback(reader.close)
         drift_reader = _DriftReader(broker.bootstrap, prefix)

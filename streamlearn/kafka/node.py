@@ -201,6 +201,12 @@ class NodeConfig:
         fetch for about that long even when records arrive (kafka-python's default, 500 ms,
         made a sync round trip take 250 ms), so it is short here: None means
         :func:`~streamlearn.kafka.config.default_fetch_wait_ms` (20 ms; 500 ms on durable storage).
+    guard, guard_margin
+        Guarded averaging (:mod:`streamlearn.sync.guard`): the node keeps its last ``guard``
+        learned samples and declines a model from the sync (a ``send`` other than its join's
+        reference, or a ``pull``) whose mean log loss on them is above its own model's by more
+        than ``guard_margin`` nats: it keeps its own model, takes the reference of a full sync
+        all the same, and tells the sync service (a ``decline``). None (default): no guard.
     device
         Torch device of the learner; None: cuda when available, else cpu.
     prefix, bootstrap, settings
@@ -244,6 +250,8 @@ class NodeConfig:
     id_timeout: float = 60.0
     checkpoint_dir: str | None = None
     checkpoint_every: int = 10_000
+    guard: int | None = None
+    guard_margin: float = 0.05
     device: str | None = None
     prefix: str | None = None
     bootstrap: str | None = None
@@ -267,6 +275,11 @@ class NodeConfig:
             positive(name, getattr(self, name))
         positive("label_ttl", self.label_ttl, allow_none=True)
         positive("checkpoint_every", self.checkpoint_every, integer=True)
+        from streamlearn.sync.guard import check_guard
+
+        _, margin = check_guard(10 if self.guard is None else self.guard, self.guard_margin)  # the margin too
+        object.__setattr__(self, "guard_margin", margin)
+        check_guard(self.guard, margin)
         if self.checkpoint_dir is not None:
             if not isinstance(self.checkpoint_dir, str) or not self.checkpoint_dir:
                 raise ConfigError(f"checkpoint_dir must be a directory path, got {self.checkpoint_dir!r}")
@@ -442,6 +455,14 @@ class NodeService(Service):
         # per buffered sample: [late-labelled, its prediction on arrival was right, proba of the true label]
         self._early = np.empty((0, 3))
         self._late_buffered = False  # some buffered sample is late-labelled (its row of _early is set)
+        # guarded averaging: the last `guard` learned samples, a ring written at _gpos (_gn of them filled)
+        self._guard = cfg.guard if self.averageable_ else None
+        self._gX = np.empty((self._guard or 0, f), dtype=np.float32)
+        self._gy = np.empty(self._guard or 0, dtype=np.int64)
+        self._gpos = self._gn = 0
+        self._declines = self._guard_checks = 0
+        self._guard_us: float | None = None  # microseconds of the last check (two forwards of the window)
+        self._guard_losses: list | None = None  # [arriving model's, own model's] window loss at the last check
         self._head = 0
         self._last_arrival = time.monotonic()
         # keyed readings waiting for their label, and the offsets of those held (oldest first)
@@ -860,6 +881,8 @@ class NodeService(Service):
                 learner.restart_schedule()  # from the next step on: this one is taken (fused) or below
         if fused is None:
             learner.learn_many(X, self._labels[yi])
+        if self._guard is not None:
+            self._remember(X, yi)
         self._last_seq = int(seqs[-1])  # gaps are counted as records are consumed (_note_seqs)
         self._head = h + n
         self._samples += n
@@ -889,6 +912,84 @@ class NodeService(Service):
                     self._publish_model("report", **report)
                 else:
                     self._publish_up(SyncMessage("report", **report))
+
+    def _remember(self, X: np.ndarray, yi: np.ndarray) -> None:
+        """Put a learned mini-batch into the guard's window (a ring of the last ``guard`` samples): whole-batch copies."""
+        G, n = self._guard, len(yi)
+        if n >= G:
+            self._gX[:] = X[n - G:]
+            self._gy[:] = yi[n - G:]
+            self._gpos, self._gn = 0, G
+            return
+        pos = self._gpos
+        k = min(n, G - pos)  # up to the end of the ring, then the rest from its start
+        self._gX[pos:pos + k], self._gy[pos:pos + k] = X[:k], yi[:k]
+        self._gX[:n - k], self._gy[:n - k] = X[k:], yi[k:]
+        self._gpos = (pos + n) % G
+        self._gn = min(G, self._gn + n)
+
+    def _window_p_true(self, flats: list) -> list:
+        """The probability each model of ``flats`` gives the true class of every sample in the guard's window.
+
+        A torch learner without a scaler: one batched forward of the models (its ``functional()``), the
+        learner untouched. Otherwise each model is set in turn (``set_flat`` keeps the optimizer state),
+        predicted with, and the learner's own model set back.
+        """
+        learner, n = self.learner_, self._gn
+        X, yi = self._gX[:n], self._gy[:n]
+        functional = getattr(learner, "functional", None)
+        if functional is not None and getattr(learner, "scaler_", True) is None \
+                and list(getattr(learner, "classes_", [])) == self.classes_:
+            forward, _ = functional()
+            own = _live_flat(learner)
+            p = learner.n_params
+            W = torch.stack([f[:p].to(own.device, own.dtype) for f in flats])
+            Xt = torch.as_tensor(X, device=own.device).expand(len(flats), n, X.shape[1])
+            with torch.no_grad():
+                logp = torch.log_softmax(forward(W, Xt)[..., :len(self.classes_)], dim=-1)
+                yt = torch.as_tensor(yi, device=own.device).expand(len(flats), n)
+                return list(logp.gather(-1, yt.unsqueeze(-1)).squeeze(-1).exp().cpu())
+        own = learner.get_flat()
+        flats = [f.clone() for f in flats]  # a live view of the learner's parameters changes with set_flat
+        out = []
+        try:
+            for flat in flats:
+                learner.set_flat(flat)
+                P = np.asarray(learner.predict_proba_many(X), dtype=np.float64)
+                out.append(torch.as_tensor(_score_step(P, learner, self.classes_, yi)[1]))
+        finally:
+            learner.set_flat(own)
+        return out
+
+    def _guard_takes(self, candidate: torch.Tensor) -> bool:
+        """Whether the guard lets the model ``candidate`` (what the sync would leave) replace the learner's."""
+        from streamlearn.sync.guard import accepts, window_loss
+
+        if self._guard is None or self._gn < 10:
+            return True  # no guard, or nothing to judge by yet
+        t0 = time.perf_counter()
+        p_in, p_own = self._window_p_true([candidate, _live_flat(self.learner_)])
+        loss_in, loss_own = window_loss(p_in.double()[None]), window_loss(p_own.double()[None])
+        ok = bool(accepts(loss_in, loss_own, self.config.guard_margin)[0])
+        self._guard_us = (time.perf_counter() - t0) * 1e6
+        self._guard_losses = [float(loss_in[0]), float(loss_own[0])]
+        self._guard_checks += 1
+        return ok
+
+    def _decline(self, msg: SyncMessage, model: torch.Tensor) -> None:
+        """The guard kept the node's own model: take the reference of a full sync all the same (the node and
+        the sync service keep one reference), count it and tell the sync service."""
+        node = self.config.node
+        if msg.kind == "send" and msg.reference:
+            if self._motion is not None:
+                self._motion.on_reference([0], self._r[None], model, self._step_no)
+            self._r = model.clone()
+        self._declines += 1
+        log.debug("node %d: declined a %s at step %d (guard)", node, msg.kind, self._step_no)
+        self._publish_up(SyncMessage("decline", node=node, step=self._step_no))
+        self._since_sync = 0
+        self._awaiting = None  # answered: the node rule may send again
+        self._divergence = self._model_divergence()
 
     @property
     def _last_loss(self) -> float:
@@ -1091,6 +1192,14 @@ class NodeService(Service):
         else:
             model = torch.from_numpy(np.array(msg.model, dtype=np.float32)).to(self._r.device)
         self._models_received += 1
+        if self._guard is not None and kind in ("send", "pull") and msg.reason != "join":
+            candidate = model if kind == "send" else None
+            if candidate is None:
+                w = self.learner_.get_flat()
+                candidate = w - msg.strength * (w - model.to(w.device))
+            if not self._guard_takes(candidate):
+                self._decline(msg, model)
+                return
         if kind == "send":
             if msg.reason == "join":
                 self._rejoin_at = None
@@ -1287,6 +1396,8 @@ class NodeService(Service):
             "last_sync_kind": self._last_sync_kind,
             "send_errors": self._send_errors, "bad_sync_records": self._bad_down,
             "reference_mismatches": self._reference_mismatches,
+            "guard": cfg.guard, "declines": self._declines, "guard_checks": self._guard_checks,
+            "guard_check_us": self._guard_us, "guard_losses": self._guard_losses,
         }
         status.update(awaiting_label=len(self._held), predicted_unlabelled=self._predicted_unlabelled,
                       labels_matched=self._labels_matched, labels_unmatched=self._labels_unmatched,
@@ -1350,7 +1461,7 @@ _CKPT_COUNTERS = ("samples", "step_no", "since_sync", "unlabelled", "deadletters
                   "models_sent", "models_received", "bytes_sent", "bytes_received", "reports_sent", "violations",
                   "suppressed", "send_errors", "bad_down", "predicted_unlabelled", "labels_matched",
                   "labels_unmatched", "labels_missing", "labels_replayed", "checkpoints", "checkpoint_errors",
-                  "relearned", "topic_resets")
+                  "relearned", "topic_resets", "declines")
 
 
 def _append(buf: np.ndarray, head: int, new: np.ndarray, order) -> np.ndarray:
@@ -1399,7 +1510,7 @@ _NODE_OPTIONS = {"id", "node", "source", "features", "classes", "learner", "lr",
                  "scale",
                  "protocol", "batch_size", "seed", "window", "detector", "sync_timeout", "status_interval",
                  "commit_interval", "max_poll_records", "fetch_wait_ms", "max_pending", "label_ttl", "id_timeout",
-                 "checkpoint_dir", "checkpoint_every",
+                 "checkpoint_dir", "checkpoint_every", "guard", "guard_margin",
                  "linger", "device", "prefix", "bootstrap", "max_seconds", "source_params", "learner_params"}
 
 
@@ -1461,7 +1572,14 @@ def node_config_from_options(options: Mapping[str, Any]) -> NodeConfig:
                 opts[key] = int(opts[key])
             except ValueError:
                 raise ConfigError(f"{key} must be an integer, got {opts[key]!r}") from None
-    for key in ("sync_timeout", "status_interval", "commit_interval", "linger", "label_ttl", "id_timeout"):
+    if isinstance(opts.get("guard"), str):
+        text = opts["guard"].strip().lower()
+        try:
+            opts["guard"] = None if text in ("none", "off", "") else int(text)
+        except ValueError:
+            raise ConfigError(f"guard: the window must be an integer >= 10 samples, got {opts['guard']!r}") from None
+    for key in ("sync_timeout", "status_interval", "commit_interval", "linger", "label_ttl", "id_timeout",
+                "guard_margin"):
         if key in opts and isinstance(opts[key], str):
             try:
                 opts[key] = float(opts[key])

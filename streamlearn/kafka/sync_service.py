@@ -7,6 +7,8 @@ from it; ``max_nodes`` node slots; its model bank on cuda when available, else c
 - ``join`` -> ``on_join`` (the node gets the reference), ``leave`` -> ``on_leave``;
 - all ``report`` records of one poll -> one ``on_reports`` call;
 - all ``model`` answers of one poll -> one ``on_models`` call;
+- all ``decline`` records of one poll (guarded nodes that kept their own model,
+  :mod:`streamlearn.sync.guard`) -> one ``on_declined`` call, counted in ``declines``;
 - a node awaited (``pending``, or ``waiting_reports`` of round protocols) for more than
   ``timeout`` seconds -> ``on_timeout``;
 
@@ -339,7 +341,7 @@ class SyncService(Service):
     # ---- events --------------------------------------------------------------------------------
 
     def _handle(self, messages: list) -> None:
-        by_kind: dict[str, list] = {"join": [], "report": [], "model": [], "leave": []}
+        by_kind: dict[str, list] = {"join": [], "report": [], "model": [], "leave": [], "decline": []}
         for msg in messages:
             if msg.kind not in by_kind:  # a down kind on the up topic
                 self._counts["bad_records"] += 1
@@ -359,6 +361,9 @@ class SyncService(Service):
                   if m is not None}
         if models:
             self._act(p.on_models(models))
+        declined = [m.node for m in by_kind["decline"] if self._known(m)]
+        if declined:  # guarded nodes kept their own model (counted in the status as `declines`)
+            self._act(p.on_declined(declined))
         for msg in by_kind["leave"]:
             held = self._leases.get(msg.node)
             if held is not None and msg.token is not None and held[0] != msg.token:

@@ -26,7 +26,8 @@ and in ``send`` (the sync service's syncs under such a codec; a joining node's r
 goes whole). It stays bytes in :attr:`SyncMessage.delta`: the receiver decodes it against its
 reference with :func:`~streamlearn.sync.codec.unpack_delta`, which checks the tag.
 
-Nodes write ``join``, ``leave``, ``report`` and ``model`` (an answer to a request) on
+Nodes write ``join``, ``leave``, ``report``, ``model`` (an answer to a request) and ``decline``
+(a guarded node kept its own model instead of a ``send`` or ``pull``: :mod:`streamlearn.sync.guard`) on
 ``<prefix>.sync.up``; the sync service writes ``hello``, ``request``, ``send``, ``pull`` and
 ``reject`` on ``<prefix>.sync.down``, addressed to ``targets`` (None: every node). The
 fields each kind needs are in :data:`REQUIRED`; docs/schemas.md has the table.
@@ -134,7 +135,7 @@ _MAX_TOKEN_CHARS = 64
 #: Seconds between two renewals of an assigned node id (the sync service's ``id_lease`` is longer).
 ID_RENEW_EVERY = 1.0
 
-UP_KINDS = ("join", "leave", "report", "model", "claim")
+UP_KINDS = ("join", "leave", "report", "model", "claim", "decline")
 DOWN_KINDS = ("hello", "request", "send", "pull", "reject", "assign")
 
 #: Fields each kind must carry ("model" means the envelope carries a model).
@@ -149,6 +150,7 @@ REQUIRED = {
     "pull": ("targets", "model", "strength", "epoch"),
     "reject": ("targets", "reason"),
     "claim": ("token",),                       # node: the id it holds (a renewal); none: asks for one
+    "decline": ("node",),                      # a guarded node kept its own model (step: its local step)
     "assign": ("token", "epoch"),              # node: the id given; none (with a reason): no id free
 }
 _OPTIONAL_JSON = ("node", "targets", "epoch", "step", "n_samples", "loss", "request", "reference", "strength",

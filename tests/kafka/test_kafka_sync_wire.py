@@ -112,7 +112,7 @@ def test_expected_model_length_is_checked():
 
 def test_required_fields_cover_every_kind():
     assert set(REQUIRED) == {"join", "leave", "report", "model", "hello", "request", "send", "pull", "reject",
-                             "claim", "assign"}
+                             "claim", "assign", "decline"}
 
 
 @settings(max_examples=300, deadline=None)

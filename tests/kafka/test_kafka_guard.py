@@ -1,0 +1,189 @@
+"""Guarded averaging in the node service (issue 12, point 1): the rule of :mod:`streamlearn.sync.guard`.
+
+Against the real Tansu broker of conftest.py: three nodes on a near-separable stream under
+``periodic:b=2``; node 2's labels are flipped from the start (a concept of its own). With
+``guard=200`` node 2 declines most syncs and keeps its accuracy; without the guard the average
+of the others drags it down. The sync service counts the ``decline`` records the nodes send.
+(Nodes 0 and 1 decline the average too at the default margin: see MARGIN.)
+
+Without a broker: the configuration's validation, the options plumbing, the guard's window (a ring), and
+the check itself (both ways of evaluating the window agree; its cost is printed).
+"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from streamlearn.errors import ConfigError
+from streamlearn.kafka.node import NodeConfig, NodeService, node_config_from_options
+from streamlearn.kafka.topics import sync_up_topic
+from streamlearn.kafka.wire import decode_sync
+
+from test_kafka_pipeline import Pipeline, encode, make_data, publish
+
+N, BATCH, SPEC = 2000, 10, "periodic:b=2"
+# The default margin (0.05 nats). Nodes 0 and 1 decline the average too, here: it has their decision
+# boundary but node 2's opposite model shrinks it to about a third of their weights' length, so it is
+# less confident and its window loss is ~0.14 nats above theirs (0.22 against 0.08; node 2's gap: ~1.9).
+# With a margin above that gap (0.3, 0.5) a node that once accepts the average is dragged by it and
+# keeps accepting (its own model is then as bad): node 2 at 0.5 ends at 0.52, node 1 at 0.3 at 0.82.
+# Not averaging a node that keeps declining is issue 12's point 2 (groups).
+MARGIN = 0.05
+
+
+def up_kinds(settings, prefix) -> list:
+    """The kinds of every record on ``<prefix>.sync.up`` so far."""
+    consumer = KafkaConsumer(**settings.consumer_kwargs())
+    try:
+        tp = TopicPartition(sync_up_topic(prefix), 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        end = consumer.end_offsets([tp])[tp]
+        kinds = []
+        while consumer.position(tp) < end:
+            for records in consumer.poll(timeout_ms=200).values():
+                kinds.extend(decode_sync(rec.value).kind for rec in records)
+        return kinds
+    finally:
+        consumer.close()
+
+
+def run(broker, settings, prefix, guard, margin=MARGIN) -> dict:
+    """Three nodes learn N samples each, node 2 with flipped labels; their statuses, the sync's, the up kinds."""
+    with Pipeline(broker, settings, prefix, spec=SPEC, timeout=3.0) as p:
+        p.start_sync()
+        for node in range(3):
+            p.start_node(node, batch_size=BATCH, detector=None, guard=guard, guard_margin=margin)
+        p.wait(lambda r: r.sync and r.sync.get("nodes_alive") == 3, what="3 joins")
+        streams = {}
+        for node in range(3):
+            X, y = make_data(N, seed=20 + node, flip_at=0 if node == 2 else None)
+            streams[node] = encode(X, y, 0, "batch", BATCH)
+        publish(settings, prefix, streams, seconds=5.0)
+
+        def settled(r):
+            return (r.sync and all(r.nodes.get(n, {}).get("samples") == N for n in range(3))
+                    and not any(r.nodes[n]["awaiting_sync"] for n in range(3)) and not r.sync["pending"]
+                    and r.sync.get("declines") == sum(r.nodes[n]["declines"] for n in range(3)))
+
+        p.wait(settled, timeout=60.0, what="the streams learned and the declines counted")
+        nodes = {n: dict(p.status.nodes[n]) for n in range(3)}
+        sync = dict(p.status.sync)
+    return {"nodes": nodes, "sync": sync, "up": up_kinds(settings, prefix)}
+
+
+def test_a_guarded_node_with_its_own_concept_declines_the_average_and_keeps_its_accuracy(broker, settings, prefix):
+    guarded = run(broker, settings, f"{prefix}.g", guard=200)
+    plain = run(broker, settings, f"{prefix}.u", guard=None)
+    g, u = guarded["nodes"], plain["nodes"]
+    declines = {n: g[n]["declines"] for n in range(3)}
+    checks = {n: g[n]["guard_checks"] for n in range(3)}
+    print(f"\nnode 2 accuracy: guarded {g[2]['accuracy']:.3f} (rolling {g[2]['rolling_accuracy']:.3f}), "
+          f"plain {u[2]['accuracy']:.3f} (rolling {u[2]['rolling_accuracy']:.3f})")
+    print(f"nodes 0, 1 accuracy: guarded {g[0]['accuracy']:.3f}, {g[1]['accuracy']:.3f}; "
+          f"plain {u[0]['accuracy']:.3f}, {u[1]['accuracy']:.3f}")
+    print(f"declines {declines} of checks {checks}; sync service declines {guarded['sync']['declines']}, "
+          f"full syncs {guarded['sync']['full_syncs']}")
+    print("last check, window loss [arriving, own]: " + ", ".join(f"node {n} {g[n]['guard_losses']}" for n in range(3)))
+    print("guard check (two forwards of a 200-sample window): "
+          + ", ".join(f"node {n} {g[n]['guard_check_us']:.0f} us" for n in range(3)))
+    assert g[2]["accuracy"] > 0.9, g[2]
+    assert u[2]["accuracy"] < g[2]["accuracy"] - 0.1, (u[2]["accuracy"], g[2]["accuracy"])
+    assert checks[2] > 10 and declines[2] > checks[2] / 2  # most syncs declined
+    # Nodes 0 and 1 decline as well (see MARGIN): learning alone, they do better than with the dragged average.
+    assert all(g[n]["accuracy"] >= u[n]["accuracy"] - 0.02 for n in (0, 1)), (g, u)
+    assert guarded["sync"]["declines"] == sum(declines.values()) > 0
+    assert guarded["up"].count("decline") == sum(declines.values())
+    assert all(g[n]["guard"] == 200 for n in range(3))
+    # without the guard: nothing checked, nothing declined, no decline on the wire
+    assert all(u[n]["declines"] == 0 and u[n]["guard_checks"] == 0 and u[n]["guard"] is None for n in range(3))
+    assert plain["sync"]["declines"] == 0 and "decline" not in plain["up"]
+
+
+def test_guard_settings_are_validated_at_config_time():
+    base = dict(node=0, features=("a", "b"), classes=(0, 1))
+    assert NodeConfig(**base).guard is None
+    cfg = NodeConfig(**base, guard=200, guard_margin=0)
+    assert (cfg.guard, cfg.guard_margin) == (200, 0.0)
+    for kw, match in [({"guard": 5}, "guard: .*got 5"), ({"guard": 200.0}, "guard: .*got 200.0"),
+                      ({"guard": True}, "guard: .*got True"), ({"guard": 200, "guard_margin": -0.1}, "guard_margin.*-0.1"),
+                      ({"guard_margin": float("nan")}, "guard_margin.*nan"), ({"guard_margin": "x"}, "guard_margin.*'x'")]:
+        with pytest.raises(ConfigError, match=match):
+            NodeConfig(**base, **kw)
+    opts = {"id": 1, "features": "a,b", "classes": "0,1"}
+    cfg = node_config_from_options({**opts, "guard": "300", "guard-margin": "0.2"})
+    assert (cfg.guard, cfg.guard_margin) == (300, 0.2)
+    assert node_config_from_options({**opts, "guard": "none"}).guard is None
+    with pytest.raises(ConfigError, match="guard"):
+        node_config_from_options({**opts, "guard": "lots"})
+
+
+@pytest.mark.parametrize("G", [10, 37])
+def test_the_guard_window_holds_the_last_learned_samples(G):
+    rng = np.random.default_rng(G)
+    ring = types.SimpleNamespace(_guard=G, _gX=np.zeros((G, 2), np.float32), _gy=np.zeros(G, np.int64), _gpos=0, _gn=0)
+    X = rng.normal(size=(500, 2)).astype(np.float32)
+    y = rng.integers(0, 3, 500)
+    at = 0
+    for n in rng.integers(1, 2 * G, 60):
+        n = int(min(n, 500 - at))
+        if not n:
+            break
+        NodeService._remember(ring, X[at:at + n], y[at:at + n])
+        at += n
+        k = min(at, G)
+        assert ring._gn == k
+        got = sorted(map(tuple, np.column_stack([ring._gX[:k], ring._gy[:k]]).tolist()))
+        want = sorted(map(tuple, np.column_stack([X[at - k:at], y[at - k:at]]).tolist()))
+        assert got == want
+
+
+def _bare_service(learner_params: dict, G: int = 200, margin: float = 0.05) -> NodeService:
+    """A NodeService with only what the guard's check reads (no Kafka): a learner and a full window."""
+    from streamlearn.learners import make_learner
+
+    svc = object.__new__(NodeService)
+    svc.config = NodeConfig(node=0, features=("a", "b", "c"), classes=(0, 1), guard=G, guard_margin=margin)
+    svc.classes_ = [0, 1]
+    svc.learner_ = make_learner("logreg", features=["a", "b", "c"], classes=[0, 1], seed=0, device="cpu",
+                                **learner_params)
+    X, y = make_data(G + 500, seed=3)
+    for i in range(0, 500, 10):
+        svc.learner_.learn_many(X[i:i + 10], y[i:i + 10])
+    svc._guard, svc._gX, svc._gy, svc._gpos, svc._gn = G, np.zeros((G, 3), np.float32), np.zeros(G, np.int64), 0, 0
+    svc._guard_checks = 0
+    NodeService._remember(svc, X[500:], y[500:])
+    return svc
+
+
+@pytest.mark.parametrize("params", [{"lr": 0.5}, {"lr": 0.5, "scale": True}], ids=["functional", "set_flat"])
+def test_the_guard_check_takes_the_better_model_and_leaves_the_learner_as_it_was(params):
+    import time
+
+    import torch
+
+    svc = _bare_service(params)
+    own = svc.learner_.get_flat()
+    p = svc.learner_.n_params
+    opposite = own.clone()
+    opposite[:p] = -own[:p]
+    assert svc._guard_takes(own.clone())  # the same model: not worse
+    assert not svc._guard_takes(opposite)  # the opposite concept: far worse
+    assert torch.equal(svc.learner_.get_flat(), own)  # its own model (and scaler) back
+    loss_in, loss_own = svc._guard_losses
+    assert loss_in > loss_own + 1.0
+    # the same probabilities as the learner's own predictions
+    P = svc.learner_.predict_proba_many(svc._gX)
+    p_own = svc._window_p_true([own])[0].numpy()
+    np.testing.assert_allclose(p_own, P[np.arange(len(P)), svc._gy], rtol=1e-5, atol=1e-6)
+    runs = 200
+    t0 = time.perf_counter()
+    for _ in range(runs):
+        svc._guard_takes(opposite)
+    us = (time.perf_counter() - t0) / runs * 1e6
+    print(f"\nguard check, logreg, 200-sample window, {params}: {us:.0f} us per sync "
+          f"(last one measured inside: {svc._guard_us:.0f} us)")
