@@ -39,7 +39,7 @@ import torch
 
 from streamlearn.learners import TorchLearner
 from streamlearn.sim import build_node_data, simulate
-from streamlearn.sim.run import result_row
+from streamlearn.sim.run import result_row, serial_data
 from streamlearn.sim.simulator import NodeData, load_node_data
 from streamlearn.streams import DriftEvent
 
@@ -174,12 +174,6 @@ STREAMS = {
 
 
 # ---- runs ------------------------------------------------------------------------------------
-
-def serial_data(data: NodeData) -> NodeData:
-    m, n, f = data.X.shape
-    return NodeData(X=data.X.transpose(1, 0, 2).reshape(1, m * n, f), y=data.y.T.reshape(1, m * n),
-                    classes=data.classes, feature_names=data.feature_names)
-
 
 def label(spec: str, extra: dict) -> str:
     return spec + "".join(f" {k}={v}" for k, v in sorted(extra.items()))

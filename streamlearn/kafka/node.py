@@ -981,15 +981,19 @@ class NodeService(Service):
         the sync service keep one reference), count it and tell the sync service."""
         node = self.config.node
         if msg.kind == "send" and msg.reference:
-            if self._motion is not None:
-                self._motion.on_reference([0], self._r[None], model, self._step_no)
-            self._r = model.clone()
+            self._take_reference(model)
         self._declines += 1
         log.debug("node %d: declined a %s at step %d (guard)", node, msg.kind, self._step_no)
         self._publish_up(SyncMessage("decline", node=node, step=self._step_no))
         self._since_sync = 0
         self._awaiting = None  # answered: the node rule may send again
         self._divergence = self._model_divergence()
+
+    def _take_reference(self, model: torch.Tensor, join: bool = False) -> None:
+        """Make ``model`` the reference, and follow its motion (a join restarts it: no velocity known yet)."""
+        if self._motion is not None:
+            self._motion.on_reference([0], (model if join else self._r)[None], model, self._step_no)
+        self._r = model.clone()
 
     @property
     def _last_loss(self) -> float:
@@ -1209,10 +1213,7 @@ class NodeService(Service):
                     return  # it already holds this reference: keep what it learned meanwhile
             self.learner_.set_flat(model)
             if msg.reference:
-                if self._motion is not None:  # a join restarts the motion: no velocity known yet
-                    self._motion.on_reference([0], (model if msg.reason == "join" else self._r)[None], model,
-                                              self._step_no)
-                self._r = model.clone()
+                self._take_reference(model, join=msg.reason == "join")
             self._last_sync_kind = "join" if msg.reason == "join" else ("full" if msg.reference else "partial")
         elif kind == "pull":
             w = self.learner_.get_flat()

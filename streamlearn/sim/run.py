@@ -19,7 +19,7 @@ from streamlearn.sim.compare import expand_grid, matched_accuracy, recovery_afte
 from streamlearn.sim.plots import plot_timeline, plot_tradeoff
 from streamlearn.sim.simulator import NodeData, SimResult, load_node_data, simulate
 
-__all__ = ["build_node_data", "detect", "simulate_once", "run_comparison", "serial_baseline", "result_row"]
+__all__ = ["build_node_data", "detect", "simulate_once", "run_comparison", "serial_baseline", "serial_data", "result_row"]
 
 DEFAULT_N_PER_NODE = 20_000
 MATCH_TOLERANCE = 0.005  # accuracy within 0.5 points counts as matched; syncing must gain 0.5 points to help
@@ -90,13 +90,16 @@ def result_row(result: SimResult, window: int = 500) -> dict:
     return row
 
 
+def serial_data(data: NodeData) -> NodeData:
+    """Every node's samples interleaved round-robin into one node's stream (what one learner on all the data sees)."""
+    m, n, f = data.X.shape
+    return NodeData(X=data.X.transpose(1, 0, 2).reshape(1, m * n, f), y=data.y.T.reshape(1, m * n),
+                    classes=data.classes, feature_names=data.feature_names)
+
+
 def serial_baseline(data: NodeData, learner, batch_size: int, window: int = 500) -> dict:
     """One learner on the whole stream: every node's samples interleaved round-robin, one node."""
-    m, n, f = data.X.shape
-    X = data.X.transpose(1, 0, 2).reshape(1, m * n, f)
-    y = data.y.T.reshape(1, m * n)
-    serial = NodeData(X=X, y=y, classes=data.classes, feature_names=data.feature_names)
-    res = simulate(serial, learner, "nosync", batch_size=batch_size, progress=False)
+    res = simulate(serial_data(data), learner, "nosync", batch_size=batch_size, progress=False)
     row = res.summary()
     row["protocol"] = "serial"
     # The serial learner sees m times more samples: its loss is over the same samples as the nodes'.
