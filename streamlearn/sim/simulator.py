@@ -21,7 +21,8 @@ from streamlearn.errors import ConfigError
 from streamlearn.learners.schedule import decayed_lr
 from streamlearn.learners.torch_learner import TorchLearner
 from streamlearn.sync.codec import Uplink
-from streamlearn.sync.driver import ReferenceMotion, lockstep
+from streamlearn.sync.driver import ReferenceMotion, lockstep, settle
+from streamlearn.sync.groups import Grouped
 from streamlearn.sync.guard import accepts, check_guard, window_loss
 from streamlearn.sync.messages import PullToward, SendModel
 from streamlearn.sync.protocol import Protocol
@@ -98,6 +99,9 @@ class SimResult:
     # (step, node) per restart of a node's step-size schedule (lr_decay with a detector): the
     # node's clock restarts after that step, at sample position step * batch_size
     restarts: list = field(default_factory=list)
+    # (step, kind, node, from_group, to_group) per group change (a protocol with ``split``,
+    # :mod:`streamlearn.sync.groups`); the step is the round, sample position step * batch_size
+    groups: list = field(default_factory=list)
 
     @property
     def accuracy(self) -> float:
@@ -143,13 +147,14 @@ class SimResult:
             "full_syncs": int(self.comm["full_syncs"]),
             "partial_syncs": int(self.comm["partial_syncs"]),
             "restarts": len(self.restarts),
+            "group_changes": len(self.groups),
             "comm": dict(self.comm),
             "seconds": self.seconds,
         }
 
 
 def _as_protocol(protocol, m: int, d: int, w0: torch.Tensor, seed: int, n_params: int) -> Protocol:
-    if isinstance(protocol, Protocol):
+    if isinstance(protocol, (Protocol, Grouped)):
         if (protocol.m, protocol.d, protocol.n_params) != (m, d, n_params):
             raise ConfigError(f"protocol: built for m={protocol.m}, d={protocol.d}, n_params={protocol.n_params}; "
                               f"the simulation has m={m}, d={d}, n_params={n_params}")
@@ -305,7 +310,8 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
             actions = lockstep(proto, r + 1, full, R, loss=batch_loss, n_samples=since_sync, uplink=uplink,
                                motion=motion)
             if before is not None and actions:
-                _guard(proto, actions, full, before, X, Y, sl.stop, window, margin, forward, scaler, p)
+                _guard(proto, actions, full, before, R, X, Y, sl.stop, window, margin, forward, scaler, p, r + 1,
+                       uplink, motion)
             if actions and scaler is not None:
                 Wd.copy_(full[:, :p])
                 scaler.set_flat(full[:, p:])
@@ -320,23 +326,36 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
                             models=proto.stats.models_up + proto.stats.models_down)
     bar.close()
     return SimResult(
-        protocol=proto.name if isinstance(protocol, Protocol) else str(protocol),
+        protocol=proto.name if isinstance(protocol, (Protocol, Grouped)) else str(protocol),
         m=m, n=n, batch_size=batch_size, d=d,
         correct=correct.cpu().numpy(), losses=losses.cpu().numpy(),
         comm=proto.stats.as_dict(), syncs=syncs, events=[ev for ev in data.events if ev.position < n],
         final_models=(Wd if scaler is None else torch.cat([Wd, scaler.get_flat(f, lead=(m,))], dim=1)).cpu().clone(),
-        seconds=time.perf_counter() - t0, restarts=restarts,
+        seconds=time.perf_counter() - t0, restarts=restarts, groups=list(getattr(proto, "events", [])),
     )
 
 
-def _guard(proto, actions, full, before, X, Y, end: int, window: int, margin: float, forward, scaler, p: int) -> None:
+def _guard(proto, actions, full, before, R, X, Y, end: int, window: int, margin: float, forward, scaler, p: int,
+           step: int, uplink, motion) -> None:
     """Guarded averaging after a round's syncs: nodes whose arriving model is worse on their last ``window``
     learned samples than their own by more than ``margin`` go back to their own model (``before``), keep
-    the new reference, and the protocol hears of it."""
-    got = sorted({int(n) for a in actions if isinstance(a, (SendModel, PullToward)) for n in a.nodes})
+    the new reference, and the protocol hears of it. What the protocol answers (a node that moved to
+    another group gets its reference) is applied and guarded the same way."""
     lo = max(0, end - window)
-    if not got or end - lo < 10:
-        return  # nothing to judge by yet: take the sync
+    while actions:
+        got = sorted({int(n) for a in actions if isinstance(a, (SendModel, PullToward)) for n in a.nodes})
+        if not got or end - lo < 10:
+            return  # nothing to judge by yet: take the sync
+        declined = _declines(got, full, before, X, Y, lo, end, forward, scaler, p, margin)
+        if not declined:
+            return
+        full[declined] = before[declined]
+        before = full.clone()
+        actions = settle(proto, proto.on_declined(declined), full, R, uplink=uplink, motion=motion, step=step)
+
+
+def _declines(got, full, before, X, Y, lo, end, forward, scaler, p, margin) -> list:
+    """The nodes of ``got`` whose model in ``full`` is worse than their own (``before``) on their window."""
     Xw, yw = X[got, lo:end], Y[got, lo:end]
 
     def loss(flat):
@@ -349,7 +368,4 @@ def _guard(proto, actions, full, before, X, Y, end: int, window: int, margin: fl
         return window_loss(logp.gather(-1, yw.unsqueeze(-1)).squeeze(-1).exp())
 
     ok = accepts(loss(full[got]), loss(before[got]), margin).tolist()
-    declined = [n for n, keep in zip(got, ok) if not keep]
-    if declined:
-        full[declined] = before[declined]
-        proto.on_declined(declined)
+    return [n for n, keep in zip(got, ok) if not keep]

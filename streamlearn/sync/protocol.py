@@ -175,6 +175,16 @@ class Protocol:
         """The current reference model r (do not modify it)."""
         return self.bank.r
 
+    @property
+    def node_groups(self) -> dict[int, int]:
+        """The group of every alive node: all in group 0 (see :mod:`streamlearn.sync.groups`)."""
+        return {n: 0 for n in sorted(self.alive)}
+
+    @property
+    def references(self) -> dict[int, torch.Tensor]:
+        """The reference of every group: here only the whole's."""
+        return {0: self.bank.r}
+
     def get_state(self) -> dict:
         """What the coordinator keeps besides the model bank and ``stats``, as plain JSON (its random
         generator, full syncs sent; dynamic averaging adds its violation counter). See :meth:`set_state`."""

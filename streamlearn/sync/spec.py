@@ -5,6 +5,7 @@ from __future__ import annotations
 from streamlearn.errors import ConfigError
 from streamlearn.sync.dynamic import Dynamic
 from streamlearn.sync.fedavg import FedAvg
+from streamlearn.sync.groups import Grouped
 from streamlearn.sync.lsgd import LSGD
 from streamlearn.sync.nosync import NoSync
 from streamlearn.sync.periodic import Continuous, Periodic
@@ -16,6 +17,13 @@ PROTOCOLS: dict[str, type[Protocol]] = {cls.name: cls for cls in (NoSync, Contin
 
 # Constructor arguments that are not hyperparameters, accepted by make_protocol as keywords.
 _COMMON = ("initial_nodes", "device", "dtype", "n_params")
+#: Settings of every averaging protocol that make_protocol handles itself: ``split=N`` runs the protocol
+#: per group of nodes (:class:`~streamlearn.sync.groups.Grouped`).
+WRAPPERS: dict[str, type] = {"split": int}
+
+
+def _known(name: str) -> dict[str, type]:
+    return {**PROTOCOLS[name].params, **({} if name == "nosync" else WRAPPERS)}
 
 
 def _convert(name: str, key: str, kind: type, text: str):
@@ -45,7 +53,7 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     name = name.strip().lower()
     if name not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {name!r} in {spec!r}; choose from {', '.join(PROTOCOLS)}")
-    known = PROTOCOLS[name].params
+    known = _known(name)
     params: dict = {}
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, eq, value = (s.strip() for s in item.partition("="))
@@ -73,14 +81,19 @@ def make_protocol(spec_or_name: str, m: int, d: int, w0=None, seed: int | None =
     ('Periodic', 8)
     >>> make_protocol("fedavg", m=4, d=10, seed=0, b=4, C=0.5).C
     0.5
+    >>> p = make_protocol("periodic:b=1,split=3", m=4, d=10, seed=0)   # one periodic per group of nodes
+    >>> type(p).__name__, p.b, p.split
+    ('Grouped', 1, 3)
     """
     name, parsed = parse_spec(spec_or_name)
     cls = PROTOCOLS[name]
     for key, value in params.items():
-        if key not in cls.params and key not in _COMMON:
-            allowed = ", ".join(cls.params) or "none"
+        if key not in _known(name) and key not in _COMMON:
+            allowed = ", ".join(_known(name)) or "none"
             raise ConfigError(f"protocol {name!r} has no parameter {key!r} (parameters: {allowed})")
         if key in parsed:
             raise ConfigError(f"protocol {name!r}: parameter {key!r} given in the spec and as a keyword")
         parsed[key] = value
-    return cls(m, d, w0=w0, seed=seed, **parsed)
+    split = parsed.pop("split", None)
+    protocol = cls(m, d, w0=w0, seed=seed, **parsed)
+    return protocol if split is None else Grouped(protocol, split=split)

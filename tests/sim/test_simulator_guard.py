@@ -49,3 +49,21 @@ def test_no_guard_is_todays_simulation_bit_for_bit(data):
 def test_bad_guard_settings_name_the_field(data, guard, field):
     with pytest.raises(ConfigError, match=field):
         simulate(data, TorchLearner("logreg", lr=0.5, seed=0), "periodic:b=2", progress=False, guard=guard)
+
+
+def test_with_split_the_drifted_nodes_form_a_group_of_their_own(data):
+    learner = TorchLearner("mlp", hidden=(8,), lr=0.5, scale=True, seed=0)
+    alone = after(simulate(data, learner, "nosync", progress=False))
+    guarded = simulate(data, learner, "periodic:b=2", progress=False, guard=(200, 0.05))
+    grouped = simulate(data, learner, "periodic:b=2,split=3", progress=False, guard=(200, 0.05))
+    # the flipped nodes leave the whole and end up averaged together, apart from the others
+    final = {}
+    for _, kind, node, _, to in grouped.groups:
+        final[node] = to
+    assert {0, 1} <= set(final) and final[0] == final[1] != 0, grouped.groups
+    assert all(final.get(n, 0) == 0 for n in range(2, 6)), grouped.groups
+    # they then decline far less, and no node is worse than alone by more than the guard alone allows
+    assert grouped.comm["declines"] < guarded.comm["declines"] / 4
+    assert (after(grouped)[:2] >= alone[:2] - 0.04).all(), (after(grouped), alone)
+    assert after(grouped)[2:].mean() >= after(guarded)[2:].mean() - 0.01
+    assert grouped.summary()["group_changes"] == len(grouped.groups)

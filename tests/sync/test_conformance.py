@@ -20,6 +20,11 @@ CASES = {
     "dynamic": ("dynamic", {"delta": 0.02, "b": 1}),
     "lsgd": ("lsgd", {"tau": 2, "strength": 0.5}),
     "lsgd-groups": ("lsgd", {"tau": 2, "strength": 0.5, "groups": 2, "global_strength": 0.25}),
+    # Run per group of nodes (streamlearn.sync.groups): with one group, the protocol itself.
+    "periodic-split": ("periodic", {"b": 2, "split": 2}),
+    "dynamic-split": ("dynamic", {"delta": 0.02, "b": 1, "split": 2}),
+    "fedavg-split": ("fedavg", {"b": 2, "C": 0.5, "split": 2}),
+    "lsgd-split": ("lsgd", {"tau": 2, "strength": 0.5, "split": 2}),
 }
 
 
