@@ -595,11 +595,13 @@ class SyncService(Service):
 
     def _note_reference(self) -> None:
         """Remember the protocol's current reference by its tag (the last :data:`KEEP_REFERENCES`)."""
-        r = self.protocol_.reference.detach().to("cpu", torch.float32).clone()
-        tag = reference_tag(r, self.protocol_.n_params)
-        self._refs.pop(tag, None)
-        self._refs[tag] = r
-        while len(self._refs) > KEEP_REFERENCES:
+        references = self.protocol_.references  # one per group of nodes (split=N), the whole's last
+        for g in sorted(references, reverse=True):
+            r = references[g].detach().to("cpu", torch.float32).clone()
+            tag = reference_tag(r, self.protocol_.n_params)
+            self._refs.pop(tag, None)
+            self._refs[tag] = r
+        while len(self._refs) > KEEP_REFERENCES * len(references):
             self._refs.popitem(last=False)
 
     def _expand(self, msg: SyncMessage) -> SyncMessage | None:
@@ -718,9 +720,13 @@ class SyncService(Service):
             status.update(nodes_alive=0, alive=[], pending=[], device=None, reference_hash=None)
             return status
         stats = p.stats.as_dict()
+        groups = p.node_groups
         status.update(stats, models=p.stats.models, bytes=stats["bytes_up"] + stats["bytes_down"],
                       nodes_alive=len(p.alive), alive=sorted(p.alive), pending=sorted(p.pending),
-                      device=str(p.bank.device), reference_hash=model_hash(p.reference))
+                      device=str(p.bank.device), reference_hash=model_hash(p.reference),
+                      # groups of nodes averaged apart (split=N): node -> group, 0 is the whole
+                      node_groups={str(n): g for n, g in groups.items()}, n_groups=len(set(groups.values())),
+                      group_changes_by_kind=p.group_changes)
         return status
 
     def _publish_status(self) -> None:

@@ -76,8 +76,8 @@ class Grouped:
 
     Attributes
     ----------
-    events : list of (step, kind, node, from_group, to_group)
-        Every group change, at the latest step reported.
+    events : deque of (step, kind, node, from_group, to_group)
+        The last 100,000 group changes, at the latest step reported.
     """
 
     def __init__(self, base: Protocol, split: int = 3):
@@ -91,7 +91,8 @@ class Grouped:
         m = base.m
         self.group = np.zeros(m, dtype=np.int64)
         self.declined = torch.zeros(m, dtype=torch.int64)
-        self.events: list[tuple[int, str, int, int, int]] = []
+        self.events: deque = deque(maxlen=100_000)
+        self._changes = dict.fromkeys(GROUP_EVENTS, 0)
         self._sent = np.zeros(m, dtype=np.int64)  # models sent to each node (down the wire)
         self._declines: dict[int, deque] = {}  # per node: _sent at its recent declines
         self._left = np.full(m, -1, dtype=np.int64)  # the group each node left last
@@ -129,6 +130,11 @@ class Grouped:
     def node_groups(self) -> dict[int, int]:
         """The group of every alive node."""
         return {n: g for g, p in self.parts.items() for n in sorted(p.alive)}
+
+    @property
+    def group_changes(self) -> dict[str, int]:
+        """Group changes by kind (split, join, merge) since the start."""
+        return dict(self._changes)
 
     @property
     def references(self) -> dict[int, torch.Tensor]:
@@ -314,6 +320,7 @@ class Grouped:
 
     def _note(self, kind: str, node: int, frm: int, to: int) -> None:
         self.events.append((self._t, kind, int(node), int(frm), int(to)))
+        self._changes[kind] += 1
 
     def _by_group(self, items: list, node_of):
         """``(group, items of its nodes)``, group by group; a group change while one is handled (a merge)

@@ -181,6 +181,11 @@ class Protocol:
         return {n: 0 for n in sorted(self.alive)}
 
     @property
+    def group_changes(self) -> dict[str, int]:
+        """Group changes by kind (split, join, merge): none here."""
+        return {"split": 0, "join": 0, "merge": 0}
+
+    @property
     def references(self) -> dict[int, torch.Tensor]:
         """The reference of every group: here only the whole's."""
         return {0: self.bank.r}

@@ -52,7 +52,7 @@ def test_a_node_that_keeps_declining_splits_off_without_a_message_and_syncs_alon
     assert decline(p, 3, 1) == []  # the split needs no message: the node holds the reference already
     assert p.node_groups == {0: 0, 1: 0, 2: 0, 3: 1}
     assert torch.equal(p.references[1], r)
-    assert p.events == [(1, "split", 3, 0, 1)]
+    assert list(p.events) == [(1, "split", 3, 0, 1)] and p.group_changes == {"split": 1, "join": 0, "merge": 0}
     [a] = p.on_reports([rep(3, 8.0, 2)])  # group 1 averages alone
     assert a.nodes == (3,) and a.model.tolist() == [8.0, 0.0]
     [b] = p.on_reports([rep(n, 2.0, 2) for n in (0, 1, 2)])  # the whole no longer waits on node 3
