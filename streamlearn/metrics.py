@@ -223,6 +223,8 @@ _NODE_FIELDS = (
     _Field("streamlearn_node_sent_bytes", "counter", "Bytes of sync messages sent.", "bytes_sent"),
     _Field("streamlearn_node_received_bytes", "counter", "Bytes of sync messages received.", "bytes_received"),
     _Field("streamlearn_node_syncs", "counter", "Models from the sync service applied (send or pull).", "syncs"),
+    _Field("streamlearn_node_declines", "counter",
+           "Models from the sync a guarded node declined (worse than its own on its recent samples).", "declines"),
     _Field("streamlearn_node_periodic_models", "counter",
            "Model transfers periodic averaging with the same b would have made for this node (2 per b updates).",
            _periodic_models),

@@ -335,7 +335,8 @@ def test_every_metric_a_dashboard_queries_is_exposed(dashboards):
     NodeMetrics(node, 0).update_from_status({"samples": 10, "steps": 1, "averageable": True, "lag": 0,
                                              "protocol": "dynamic:delta=0.5,b=1", "divergence": 0.1,
                                              "delta": 0.5, "rolling_accuracy": 0.5})
-    SyncMetrics(sync).update_from_status({"nodes_alive": 1, "full_syncs": 1})
+    SyncMetrics(sync).update_from_status({"nodes_alive": 1, "full_syncs": 1, "node_groups": {"0": 0},
+                                          "n_groups": 1, "group_changes_by_kind": {"split": 0}})
     ProducerMetrics(producer, nodes=1)
     exposed = set()
     for reg in (node, sync, producer):
