@@ -230,7 +230,27 @@ def _view(cfg: DemoConfig, nodes: dict, sync: dict | None, drifts: list, elapsed
     if drift_command:
         lines.append(f"inject one now: {drift_command}")
     lines.append(_sync_line(nodes, sync, b))
+    groups = _groups_line(sync)
+    if groups:
+        lines.append(groups)
     return "\n".join(lines)
+
+
+def _groups_line(sync: dict | None) -> str | None:
+    """Which nodes are averaged apart (split=N), or None while every node is in the whole.
+
+    >>> _groups_line({"node_groups": {"0": 0, "1": 0, "2": 3, "3": 3}, "group_changes_by_kind": {"split": 2, "merge": 1}})
+    'groups: 0: nodes 0, 1 | 3: nodes 2, 3  (changes: split 2, merge 1)'
+    """
+    groups = (sync or {}).get("node_groups") or {}
+    if not any(groups.values()):
+        return None
+    members: dict = {}
+    for node, g in sorted(groups.items(), key=lambda kv: int(kv[0])):
+        members.setdefault(g, []).append(node)
+    changes = ", ".join(f"{k} {v}" for k, v in ((sync or {}).get("group_changes_by_kind") or {}).items() if v)
+    return ("groups: " + " | ".join(f"{g}: nodes {', '.join(ns)}" for g, ns in sorted(members.items()))
+            + (f"  (changes: {changes})" if changes else ""))
 
 
 def _thin(points: list, limit: int = 600) -> None:
@@ -251,12 +271,14 @@ class _Watch:
         self.drift_command = None
 
     def snapshot(self, elapsed: float, nodes: dict, sync: dict | None, drifts: list) -> None:
-        self.history.append((elapsed, {k: {"samples": v.get("samples", 0),
-                                           "rolling_accuracy": v.get("rolling_accuracy")} for k, v in nodes.items()}))
+        groups = (sync or {}).get("node_groups") or {}  # node -> group averaged in (split=N)
+        self.history.append((elapsed, {k: {"samples": v.get("samples", 0), "rolling_accuracy": v.get("rolling_accuracy"),
+                                           "group": groups.get(str(k))} for k, v in nodes.items()}))
         _thin(self.history, 3600)
         for node, st in nodes.items():
             pts = self.series.setdefault(str(node), [])
-            pts.append({k: st.get(k) for k in ("samples", "rolling_accuracy", "divergence")})
+            pts.append({**{k: st.get(k) for k in ("samples", "rolling_accuracy", "divergence")},
+                        "group": groups.get(str(node))})
             _thin(pts)
         if sync:
             # periodic_bytes is unknown (None) until the sync service knows the model size d
@@ -305,6 +327,24 @@ def _split_detected(nodes: dict, drifts: list) -> tuple[list[int], list[int]]:
     return sorted(true), sorted(false)
 
 
+def _runs(points: list) -> list:
+    """Consecutive runs of ``(x, y, group)`` points in one group, each run joined to the next point so the line
+    has no gap: ``[(group, points), ...]``.
+
+    >>> [(g, [p[0] for p in run]) for g, run in _runs([(0, .5, 0), (1, .6, 0), (2, .7, 1), (3, .8, 1)])]
+    [(0, [0, 1, 2]), (1, [2, 3])]
+    """
+    out = []
+    for p in points:
+        if not out or out[-1][0] != p[2]:
+            if out:
+                out[-1][1].append(p)
+            out.append((p[2], [p]))
+        else:
+            out[-1][1].append(p)
+    return out
+
+
 def _plot(history: list, nodes: dict, drifts: list, path: str, title: str) -> None:
     import matplotlib
 
@@ -312,11 +352,22 @@ def _plot(history: list, nodes: dict, drifts: list, path: str, title: str) -> No
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    for node in sorted({node for _, snap in history for node in snap}):
-        pts = [(snap[node]["samples"], snap[node]["rolling_accuracy"]) for _, snap in history
-               if node in snap and snap[node].get("rolling_accuracy") is not None]
-        if pts:
-            ax.plot(*zip(*pts), linewidth=1, label=f"node {node}")
+    # With groups (split=N) a node's line takes its group's colour while it is in that group; else each node its own.
+    grouped = any(snap[n].get("group") for _, snap in history for n in snap)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    labelled = set()
+    for k, node in enumerate(sorted({node for _, snap in history for node in snap}, key=str)):
+        pts = [(snap[node]["samples"], snap[node]["rolling_accuracy"], snap[node].get("group") or 0)
+               for _, snap in history if node in snap and snap[node].get("rolling_accuracy") is not None]
+        if not grouped:
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1, label=f"node {node}")
+            continue
+        for group, run in _runs(pts):
+            label = None if group in labelled else f"group {group}"
+            labelled.add(group)
+            ax.plot([p[0] for p in run], [p[1] for p in run], linewidth=1, color=colours[group % len(colours)],
+                    label=label)
     from streamlearn.evaluation.plot import DETECTED_STYLE, FALSE_ALARM_STYLE
 
     true, false = _split_detected(nodes, drifts)
@@ -334,7 +385,8 @@ def _plot(history: list, nodes: dict, drifts: list, path: str, title: str) -> No
             ax.axvline(e.seq, color="red", linestyle="--", linewidth=1)
     ax.set_xlim(left=0)
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("samples learned per node (red dashed: injected drift; orange ▲: detected drift; gray x: false alarm; green ticks: syncs)")
+    ax.set_xlabel("samples learned per node (red dashed: injected drift; orange ▲: detected drift; gray x: false alarm; "
+                  "green ticks: syncs" + ("; colour: the group a node is averaged in" if grouped else "") + ")")
     ax.set_ylabel("rolling accuracy")
     ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:

@@ -10,7 +10,8 @@ time, and the bytes sent against what periodic averaging would have sent; a stat
 
 State keys (all optional): ``title``, ``status``, ``summary``, ``drift_command``, ``protocol``,
 ``baseline`` (legend of the periodic curve), ``history`` (node id to a list of ``{samples,
-rolling_accuracy, divergence}``), ``drifts``, ``detected`` and ``false_alarms`` (sample positions), ``max_delay``, ``delta``,
+rolling_accuracy, divergence, group}``: with groups, ``split=N``, a node's accuracy takes the colour of the
+group it is averaged in and the legend lists each group's nodes), ``drifts``, ``detected`` and ``false_alarms`` (sample positions), ``max_delay``, ``delta``,
 ``sync_history`` (list of ``{t, full_syncs, partial_syncs, bytes, periodic_bytes}``). Each chart's
 svg records what it drew in ``data-series``, ``data-points``, ``data-markers`` and ``data-xmax``,
 and ``<body data-updates>`` counts the redraws, for tests and scripts.
@@ -106,8 +107,20 @@ async function refresh() {
   const hist = st.history || {};
   const nodes = Object.keys(hist).sort((a, b) => a - b);
   const color = i => COLORS[i % COLORS.length];
-  const acc = nodes.map((n, i) => ({color: color(i),
+  // With groups (split=N) each node's accuracy line takes the colour of the group it is averaged in, run by run.
+  const grouped = nodes.some(n => hist[n].some(p => p.group));
+  let acc = nodes.map((n, i) => ({color: color(i),
     points: hist[n].map(p => [p.samples, p.rolling_accuracy]).filter(p => p[1] !== null)}));
+  const groupsSeen = new Set();
+  if (grouped) {
+    acc = [];
+    nodes.forEach(n => { let run = null;
+      hist[n].filter(p => p.rolling_accuracy !== null).forEach(p => { const g = p.group || 0; groupsSeen.add(g);
+        const pt = [p.samples, p.rolling_accuracy];
+        if (run && run.group === g) { run.points.push(pt); return; }
+        if (run) run.points.push(pt);
+        run = {group: g, color: color(g), points: [pt]}; acc.push(run); }); });
+  }
   const div = nodes.map((n, i) => ({color: color(i),
     points: hist[n].map(p => [p.samples, p.divergence]).filter(p => p[1] !== null)}));
   const vl = (st.drifts || []).map(x => ({x: x, color: "red", dash: "5 3"}))
@@ -118,8 +131,11 @@ async function refresh() {
   drawn += chart("div", div, {xmin: 0, ymin: 0, hlines: st.delta ? [st.delta] : [], xlabel: "samples per node",
                               empty: empty});
   const nodeItems = nodes.map((n, i) => [color(i), "node " + n]);
+  const last = n => { const h = hist[n]; return h.length ? (h[h.length - 1].group || 0) : 0; };
+  const groupItems = [...groupsSeen].sort((a, b) => a - b).map(g => [color(g), "group " + g + ": nodes " +
+    (nodes.filter(n => last(n) === g).join(", ") || "none now")]);
   const within = st.max_delay ? " (within " + st.max_delay + ")" : "";
-  legend("acc-legend", nodeItems.concat([["red", "injected drift", 1], ["#ff7f0e", "▲ detected drift" + within, 1],
+  legend("acc-legend", (grouped ? groupItems : nodeItems).concat([["red", "injected drift", 1], ["#ff7f0e", "▲ detected drift" + within, 1],
                                          ["#888", "× false alarm", 1]]));
   legend("div-legend", nodeItems.concat(st.delta ? [["#444", "Δ = " + st.delta, 1]] : []));
   const sh = st.sync_history || [];

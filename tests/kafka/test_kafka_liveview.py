@@ -257,3 +257,20 @@ def test_state_and_unknown_paths():
             urllib.request.urlopen(view.url + "nope")
         assert err.value.code == 404
         assert view.url.startswith("http://127.0.0.1:")
+
+
+def test_groups_colour_the_accuracy_lines_and_the_legend_lists_their_nodes(tmp_path):
+    # Nodes 0 and 1 start in the whole; node 1 is averaged apart (group 2) from 2,000 samples on.
+    history = {str(n): [{"samples": 100 * i, "rolling_accuracy": 0.8, "divergence": 0.1,
+                         "group": 2 if n == 1 and i >= 20 else 0} for i in range(40)] for n in range(2)}
+    with LiveView(port=0) as view:
+        view.update({"title": "t", "status": "running", "history": history})
+        dom = _dump_dom(tmp_path, view.url)
+    svg = re.search(r'<svg id="acc"[^>]*>', dom)
+    assert svg, dom[-2000:]
+    assert 'data-series="3"' in svg.group(0)  # node 0; node 1 in the whole, then in group 2
+    acc = dom[svg.start():dom.index("</svg>", svg.start())]
+    strokes = re.findall(r'<path [^>]*stroke="([^"]+)"[^>]*class="series"', acc)
+    assert strokes == ["#1f77b4", "#1f77b4", "#2ca02c"], strokes  # group 0's colour twice, then group 2's
+    legend = dom[dom.index('id="acc-legend"'):][:2000]
+    assert "group 0: nodes 0" in legend and "group 2: nodes 1" in legend, legend
