@@ -63,7 +63,7 @@ import torch
 
 from streamlearn.kafka.broker import EmbeddedBroker
 from streamlearn.kafka.codecs import decode_sample_batch, encode_sample_batch
-from streamlearn.kafka.config import KafkaSettings
+from streamlearn.kafka.config import KafkaSettings, default_fetch_wait_ms
 from streamlearn.kafka.node import NodeConfig, NodeService
 from streamlearn.kafka.topics import ensure_topics, samples_topic
 from streamlearn.learners import TorchLearner
@@ -215,7 +215,7 @@ def bench_pipeline(args, broker, settings) -> list[dict]:
     y = np.searchsorted(np.asarray(src.classes), y).astype(np.int32)  # class indices, as the producer sends
     names = list(src.feature_names)
     bootstrap = broker.bootstrap
-    node_fetch = dict(max_poll_records=NodeConfig.max_poll_records, fetch_max_wait_ms=NodeConfig.fetch_wait_ms)
+    node_fetch = dict(max_poll_records=NodeConfig.max_poll_records, fetch_max_wait_ms=default_fetch_wait_ms())  # as a node without --fetch-wait-ms
     rows = []
     for detector, batch_size in itertools.product(args.detectors, args.batch_sizes):
         det = None if detector == "none" else detector

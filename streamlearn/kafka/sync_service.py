@@ -151,7 +151,7 @@ class SyncConfig:
     >>> SyncConfig(protocol="dynamic", params={"tau": 3})
     Traceback (most recent call last):
     ...
-    streamlearn.errors.ConfigError: protocol 'dynamic' has no parameter 'tau' (parameters: delta, b, extrapolate, server_lr, server_momentum, codec, buffers_every)
+    streamlearn.errors.ConfigError: protocol 'dynamic' has no parameter 'tau' (parameters: delta, b, extrapolate, server_lr, server_momentum, codec, buffers_every, split)
     """
 
     protocol: str = "dynamic"

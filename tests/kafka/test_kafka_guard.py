@@ -7,21 +7,21 @@ of the others drags it down. The sync service counts the ``decline`` records the
 (Nodes 0 and 1 decline the average too at the default margin: see MARGIN.)
 
 Without a broker: the configuration's validation, the options plumbing, the guard's window (a ring), and
-the check itself (both ways of evaluating the window agree; its cost is printed).
+the check itself (:class:`streamlearn.node.GuardWindow`: both ways of evaluating the window agree; its cost
+is printed).
 """
 
 from __future__ import annotations
-
-import types
 
 import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from streamlearn.errors import ConfigError
-from streamlearn.kafka.node import NodeConfig, NodeService, node_config_from_options
+from streamlearn.kafka.node import NodeConfig, node_config_from_options
 from streamlearn.kafka.topics import sync_up_topic
 from streamlearn.kafka.wire import decode_sync
+from streamlearn.node import GuardWindow
 
 from test_kafka_pipeline import Pipeline, encode, make_data, publish
 
@@ -125,7 +125,7 @@ def test_guard_settings_are_validated_at_config_time():
 @pytest.mark.parametrize("G", [10, 37])
 def test_the_guard_window_holds_the_last_learned_samples(G):
     rng = np.random.default_rng(G)
-    ring = types.SimpleNamespace(_guard=G, _gX=np.zeros((G, 2), np.float32), _gy=np.zeros(G, np.int64), _gpos=0, _gn=0)
+    ring = GuardWindow(G, classes=[0, 1, 2])
     X = rng.normal(size=(500, 2)).astype(np.float32)
     y = rng.integers(0, 3, 500)
     at = 0
@@ -133,31 +133,27 @@ def test_the_guard_window_holds_the_last_learned_samples(G):
         n = int(min(n, 500 - at))
         if not n:
             break
-        NodeService._remember(ring, X[at:at + n], y[at:at + n])
+        ring.remember(X[at:at + n], y[at:at + n])
         at += n
         k = min(at, G)
-        assert ring._gn == k
-        got = sorted(map(tuple, np.column_stack([ring._gX[:k], ring._gy[:k]]).tolist()))
+        assert ring.n == k
+        got = sorted(map(tuple, np.column_stack([ring.X[:k], ring.y[:k]]).tolist()))
         want = sorted(map(tuple, np.column_stack([X[at - k:at], y[at - k:at]]).tolist()))
         assert got == want
 
 
-def _bare_service(learner_params: dict, G: int = 200, margin: float = 0.05) -> NodeService:
-    """A NodeService with only what the guard's check reads (no Kafka): a learner and a full window."""
+def _trained_window(learner_params: dict, G: int = 200, margin: float = 0.05):
+    """A learner trained on 500 samples and a guard window holding the next G (no Kafka)."""
     from streamlearn.learners import make_learner
 
-    svc = object.__new__(NodeService)
-    svc.config = NodeConfig(node=0, features=("a", "b", "c"), classes=(0, 1), guard=G, guard_margin=margin)
-    svc.classes_ = [0, 1]
-    svc.learner_ = make_learner("logreg", features=["a", "b", "c"], classes=[0, 1], seed=0, device="cpu",
-                                **learner_params)
+    learner = make_learner("logreg", features=["a", "b", "c"], classes=[0, 1], seed=0, device="cpu",
+                           **learner_params)
     X, y = make_data(G + 500, seed=3)
     for i in range(0, 500, 10):
-        svc.learner_.learn_many(X[i:i + 10], y[i:i + 10])
-    svc._guard, svc._gX, svc._gy, svc._gpos, svc._gn = G, np.zeros((G, 3), np.float32), np.zeros(G, np.int64), 0, 0
-    svc._guard_checks = 0
-    NodeService._remember(svc, X[500:], y[500:])
-    return svc
+        learner.learn_many(X[i:i + 10], y[i:i + 10])
+    window = GuardWindow(G, classes=[0, 1], margin=margin)
+    window.remember(X[500:], y[500:])
+    return learner, window
 
 
 @pytest.mark.parametrize("params", [{"lr": 0.5}, {"lr": 0.5, "scale": True}], ids=["functional", "set_flat"])
@@ -166,24 +162,24 @@ def test_the_guard_check_takes_the_better_model_and_leaves_the_learner_as_it_was
 
     import torch
 
-    svc = _bare_service(params)
-    own = svc.learner_.get_flat()
-    p = svc.learner_.n_params
+    learner, window = _trained_window(params)
+    own = learner.get_flat()
+    p = learner.n_params
     opposite = own.clone()
     opposite[:p] = -own[:p]
-    assert svc._guard_takes(own.clone())  # the same model: not worse
-    assert not svc._guard_takes(opposite)  # the opposite concept: far worse
-    assert torch.equal(svc.learner_.get_flat(), own)  # its own model (and scaler) back
-    loss_in, loss_own = svc._guard_losses
+    assert window.takes(learner, own.clone())  # the same model: not worse
+    assert not window.takes(learner, opposite)  # the opposite concept: far worse
+    assert torch.equal(learner.get_flat(), own)  # its own model (and scaler) back
+    loss_in, loss_own = window.last_losses
     assert loss_in > loss_own + 1.0
     # the same probabilities as the learner's own predictions
-    P = svc.learner_.predict_proba_many(svc._gX)
-    p_own = svc._window_p_true([own])[0].numpy()
-    np.testing.assert_allclose(p_own, P[np.arange(len(P)), svc._gy], rtol=1e-5, atol=1e-6)
+    P = learner.predict_proba_many(window.X)
+    p_own = window.p_true(learner, [own])[0].numpy()
+    np.testing.assert_allclose(p_own, P[np.arange(len(P)), window.y], rtol=1e-5, atol=1e-6)
     runs = 200
     t0 = time.perf_counter()
     for _ in range(runs):
-        svc._guard_takes(opposite)
+        window.takes(learner, opposite)
     us = (time.perf_counter() - t0) / runs * 1e6
     print(f"\nguard check, logreg, 200-sample window, {params}: {us:.0f} us per sync "
-          f"(last one measured inside: {svc._guard_us:.0f} us)")
+          f"(last one measured inside: {window.last_us:.0f} us)")

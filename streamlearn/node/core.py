@@ -1,0 +1,447 @@
+"""The learning core of a node, without any transport: test-then-train, the node rule, syncs.
+
+A :class:`NodeCore` takes decoded mini-batches (float32 features, class indices) and decoded
+sync messages, and gives back what the node should send up (:class:`Outgoing`, the fields of a
+sync message). It holds the learner, the prequential evaluator, the drift detector (a learner
+with a step-size schedule restarts it on a detected rise of the error), the guard's window, the
+reference (and its motion under an extrapolating protocol), the uplink codec's error-feedback
+memory and the protocol's node rule. :class:`streamlearn.kafka.node.NodeService` feeds it from
+Kafka; a test or another transport can feed it plain objects.
+
+One step (:meth:`NodeCore.learn_many`, then :meth:`NodeCore.node_rule`):
+
+1. predict the mini-batch with the model as it is (a TorchLearner predicts in the forward pass it
+   then trains through), score it (accuracy, log loss, detector on the 0/1 errors), learn it;
+2. the node rule ``node_rule(node, step, ||w - r||^2)`` (the divergence is computed only at the
+   steps the protocol checks it) may ask for a report, with the model on a violation. While the
+   answer to a model it sent is awaited (at most ``sync_timeout`` seconds) the node does not send
+   its model again: it learns on (the non-blocking form of "a violating learner waits").
+
+A message from the sync service (:meth:`NodeCore.receive`): ``request`` -> the current model;
+``send`` -> the model (and the reference when flagged); ``pull`` -> ``w <- w - s (w - model)``;
+``hello`` of a new sync service -> register again (:meth:`NodeCore.join`). Under a guard a
+``send``/``pull`` whose result is worse on the recent samples is declined.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from streamlearn.errors import BadRecordError
+from streamlearn.node.guard import GuardWindow
+from streamlearn.node.scoring import declared_proba, live_flat, mean_loss, score_step
+
+__all__ = ["NodeCore", "Outgoing", "SyncOutcome"]
+
+log = logging.getLogger(__name__)
+
+_KEEP = 100  # drift and sync positions kept for the status
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message for the sync service: its ``kind`` and the fields of a sync message.
+
+    ``on_sent`` (or None) is to be called once the message went: a compressed model keeps its
+    error-feedback memory only for a message that went. ``error`` (or None): it could not be built
+    (a model that holds NaN or inf); nothing is to be sent.
+    """
+
+    kind: str
+    fields: dict = field(default_factory=dict)
+    on_sent: Callable[[], None] | None = None
+    error: str | None = None
+
+
+@dataclass
+class SyncOutcome:
+    """What a message from the sync service did to the core.
+
+    ``up``: messages to send; ``model``: the model it carried, decoded (None: none, or unusable);
+    ``applied``: the learner's model was set by it (a sync); ``waited``: seconds since the node's
+    model went up, when this answered it; ``bad``: a damaged delta (a bad record).
+    """
+
+    up: list = field(default_factory=list)
+    model: torch.Tensor | None = None
+    applied: bool = False
+    waited: float | None = None
+    bad: bool = False
+
+
+class NodeCore:
+    """One node's learning: test-then-train, scoring, drift, the node rule, and the syncs it gets.
+
+    Parameters
+    ----------
+    learner
+        The node's learner (``predict_proba_many``/``learn_many``; averageable ones, with
+        ``get_flat``/``set_flat``, take part in the protocol, others learn locally).
+    classes
+        The declared classes, in order: labels come as indices into them.
+    protocol
+        Protocol spec of the node rule (``"dynamic:delta=0.5,b=1"``), the sync service's.
+    node
+        This node's id (the protocol's node rule is per node).
+    seed
+        Seeds the protocol's random choices.
+    window
+        Rolling accuracy window, in samples.
+    detector
+        Drift detector on the error stream (a name of
+        :data:`~streamlearn.evaluation.detectors.DETECTORS`), or None.
+    guard, guard_margin
+        Guarded averaging: the window (samples, >= 10) or None, and the margin in nats.
+    sync_timeout
+        Seconds the node waits for the answer to a model it sent before it may send it again.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from streamlearn.learners import TorchLearner
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(200, 2)).astype(np.float32)
+    >>> y = (X.sum(axis=1) > 0).astype(np.int64)
+    >>> learner = TorchLearner("logreg", n_features=2, classes=[0, 1], lr=0.5, seed=0, device="cpu")
+    >>> core = NodeCore(learner, [0, 1], protocol="periodic:b=5", detector=None)
+    >>> sent = []
+    >>> for i in range(0, 200, 10):
+    ...     core.learn_many(X[i:i + 10], y[i:i + 10], np.arange(i, i + 10))
+    ...     out = core.node_rule()
+    ...     if out is not None:  # a report with the model; the coordinator (alone) answers with a full sync
+    ...         sent.append(out.kind)
+    ...         _ = core.receive(_Msg("send", model=learner.get_flat().numpy(), reference=True))
+    >>> core.n_samples, core.n_steps, len(sent), core.syncs, core.preq.accuracy > 0.8
+    (200, 20, 4, 4, True)
+    """
+
+    def __init__(self, learner, classes, protocol: str = "nosync", node: int = 0, *, seed: int = 0,
+                 window: int = 1000, detector: str | None = None, guard: int | None = None,
+                 guard_margin: float = 0.05, sync_timeout: float = 5.0):
+        from streamlearn.evaluation import DriftMonitor, Prequential, clipped_log_loss
+        from streamlearn.learners import is_averageable
+        from streamlearn.learners.base import labels_array
+
+        self.learner, self.classes, self.node = learner, list(classes), node
+        self.spec, self.sync_timeout = protocol, float(sync_timeout)
+        self._labels = labels_array(self.classes)
+        self.averageable = is_averageable(learner)
+        self.protocol = self.d = self.n_params = self.reference = self.motion = self.uplink = None
+        if self.averageable:
+            from streamlearn.sync.driver import ReferenceMotion
+            from streamlearn.sync.spec import make_protocol
+
+            w0 = learner.get_flat().float()
+            self.d = int(w0.numel())
+            # the parameters lead the flat vector; buffers after them (scaler statistics) are not in ||w - r||^2
+            self.n_params = int(getattr(learner, "n_params", self.d))
+            self.reference = w0.clone()
+            self.protocol = make_protocol(protocol, m=1, d=self.d, w0=w0.cpu(), seed=seed, device="cpu",
+                                          n_params=self.n_params)
+            self._check_every = self.protocol.check_every
+            # dynamic averaging against an extrapolated reference: the reference's velocity between the
+            # last two full syncs this node received, and the step of the last one
+            self.motion = ReferenceMotion(1, self.n_params, device=self.reference.device) \
+                if getattr(self.protocol, "extrapolate", 0) else None
+        self.preq = Prequential(window=window, every=1 << 62)
+        self._log_loss = clipped_log_loss  # imported here, not at the module's import (it pulls in river)
+        self.monitor = None if detector is None else DriftMonitor(detector)
+        # A learner with a step-size schedule (TorchLearner's lr_decay) restarts it at a detection: the
+        # monitor is one-sided, it reports only firings where the error rose (detectors also fire while
+        # the error drops).
+        self.restarts = self.monitor is not None and getattr(learner, "lr_decay", None) is not None \
+            and hasattr(learner, "restart_schedule")
+        self.guard = GuardWindow(guard, self.classes, guard_margin) if guard is not None and self.averageable else None
+        self.layout: str | None = None  # a fingerprint of the learner layout, sent with the join (None: none)
+        # counters and state
+        self.n_steps = self.n_samples = self.since_sync = 0
+        self.last_seq: int | None = None
+        self.drifts: deque = deque(maxlen=_KEEP)
+        self.n_drifts = 0
+        self.sync_positions: deque = deque(maxlen=_KEEP)
+        self.syncs = self.models_received = self.declines = 0
+        self.reports_sent = self.violations = self.suppressed = 0
+        self.last_sync: float | None = None
+        self.last_sync_step: int | None = None
+        self.last_sync_kind: str | None = None
+        self.epoch: str | None = None
+        self.joined = False
+        self.rejected: str | None = None
+        self.divergence = 0.0
+        self.step_loss: np.ndarray | None = None  # per-sample losses of the last mini-batch
+        self.step_correct: np.ndarray | None = None  # and whether each was predicted right
+        self.reference_mismatches, self.rejoin_at = 0, None  # deltas to another reference; the re-join sent
+        self.awaiting: float | None = None  # monotonic time the last model went up, until an answer
+
+    # ---- learning ------------------------------------------------------------------------------
+
+    def learn_many(self, X: np.ndarray, yi: np.ndarray, seqs: np.ndarray, early: np.ndarray | None = None) -> None:
+        """Test-then-train on a mini-batch: ``X`` float32 (n, f), ``yi`` class indices, ``seqs`` their numbers.
+
+        ``early`` (or None): rows ``[late, correct, p_true]`` per sample; a late-labelled one is scored by
+        the prediction made when it arrived (:func:`~streamlearn.node.scoring.early_scores`). The hot path:
+        everything works on the whole batch at once.
+        """
+        learner = self.learner
+        # A learner that can (TorchLearner) predicts in the forward pass it then trains through:
+        # the probabilities of the model before this step, one pass; others predict, learn below.
+        fused = getattr(learner, "predict_proba_learn_many", None)
+        P = fused(X, self._labels[yi]) if fused is not None else learner.predict_proba_many(X)
+        correct, p_true, valid = score_step(np.asarray(P, dtype=np.float64), learner, self.classes, yi)
+        if early is not None:
+            correct, p_true, valid = _with_early_scores(early, correct, p_true, valid)
+        all_valid = valid.all()
+        loss = self._log_loss(p_true)
+        if not all_valid:
+            loss[~valid] = np.nan
+        self.preq.update(correct, loss, None if all_valid else valid)
+        if self.monitor is not None:
+            n0 = self.monitor.n_
+            errors = (~correct).astype(np.float64)
+            found = self.monitor.update_many(errors, None if all_valid else valid)
+            for pos in found:
+                self.drifts.append(int(seqs[pos - n0]))
+                self.n_drifts += 1
+            if found and self.restarts:
+                learner.restart_schedule()  # from the next step on: this one is taken (fused) or below
+        if fused is None:
+            learner.learn_many(X, self._labels[yi])
+        if self.guard is not None:
+            self.guard.remember(X, yi)
+        self.last_seq = int(seqs[-1])
+        n = len(yi)
+        self.n_samples += n
+        self.since_sync += n
+        self.n_steps += 1
+        self.step_loss, self.step_correct = loss, correct  # the loss's mean is taken when a report needs it
+
+    def node_rule(self) -> Outgoing | None:
+        """The protocol's node rule after a step: a ``report`` to send (with the model on a violation), or None."""
+        if not self.averageable:
+            return None
+        if self.n_steps % self._check_every == 0:  # the rule reads the divergence only then
+            self.divergence = self.model_divergence()
+        kind = self.protocol.node_rule(self.node, self.n_steps, self.divergence)
+        if kind == "model" and self.awaiting is not None:
+            if time.monotonic() - self.awaiting < self.sync_timeout:
+                self.suppressed += 1  # its model is already up there: learn on, do not send it again
+                return None
+            self.awaiting = None
+        if kind is None:
+            return None
+        with_model = kind == "model"
+        if with_model:
+            self.awaiting = time.monotonic()
+        self.violations += with_model
+        self.reports_sent += 1
+        report = dict(node=self.node, step=self.n_steps, n_samples=self.since_sync, loss=self.last_loss)
+        return self.model_message("report", **report) if with_model else Outgoing("report", report)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Probabilities of ``X`` in the declared class order (NaN rows: no prediction possible yet)."""
+        P = np.asarray(self.learner.predict_proba_many(X), dtype=np.float64)
+        return declared_proba(P, list(getattr(self.learner, "classes_", [])), self.classes)
+
+    @property
+    def last_loss(self) -> float:
+        """Mean log loss of the last mini-batch (NaN before the first)."""
+        return float("nan") if self.step_loss is None else mean_loss(self.step_loss)
+
+    def model_divergence(self) -> float:
+        """``||w - r||^2``: how far the learner's model is from the reference, as the node rule checks it.
+
+        Computed at the node rule's checks (every ``check_every`` steps of the protocol) and after a
+        model from the sync service was applied.
+        """
+        p = self.n_params
+        # live parameters where the learner can give them (a scaled learner copies its vector once)
+        r = self.reference[:p] if self.motion is None \
+            else self.motion.reference([0], self.reference[None], self.n_steps)[0]
+        x = live_flat(self.learner)[:p] - r
+        return float(torch.dot(x, x))  # sq_dist's sum of squares in two torch calls instead of three
+
+    # ---- what goes up --------------------------------------------------------------------------
+
+    def join(self) -> Outgoing:
+        """Register with the sync service, carrying the reference; the error-feedback memory starts clean."""
+        from streamlearn.sync.codec import Uplink
+
+        codec = self.protocol.codec
+        self.uplink = None if codec.dense else Uplink(
+            codec, m=1, d=self.d, n_params=self.n_params, buffers_every=self.protocol.buffers_every)
+        return Outgoing("join", dict(node=self.node, d=self.d, n_params=self.n_params, layout=self.layout, spec=self.spec,
+                                     step=self.n_steps, n_samples=self.since_sync, model=self.reference.cpu()))
+
+    def model_message(self, kind: str, **fields) -> Outgoing:
+        """The learner's model for the sync service (a violation ``report`` or a ``model`` answer): whole, or,
+        under a codec other than fp32, as the compressed delta to the reference with error feedback (what a
+        message does not carry stays in the memory and joins the next delta, as in the simulator)."""
+        from streamlearn.sync.codec import compress_rows, pack_delta
+
+        up = self.uplink
+        if up is None:
+            return Outgoing(kind, dict(fields, model=self.learner.get_flat().cpu()))
+        w = self.learner.get_flat().detach().to("cpu", torch.float32)
+        if not bool(torch.isfinite(w).all()):
+            return Outgoing(kind, fields, error="the model holds NaN or inf")
+        r = self.reference.detach().to("cpu", torch.float32)
+        p = up.n_params
+        _, parts, memory = compress_rows(up.codec, w[None], r[None], up.memory, p)
+        buffers = up.with_buffers([0])[0]  # every buffers_every-th model carries the buffers
+        data = pack_delta(up.codec, parts, tail=w[p:] if buffers else w[p:p], reference=r, n_params=p)
+        on_sent = None if memory is None else (lambda: up.memory.copy_(memory))  # kept only for a message that went
+        return Outgoing(kind, dict(fields, delta=data), on_sent=on_sent)
+
+    # ---- what comes down -----------------------------------------------------------------------
+
+    def receive(self, msg) -> SyncOutcome:
+        """Apply a message of the sync service addressed to this node (a decoded sync message: ``kind``,
+        ``reason``, ``epoch``, ``targets``, ``reference``, ``strength``, ``request``, ``model`` or ``delta``)."""
+        out = SyncOutcome()
+        kind = msg.kind
+        if kind == "reject":
+            if self.rejected != msg.reason:
+                log.error("node %d: the sync service rejected this node: %s (learning locally)", self.node, msg.reason)
+            self.rejected, self.joined = msg.reason, False
+            return out
+        if not self.averageable:
+            return out
+        if kind == "hello":
+            if msg.targets is not None or msg.epoch != self.epoch:
+                self.awaiting = None  # a new sync service knows nothing of earlier violations
+                log.info("node %d: sync service %s is up; registering", self.node, msg.epoch)
+                out.up.append(self.join())
+            return out
+        if kind == "request":
+            out.up.append(self.model_message("model", node=self.node, step=self.n_steps, n_samples=self.since_sync,
+                                             loss=self.last_loss, request=msg.request))
+            return out
+        if kind not in ("send", "pull"):
+            return out
+        if msg.delta is not None:
+            model = self._model_from_delta(msg, out)
+            if model is None:
+                return out
+        else:
+            model = torch.from_numpy(np.array(msg.model, dtype=np.float32)).to(self.reference.device)
+        out.model = model
+        self.models_received += 1
+        if self.guard is not None and msg.reason != "join":
+            candidate = model if kind == "send" else None
+            if candidate is None:
+                w = self.learner.get_flat()
+                candidate = w - msg.strength * (w - model.to(w.device))
+            if not self.guard.takes(self.learner, candidate):
+                out.up.append(self._decline(msg, model))
+                return out
+        if kind == "send":
+            if msg.reason == "join":
+                self.rejoin_at = None
+                self.epoch, self.joined, self.rejected = msg.epoch, True, None
+                if torch.equal(model, self.reference):
+                    return out  # it already holds this reference: keep what it learned meanwhile
+            self.learner.set_flat(model)
+            if msg.reference:
+                self._take_reference(model, join=msg.reason == "join")
+            self.last_sync_kind = "join" if msg.reason == "join" else ("full" if msg.reference else "partial")
+        else:
+            w = self.learner.get_flat()
+            self.learner.set_flat(w - msg.strength * (w - model))
+            self.last_sync_kind = "pull"
+        if self.awaiting is not None:
+            out.waited = time.monotonic() - self.awaiting
+        out.applied = True
+        self.since_sync = 0
+        self.awaiting = None
+        self.syncs += 1
+        self.last_sync = time.time()
+        self.last_sync_step = self.n_steps
+        self.sync_positions.append(self.n_samples)
+        self.divergence = self.model_divergence()  # the status shows where the sync left the model
+        return out
+
+    def _decline(self, msg, model: torch.Tensor) -> Outgoing:
+        """The guard kept the node's own model: take the reference of a full sync all the same (the node and
+        the sync service keep one reference), count it and tell the sync service."""
+        if msg.kind == "send" and msg.reference:
+            self._take_reference(model)
+        self.declines += 1
+        log.debug("node %d: declined a %s at step %d (guard)", self.node, msg.kind, self.n_steps)
+        self.since_sync = 0
+        self.awaiting = None  # answered: the node rule may send again
+        self.divergence = self.model_divergence()
+        return Outgoing("decline", dict(node=self.node, step=self.n_steps))
+
+    def _take_reference(self, model: torch.Tensor, join: bool = False) -> None:
+        """Make ``model`` the reference, and follow its motion (a join restarts it: no velocity known yet)."""
+        if self.motion is not None:
+            self.motion.on_reference([0], (model if join else self.reference)[None], model, self.n_steps)
+        self.reference = model.clone()
+
+    def _model_from_delta(self, msg, out: SyncOutcome) -> torch.Tensor | None:
+        """The model a ``send`` with a delta carries: ``r + dequantize(parts)`` on the parameters, the buffers
+        from its tail. None when it cannot be used: a damaged one is a bad record (``out.bad``); one taken from
+        another reference (this node missed a full sync) is counted, and the node registers again so the
+        sync service sends its reference whole."""
+        from streamlearn.sync.codec import unpack_delta
+
+        r = self.reference.detach().to("cpu", torch.float32)
+        try:
+            codec, parts, tail, n, _ = unpack_delta(msg.delta, reference=r, expected_d=self.d)
+            if n != self.n_params:
+                raise BadRecordError(f"delta of {n} parameters, the model has {self.n_params}", column="n_params",
+                                     value=n)
+            model = r.clone()
+            model[:n] += codec.dequantize(parts, n)[0]
+            # without buffers (buffers_every) the node keeps its own
+            model[n:] = tail if tail.numel() else self.learner.get_flat().detach().to("cpu", torch.float32)[n:]
+        except BadRecordError as exc:
+            if exc.column != "reference":
+                out.bad = True
+                log.debug("node %d: bad delta on sync.down: %s", self.node, exc)
+                return None
+            self.reference_mismatches += 1
+            (log.warning if self.reference_mismatches == 1 else log.debug)(
+                "node %d: a sync came as a delta to a reference this node does not hold (it missed a full sync); "
+                "registering again to get the reference whole", self.node)
+            now = time.monotonic()
+            if self.rejoin_at is None or now - self.rejoin_at >= self.sync_timeout:
+                self.rejoin_at = now
+                out.up.append(self.join())
+            return None
+        except Exception as exc:  # whatever else hostile bytes may raise: counted, never fatal
+            out.bad = True
+            log.debug("node %d: bad delta on sync.down: %r", self.node, exc)
+            return None
+        return model.to(self.reference.device)
+
+
+def _with_early_scores(e: np.ndarray, correct, p_true, valid) -> tuple:
+    """Scores of a mini-batch: late-labelled samples (rows of ``e``) keep the prediction made on arrival."""
+    late = e[:, 0] > 0
+    if not late.any():
+        return correct, p_true, valid
+    return (np.where(late, e[:, 1] > 0, correct), np.where(late, e[:, 2], p_true),
+            np.where(late, np.isfinite(e[:, 2]), valid))
+
+
+@dataclass(frozen=True, eq=False)
+class _Msg:
+    """A sync message as the core reads it (the doctests' stand-in for a decoded one)."""
+
+    kind: str
+    reason: str | None = "sync"
+    epoch: str | None = None
+    targets: tuple | None = None
+    reference: bool = False
+    strength: float | None = None
+    request: int | None = None
+    model: object = None
+    delta: bytes | None = None
