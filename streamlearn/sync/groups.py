@@ -16,10 +16,12 @@ cosine of the updates; here the nodes' own guards tell, and model distances deci
   new group, a copy of the one it left (same reference, server momentum, codec memory, clocks),
   so its reference stays valid and no message is needed.
 - **merge**: ``far[g]`` is the largest ``||r_g - r_0||^2`` group g ever had. Two groups whose
-  references come within ``MERGE * max(far)`` of each other merge into the lower id: the nodes
-  that move get the group's reference as model and reference (a guarded node checks it).
-  So a group dissolves back into the whole once its models come back close, relative to how
-  far it went.
+  references come within ``MERGE`` times the largest of their ``far`` and of the widest gap
+  between any two groups now merge into the lower id (once each made ``MIN_AGE * split`` full
+  syncs of its own): the nodes that move get the group's reference as model and reference (a
+  guarded node checks it). So a group dissolves back into the whole once its models come back
+  close, relative to how far it went, and a group of nodes that only disagree mildly merges back
+  while a group with a concept of its own is far away.
 - a node that joins again (a restart) joins the whole; a group left without alive nodes ends.
 
 Not kept across a restart of the sync service (``get_state`` is the whole's): every node
@@ -54,10 +56,13 @@ from streamlearn.sync.aggregate import sq_dist
 from streamlearn.sync.messages import Action, CommStats, PullToward, Report, SendModel
 from streamlearn.sync.protocol import Protocol, int_param
 
-__all__ = ["Grouped", "MERGE", "GROUP_EVENTS"]
+__all__ = ["Grouped", "MERGE", "MIN_AGE", "GROUP_EVENTS"]
+#: A group merges only once it made this many full syncs per ``split`` on its own: a young group's reference is
+#: still near where it came from, which says nothing yet (at b=1 younger merges made the nodes churn).
+MIN_AGE = 10
 
-#: Two groups merge when their references are within this fraction of the farthest either went from
-#: the whole (squared distances).
+#: Two groups merge when their references are within this fraction (of squared distances) of the farthest
+#: either went from the whole, or of the widest gap between any two groups now.
 MERGE = 0.1
 #: Kinds of group events.
 GROUP_EVENTS = ("split", "join", "merge")
@@ -292,13 +297,14 @@ class Grouped:
         for g, part in self.parts.items():
             if g:
                 self._far[g] = max(self._far[g], float(sq_dist(part.reference[:p], r0)))
-        # a group merges only once it synced 2 * split times on its own: a young group's references are
-        # still near where it came from, which says nothing yet
-        ids = sorted(g for g, part in self.parts.items() if g == 0 or part.stats.full_syncs >= 2 * self.split)
+        ids = sorted(g for g, part in self.parts.items() if g == 0 or part.stats.full_syncs >= MIN_AGE * self.split)
+        gaps = {(g, h): float(sq_dist(self.parts[g].reference[:p], self.parts[h].reference[:p]))
+                for i, g in enumerate(ids) for h in ids[i + 1:]}
+        widest = max(gaps.values(), default=0.0)
         for i, g in enumerate(ids):
             for h in ids[i + 1:]:
-                far = max(self._far[g], self._far[h])
-                gap = float(sq_dist(self.parts[g].reference[:p], self.parts[h].reference[:p]))
+                far = max(self._far[g], self._far[h], widest)
+                gap = gaps[(g, h)]
                 if far > 0 and gap <= MERGE * far:
                     return self._merge(h, into=g)  # one merge per full sync; the next one sees the rest
         return []

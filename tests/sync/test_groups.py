@@ -9,7 +9,7 @@ import torch
 from streamlearn.errors import ConfigError
 from streamlearn.sync import Report, RequestModels, SendModel, make_protocol
 from streamlearn.sync.dynamic import Dynamic
-from streamlearn.sync.groups import MERGE, Grouped
+from streamlearn.sync.groups import MERGE, MIN_AGE, Grouped
 from streamlearn.sync.periodic import Periodic
 
 
@@ -87,12 +87,12 @@ def test_a_group_whose_reference_comes_back_merges_into_the_whole():
     sync_all(p, [0, 0, 0, 0])
     decline(p, 3, 1)
     step = 2
-    for x in (4.0, 4.0):  # group 1 goes far (far = 16) ...
-        p.on_reports([rep(3, x, step)])
+    for _ in range(MIN_AGE):  # group 1 goes far (far = 16) and stays there until it is old enough to merge
+        p.on_reports([rep(3, 4.0, step)])
         p.on_reports([rep(n, 0.0, step) for n in (0, 1, 2)])
         step += 1
     assert p.node_groups[3] == 1
-    back = (MERGE * 16) ** 0.5 * 0.9  # ... and comes back within MERGE * far
+    back = (MERGE * 16) ** 0.5 * 0.9  # ... then comes back within MERGE * far
     out = p.on_reports([rep(3, back, step)])
     assert p.node_groups[3] == 0 and 1 not in p.references
     join = [a for a in out if isinstance(a, SendModel) and a.nodes == (3,)][-1]
@@ -102,12 +102,29 @@ def test_a_group_whose_reference_comes_back_merges_into_the_whole():
     assert a.nodes == (0, 1, 2, 3)
 
 
+def test_a_group_of_mild_dissent_merges_back_while_one_with_its_own_concept_is_far():
+    p = periodic(m=5, split=1)
+    sync_all(p, [0, 0, 0, 0, 0])
+    decline(p, 4, 1)  # group 1: a concept of its own, far away
+    p.on_reports([rep(4, 10.0, 2)])
+    p.on_reports([rep(3, 0.5, 2)])
+    decline(p, 3, 1)  # node 3 disagrees mildly: a group of its own (nearer the whole than group 1)
+    assert p.node_groups == {0: 0, 1: 0, 2: 0, 3: 2, 4: 1}
+    step = 3
+    for _ in range(MIN_AGE):
+        p.on_reports([rep(4, 10.0, step), rep(3, 2.0, step)])
+        p.on_reports([rep(n, 0.0, step) for n in (0, 1, 2)])
+        step += 1
+    # 4 = ||r_2 - r_0||^2 is all group 2 ever went (its far), but within MERGE of the widest gap (100)
+    assert p.node_groups == {0: 0, 1: 0, 2: 0, 3: 0, 4: 1}, p.node_groups
+
+
 def test_a_young_group_does_not_merge():
     p = periodic(split=2)
     sync_all(p, [0, 0, 0, 0])
     decline(p, 3, 2)
     p.on_reports([rep(3, 4.0, 2)])
-    p.on_reports([rep(3, 0.0, 3)])  # back at once: only 2 of the 4 full syncs a merge needs
+    p.on_reports([rep(3, 0.0, 3)])  # back at once: far fewer than MIN_AGE * split full syncs of its own
     assert p.node_groups[3] == 1
 
 
