@@ -11,10 +11,11 @@ Group changes are events of the coordinator (Sattler, Müller, Samek 2020 split 
 cosine of the updates; here the nodes' own guards tell, and model distances decide where they go):
 
 - **split**: a node that declined at least ``split`` of the last ``2 * split`` models sent to it
-  leaves its group. It joins the group whose reference is nearest to its latest model if that is
-  nearer than the reference it left (and not the group it left before that); otherwise it starts a
-  new group, a copy of the one it left (same reference, server momentum, codec memory, clocks),
-  so its reference stays valid and no message is needed.
+  leaves its group (a node alone in its group only for a nearer one). It joins the group whose
+  reference is nearest to its latest model if that is nearer than the reference it left (and not
+  the group it left before that); otherwise it starts a new group, a copy of the one it left (same
+  reference, server momentum, codec memory, clocks), so its reference stays valid and no message
+  is needed.
 - **merge**: ``far[g]`` is the largest ``||r_g - r_0||^2`` group g ever had. Two groups whose
   references come within ``MERGE`` times the largest of their ``far`` and of the widest gap
   between any two groups now merge into the lower id (once each made ``MIN_AGE * split`` full
@@ -231,6 +232,13 @@ class Grouped:
         w = here.bank.W[node, :p] if self._got[node] else here.reference[:p]
         stay = float(sq_dist(w, here.reference[:p]))
         before = int(self._left[node])  # the group it left last: not back there at once
+        alone = len(here.alive) == 1
+        if alone and not any(float(sq_dist(w, part.reference[:p])) < stay for h, part in self.parts.items()
+                             if h not in (g, before) and part.alive):
+            # alone in its group and no group nearer: a new group would be the same (a node declines its
+            # own model when it comes back after it learned on)
+            self._declines.pop(node, None)
+            return []
         out = self._leave_group(node)  # may end a sync, and so merge groups: look at the groups after it
         self._left[node] = g
         others = [(float(sq_dist(w, part.reference[:p])), h) for h, part in self.parts.items()

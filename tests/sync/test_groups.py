@@ -203,3 +203,13 @@ def test_split_is_a_setting_of_every_averaging_protocol():
         make_protocol("nosync:split=3", m=4, d=3)
     with pytest.raises(ConfigError, match="split"):
         make_protocol("periodic:split=0", m=4, d=3)
+
+
+def test_a_node_alone_in_its_group_stays_unless_a_nearer_group_exists():
+    p = periodic(split=1)
+    sync_all(p, [0, 0, 0, 0])
+    decline(p, 3, 1)
+    assert p.node_groups[3] == 1
+    p.on_reports([rep(3, 5.0, 2)])
+    decline(p, 3, 1)  # it declines its own group's model (its own, come back after it learned on): no new group
+    assert p.node_groups[3] == 1 and p.group_changes["split"] == 1
