@@ -52,26 +52,27 @@ def up_kinds(settings, prefix) -> list:
         consumer.close()
 
 
-def run(broker, settings, prefix, guard, margin=MARGIN) -> dict:
-    """Three nodes learn N samples each, node 2 with flipped labels; their statuses, the sync's, the up kinds."""
-    with Pipeline(broker, settings, prefix, spec=SPEC, timeout=3.0) as p:
+def run(broker, settings, prefix, guard, margin=MARGIN, spec=SPEC, m=3, flipped=(2,), n=N, seed=20, seconds=5.0,
+        timeout=60.0) -> dict:
+    """m nodes learn n samples each, the ``flipped`` ones with flipped labels; their statuses, the sync's, the up kinds."""
+    with Pipeline(broker, settings, prefix, spec=spec, timeout=3.0) as p:
         p.start_sync()
-        for node in range(3):
+        for node in range(m):
             p.start_node(node, batch_size=BATCH, detector=None, guard=guard, guard_margin=margin)
-        p.wait(lambda r: r.sync and r.sync.get("nodes_alive") == 3, what="3 joins")
+        p.wait(lambda r: r.sync and r.sync.get("nodes_alive") == m, what=f"{m} joins")
         streams = {}
-        for node in range(3):
-            X, y = make_data(N, seed=20 + node, flip_at=0 if node == 2 else None)
+        for node in range(m):
+            X, y = make_data(n, seed=seed + node, flip_at=0 if node in flipped else None)
             streams[node] = encode(X, y, 0, "batch", BATCH)
-        publish(settings, prefix, streams, seconds=5.0)
+        publish(settings, prefix, streams, seconds=seconds)
 
         def settled(r):
-            return (r.sync and all(r.nodes.get(n, {}).get("samples") == N for n in range(3))
-                    and not any(r.nodes[n]["awaiting_sync"] for n in range(3)) and not r.sync["pending"]
-                    and r.sync.get("declines") == sum(r.nodes[n]["declines"] for n in range(3)))
+            return (r.sync and all(r.nodes.get(i, {}).get("samples") == n for i in range(m))
+                    and not any(r.nodes[i]["awaiting_sync"] for i in range(m)) and not r.sync["pending"]
+                    and r.sync.get("declines") == sum(r.nodes[i]["declines"] for i in range(m)))
 
-        p.wait(settled, timeout=60.0, what="the streams learned and the declines counted")
-        nodes = {n: dict(p.status.nodes[n]) for n in range(3)}
+        p.wait(settled, timeout=timeout, what="the streams learned and the declines counted")
+        nodes = {i: dict(p.status.nodes[i]) for i in range(m)}
         sync = dict(p.status.sync)
     return {"nodes": nodes, "sync": sync, "up": up_kinds(settings, prefix)}
 

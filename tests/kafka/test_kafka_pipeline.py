@@ -25,18 +25,10 @@ from streamlearn.kafka.sync_service import SyncConfig, SyncService
 from streamlearn.kafka.topics import deadletter_topic, ensure_topics, samples_topic, sync_up_topic
 from streamlearn.kafka.wire import decode_sync
 
+from separable import make_data
+
 FEATURES = ["a", "b", "c"]
 CLASSES = [0, 1]
-
-
-def make_data(n: int, seed: int, flip_at: int | None = None):
-    """A near-separable stream (label a + b > 0); labels swapped from ``flip_at`` on (a drift)."""
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, len(FEATURES))).astype(np.float32)
-    y = (X[:, 0] + X[:, 1] > 0).astype(np.int64)
-    if flip_at is not None:
-        y[flip_at:] = 1 - y[flip_at:]
-    return X, y
 
 
 def encode(X, y, first_seq: int, fmt: str, chunk: int) -> list:

@@ -18,6 +18,8 @@ from streamlearn.learners import TorchLearner, make_learner
 from streamlearn.node import NodeCore, Outgoing
 from streamlearn.sync.codec import compress_rows, make_codec, pack_delta, unpack_delta
 
+from separable import make_data
+
 FEATURES, CLASSES, B = ["a", "b", "c"], [0, 1], 10
 
 
@@ -34,16 +36,6 @@ class Msg:
     request: int | None = None
     model: object = None
     delta: bytes | None = None
-
-
-def make_data(n: int, seed: int, flip_at: int | None = None):
-    """A near-separable stream (label a + b > 0); labels swapped from ``flip_at`` on (a drift)."""
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, len(FEATURES))).astype(np.float32)
-    y = (X[:, 0] + X[:, 1] > 0).astype(np.int64)
-    if flip_at is not None:
-        y[flip_at:] = 1 - y[flip_at:]
-    return X, y
 
 
 def learner(**params):
