@@ -12,12 +12,12 @@ and CRC32). The header comes in two versions, told apart by the version field::
 Version 2 (:data:`SYNC_VERSION_BINARY`) is a fixed little-endian binary header for the kinds that
 carry models on the hot path (:data:`BINARY_KINDS`: ``report``, ``model``, ``send``): 9 bytes, then
 only the fields that are set (node, step, n_samples, request, loss, targets, epoch), their widths
-chosen by flag bits; ``reference`` and ``reason`` (``sync``/``join``) are flag bits. A node's
+chosen by flag bits; ``reference`` and ``reason`` (``sync``/``join``/``alone``) are flag bits. A node's
 report takes a 27-byte envelope instead of 87-105 with JSON (23 when its loss is exactly a
 float32: the loss goes as float32 when that is lossless, else float64), a ``send`` to k nodes
 17 + 2k bytes instead of about 100. :func:`encode_sync` picks it whenever every field fits and
 falls back to the JSON version otherwise (another kind, a field version 2 has no place for, a
-``reason`` other than ``sync``/``join``, an ``epoch`` that is not 12 lowercase hex digits);
+``reason`` other than ``sync``/``join``/``alone``, an ``epoch`` that is not 12 lowercase hex digits);
 :func:`decode_sync` reads both and gives the same :class:`SyncMessage` for either.
 docs/schemas.md has both layouts.
 
@@ -115,9 +115,9 @@ _F_REFERENCE = 1 << 8    # reference: true (no bytes)
 _F_WIDE = 1 << 9         # step, n_samples and request are u64
 _F_LOSS64 = 1 << 10      # loss is f64: it is not exactly a float32
 _F_IDS32 = 1 << 11       # node and target ids are u32: one of them is above 65535
-_REASON_SHIFT = 12       # bits 12-13: reason code (0 none, 1 "sync", 2 "join"; 3 is refused)
+_REASON_SHIFT = 12       # bits 12-13: reason code (0 none, 1 "sync", 2 "join", 3 "alone")
 _REASON_MASK = 3 << _REASON_SHIFT
-_REASONS = (None, "sync", "join")
+_REASONS = (None, "sync", "join", "alone")
 _FLAGS2 = (1 << 14) - 1  # bits 14 and 15 are 0
 _V2_FIELDS = frozenset(("kind", "node", "targets", "epoch", "step", "n_samples", "loss", "request", "reference",
                         "reason"))

@@ -18,7 +18,8 @@ One step (:meth:`NodeCore.learn_many`, then :meth:`NodeCore.node_rule`):
    its model again: it learns on (the non-blocking form of "a violating learner waits").
 
 A message from the sync service (:meth:`NodeCore.receive`): ``request`` -> the current model;
-``send`` -> the model (and the reference when flagged); ``pull`` -> ``w <- w - s (w - model)``;
+``send`` -> the model (and the reference when flagged; with ``reason`` ``alone``, the full sync of a
+group of one node, the reference only); ``pull`` -> ``w <- w - s (w - model)``;
 ``hello`` of a new sync service -> register again (:meth:`NodeCore.join`). Under a guard a
 ``send``/``pull`` whose result is worse on the recent samples is declined.
 """
@@ -333,6 +334,11 @@ class NodeCore:
             model = torch.from_numpy(np.array(msg.model, dtype=np.float32)).to(self.reference.device)
         out.model = model
         self.models_received += 1
+        if kind == "send" and msg.reason == "alone" and msg.reference:
+            # the full sync of a group of one node: its own model come back; keep the one it learned on meanwhile
+            self._take_reference(model)
+            self.last_sync_kind = "full"
+            return self._synced(out)
         if self.guard is not None and msg.reason != "join":
             candidate = model if kind == "send" else None
             if candidate is None:
@@ -355,6 +361,10 @@ class NodeCore:
             w = self.learner.get_flat()
             self.learner.set_flat(w - msg.strength * (w - model))
             self.last_sync_kind = "pull"
+        return self._synced(out)
+
+    def _synced(self, out: SyncOutcome) -> SyncOutcome:
+        """A sync was applied: the answer came, the counts and positions move on."""
         if self.awaiting is not None:
             out.waited = time.monotonic() - self.awaiting
         out.applied = True

@@ -55,7 +55,8 @@ def apply_action(action: Action, W: torch.Tensor, R: torch.Tensor, motion: Refer
         idx = list(action.nodes)
         model = action.model.to(W.device, W.dtype)
         k = model.shape[-1]  # n_params: sent without the buffers, which the nodes keep
-        W[idx, :k] = model
+        if not action.keep:
+            W[idx, :k] = model
         if action.reference:
             if motion is not None:
                 motion.on_reference(idx, R[idx], model, step)

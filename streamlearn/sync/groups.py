@@ -47,6 +47,7 @@ Examples
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import replace
 from typing import Iterable
 
 import numpy as np
@@ -173,7 +174,7 @@ class Grouped:
         out = self._leave_group(node) if self.group[node] != 0 else []
         self._declines.pop(node, None)
         self._got[node] = False
-        return out + self._after(0, self.base.on_join(node))
+        return out + self._after(0, self.base.on_join(node), echo=False)
 
     def on_leave(self, node: int) -> list[Action]:
         node = self.base.bank.check_node(node)
@@ -247,7 +248,7 @@ class Grouped:
             to = min(others)[1]
             self.group[node] = to  # before the join: its full sync may merge groups
             self._note("join", node, g, to)
-            out += self._after(to, self.parts[to].on_join(node))
+            out += self._after(to, self.parts[to].on_join(node), echo=False)
         else:
             to = self._fork(here, node)
             self.group[node] = to
@@ -288,8 +289,12 @@ class Grouped:
         for key, value in part.stats.as_dict().items():
             setattr(self._retired, key, getattr(self._retired, key) + value)
 
-    def _after(self, g: int, actions: list[Action]) -> list[Action]:
-        """Count the models sent; after a full sync, merge the groups that came close."""
+    def _after(self, g: int, actions: list[Action], echo: bool = True) -> list[Action]:
+        """Count the models sent; after a full sync, merge the groups that came close. The full sync of a
+        group of one (``echo``: not an answer to a join) sends the node its own model back: it keeps the one
+        it learned on meanwhile (``SendModel.keep``)."""
+        if echo and g in self.parts and len(self.parts[g].alive) == 1:
+            actions = [replace(a, keep=True) if isinstance(a, SendModel) and a.reference else a for a in actions]
         full = False
         for a in actions:
             if isinstance(a, (SendModel, PullToward)):

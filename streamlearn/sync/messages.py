@@ -47,13 +47,16 @@ class SendModel:
     """Every node in ``nodes`` replaces its model with ``model``; if ``reference``, also its reference.
 
     ``compressed`` (None: sent whole) says how ``model`` crosses the wire; ``model`` is then
-    exactly what a node reconstructs from the message.
+    exactly what a node reconstructs from the message. ``keep``: the nodes take the reference and
+    keep their own models (the full sync of a group of one node: ``model`` is that node's own, come
+    back; a node that learned on while it travelled would lose those steps).
     """
 
     nodes: tuple[int, ...]
     model: torch.Tensor
     reference: bool
     compressed: Compressed | None = None
+    keep: bool = False
 
 
 @dataclass(frozen=True, eq=False)

@@ -28,6 +28,7 @@ EXAMPLES = [
     SyncMessage("hello", targets=(4,), epoch="e1"),
     SyncMessage("request", targets=(0, 2), epoch="e1", request=5),
     SyncMessage("send", targets=(0, 1, 2), epoch="e1", reference=True, reason="sync", model=W),
+    SyncMessage("send", targets=(3,), epoch="e1", reference=True, reason="alone", model=W),  # a group of one
     SyncMessage("pull", targets=(1,), epoch="e1", strength=0.5, model=W),
     SyncMessage("reject", targets=(9,), reason="layout differs"),
 ]
@@ -266,7 +267,6 @@ _NODE, _TARGETS, _EPOCH, _STEP, _LOSS, _REF, _IDS32, _LOSS64 = 2, 4, 8, 16, 64, 
     (_v2(0, _NODE | _STEP, struct.pack("<HI", 1, 2)), "kind"),              # kind codes are 1 to 3
     (_v2(4, _NODE | _STEP, struct.pack("<HI", 1, 2)), "kind"),
     (_v2(1, _NODE | _STEP | 1 << 14, struct.pack("<HI", 1, 2)), "flags"),  # bits 14, 15 are 0
-    (_v2(1, _NODE | _STEP | 3 << 12, struct.pack("<HI", 1, 2)), "reason"),  # reason code 3
     (_v2(1, _NODE | _STEP, struct.pack("<H", 1)), "<payload>"),             # step cut off
     (_v2(1, _NODE, struct.pack("<H", 1)), "step"),                          # a report needs its step
     (_v2(1, _NODE | _STEP | _IDS32, struct.pack("<II", 1 << 31, 2)), "node"),  # node < 2^31

@@ -152,6 +152,20 @@ def test_send_pull_request_and_reject():
     assert core.rejected == "full" and not core.joined
 
 
+def test_the_full_sync_of_a_group_of_one_sets_the_reference_and_keeps_the_model():
+    # split=N: a node alone in its group gets its own model back, after it learned on; it keeps what it learned
+    X, y = make_data(200, seed=10)
+    core = NodeCore(learner(), CLASSES, "periodic:b=5,split=3", guard=100, guard_margin=0.05)
+    feed(core, X, y)
+    sent = core.learner.get_flat().clone() * 0.5  # what it sent a few steps ago (any model will do)
+    core.awaiting = 1.0
+    learned = core.learner.get_flat().clone()
+    out = core.receive(Msg("send", reason="alone", reference=True, model=sent.numpy()))
+    assert out.applied and not out.up and core.awaiting is None  # answered; nothing to decline
+    assert torch.equal(core.learner.get_flat(), learned) and torch.equal(core.reference, sent)
+    assert core.last_sync_kind == "full" and core.declines == 0
+
+
 def test_a_guarded_core_declines_a_worse_model_and_keeps_the_reference():
     X, y = make_data(600, seed=6)
     core = NodeCore(learner(), CLASSES, "periodic:b=1000", guard=200, guard_margin=0.05)

@@ -53,8 +53,8 @@ def test_a_node_that_keeps_declining_splits_off_without_a_message_and_syncs_alon
     assert p.node_groups == {0: 0, 1: 0, 2: 0, 3: 1}
     assert torch.equal(p.references[1], r)
     assert list(p.events) == [(1, "split", 3, 0, 1)] and p.group_changes == {"split": 1, "join": 0, "merge": 0}
-    [a] = p.on_reports([rep(3, 8.0, 2)])  # group 1 averages alone
-    assert a.nodes == (3,) and a.model.tolist() == [8.0, 0.0]
+    [a] = p.on_reports([rep(3, 8.0, 2)])  # group 1 averages alone: the node keeps the model it learned on since
+    assert a.nodes == (3,) and a.model.tolist() == [8.0, 0.0] and a.keep
     [b] = p.on_reports([rep(n, 2.0, 2) for n in (0, 1, 2)])  # the whole no longer waits on node 3
     assert b.nodes == (0, 1, 2) and b.model.tolist() == [2.0, 0.0]
     assert p.stats.declines == 2 and p.declined.tolist() == [0, 0, 0, 2]
@@ -96,7 +96,7 @@ def test_a_group_whose_reference_comes_back_merges_into_the_whole():
     out = p.on_reports([rep(3, back, step)])
     assert p.node_groups[3] == 0 and 1 not in p.references
     join = [a for a in out if isinstance(a, SendModel) and a.nodes == (3,)][-1]
-    assert join.reference and join.model.tolist() == [0.0, 0.0]  # the whole's reference
+    assert join.reference and join.model.tolist() == [0.0, 0.0] and not join.keep  # the whole's reference
     assert p.events[-1][1:] == ("merge", 3, 1, 0)
     [a] = sync_all(p, [1, 1, 1, 1], step + 1)  # the whole waits on it again
     assert a.nodes == (0, 1, 2, 3)
