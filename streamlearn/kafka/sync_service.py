@@ -70,17 +70,21 @@ Broker restart. Every record goes to partition 0 (a broker that auto-creates a l
 give it several partitions). A memory-only broker (the embedded Tansu) that restarts has lost
 every topic and counts offsets from 0 again: when ``sync.up`` holds fewer records than the
 service has read, it reads the topic from its start (``topic_resets`` in the status).
+
+The service does the I/O and drives the protocol; the parts with a job of their own are apart:
+:mod:`~streamlearn.kafka.sync_models` (which models are refused, deltas expanded against the kept
+references), :mod:`~streamlearn.kafka.sync_ids` (the node-id leases),
+:mod:`~streamlearn.kafka.sync_state` (the state kept in ``state_dir``) and
+:mod:`~streamlearn.kafka.sync_actions` (protocol actions as ``sync.down`` messages).
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 import time
 import uuid
-from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
@@ -91,11 +95,13 @@ from streamlearn.kafka.codecs import DecodeError, EncodeError, deadletter_header
 from streamlearn.kafka.config import KafkaSettings, default_fetch_wait_ms
 from streamlearn.kafka.service import Service
 from streamlearn.kafka.status import encode_status, model_hash
+from streamlearn.kafka.sync_actions import ActionWriter, is_full_sync
+from streamlearn.kafka.sync_ids import IdLeases
+from streamlearn.kafka.sync_models import KEEP_REFERENCES, ModelRefused, ModelScreen, _model_fault
 from streamlearn.kafka.topics import deadletter_topic, status_topic, sync_down_topic, sync_up_topic
 from streamlearn.kafka.wire import ID_RENEW_EVERY, SyncMessage, connect, decode_sync, encode_sync, positive
 from streamlearn.metrics import REJECT_REASONS
-from streamlearn.sync.codec import pack_delta, reference_tag, unpack_delta
-from streamlearn.sync.messages import PullToward, Report, RequestModels, SendModel
+from streamlearn.sync.messages import Report, SendModel
 
 __all__ = ["SyncConfig", "SyncService", "sync_config_from_options", "run_sync", "KEEP_REFERENCES"]
 
@@ -104,8 +110,6 @@ log = logging.getLogger(__name__)
 _HELLO_EVERY = 2.0  # seconds between two hellos to one unknown node
 # Longest wait for one broker answer, as the node's (kafka-python waits forever on some calls without one).
 _BROKER_WAIT_MS = 10_000
-#: References (the current one and those before it) a delta from a node may be taken from.
-KEEP_REFERENCES = 4
 
 
 @dataclass(frozen=True)
@@ -232,24 +236,28 @@ class SyncService(Service):
         self._d: int | None = None
         self._layout: str | None = None
         self._spec_warned: set = set()
-        self._since: dict[int, float] = {}
+        self._awaited = _Overdue(cfg.timeout)
+        self._since = self._awaited.since  # awaited node -> monotonic time it has been awaited since
         self._hello_sent: dict[int, float] = {}
-        self._request_id = 0
-        self._leases: dict[int, list] = {}  # assigned node id -> [token, monotonic time of the last renewal]
-        self._early_claims: dict[str, None] = {}  # tokens that claimed during id_grace, in order
+        self._writer = ActionWriter(self.epoch_)  # numbers the requests of this epoch
         self._counts = dict(bad_records=0, joins=0, leaves=0, rejects=0, unknown_reports=0, send_errors=0,
                             messages_down=0, bytes_down_wire=0, bytes_up_wire=0, ids_assigned=0, ids_expired=0,
                             id_conflicts=0, rejected_models=0, state_saves=0, state_errors=0, topic_resets=0,
                             deltas_up=0, stale_deltas=0)
         self._rejected_by = dict.fromkeys(REJECT_REASONS, 0)
-        self._refs: OrderedDict = OrderedDict()  # reference tag -> reference (cpu float32), newest last
+        # The parts with one job each: hostile-model screening (with the references a delta may name),
+        # the book of node ids, the state kept across restarts. Their tables stay reachable from here.
+        self._models = ModelScreen(cfg.max_norm)
+        self._refs = self._models.refs  # reference tag -> reference (cpu float32), newest last
+        self._ids = IdLeases(cfg.max_nodes, cfg.id_lease, cfg.id_grace, self.epoch_, self._send, self._counts)
+        self._leases = self._ids.leases  # assigned node id -> [token, monotonic time of the last renewal]
         self._records: dict = {}  # id of a decoded message of this poll -> its record (to refuse it)
         self._resumed: int | None = None
         self._store = None
         if cfg.state_dir is not None:
-            from streamlearn.kafka.checkpoint import CheckpointStore
+            from streamlearn.kafka.sync_state import SyncStateStore
 
-            self._store = CheckpointStore(cfg.state_dir, "sync")
+            self._store = SyncStateStore(cfg)
             self._resume()
         self._state = "starting"
         self._t0 = time.monotonic()
@@ -264,7 +272,7 @@ class SyncService(Service):
         # A new epoch: what nodes sent to an earlier instance is not for this protocol.
         self._consumer.seek(tp, self._consumer.end_offsets([tp], timeout_ms=_BROKER_WAIT_MS)[tp])
         self._send(SyncMessage("hello", epoch=self.epoch_))
-        self._grace_t0 = time.monotonic()  # connecting can be slow on a busy machine: it must not eat the grace
+        self._ids.start_grace()  # connecting can be slow on a busy machine: it must not eat the grace
         self._state = "running"
         log.info("sync %s: %s, up to %d nodes, timeout %.3g s, broker %s", self.epoch_, cfg.spec, cfg.max_nodes,
                  cfg.timeout, self.bootstrap_)
@@ -290,7 +298,7 @@ class SyncService(Service):
                         else:
                             self._refuse(rec, fault[0], fault[1], fault[2], str(exc))
                         continue
-                    refused = self._screen(msg)
+                    refused = self._models.screen(msg, self.protocol_, self._d)
                     if refused is not None:
                         self._refuse(rec, refused[0], msg.node, msg.kind, refused[1])
                         continue
@@ -310,7 +318,7 @@ class SyncService(Service):
                 if self.metrics is not None:
                     self.metrics.observe_averaging(time.perf_counter() - t0)
             for msg in claims:  # after the leaves of this poll: an id freed there can be given out
-                self._on_claim(msg)
+                self._ids.on_claim(msg, self._alive())
             self._check_topic_reset()
             self._check_timeouts()
             self._check_ids()
@@ -365,14 +373,12 @@ class SyncService(Service):
         if declined:  # guarded nodes kept their own model (counted in the status as `declines`)
             self._act(p.on_declined(declined))
         for msg in by_kind["leave"]:
-            held = self._leases.get(msg.node)
-            if held is not None and msg.token is not None and held[0] != msg.token:
+            freed = self._ids.release(msg.node, msg.token)
+            if freed is None:
                 continue  # an earlier holder of an id that expired and was given out again
-            if held is not None:
-                del self._leases[msg.node]
-                if p is None or msg.node not in p.alive:  # a holder that never registered (local-only learner)
-                    log.info("sync %s: node %d left; its id is free", self.epoch_, msg.node)
-                    continue
+            if freed and (p is None or msg.node not in p.alive):  # a holder that never registered (local-only)
+                log.info("sync %s: node %d left; its id is free", self.epoch_, msg.node)
+                continue
             if self._known(msg, hello=False):
                 self._counts["leaves"] += 1
                 log.info("sync %s: node %d left", self.epoch_, msg.node)
@@ -398,27 +404,18 @@ class SyncService(Service):
 
         cfg = self.config
         node = msg.node
-        if node >= cfg.max_nodes:
-            return self._reject(node, f"node id {node} is not below --max-nodes {cfg.max_nodes}")
-        differs = False
-        if msg.spec is not None:  # before anything of the node is taken (its w0 may start the protocol)
-            ours = self.protocol_ if self.protocol_ is not None else make_protocol(cfg.protocol, m=1, d=1, seed=0,
-                                                                                   device="cpu", **cfg.params)
-            conflict, differs = _node_spec_conflict(msg.spec, ours)
-            if conflict is not None:
-                return self._reject(node, conflict)
+        # before anything of the node is taken (its w0 may start the protocol)
+        refusal, differs = _join_refusal(msg, self.protocol_, cfg, self._d, self._layout)
+        if refusal is not None:
+            return self._reject(node, refusal)
         if self.protocol_ is None:
             self.protocol_ = make_protocol(cfg.protocol, m=cfg.max_nodes, d=msg.d, w0=_tensor(msg.model),
                                            seed=cfg.seed, initial_nodes=[], device=cfg.device,
                                            n_params=msg.n_params, **cfg.params)
             self._d, self._layout = msg.d, msg.layout
-            self._note_reference()
+            self._models.note_reference(self.protocol_)
             log.info("sync %s: %r on %s, d=%d, w0 from node %d", self.epoch_, self.protocol_,
                      self.protocol_.bank.device, msg.d, node)
-        elif msg.d != self._d or msg.layout != self._layout or (msg.n_params or msg.d) != self.protocol_.n_params:
-            return self._reject(node, f"model layout {msg.layout} (d={msg.d}, n_params={msg.n_params or msg.d}) "
-                                      f"differs from the other nodes' {self._layout} (d={self._d}, "
-                                      f"n_params={self.protocol_.n_params}): same learner, features and classes needed")
         if differs and node not in self._spec_warned:
             self._spec_warned.add(node)
             log.warning("sync %s: node %d runs the node rule of %r, this service runs %r", self.epoch_, node,
@@ -427,56 +424,12 @@ class SyncService(Service):
         log.info("sync %s: node %d joined", self.epoch_, node)
         self._act(self.protocol_.on_join(node), joining=node)
 
-    def _on_claim(self, msg: SyncMessage) -> None:
-        cfg = self.config
-        if msg.node is not None:  # a renewal of an id this service or an earlier one gave out
-            if msg.node >= cfg.max_nodes:
-                self._counts["bad_records"] += 1
-                return
-            held = self._leases.get(msg.node)
-            if held is None or held[0] == msg.token:
-                self._leases[msg.node] = [msg.token, time.monotonic()]
-            else:
-                self._counts["id_conflicts"] += 1
-                log.warning("sync %s: node id %d is renewed by two nodes; the later one is told", self.epoch_, msg.node)
-                self._send(SyncMessage("assign", token=msg.token, epoch=self.epoch_,
-                                       reason=f"node id {msg.node} is held by another node (its hold expired)"))
-            return
-        if time.monotonic() - self._grace_t0 < cfg.id_grace:
-            self._early_claims[msg.token] = None  # answered once running nodes had time to re-register
-            return
-        self._assign(msg.token)
-
-    def _assign(self, token: str) -> None:
-        """Answer a claim: the id this token already holds, else the lowest id no live node holds."""
-        now = time.monotonic()
-        node = next((n for n, (t, _) in self._leases.items() if t == token), None)
-        if node is None:
-            held = set(self._leases) | (set(self.protocol_.alive) if self.protocol_ is not None else set())
-            node = next((n for n in range(self.config.max_nodes) if n not in held), None)
-            if node is None:
-                log.warning("sync %s: a node asks for an id, but all %d are held", self.epoch_, self.config.max_nodes)
-                self._send(SyncMessage("assign", token=token, epoch=self.epoch_,
-                                       reason=f"all {self.config.max_nodes} node ids are held (--max-nodes)"))
-                return
-            self._counts["ids_assigned"] += 1
-            log.info("sync %s: node id %d assigned", self.epoch_, node)
-        self._leases[node] = [token, now]
-        self._send(SyncMessage("assign", token=token, node=node, epoch=self.epoch_))
+    def _alive(self) -> set:
+        return set(self.protocol_.alive) if self.protocol_ is not None else set()
 
     def _check_ids(self) -> None:
-        """Answer the claims of the grace period once it is over; expire ids not renewed in time."""
-        now = time.monotonic()
-        if self._early_claims and now - self._grace_t0 >= self.config.id_grace:
-            for token in self._early_claims:
-                self._assign(token)
-            self._early_claims.clear()
-        expired = [n for n, (_, t) in self._leases.items() if now - t > self.config.id_lease]
-        for node in expired:
-            del self._leases[node]
-            self._counts["ids_expired"] += 1
-            log.warning("sync %s: node %d did not renew its id within %.3g s; the id is free", self.epoch_, node,
-                        self.config.id_lease)
+        """Answer the claims of the grace period once it is over; a registered holder of an expired id has left."""
+        for node in self._ids.check(self._alive()):
             p = self.protocol_
             if p is not None and node in p.alive:
                 self._counts["leaves"] += 1
@@ -503,15 +456,7 @@ class SyncService(Service):
         p = self.protocol_
         if p is None:
             return
-        awaited = p.pending | p.waiting_reports
-        now = time.monotonic()
-        for node in list(self._since):
-            if node not in awaited:
-                del self._since[node]
-        for node in awaited:
-            self._since.setdefault(node, now)
-        for node in [n for n, t in self._since.items() if now - t > self.config.timeout]:
-            del self._since[node]
+        for node in self._awaited.overdue(p.pending | p.waiting_reports, time.monotonic()):
             log.info("sync %s: node %d did not answer within %.3g s", self.epoch_, node, self.config.timeout)
             self._act(p.on_timeout(node))
 
@@ -520,33 +465,12 @@ class SyncService(Service):
     def _act(self, actions: list, joining: int | None = None) -> None:
         if self.metrics is not None:
             self.metrics.observe_actions(actions, joining=joining)
-        if self._store is not None and any(isinstance(a, SendModel) and a.reference and not (
-                i == 0 and joining is not None and a.nodes == (joining,)) for i, a in enumerate(actions)):
+        if self._store is not None and is_full_sync(actions, joining):
             self._save_state()  # a full sync: kept before any node holds the new reference
         if any(isinstance(a, SendModel) and a.reference for a in actions):
-            self._note_reference()
-        for i, action in enumerate(actions):
-            if isinstance(action, RequestModels):
-                self._request_id += 1
-                self._send(SyncMessage("request", targets=tuple(action.nodes), epoch=self.epoch_,
-                                       request=self._request_id))
-            elif isinstance(action, SendModel):
-                # on_join answers the joining node first, with the reference.
-                reason = "join" if (i == 0 and joining is not None and action.nodes == (joining,)) else "sync"
-                self._send(SyncMessage("send", targets=tuple(action.nodes), epoch=self.epoch_,
-                                       reference=action.reference, reason=reason, **self._model_body(action)))
-            elif isinstance(action, PullToward):
-                self._send(SyncMessage("pull", targets=tuple(action.nodes), epoch=self.epoch_,
-                                       strength=action.strength, model=action.model.cpu()))
-
-    def _model_body(self, action: SendModel) -> dict:
-        """What a ``send`` carries: the model whole, or the delta the protocol compressed (to ``base``,
-        the reference every target holds), its buffers as float32 after the parameters."""
-        c = action.compressed
-        if c is None:
-            return {"model": action.model.cpu()}
-        p = self.protocol_.n_params
-        return {"delta": pack_delta(c.codec, c.parts, tail=action.model[p:], reference=c.base, n_params=p)}
+            self._models.note_reference(self.protocol_)
+        for msg in self._writer.messages(actions, self.protocol_.n_params, joining=joining):
+            self._send(msg)
 
     def _send(self, msg: SyncMessage) -> None:
         try:
@@ -575,73 +499,18 @@ class SyncService(Service):
 
     # ---- hostile models and kept state ---------------------------------------------------------
 
-    def _screen(self, msg: SyncMessage) -> tuple | None:
-        """``(reason, detail)`` when the decoded model of ``msg`` must not be used, else None."""
-        w = msg.model
-        if w is None:
-            return None
-        if w.dtype != np.float32:
-            return "dtype", f"model dtype is {w.dtype}, not float32"
-        lean = self.protocol_ is not None and w.shape[0] == self.protocol_.n_params  # sent without its buffers
-        if msg.kind != "join" and self._d is not None and w.shape[0] != self._d and not lean:
-            return "shape", f"model must have {self._d} entries, got {w.shape[0]}"
-        # NaN and inf were refused by the decoder. The limit is on the parameters: buffers after them
-        # (scaler statistics) are in the data's units.
-        span = msg.n_params if msg.kind == "join" else (self.protocol_.n_params if self.protocol_ else None)
-        norm = float(np.linalg.norm(w[:span]))  # float32 overflow gives inf, refused too
-        if not norm <= self.config.max_norm:
-            return "norm", f"model norm {norm:.4g} is above --max-norm {self.config.max_norm:g}"
-        return None
-
-    def _note_reference(self) -> None:
-        """Remember the protocol's current reference by its tag (the last :data:`KEEP_REFERENCES`)."""
-        references = self.protocol_.references  # one per group of nodes (split=N), the whole's last
-        for g in sorted(references, reverse=True):
-            r = references[g].detach().to("cpu", torch.float32).clone()
-            tag = reference_tag(r, self.protocol_.n_params)
-            self._refs.pop(tag, None)
-            self._refs[tag] = r
-        while len(self._refs) > KEEP_REFERENCES * len(references):
-            self._refs.popitem(last=False)
-
     def _expand(self, msg: SyncMessage) -> SyncMessage | None:
         """``msg`` with the dense model its delta stands for (None: refused, counted and dead-lettered)."""
         if msg.delta is None:
             return msg
-        p = self.protocol_
         try:
-            codec, parts, tail, n, tag = unpack_delta(msg.delta, expected_d=p.d)
-            if n != p.n_params:
-                raise BadRecordError(f"delta of {n} parameters, the model has {p.n_params}", column="n_params",
-                                     value=n)
-            ref = self._refs.get(tag)
-            if ref is None:
-                raise BadRecordError("delta taken from a reference this service does not hold (the node missed a "
-                                     "full sync, or another service's)", column="reference", value=tag)
-            w = ref.clone()
-            w[:n] += codec.dequantize(parts, n)[0]
-            if tail.numel():
-                w[n:] = tail
-            else:  # sent without its buffers (buffers_every): the protocol takes its reference's
-                w = w[:n]
-            if not bool(torch.isfinite(w).all()):
-                raise BadRecordError("the delta's model holds NaN or inf", column="tensor")
-        except BadRecordError as exc:
-            return self._refuse_delta(msg, _delta_fault(exc), str(exc))
-        except (ValueError, TypeError, IndexError, RuntimeError, struct.error, RecursionError, MemoryError,
-                OverflowError) as exc:  # hostile bytes must never stop the service
-            return self._refuse_delta(msg, "malformed", f"{type(exc).__name__}: {exc}")
-        out = replace(msg, model=w.numpy(), delta=None)
-        refused = self._screen(out)
-        if refused is not None:
-            return self._refuse_delta(msg, *refused)
+            out, stale = self._models.expand(msg, self.protocol_, self._d)
+        except ModelRefused as exc:
+            self._refuse(self._records.get(id(msg)), exc.reason, msg.node, msg.kind, exc.detail)
+            return None
         self._counts["deltas_up"] += 1
-        self._counts["stale_deltas"] += tag != next(reversed(self._refs))
+        self._counts["stale_deltas"] += stale
         return out
-
-    def _refuse_delta(self, msg: SyncMessage, reason: str, detail: str) -> None:
-        self._refuse(self._records.get(id(msg)), reason, msg.node, msg.kind, detail)
-        return None
 
     def _refuse(self, rec, reason: str, node: int | None, kind: str, detail: str) -> None:
         """A model that must not reach an average: counted, dead-lettered, and treated as never come."""
@@ -660,48 +529,26 @@ class SyncService(Service):
 
     def _resume(self) -> None:
         """Start from the state an earlier instance kept in ``state_dir``, if there is one."""
-        from streamlearn.kafka.checkpoint import restore_protocol_state
-        from streamlearn.sync.spec import make_protocol
-
-        cfg = self.config
-        ck = self._store.latest()
-        if ck is None:
+        got = self._store.load()
+        if got is None:
             return
-        meta = ck.meta
-        ours = make_protocol(cfg.protocol, m=1, d=1, seed=0, device="cpu", **cfg.params)
-        if not isinstance(meta.get("spec"), str) or not _same_spec(meta["spec"], ours) \
-                or meta.get("max_nodes") != cfg.max_nodes:
-            raise ConfigError(f"state_dir {cfg.state_dir!r} holds the state of a sync service running "
-                              f"{meta.get('spec')} with {meta.get('max_nodes')} node slots, this one runs {cfg.spec} "
-                              f"with {cfg.max_nodes}: give the same settings or another directory")
-        d = int(meta["d"])
-        self.protocol_ = make_protocol(cfg.protocol, m=cfg.max_nodes, d=d, w0=_tensor(ck.arrays["reference"]),
-                                       seed=cfg.seed, initial_nodes=[], device=cfg.device,
-                                       n_params=meta.get("n_params"), **cfg.params)
-        restore_protocol_state(self.protocol_, ck.arrays, meta["protocol"])
-        self._note_reference()
-        self._d, self._layout = d, meta.get("layout")
-        self._counts.update({k: int(v) for k, v in dict(meta.get("counts") or {}).items() if k in self._counts})
-        self._rejected_by.update({k: int(v) for k, v in dict(meta.get("rejected_models_by_reason") or {}).items()
-                                  if k in self._rejected_by})
-        self._resumed = ck.seq
-        log.info("sync %s: resumed from %s (reference %s, %d full syncs so far)", self.epoch_, ck.path,
+        self.protocol_, self._d, self._layout, self._resumed = got.protocol, got.d, got.layout, got.seq
+        self._models.note_reference(self.protocol_)
+        self._counts.update({k: int(v) for k, v in got.counts.items() if k in self._counts})
+        self._rejected_by.update({k: int(v) for k, v in got.rejected_by.items() if k in self._rejected_by})
+        log.info("sync %s: resumed from %s (reference %s, %d full syncs so far)", self.epoch_, got.path,
                  model_hash(self.protocol_.reference), self.protocol_.stats.full_syncs)
 
     def _save_state(self) -> None:
         """Keep the reference and protocol state in ``state_dir`` (atomically); errors are logged, not fatal."""
-        from streamlearn.kafka.checkpoint import CheckpointError, protocol_state
+        from streamlearn.kafka.checkpoint import CheckpointError
 
         if self._store is None or self.protocol_ is None:
             return
-        arrays, pmeta = protocol_state(self.protocol_)
-        self._counts["state_saves"] += 1
-        meta = {"spec": self.config.spec, "max_nodes": self.config.max_nodes, "d": self._d,
-                "n_params": self.protocol_.n_params, "layout": self._layout,
-                "epoch": self.epoch_, "protocol": pmeta, "counts": dict(self._counts),
-                "rejected_models_by_reason": dict(self._rejected_by)}
+        self._counts["state_saves"] += 1  # the state kept counts itself
         try:
-            self._store.save(arrays, meta)
+            self._store.save(self.protocol_, d=self._d, layout=self._layout, epoch=self.epoch_, counts=self._counts,
+                             rejected_by=self._rejected_by)
         except (OSError, CheckpointError) as exc:
             self._counts["state_saves"] -= 1
             self._counts["state_errors"] += 1
@@ -710,24 +557,7 @@ class SyncService(Service):
     # ---- status --------------------------------------------------------------------------------
 
     def _snapshot(self) -> dict:
-        p = self.protocol_
-        status = {"role": "sync", "ts": time.time(), "state": self._state, "epoch": self.epoch_,
-                  "uptime": time.monotonic() - self._t0, "protocol": self.config.spec,
-                  "max_nodes": self.config.max_nodes, "d": self._d, "assigned_ids": sorted(self._leases),
-                  **self._counts, "rejected_models_by_reason": dict(self._rejected_by),
-                  "state_dir": self.config.state_dir, "resumed_from": self._resumed}
-        if p is None:
-            status.update(nodes_alive=0, alive=[], pending=[], device=None, reference_hash=None)
-            return status
-        stats = p.stats.as_dict()
-        groups = p.node_groups
-        status.update(stats, models=p.stats.models, bytes=stats["bytes_up"] + stats["bytes_down"],
-                      nodes_alive=len(p.alive), alive=sorted(p.alive), pending=sorted(p.pending),
-                      device=str(p.bank.device), reference_hash=model_hash(p.reference),
-                      # groups of nodes averaged apart (split=N): node -> group, 0 is the whole
-                      node_groups={str(n): g for n, g in groups.items()}, n_groups=len(set(groups.values())),
-                      group_changes_by_kind=p.group_changes)
-        return status
+        return _sync_status(self)
 
     def _publish_status(self) -> None:
         status = self._snapshot()
@@ -741,46 +571,72 @@ class SyncService(Service):
             log.warning("sync %s: cannot publish its status: %s", self.epoch_, exc)
 
 
+def _sync_status(svc: SyncService) -> dict:
+    """The status message of ``svc``, now (see docs/schemas.md; the field names are a contract)."""
+    p = svc.protocol_
+    status = {"role": "sync", "ts": time.time(), "state": svc._state, "epoch": svc.epoch_,
+              "uptime": time.monotonic() - svc._t0, "protocol": svc.config.spec,
+              "max_nodes": svc.config.max_nodes, "d": svc._d, "assigned_ids": sorted(svc._ids.leases),
+              **svc._counts, "rejected_models_by_reason": dict(svc._rejected_by),
+              "state_dir": svc.config.state_dir, "resumed_from": svc._resumed}
+    if p is None:
+        status.update(nodes_alive=0, alive=[], pending=[], device=None, reference_hash=None)
+        return status
+    stats = p.stats.as_dict()
+    groups = p.node_groups
+    status.update(stats, models=p.stats.models, bytes=stats["bytes_up"] + stats["bytes_down"],
+                  nodes_alive=len(p.alive), alive=sorted(p.alive), pending=sorted(p.pending),
+                  device=str(p.bank.device), reference_hash=model_hash(p.reference),
+                  # groups of nodes averaged apart (split=N): node -> group, 0 is the whole
+                  node_groups={str(n): g for n, g in groups.items()}, n_groups=len(set(groups.values())),
+                  group_changes_by_kind=p.group_changes)
+    return status
+
+
+def _join_refusal(msg: SyncMessage, protocol, cfg: SyncConfig, d: int | None, layout: str | None) -> tuple:
+    """``(reason to reject or None, node rule differs)`` of a ``join``: its node id, its protocol spec (see
+    :func:`_node_spec_conflict`) and, once the protocol runs, its model layout against the other nodes'."""
+    from streamlearn.sync.spec import make_protocol
+
+    if msg.node >= cfg.max_nodes:
+        return f"node id {msg.node} is not below --max-nodes {cfg.max_nodes}", False
+    differs = False
+    if msg.spec is not None:
+        ours = protocol if protocol is not None else make_protocol(cfg.protocol, m=1, d=1, seed=0, device="cpu",
+                                                                   **cfg.params)
+        conflict, differs = _node_spec_conflict(msg.spec, ours)
+        if conflict is not None:
+            return conflict, differs
+    if protocol is not None and (msg.d != d or msg.layout != layout or (msg.n_params or msg.d) != protocol.n_params):
+        return (f"model layout {msg.layout} (d={msg.d}, n_params={msg.n_params or msg.d}) differs from the other "
+                f"nodes' {layout} (d={d}, n_params={protocol.n_params}): same learner, features and classes "
+                f"needed"), differs
+    return None, differs
+
+
+class _Overdue:
+    """Since when each node the protocol awaits has been awaited, and which of them are overdue."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.since: dict[int, float] = {}  # awaited node -> monotonic time
+
+    def overdue(self, awaited: set, now: float) -> list[int]:
+        """The nodes of ``awaited`` awaited longer than ``timeout`` (then forgotten: ``on_timeout`` gives up)."""
+        for node in list(self.since):
+            if node not in awaited:
+                del self.since[node]
+        for node in awaited:
+            self.since.setdefault(node, now)
+        late = [n for n, t in self.since.items() if now - t > self.timeout]
+        for node in late:
+            del self.since[node]
+        return late
+
+
 def _tensor(model) -> torch.Tensor:
     """A decoded (read-only) model as a torch tensor of its own."""
     return torch.from_numpy(np.array(model, dtype=np.float32))
-
-
-_FAULTS = {"crc32": "checksum", "tensor": "nonfinite", "dtype": "dtype", "shape": "shape", "payload_len": "shape",
-           "ndim": "shape"}
-
-
-#: Refusal reasons of a compressed delta, by the field unpack_delta names.
-_DELTA_FAULTS = {"crc32": "checksum", "n_params": "shape", "reference": "reference", "tensor": "nonfinite"}
-
-
-def _delta_fault(exc: BadRecordError) -> str:
-    if exc.column == "payload" and "NaN" in exc.reason:
-        return "nonfinite"
-    return _DELTA_FAULTS.get(exc.column, "malformed")
-
-
-def _model_fault(data) -> tuple | None:
-    """``(reason, node, kind)`` when a sync record's header is sound and its model part (a model message or
-    a compressed delta) is what fails; None otherwise. Never raises, whatever the bytes."""
-    from streamlearn.kafka.codecs import decode_model
-    from streamlearn.kafka.wire import FLAG_DELTA, split_envelope
-
-    try:
-        flags, obj, rest = split_envelope(data)  # either envelope version; DecodeError (a ValueError) if unsound
-        if not isinstance(obj, dict) or obj.get("kind") not in ("join", "report", "model") or not rest.nbytes:
-            return None
-        node = obj.get("node")
-        node = node if isinstance(node, int) and not isinstance(node, bool) and 0 <= node < (1 << 31) else None
-        if flags & FLAG_DELTA:  # a delta that decode_sync refused (bad magic, counts, or on a join)
-            return "malformed", node, obj["kind"]
-        try:
-            mm = decode_model(rest)
-        except DecodeError as exc:
-            return _FAULTS.get(exc.field, "malformed"), node, obj["kind"]
-        return ("shape", node, obj["kind"]) if mm.array.ndim != 1 else None
-    except (ValueError, TypeError, KeyError, IndexError, struct.error, RecursionError, MemoryError, OverflowError):
-        return None
 
 
 #: Settings only the sync service uses: a node's spec may differ there without changing anything.
@@ -807,16 +663,6 @@ def _node_spec_conflict(spec: str, protocol) -> tuple[str | None, bool]:
     same = type(other) is type(protocol) and all(getattr(other, k) == getattr(protocol, k) for k in protocol.params
                                                  if k not in _SERVICE_ONLY)
     return None, not same
-
-
-def _same_spec(spec: str, protocol) -> bool:
-    from streamlearn.sync.spec import make_protocol
-
-    try:
-        other = make_protocol(spec, m=1, d=1, seed=0, device="cpu")
-    except ConfigError:
-        return False
-    return type(other) is type(protocol) and all(getattr(other, k) == getattr(protocol, k) for k in protocol.params)
 
 
 # ---- options (CLI-like) -------------------------------------------------------------------------

@@ -8,14 +8,9 @@ import numpy as np
 import torch
 from river import base
 
-from streamlearn.errors import BadRecordError, ConfigError
-from streamlearn.learners.base import (
-    FeatureMixin,
-    NotInitializedError,
-    as_label_list,
-    labels_array,
-    resolve_device,
-)
+from streamlearn.errors import ConfigError
+from streamlearn.learners.base import FeatureMixin, NotInitializedError, resolve_device
+from streamlearn.learners.class_labels import ClassLabelsMixin
 from streamlearn.learners.losses import get_loss
 from streamlearn.learners.nets import ARCHITECTURES, build_net
 from streamlearn.learners.preprocessing import OnlineScaler
@@ -26,7 +21,7 @@ __all__ = ["TorchLearner"]
 OPTIMIZERS = ("sgd", "adam")
 
 
-class TorchLearner(FeatureMixin, base.MiniBatchClassifier):
+class TorchLearner(FeatureMixin, ClassLabelsMixin, base.MiniBatchClassifier):
     """Online neural classifier (logistic regression, MLP, small 1-D CNN) trained with torch.
 
     All parameters live in one flat float32 leaf tensor ``_w`` of shape (d,); the layers are
@@ -171,69 +166,6 @@ class TorchLearner(FeatureMixin, base.MiniBatchClassifier):
             raise ConfigError("momentum: only for optimizer='sgd' (Adam has its own betas)")
         if self.seed is not None and (not isinstance(self.seed, numbers.Integral) or isinstance(self.seed, bool)):
             raise ConfigError(f"seed: need an int or None, got {self.seed!r}")
-
-    # -- labels --------------------------------------------------------------------------------------
-
-    def _init_classes(self, classes) -> None:
-        if classes is None:
-            self.classes_ = []
-            self._n_out = 2
-        else:
-            classes = list(classes)
-            if len(classes) < 2 or len(set(classes)) != len(classes):
-                raise ConfigError(f"classes: need at least 2 distinct labels, got {classes!r}")
-            self.classes_ = classes
-            self._n_out = len(classes)
-        self._set_label_arrays()
-
-    def _add_class(self, label, row: int) -> int:
-        if self.classes is not None or len(self.classes_) >= self._n_out:
-            raise BadRecordError(
-                f"label is not one of the classes {self.classes_!r} (pass classes=[...] for more than two)",
-                row=row, value=label,
-            )
-        if isinstance(label, (bool, np.bool_)) and not self.classes_:
-            # Bool labels get a fixed order at once, so every node agrees on it.
-            self.classes_ = [False, True]
-        else:
-            self.classes_.append(label)
-        self._set_label_arrays()
-        return self._class_index[label]
-
-    def _set_label_arrays(self) -> None:
-        self._class_index = {c: i for i, c in enumerate(self.classes_)}
-        self._classes_arr = labels_array(self.classes_)
-        # numeric labels: sorted once, so a numpy batch of labels is encoded with one searchsorted
-        # (faster than a dict lookup per label from about 32 labels on)
-        numeric = len(self.classes_) > 0 and self._classes_arr.dtype.kind in "biuf"
-        order = np.argsort(self._classes_arr, kind="stable") if numeric else None
-        self._label_order = None if order is None else (order.astype(np.int64), self._classes_arr[order])
-
-    def encode_labels(self, y) -> np.ndarray:
-        """Labels (a label or an array-like of them) as int64 indices into ``classes_``.
-
-        With ``classes=None`` an unseen label takes the next free output (see ``classes``).
-        """
-        if self._label_order is not None and isinstance(y, np.ndarray) and y.dtype.kind in "biuf" and y.size > 32:
-            order, ranked = self._label_order
-            y = y.reshape(-1)
-            pos = np.minimum(np.searchsorted(ranked, y), len(ranked) - 1)
-            if np.array_equal(ranked[pos], y):
-                return order[pos]
-            # else some label is not a class (or NaN): the per-label path below adds or rejects it
-        labels = as_label_list(y)
-        index = self._class_index
-        try:
-            return np.fromiter((index[v] for v in labels), dtype=np.int64, count=len(labels))
-        except (KeyError, TypeError):
-            out = np.empty(len(labels), dtype=np.int64)
-            for i, v in enumerate(labels):
-                try:
-                    j = self._class_index.get(v)
-                except TypeError:
-                    j = None
-                out[i] = self._add_class(v, row=i) if j is None else j
-            return out
 
     # -- parameters ----------------------------------------------------------------------------------
 
