@@ -386,7 +386,7 @@ def _plot(history: list, nodes: dict, drifts: list, path: str, title: str) -> No
     ax.set_xlim(left=0)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("samples learned per node (red dashed: injected drift; orange ▲: detected drift; gray x: false alarm; "
-                  "green ticks: syncs" + ("; colour: the group a node is averaged in" if grouped else "") + ")")
+                  "green ticks: syncs)" + ("\ncolour: the group a node is averaged in" if grouped else ""))
     ax.set_ylabel("rolling accuracy")
     ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:
