@@ -260,7 +260,7 @@ class Grouped:
         gid = self._next_id
         self._next_id += 1
         seed = None if part.seed is None else int(part.seed) + 7919 * gid
-        new = type(part)(**{**_init_args(part), "seed": seed, "w0": part.reference.clone(), "initial_nodes": [node]})
+        new = part.clone(seed=seed, w0=part.reference.clone(), initial_nodes=[node])
         state = part.get_state()
         new.set_state({k: state[k] for k in ("full_sends", "t_now", "t_sync") if k in state})
         new.set_arrays(part.get_arrays())
@@ -295,11 +295,8 @@ class Grouped:
         it learned on meanwhile (``SendModel.keep``)."""
         if echo and g in self.parts and len(self.parts[g].alive) == 1:
             actions = [replace(a, keep=True) if isinstance(a, SendModel) and a.reference else a for a in actions]
-        full = False
-        for a in actions:
-            if isinstance(a, (SendModel, PullToward)):
-                self._sent[list(a.nodes)] += 1
-                full |= isinstance(a, SendModel) and a.reference
+        self._count_sent(actions)
+        full = any(isinstance(a, SendModel) and a.reference for a in actions)
         if full and len(self.parts) > 1:
             actions = list(actions) + self._merges()
         return actions
@@ -332,10 +329,13 @@ class Grouped:
             self._got[node] = False
             self._note("merge", node, h, into)
             out += self.parts[into].on_join(node)
-        for a in out:
+        self._count_sent(out)
+        return out
+
+    def _count_sent(self, actions: list[Action]) -> None:
+        for a in actions:
             if isinstance(a, (SendModel, PullToward)):
                 self._sent[list(a.nodes)] += 1
-        return out
 
     def _note(self, kind: str, node: int, frm: int, to: int) -> None:
         self.events.append((self._t, kind, int(node), int(frm), int(to)))
@@ -350,10 +350,3 @@ class Grouped:
             yield g, [item for item in items if self.group[int(node_of(item))] == g]
             items = [item for item in items if self.group[int(node_of(item))] != g]
 
-
-def _init_args(part: Protocol) -> dict:
-    """The constructor arguments of ``part`` (its hyperparameters and common settings)."""
-    import inspect
-
-    names = list(inspect.signature(type(part).__init__).parameters)[1:]
-    return {name: getattr(part, name) for name in names}

@@ -408,10 +408,11 @@ class Protocol:
 
     # ---- river-style conveniences ----------------------------------------------------------
 
-    def clone(self) -> "Protocol":
-        """A fresh protocol with the same hyperparameters (no state)."""
+    def clone(self, **changes) -> "Protocol":
+        """A fresh protocol with the same hyperparameters (no state), but for the constructor arguments
+        in ``changes`` (``seed``, ``w0``, ``initial_nodes``, ...)."""
         names = list(inspect.signature(type(self).__init__).parameters)[1:]
-        return type(self)(**{name: getattr(self, name) for name in names})
+        return type(self)(**{**{name: getattr(self, name) for name in names}, **changes})
 
     def __repr__(self) -> str:
         hyper = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.params)
