@@ -160,6 +160,9 @@ class NodeCore:
         self.restarts = self.monitor is not None and getattr(learner, "lr_decay", None) is not None \
             and hasattr(learner, "restart_schedule")
         self.guard = GuardWindow(guard, self.classes, guard_margin) if guard is not None and self.averageable else None
+        if self.guard is None and getattr(self.protocol, "split", None):
+            log.warning("node %d: %s groups nodes that decline, but this node has no --guard: it never declines, "
+                        "so it stays in the whole", node, protocol)
         self.layout: str | None = None  # a fingerprint of the learner layout, sent with the join (None: none)
         # counters and state
         self.n_steps = self.n_samples = self.since_sync = 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -221,6 +222,9 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
     uplink = None if proto.codec.dense else Uplink(proto.codec, m, d, p, device=device,
                                                   buffers_every=proto.buffers_every)
     window, margin = check_guard(*(guard if guard is not None else (None, 0.0)))
+    if window is None and isinstance(proto, Grouped):
+        warnings.warn(f"protocol {protocol!s}: split=N groups nodes that decline, but without a guard (--guard) no node "
+                      f"declines, so every node stays in the whole", UserWarning, stacklevel=2)
     # Dynamic averaging against an extrapolated reference: the nodes follow their references' motion.
     motion = ReferenceMotion(m, p, device=device) if getattr(proto, "extrapolate", 0) else None
 

@@ -260,3 +260,13 @@ def test_the_core_package_imports_nothing_of_kafka():
             "assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_split_without_a_guard_is_logged(caplog):
+    with caplog.at_level("WARNING", logger="streamlearn.node.core"):
+        NodeCore(learner(), CLASSES, "periodic:b=5,split=3")
+    assert "no --guard" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="streamlearn.node.core"):
+        NodeCore(learner(), CLASSES, "periodic:b=5,split=3", guard=100)
+    assert "no --guard" not in caplog.text

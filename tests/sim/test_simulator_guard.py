@@ -67,3 +67,9 @@ def test_with_split_the_drifted_nodes_form_a_group_of_their_own(data):
     assert (after(grouped)[:2] >= alone[:2] - 0.04).all(), (after(grouped), alone)
     assert after(grouped)[2:].mean() >= after(guarded)[2:].mean() - 0.01
     assert grouped.summary()["group_changes"] == len(grouped.groups)
+
+
+def test_split_without_a_guard_says_that_no_group_will_form(data):
+    with pytest.warns(UserWarning, match="without a guard"):
+        res = simulate(data, TorchLearner("logreg", lr=0.5, seed=0), "periodic:b=2,split=3", progress=False)
+    assert res.groups == [] and res.comm["declines"] == 0
