@@ -173,6 +173,8 @@ def simulate_once(protocol: str, *, source: str, nodes: int, learner, drifts=(),
              f"syncs: {row['full_syncs']} full, {row['partial_syncs']} partial; "
              f"model transfers {row['transfers']} ({row['comm']['models_up']} up, {row['comm']['models_down']} down)"
              + (f"; {row['comm']['declines']} models declined by guarded nodes" if guard is not None else "")]
+    if res.groups:
+        lines.append(groups_line(res.groups, res.m))
     if getattr(learner, "lr_decay", None) is not None:
         said = ("never restarted (no detector)" if detector in (None, "none") else
                 f"restarted {len(res.restarts)} times at {len({node for _, node in res.restarts})} nodes where "
@@ -186,6 +188,24 @@ def simulate_once(protocol: str, *, source: str, nodes: int, learner, drifts=(),
                      f"per node, {det['ignored']} firings ignored as no rise, "
                      f"mean delay {_fmt(det['mean_delay'], 0)} samples)")
     return {"result": row, "table": "\n".join(lines)}
+
+
+def groups_line(events: list, m: int) -> str:
+    """The group changes of a run (``split=N``) and where every node ended.
+
+    >>> groups_line([(40, "split", 3, 0, 1), (60, "join", 2, 0, 1)], 4)
+    'groups: 2 changes (split 1, join 1); at the end 0: nodes 0, 1 | 1: nodes 2, 3'
+    """
+    final = dict.fromkeys(range(m), 0)
+    kinds: dict = {}
+    for _, kind, node, _, to in events:
+        final[node] = to
+        kinds[kind] = kinds.get(kind, 0) + 1
+    members: dict = {}
+    for node, g in final.items():
+        members.setdefault(g, []).append(str(node))
+    return (f"groups: {len(events)} changes ({', '.join(f'{k} {v}' for k, v in kinds.items())}); at the end "
+            + " | ".join(f"{g}: nodes {', '.join(ns)}" for g, ns in sorted(members.items())))
 
 
 def run_comparison(specs, *, source: str, nodes: int, learner, drifts=(), schedule="all", split=None, n=None,
