@@ -48,6 +48,9 @@ def _common(p: argparse.ArgumentParser, schema_required: bool = True) -> None:
                    help="with a value (--node-by, an MQTT {node} level, /ingest/<value>): integer mod M, "
                         "else a stable hash mod M")
     g.add_argument("--node-map", metavar="V=N,...", help="with a value: explicit value -> node map, e.g. a=0,b=1")
+    g.add_argument("--first-seen", action="store_true",
+                   help="with a value: one node per distinct value, numbered 0, 1, 2, ... in the order the values "
+                        "first appear (a file replays the same way every time; with --nodes M: at most M values)")
     g.add_argument("--max-pending", type=_positive_int, default=100_000,
                    help="unlabelled readings with a key whose node is remembered for their late label")
     g = p.add_argument_group("kafka")
@@ -135,10 +138,10 @@ def router_from_args(args) -> NodeRouter:
     if args.nodes is not None and args.nodes < 1:
         raise ConfigError("--nodes: at least 1 node")
     if args.node is None and args.round_robin is None and args.node_by is None and args.nodes is None \
-            and mapping is None:
+            and mapping is None and not args.first_seen:
         return NodeRouter(node=0)
     return NodeRouter(node=args.node, round_robin=args.round_robin, field=args.node_by, nodes=args.nodes,
-                      mapping=mapping)
+                      mapping=mapping, first_seen=args.first_seen)
 
 
 def _params(items) -> dict:

@@ -127,6 +127,9 @@ class Ingestor:
         self.pacer = pacer
         self.max_batch_bytes = max(int(max_batch_bytes), schema.max_bytes)
         self._label_nodes = PendingByKey(max_pending)
+        declare = getattr(publisher, "declare", None)  # a Kafka Publisher; the doctest's and fuzz's fakes have none
+        if declare is not None:
+            declare(schema.layout())  # stops here when a running node expects another layout
         metrics = getattr(publisher, "metrics", None)
         if metrics is not None:
             metrics.track_pending(self._label_nodes.__len__)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -178,6 +179,8 @@ class MqttConnector:
         bad = [str(rc) for rc in reason_codes if rc.is_failure]
         if bad:
             log.warning("MQTT broker refused subscriptions: %s", bad)
+        if not self.ready.is_set():  # readings published before this are not ours (a clean session)
+            print(f"connect mqtt: subscribed to {', '.join(self.subscriptions())}", file=sys.stderr, flush=True)
         self.ready.set()
 
     def _on_message(self, client, userdata, message):

@@ -28,6 +28,7 @@ from connectors.schema import Reading
 from streamlearn.errors import StreamlearnError
 from streamlearn.kafka.codecs import MAX_SAMPLE_JSON_BYTES, _dump_json, deadletter_headers
 from streamlearn.kafka.config import KafkaSettings, validate_topic_prefix
+from streamlearn.kafka.layout import Layout, LayoutBoard, LayoutMismatch, check_against
 from streamlearn.kafka.topics import deadletter_topic, ensure_topics, samples_topic
 
 __all__ = ["ConnectStats", "ConnectError", "Publisher", "encode_reading", "MAX_DEADLETTER_BYTES"]
@@ -70,7 +71,8 @@ class ConnectStats:
     ``readings`` and ``labels`` were handed to Kafka, ``delivered`` of them
     acknowledged by the broker; ``deadlettered`` bad records went to the
     dead-letter topic (``reasons``: count per reason, the first 50 reasons);
-    ``send_errors`` records Kafka failed to take; ``per_node``: readings per node.
+    ``send_errors`` records Kafka failed to take; ``per_node``: readings per node;
+    ``with_missing``: readings sent with a missing feature value (null: the node imputes or skips it).
     """
 
     kind: str
@@ -80,6 +82,7 @@ class ConnectStats:
     deadlettered: int = 0
     send_errors: int = 0
     per_node: dict = field(default_factory=dict)
+    with_missing: int = 0
     reasons: Counter = field(default_factory=Counter)
     elapsed: float = 0.0
     reason: str = ""
@@ -87,7 +90,7 @@ class ConnectStats:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "readings": self.readings, "labels": self.labels, "delivered": self.delivered,
                 "deadlettered": self.deadlettered, "send_errors": self.send_errors,
-                "per_node": {str(k): v for k, v in sorted(self.per_node.items())},
+                "with_missing": self.with_missing, "per_node": {str(k): v for k, v in sorted(self.per_node.items())},
                 "reasons": dict(self.reasons), "elapsed": round(self.elapsed, 3), "stopped": self.reason}
 
     def summary(self) -> str:
@@ -101,6 +104,8 @@ class ConnectStats:
         line = (f"connect {self.kind}: {self.readings} readings + {self.labels} labels sent, {self.delivered} "
                 f"delivered, {self.deadlettered} dead-lettered, {self.send_errors} send errors to "
                 f"{len(self.per_node)} node(s) in {self.elapsed:.1f} s")
+        if self.with_missing:
+            line += f"; {self.with_missing} readings with missing values (sent as null: the nodes impute or skip)"
         if self.reason:
             line += f"; stopped: {self.reason}"
         lines = [line] + [f"  {n} x {r}" for r, n in self.reasons.most_common(5)]
@@ -157,6 +162,7 @@ class Publisher:
         self._first_error: str | None = None
         self._closed = False
         self._admin = None
+        self._board = self._layout = None  # see declare()
         try:
             self._admin = KafkaAdminClient(**self.settings.admin_kwargs(bootstrap))
             ensure_topics(self._admin, self.prefix, list(nodes or []))
@@ -192,6 +198,7 @@ class Publisher:
             data = encode_reading(reading, node=node, seq=seq)
             self._seq[node] = seq + 1
             self.stats.readings += 1
+            self.stats.with_missing += None in reading.x.values()
             self.stats.per_node[node] = self.stats.per_node.get(node, 0) + 1
         if self.metrics is not None:
             self.metrics.observe_reading(node)
@@ -261,8 +268,24 @@ class Publisher:
 
     # ---- lifecycle -----------------------------------------------------------------------------------
 
+    def declare(self, layout) -> None:
+        """Check the schema's ``(features, classes)`` against the running nodes' layouts and announce it on
+        ``<prefix>.schema`` (:mod:`streamlearn.kafka.layout`); LayoutMismatch, naming both, when a node
+        expects other features or classes."""
+        features, classes = layout
+        self._layout = Layout(f"connect {self.stats.kind}", tuple(features), None if classes is None else tuple(classes))
+        self._board = LayoutBoard(self.settings, self.bootstrap, self.prefix)
+        try:
+            check_against(self._layout, self._board.recent(), mine_is_node=False)
+        except LayoutMismatch:
+            self.close("layout mismatch")
+            raise
+        self._board.announce(self._producer, self._layout, force=True)
+
     def tick(self) -> None:
-        """Print the counts on stderr if ``progress`` seconds have passed since the last line."""
+        """Announce the layout again when due; print the counts on stderr if ``progress`` seconds have passed."""
+        if self._board is not None:
+            self._board.announce(self._producer, self._layout)
         if self.progress <= 0:
             return
         now = time.monotonic()

@@ -1,6 +1,9 @@
 """Which node a record goes to: a fixed node, round-robin over m nodes, or a value (a field, an MQTT topic level).
 
 A value becomes a node through an explicit map (``mapping``); else, with
+``first_seen``, the next free node the first time it appears (0, 1, 2, ... in
+order of appearance: one node per distinct value, no collisions; the same for a
+file replayed twice, the order of arrival for a live source); else, with
 ``nodes`` = m, an integer value modulo m and any other value by a stable hash
 (BLAKE2b) modulo m; else the value must itself be a node id (``0``, ``"3"``).
 """
@@ -8,6 +11,7 @@ A value becomes a node through an explicit map (``mapping``); else, with
 from __future__ import annotations
 
 import re
+import threading
 from typing import Mapping
 
 from connectors.errors import RecordError
@@ -67,6 +71,9 @@ class NodeRouter:
         With a value: m, for "integer mod m, else hash mod m".
     mapping
         With a value: value (as text) -> node; any other value is a bad record.
+    first_seen
+        With a value: number the distinct values 0, 1, 2, ... as they first appear (with ``nodes``: at most that
+        many; one more distinct value is a bad record).
     max_node
         Largest node id a value may name.
 
@@ -81,6 +88,9 @@ class NodeRouter:
     >>> r = NodeRouter(field="day", nodes=7)
     >>> r.by_value(9), r.by_value("9"), r.by_value(3)
     (2, 2, 3)
+    >>> r = NodeRouter(field="station", first_seen=True)
+    >>> [r.by_value(s) for s in ("Dongsi", "Tiantan", "Dongsi", "Aotizhongxin")], r.first_seen
+    ([0, 1, 0, 2], {'Dongsi': 0, 'Tiantan': 1, 'Aotizhongxin': 2})
     >>> NodeRouter(mapping={"kitchen": 0}).by_value("garage")
     Traceback (most recent call last):
     ...
@@ -88,15 +98,18 @@ class NodeRouter:
     """
 
     def __init__(self, *, node: int | None = None, round_robin: int | None = None, field: str | None = None,
-                 nodes: int | None = None, mapping: Mapping | None = None, max_node: int = MAX_NODE):
+                 nodes: int | None = None, mapping: Mapping | None = None, first_seen: bool = False,
+                 max_node: int = MAX_NODE):
         self.max_node = _count(max_node, "max_node", 0)
         modes = [node is not None, round_robin is not None, field is not None or nodes is not None
-                 or mapping is not None]
+                 or mapping is not None or first_seen]
         if sum(modes) > 1:
             raise ConfigError("choose one node mapping: a fixed node, round-robin, or by value "
                               "(a field or topic level, with nodes= or a node map)")
         if nodes is not None and mapping is not None:
             raise ConfigError("a node map and a node count exclude each other")
+        if first_seen and mapping is not None:
+            raise ConfigError("numbering values by first appearance and a node map exclude each other")
         self.node = None if node is None else self._check_node(_count(node, "node", 0))
         self.round_robin = None if round_robin is None else _count(round_robin, "round_robin", 1)
         if self.round_robin is not None and self.round_robin - 1 > self.max_node:
@@ -109,6 +122,9 @@ class NodeRouter:
         if mapping is not None:
             self.mapping = {str(k): self._check_node(_count(v, f"node of {k!r}", 0)) for k, v in mapping.items()}
         self._turn = 0
+        # value (as text) -> node, in the order the values came; None: not numbering by first appearance
+        self.first_seen: dict | None = {} if first_seen else None
+        self._lock = threading.Lock()  # the HTTP connector routes from several threads
 
     def _check_node(self, node: int) -> int:
         if node > self.max_node:
@@ -130,6 +146,8 @@ class NodeRouter:
             return [self.node]
         if self.round_robin is not None:
             return list(range(self.round_robin))
+        if self.first_seen is not None:
+            return None  # known as they come
         if self.nodes is not None:
             return list(range(self.nodes))
         if self.mapping is not None:
@@ -160,6 +178,8 @@ class NodeRouter:
             if node is None:
                 raise RecordError("value not in the node map", field=where, value=value)
             return node
+        if self.first_seen is not None:
+            return self._number(text, where, value)
         if self.nodes is not None:
             return node_of_key(text, self.nodes)  # the rule streamlearn's key split uses too
         if not _INT_RE.match(text) or int(text) > self.max_node:
@@ -167,8 +187,23 @@ class NodeRouter:
                               field=where, value=value)
         return int(text)
 
+    def _number(self, text: str, where: str, value) -> int:
+        node = self.first_seen.get(text)
+        if node is None:
+            with self._lock:
+                node = self.first_seen.get(text)
+                if node is None:
+                    node = len(self.first_seen)
+                    limit = self.max_node + 1 if self.nodes is None else self.nodes
+                    if node >= limit:
+                        raise RecordError(f"more distinct values than the {limit} nodes", field=where, value=value)
+                    self.first_seen[text] = node
+        return node
+
     def __repr__(self) -> str:
         parts = [f"{k}={v!r}" for k, v in (("node", self.node), ("round_robin", self.round_robin),
                                            ("field", self.field), ("nodes", self.nodes),
                                            ("mapping", self.mapping)) if v is not None]
+        if self.first_seen is not None:
+            parts.append("first_seen=True")
         return f"NodeRouter({', '.join(parts)})"

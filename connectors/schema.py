@@ -5,6 +5,8 @@ The file (TOML shown; JSON has the same structure)::
     key = "meter"            # optional: the field that identifies a reading (delayed labels join on it)
     time = "ts"              # optional: event time, Unix seconds or ISO 8601 (replay speed-up uses it)
     ignore = ["date"]        # optional: fields dropped without complaint
+    missing = "null"         # optional: a missing feature value (empty cell, JSON null) passes as null and the
+                             # node imputes or skips it (default); "reject": the record is a bad record
     max_bytes = 65536        # optional: largest record, in bytes
 
     [label]
@@ -44,7 +46,8 @@ __all__ = ["Reading", "StreamSchema", "load_schema", "parse_schema", "FEATURE_TY
 
 FEATURE_TYPES = ("float", "int", "bool")
 DEFAULT_MAX_BYTES = 64 << 10  # one sensor reading; far below the topic's 1 MiB per sample
-_TOP_KEYS = ("features", "label", "key", "time", "ignore", "max_bytes")
+_TOP_KEYS = ("features", "label", "key", "time", "ignore", "max_bytes", "missing")
+MISSING_POLICIES = ("null", "reject")
 _TRUE = frozenset(("true", "1", "yes"))
 _FALSE = frozenset(("false", "0", "no"))
 
@@ -106,6 +109,10 @@ class StreamSchema:
         Fields dropped without complaint.
     max_bytes
         Largest record accepted, in bytes.
+    missing
+        ``"null"``: a feature value that is missing (an empty CSV cell, a JSON ``null``) passes as ``None``
+        (``null`` on the wire), for the node to impute or skip and count; ``"reject"``: such a record is bad.
+        A feature field that is absent from a JSON record is always bad.
 
     Examples
     --------
@@ -114,6 +121,8 @@ class StreamSchema:
     Reading(x={'temp': 21.0, 'door': 1.0}, y=None, key='r1', ts=None)
     >>> s.check({"id": "r1", "alarm": True})
     LabelRecord(key='r1', y=True, node=None, ts=None)
+    >>> s.check({"temp": None, "door": False, "alarm": True})
+    Reading(x={'temp': None, 'door': 0.0}, y=True, key=None, ts=None)
     >>> s.check({"temp": float("nan"), "door": False, "alarm": True})
     Traceback (most recent call last):
     ...
@@ -128,6 +137,7 @@ class StreamSchema:
     time: str | None = None
     ignore: Any = ()
     max_bytes: int = DEFAULT_MAX_BYTES
+    missing: str = "null"
     _lookup: dict = field(default=None, init=False, repr=False, compare=False)
     _text_lookup: dict = field(default=None, init=False, repr=False, compare=False)
     _fields: frozenset = field(default=None, init=False, repr=False, compare=False)
@@ -192,6 +202,8 @@ class StreamSchema:
                 text.update({t: False for t in _FALSE if False in classes})
             object.__setattr__(self, "_text_lookup", text)
         object.__setattr__(self, "_fields", frozenset(every))
+        if self.missing not in MISSING_POLICIES:
+            raise ConfigError(f"missing must be one of {', '.join(MISSING_POLICIES)}, got {self.missing!r}")
         mb = self.max_bytes
         if isinstance(mb, bool) or not isinstance(mb, int) or not 2 <= mb <= MAX_SAMPLE_JSON_BYTES:
             raise ConfigError(f"max_bytes must be an integer in [2, {MAX_SAMPLE_JSON_BYTES}], got {mb!r}")
@@ -220,6 +232,8 @@ class StreamSchema:
             out["ignore"] = list(self.ignore)
         if self.max_bytes != DEFAULT_MAX_BYTES:
             out["max_bytes"] = self.max_bytes
+        if self.missing != "null":
+            out["missing"] = self.missing
         label: dict = {"name": self.label}
         if self.target:
             label["type"] = "float"
@@ -259,7 +273,7 @@ class StreamSchema:
             label = label.get("name", "y")
         return cls(features=data["features"], label=label, classes=classes, target=target, key=data.get("key"),
                    time=data.get("time"), ignore=data.get("ignore", ()),
-                   max_bytes=data.get("max_bytes", DEFAULT_MAX_BYTES))
+                   max_bytes=data.get("max_bytes", DEFAULT_MAX_BYTES), missing=data.get("missing", "null"))
 
     @classmethod
     def infer(cls, x: Mapping, y=None, *, label: str = "y", target: bool = False, classes=None) -> "StreamSchema":
@@ -322,9 +336,15 @@ class StreamSchema:
             return LabelRecord(key=key, y=y, ts=ts)
         x = {}
         for name, kind in self.features:
-            if name not in feats or (text and feats[name] == ""):
+            if name not in feats:
                 raise RecordError("missing field", field=prefix + name)
-            x[name] = _feature(feats[name], kind, prefix + name, text)
+            v = feats[name]
+            if v is None or (text and v == ""):
+                if self.missing == "reject":
+                    raise RecordError("missing value (the schema says missing = \"reject\")", field=prefix + name)
+                x[name] = None  # the node imputes or skips it
+                continue
+            x[name] = _feature(v, kind, prefix + name, text)
         return Reading(x=x, y=self._label(obj, text), key=key, ts=ts)
 
     def _label(self, obj, text: bool):

@@ -1,4 +1,4 @@
-"""``streamlearn ...``: the command line. Settings enter here and are validated here."""
+"""The ``streamlearn`` command line: settings enter here and are validated here."""
 
 from __future__ import annotations
 
@@ -35,8 +35,26 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--on-bad-record", choices=("raise", "skip"), default="raise",
                    help="what to do with a bad record (a csv row, a NaN value): stop with an error naming it, "
                         "or skip and count it")
+    g.add_argument("--missing", choices=("impute", "skip", "error"), default="impute",
+                   help=_MISSING_HELP)
     g.add_argument("--seed", type=int, default=0, help="seed of the stream, learner and protocol")
 
+
+_LEARNER_HELP = ("learner name (see `streamlearn streams`), or your own model as package.module:factory "
+                 "(imported from PYTHONPATH or the current folder): a torch factory factory(n_features, n_classes) "
+                 "-> nn.Module mapping a float32 (B, n_features) batch to (B, n_classes) logits (it may also take "
+                 "features and classes; seeded with --seed, so every node starts alike; averaged like mlp), or a river "
+                 "classifier class or no-argument factory (learns locally, cannot be averaged: --protocol nosync)")
+
+_SPLIT_HELP = ("split ONE stream across nodes: round-robin | key:COLUMN (one node per distinct value of COLUMN, "
+               "numbered in order of first appearance; --nodes must match their number) | key:COLUMN:hash "
+               "(integers mod m, other values by a stable hash) | key:COLUMN:value | key:COLUMN:V=N,V=N,...")
+
+_MISSING_HELP = ("missing feature values (an empty csv field; null/NaN in a JSON reading): impute = the mean of "
+                 "that feature's values seen so far at that node (no indicator column; a row missing a feature "
+                 "never seen yet is skipped), skip = drop the row; both counted and shown (summary, node status, "
+                 "demo). A csv row with an empty label is left out and counted. error = a bad record "
+                 "(--on-bad-record) (default: impute)")
 
 _LR_DECAY_HELP = ("step size that decays over TAU steps, lr / sqrt(1 + (t - t_reset) / TAU), and restarts where "
                   "--detector sees the error rise (simulate, node, demo; evaluate only decays) (torch learners; "
@@ -45,7 +63,7 @@ _LR_DECAY_HELP = ("step size that decays over TAU steps, lr / sqrt(1 + (t - t_re
 
 def _add_learner_args(p: argparse.ArgumentParser, default: str) -> None:
     g = p.add_argument_group("learner")
-    g.add_argument("--learner", default=default, help="learner name (see `streamlearn streams`)")
+    g.add_argument("--learner", default=default, help=_LEARNER_HELP)
     g.add_argument("--lr", type=float, help="learning rate (torch learners, river-logreg)")
     g.add_argument("--lr-decay", type=float, metavar="TAU", help=_LR_DECAY_HELP)
     g.add_argument("--hidden", help="hidden layer sizes of mlp/cnn, comma-separated, e.g. 32,32")
@@ -53,11 +71,48 @@ def _add_learner_args(p: argparse.ArgumentParser, default: str) -> None:
     g.add_argument("--weight-decay", type=float, help="L2 penalty of torch learners' optimizer (default 0)")
     g.add_argument("--scale", action=argparse.BooleanOptionalAction, default=None,
                    help="standardise features online (torch learners; default on)")
+    _add_task_args(g)
+
+
+_REGRESSION_LOSSES = ("squared", "huber")
+
+
+def _add_task_args(g) -> None:
+    """--task and --loss: a float label (regression) or classes."""
+    g.add_argument("--task", choices=("classification", "regression"),
+                   help="regression: the label is a number (a csv column), learnt with --loss huber or squared "
+                        "(target standardised online) and scored by MAE and RMSE (default: classification, or "
+                        "regression when --loss is squared or huber)")
+    g.add_argument("--loss", choices=("cross_entropy", "hinge") + _REGRESSION_LOSSES,
+                   help="loss of torch learners (default: cross_entropy; huber for --task regression: its step is "
+                        "bounded, while squared's grows with the error and needs a smaller --lr, about 0.01, on "
+                        "many features)")
+
+
+def _add_pipeline_task_arg(p) -> None:
+    p.add_argument("--task", choices=("classification", "regression"), default="classification",
+                   help="regression (a float label) is not yet supported by the node service: use evaluate or simulate")
+
+
+def _refuse_regression(args) -> None:
+    """The Kafka pipeline learns classes only, for now: say so at the edge, not per record."""
+    if _task(args) == "regression":
+        raise StreamlearnError("--task regression: regression is not yet supported by the node service "
+                               "(node, demo); `streamlearn evaluate` and `streamlearn simulate` take --task regression")
+
+
+def _task(args) -> str:
+    """``"regression"`` or ``"classification"`` from --task and --loss, which must agree."""
+    task, loss = getattr(args, "task", None), getattr(args, "loss", None)
+    implied = None if loss is None else ("regression" if loss in _REGRESSION_LOSSES else "classification")
+    if task is not None and implied is not None and task != implied:
+        raise StreamlearnError(f"--loss {loss} is a {implied} loss, but --task is {task}")
+    return task or implied or "classification"
 
 
 # csv source parameters that have a flag of their own
 _CSV_FLAGS = {"label": "--label", "features": "--features", "classes": "--classes",
-              "on_bad_record": "--on-bad-record", "categorical": "--categorical"}
+              "on_bad_record": "--on-bad-record", "categorical": "--categorical", "missing": "--missing"}
 
 
 def _source_params(args) -> dict:
@@ -86,6 +141,12 @@ def _source_params(args) -> dict:
             raise StreamlearnError("--label: a csv source needs the label column (--label COLUMN)")
         params["label"] = args.label
         params["on_bad_record"] = args.on_bad_record
+        if _task(args) == "regression":
+            if args.classes:
+                raise StreamlearnError("--classes: a regression label is a number, it has no classes")
+            params["task"] = "regression"  # float labels
+        if getattr(args, "missing", "error") != "error":
+            params["missing"] = "nan"  # empty fields come as NaN: imputed or skipped per node (_missing_policy)
         if args.features:
             params["features"] = [f.strip() for f in args.features.split(",") if f.strip()]
         if args.classes:
@@ -97,17 +158,24 @@ def _source_params(args) -> dict:
     return params
 
 
+def _missing_policy(args) -> str | None:
+    """--missing as node_streams' ``missing``: "impute" or "skip", None for error (a bad record)."""
+    return None if getattr(args, "missing", "error") == "error" else args.missing
+
+
 def _learner(args, torch_only: bool = False, stream=None):
     from streamlearn.learners import make_learner
+    from streamlearn.learners.registry import learner_family
 
+    family = learner_family(args.learner)  # imports a package.module:factory, or says why it cannot
     params = {}
-    if stream is not None and args.learner in ("logreg", "mlp", "cnn", "river-logreg", "river-perceptron", "river-pa"):
+    if stream is not None and family in ("torch", "river-linear"):
         # The layout of an averageable model is fixed by the stream's features and labels.
         params["features"] = list(stream.feature_names)
         if stream.classes is not None:
             params["classes"] = list(stream.classes)
     torch_names = ("logreg", "mlp", "cnn")
-    if args.learner in torch_names:
+    if family == "torch":  # a custom torch module factory too: seeded, so every node builds the same w0
         params["seed"] = args.seed
         params["scale"] = _TORCH_CLI_DEFAULTS["scale"] if args.scale is None else args.scale
         if args.optimizer:
@@ -117,9 +185,28 @@ def _learner(args, torch_only: bool = False, stream=None):
         if args.lr_decay is not None:
             params["lr_decay"] = args.lr_decay
     elif torch_only:
-        raise StreamlearnError(f"--learner: the simulator trains torch learners {torch_names}, got {args.learner!r}")
+        from streamlearn.learners.custom import check_protocol, is_custom
+
+        if not is_custom(args.learner):
+            raise StreamlearnError(f"--learner: the simulator trains torch learners {torch_names} or your own "
+                                   f"package.module:factory, got {args.learner!r}")
+        # your own river classifier: simulated node by node, nosync only (it cannot be averaged)
+        for spec in (getattr(args, "compare", None) or [_protocol_spec(args)]):
+            check_protocol(args.learner, spec)
     elif args.optimizer or args.scale is not None or args.weight_decay is not None or args.lr_decay is not None:
         raise StreamlearnError(f"--optimizer/--scale/--weight-decay/--lr-decay: only for torch learners {torch_names}")
+    if _task(args) == "regression":
+        if args.learner not in torch_names:
+            raise StreamlearnError(f"--task regression: learners {torch_names} (a float label), got {args.learner!r}")
+        if stream is not None and stream.classes is not None:
+            raise StreamlearnError(f"--task regression: needs a numeric label, and source {args.source!r} has "
+                                   f"classes {stream.classes!r}; use a csv source: csv:PATH --label COLUMN")
+        params.pop("classes", None)
+        params["loss"] = args.loss or "huber"  # bounded steps: squared at lr 0.05 diverged on Beijing air
+    elif getattr(args, "loss", None):
+        if args.learner not in torch_names:
+            raise StreamlearnError(f"--loss: only for torch learners {torch_names}")
+        params["loss"] = args.loss
     if args.lr is not None:
         params["lr"] = args.lr
     if args.hidden:
@@ -202,8 +289,12 @@ def cmd_evaluate(args) -> int:
     from streamlearn.evaluation import evaluate, plot_history
     from streamlearn.streams import inject, make_source
 
+    from streamlearn.streams.nodes import WithMissing
+
     source = make_source(args.source, seed=args.seed, **_source_params(args))
-    stream = inject(source, args.drift, node=0, seed=args.seed) if args.drift else source
+    policy = _missing_policy(args)
+    base = WithMissing(source, policy) if policy and getattr(source, "missing", None) == "nan" else source
+    stream = inject(base, args.drift, node=0, seed=args.seed) if args.drift else base
     if args.n is None and getattr(stream, "n_samples", None) is None:
         args.n = 20_000
     learner = _learner(args, stream=stream)
@@ -212,10 +303,17 @@ def cmd_evaluate(args) -> int:
                    progress=not args.no_progress, max_delay=args.max_delay, on_bad_record=args.on_bad_record)
     res.n_bad += getattr(source, "skipped", 0)  # records the csv source left out are skipped bad records too
     s = res.score
+    if res.task == "regression":  # scores in the label's units; the detector watched the absolute error
+        end = (lambda k: float(res.history[k][-1]) if len(res.history["position"]) else None)
+        scores = [["MAE", _fmt(res.mae)], ["RMSE", _fmt(res.rmse)],
+                  [f"rolling MAE (end, last {args.window})", _fmt(end("rolling_mae"))],
+                  [f"rolling RMSE (end, last {args.window})", _fmt(end("rolling_rmse"))]]
+    else:
+        scores = [["accuracy", _fmt(res.accuracy)], ["log loss", _fmt(res.loss)],
+                  ["rolling accuracy (end)",
+                   _fmt(float(res.history["rolling_accuracy"][-1]) if len(res.history["position"]) else None)]]
     rows = [
-        ["samples", res.n], ["skipped bad records", res.n_bad], ["accuracy", _fmt(res.accuracy)],
-        ["log loss", _fmt(res.loss)],
-        ["rolling accuracy (end)", _fmt(float(res.history["rolling_accuracy"][-1]) if len(res.history["position"]) else None)],
+        ["samples", res.n], ["skipped bad records", res.n_bad], *scores,
         ["drifts injected", len(res.events)], ["drifts detected (the error rose)", len(res.detections)],
     ]
     if s is not None and res.events:
@@ -225,11 +323,23 @@ def cmd_evaluate(args) -> int:
                  ["mean detection delay", _fmt(s.mean_delay, 1)]]
     if res.detections or res.n_ignored:
         rows += [["firings ignored (the error did not rise)", res.n_ignored]]
+    if base is not source:
+        from streamlearn.sim.run import missing_counts
+
+        counts = missing_counts([base])
+        rows += [["missing values imputed" if policy == "impute" else "rows with a missing value skipped",
+                  counts["imputed"] if policy == "impute" else counts["skipped"]],
+                 ["records without a label left out", counts["unlabelled"]]]
+        if policy == "impute" and counts["skipped"]:
+            rows += [["rows skipped (a feature not seen yet)", counts["skipped"]]]
     if getattr(source, "categories", None):
         rows += [["one-hot text columns", ", ".join(source.categories)],
                  ["values outside the categories", sum(source.unseen_categories.values())]]
     print(_table(rows, ["evaluate", f"{args.source} / {args.learner}"]))
-    if args.plot:
+    if args.plot and res.task == "regression":
+        print("--plot: draws rolling accuracy, not yet a regression's error; see --json's history "
+              "(rolling_mae, rolling_rmse)", file=sys.stderr)
+    elif args.plot:
         plot_history(res, res.events, res.detections, args.plot, title=f"{args.source} / {args.learner}")
         print(f"wrote {args.plot}")
     if args.json:
@@ -242,12 +352,25 @@ def _protocol_spec(args) -> str:
     return args.protocol + (":" + ",".join(params) if params else "")
 
 
+def _nodes(args, default: int) -> int | None:
+    """--nodes, or None where a split by key:COLUMN counts its keys (one node per distinct value), else ``default``."""
+    if args.nodes is not None:
+        return args.nodes
+    if args.split:
+        from streamlearn.streams import parse_split
+
+        if parse_split(args.split).get("how") == "first":
+            return None
+    return default
+
+
 def cmd_simulate(args) -> int:
     from streamlearn.sim import run_comparison, simulate_once
 
-    common = dict(source=args.source, nodes=args.nodes, drifts=args.drift, schedule=args.schedule, split=args.split,
-                  n=args.n, batch_size=args.batch_size, seed=args.seed, source_params=_source_params(args),
-                  learner=_learner(args, torch_only=True), progress=not args.no_progress)
+    common = dict(source=args.source, nodes=_nodes(args, 16), drifts=args.drift, schedule=args.schedule,
+                  split=args.split, n=args.n, batch_size=args.batch_size, seed=args.seed,
+                  source_params=_source_params(args), learner=_learner(args, torch_only=True),
+                  progress=not args.no_progress, missing=_missing_policy(args))
     if args.guard is not None:  # guarded averaging (streamlearn.sync.guard)
         common["guard"] = (args.guard, args.guard_margin)
     if args.compare:
@@ -296,11 +419,15 @@ def cmd_node(args) -> int:
     from streamlearn.kafka.node import NodeService, node_config_from_options
     from streamlearn.metrics import NodeMetrics
 
+    _refuse_regression(args)
     _setup_logging(args.verbose)
+    if args.scale is None and args.learner in ("logreg", "mlp", "cnn"):
+        args.scale = _TORCH_CLI_DEFAULTS["scale"]  # the same preprocessing as simulate and evaluate
     cfg = node_config_from_options(_options(args, (
-        "id", "source", "features", "classes", "learner", "lr", "lr_decay", "hidden", "optimizer", "protocol", "batch_size",
+        "id", "source", "features", "classes", "learner", "lr", "lr_decay", "hidden", "optimizer", "scale", "protocol",
+        "batch_size",
         "seed", "window", "detector", "sync_timeout", "id_timeout", "max_pending", "label_ttl", "checkpoint_dir",
-        "checkpoint_every", "guard", "guard_margin")))
+        "checkpoint_every", "guard", "guard_margin", "bootstrap", "prefix", "predictions", "missing")))
     # With --id auto the id is known only once the sync service assigned it: metrics are made then.
     final = _run_service(args, NodeService, cfg, lambda reg: functools.partial(NodeMetrics, reg))
     print(f"node {final.get('node', cfg.node)}: learned {final.get('samples', 0)} samples, accuracy {_fmt(final.get('accuracy'))}, "
@@ -315,7 +442,7 @@ def cmd_sync(args) -> int:
     _setup_logging(args.verbose)
     cfg = sync_config_from_options(_options(args, (
         "protocol", "delta", "b", "C", "tau", "strength", "max_nodes", "timeout", "seed", "device", "max_norm",
-        "state_dir")))
+        "state_dir", "id_lease", "id_grace", "bootstrap", "prefix")))
     final = _run_service(args, SyncService, cfg, SyncMetrics)
     print(f"sync: {final.get('full_syncs', 0)} full and {final.get('partial_syncs', 0)} partial syncs, "
           f"{final.get('models', 0)} models transferred")
@@ -327,12 +454,16 @@ def cmd_produce(args) -> int:
 
     from streamlearn.metrics import ProducerMetrics
 
-    cfg = ProducerConfig(source=args.source, nodes=args.nodes, rate=args.rate, drifts=tuple(args.drift),
+    cfg = ProducerConfig(source=args.source, nodes=_nodes(args, 4), rate=args.rate, drifts=tuple(args.drift),
                          schedule=args.schedule, split=args.split, n=args.n, format=args.format, batch=args.batch,
-                         seed=args.seed, source_params=_source_params(args), progress=not args.no_progress)
-    metrics, server = start_metrics(args, lambda reg: ProducerMetrics(reg, nodes=cfg.nodes))
+                         seed=args.seed, source_params=_source_params(args), progress=not args.no_progress,
+                         bootstrap=args.bootstrap, prefix=args.prefix,
+                         missing=None if _missing_policy(args) is None else "keep")  # the nodes impute or skip
+    producer = Producer(cfg)  # with key:COLUMN it knows the number of nodes only once it has read the file
+    metrics, server = start_metrics(args, lambda reg: ProducerMetrics(reg, nodes=producer.config.nodes))
+    producer.metrics = metrics
     try:
-        stats = Producer(cfg, metrics=metrics).run(max_seconds=args.max_seconds)
+        stats = producer.run(max_seconds=args.max_seconds)
     finally:
         if server is not None:
             server.stop()
@@ -361,12 +492,16 @@ def cmd_drift(args) -> int:
 def cmd_demo(args) -> int:
     from streamlearn.kafka.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(nodes=args.nodes, source=args.source, drifts=args.drift or DemoConfig().drifts,
+    _refuse_regression(args)
+    params = _source_params(args)  # a csv file's label, features, classes, categories (validated here)
+    params.pop("missing", None)  # the demo's --missing: the producer keeps them missing, the nodes impute or skip
+    run_demo(DemoConfig(nodes=_nodes(args, 4), source=args.source, drifts=args.drift or None,
                         schedule=args.schedule, rate=args.rate, learner=args.learner, protocol=args.protocol,
                         batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
                         duration=args.duration or None, out=args.out,
                         seed=args.seed, view_port=None if args.view_port < 0 else args.view_port,
-                        view_host=args.view_host, guard=args.guard, guard_margin=args.guard_margin))
+                        view_host=args.view_host, guard=args.guard, guard_margin=args.guard_margin,
+                        split=args.split, source_params=params, missing=args.missing, schema=args.schema))
     return 0
 
 
@@ -385,9 +520,38 @@ def _register_connect(sub) -> None:
     add_connect_parser(sub)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless it has none or its text already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or action.default in (None, False, [], argparse.SUPPRESS)
+                or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("streamlearn")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamlearn", description=__doc__.splitlines()[0].strip("`"))
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="streamlearn",
+                     description="Learn online from drifting data streams on many nodes, synced by model averaging. "
+                                 "Each command's --help lists its options.")
+    parser.add_argument("--version", action="version", version=f"streamlearn {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _register_connect(sub)
 
     p = sub.add_parser("streams", help="list sources, drift kinds and learners with their parameters")
@@ -412,12 +576,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_args(p)
     _add_learner_args(p, default="mlp")
     g = p.add_argument_group("nodes and protocol")
-    g.add_argument("--nodes", type=int, default=16, help="number of nodes m")
+    g.add_argument("--nodes", type=int, help="number of nodes m (default 16; with --split key:COLUMN one per "
+                                               "distinct value of COLUMN)")
     g.add_argument("--n", type=int, help="samples per node (default: the whole file split, or 40000 per node)")
     g.add_argument("--batch-size", type=int, default=10, help="mini-batch per node per round (one local step)")
     g.add_argument("--schedule", default="all", help="drift schedule over nodes: all | staggered:GAP | subset:0,3,5")
-    g.add_argument("--split", help="split ONE stream across nodes: round-robin | key:COLUMN "
-                                  "(default: one generator per node; files are always split round-robin)")
+    g.add_argument("--split", help=_SPLIT_HELP + " (default: one generator per node; files are split round-robin)")
     g.add_argument("--protocol", default="dynamic", help="nosync | continuous | periodic | fedavg | dynamic | lsgd")
     g.add_argument("--delta", type=float, help="dynamic: divergence threshold Δ")
     g.add_argument("--b", type=int, help="dynamic/periodic/fedavg: steps between checks")
@@ -440,43 +604,59 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("produce", help="publish per-node streams (with drift injection) into Kafka")
     _add_source_args(p)
-    p.add_argument("--nodes", type=int, default=4, help="number of node streams")
+    p.add_argument("--nodes", type=int, help="number of node streams (default 4; with --split key:COLUMN one per "
+                                              "distinct value of COLUMN)")
     p.add_argument("--rate", type=float, default=2000.0, help="samples per second per node (0: as fast as possible)")
     p.add_argument("--schedule", default="all", help="drift schedule over nodes: all | staggered:GAP | subset:0,3,5")
-    p.add_argument("--split", help="split ONE stream across nodes: round-robin | key:COLUMN")
+    p.add_argument("--split", help=_SPLIT_HELP)
     p.add_argument("--n", type=int, help="samples per node (default: endless for generators, the file for files)")
     p.add_argument("--format", choices=("json", "binary"), default="json", help="record format")
     p.add_argument("--batch", type=int, default=100, help="samples per binary batch / per send round")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
+    _add_kafka_args(p)
     add_metrics_args(p)
     p.set_defaults(func=cmd_produce)
 
     p = sub.add_parser("node", help="one node: consume its topic, test-then-train, sync by the protocol")
+    _add_pipeline_task_arg(p)
     p.add_argument("--id", required=True, help="node id (its topic is <prefix>.samples.<id>), or auto: the sync "
                                                 "service assigns the lowest free id (docker compose --scale)")
-    p.add_argument("--id-timeout", type=float, help="auto: seconds to wait for the sync service to assign an id")
-    p.add_argument("--max-pending", type=int, help="readings held while waiting for their late label")
-    p.add_argument("--label-ttl", type=float, help="seconds a reading waits for its late label before it is dropped")
+    p.add_argument("--id-timeout", type=float, default=60.0, help="auto: seconds to wait for the sync service to assign an id")
+    p.add_argument("--max-pending", type=int, default=100_000, help="readings held while waiting for their late label")
+    p.add_argument("--label-ttl", type=float, help="seconds a reading waits for its late label before it is dropped "
+                                                   "(default: until --max-pending readings wait)")
     p.add_argument("--source", help="source whose features and classes fix the model layout (e.g. sea)")
     p.add_argument("--features", help="comma-separated feature names (instead of --source)")
     p.add_argument("--classes", help="comma-separated labels (instead of --source)")
-    p.add_argument("--learner", default="logreg", help="learner name (see `streamlearn streams`)")
+    p.add_argument("--learner", default="logreg", help=_LEARNER_HELP)
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--lr-decay", type=float, metavar="TAU", help=_LR_DECAY_HELP)
     p.add_argument("--hidden", help="hidden layer sizes, e.g. 32,32")
     p.add_argument("--optimizer", choices=("sgd", "adam"), help="optimizer of torch learners")
+    p.add_argument("--scale", action=argparse.BooleanOptionalAction, default=None,
+                   help="standardise features online, as simulate does; the scaler's statistics are synced with the "
+                        "model (torch learners; default on)")
     p.add_argument("--protocol", default="dynamic:delta=0.5,b=1", help="protocol spec; must match the sync service")
     p.add_argument("--batch-size", type=int, default=10, help="samples per local update")
     p.add_argument("--seed", type=int, default=0, help="learner seed: every node must use the same")
-    p.add_argument("--window", type=int, help="rolling accuracy window")
-    p.add_argument("--detector", help="drift detector (adwin, page_hinkley, kswin, ..., none)")
-    p.add_argument("--sync-timeout", type=float, help="seconds to wait for the sync service before going on")
+    p.add_argument("--window", type=int, default=1000, help="rolling accuracy window")
+    p.add_argument("--detector", default="adwin", help="drift detector (adwin, page_hinkley, kswin, ..., none)")
+    p.add_argument("--sync-timeout", type=float, default=5.0,
+                   help="seconds to wait for the sync service before going on")
     p.add_argument("--checkpoint-dir", help="keep checkpoints here and resume from the newest on restart")
-    p.add_argument("--checkpoint-every", type=int, help="samples between two checkpoints (default 10000; and at stop)")
+    p.add_argument("--checkpoint-every", type=int, default=10_000,
+                   help="samples between two checkpoints (and one at stop)")
+    p.add_argument("--missing", choices=("impute", "skip"), default="impute",
+                   help="missing feature values (NaN in a binary batch, null in JSON): impute = the mean of that "
+                        "feature's values this node has read so far (no indicator column; a row missing a feature "
+                        "never seen yet is skipped), skip = drop the row; counted in the status (default: impute)")
+    p.add_argument("--no-predictions", dest="predictions", action="store_false",
+                   help="do not publish predictions to <prefix>.predictions (default: publish; see `streamlearn tail`)")
     _add_guard_args(p)
     p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
     p.add_argument("--verbose", action="store_true", help="debug logging")
+    _add_kafka_args(p)
     add_metrics_args(p)
     p.set_defaults(func=cmd_node)
 
@@ -487,16 +667,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--C", type=float, help="fedavg: fraction of nodes per round")
     p.add_argument("--tau", type=int, help="lsgd: steps between pulls")
     p.add_argument("--strength", type=float, help="lsgd: pull strength")
-    p.add_argument("--max-nodes", type=int, help="largest number of nodes (default 64)")
-    p.add_argument("--timeout", type=float, help="seconds before a requested model is given up on")
-    p.add_argument("--id-lease", type=float, help="seconds an auto-assigned node id lives without renewal")
-    p.add_argument("--id-grace", type=float, help="seconds after start during which running nodes re-register")
-    p.add_argument("--seed", type=int, help="seed of the protocol's random choices")
+    p.add_argument("--max-nodes", type=int, default=64, help="largest number of nodes")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds before a requested model is given up on")
+    p.add_argument("--id-lease", type=float, default=10.0, help="seconds an auto-assigned node id lives without renewal")
+    p.add_argument("--id-grace", type=float, default=3.0, help="seconds after start during which running nodes re-register")
+    p.add_argument("--seed", type=int, default=0, help="seed of the protocol's random choices")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--max-norm", type=float, help="refuse models whose L2 norm is above this (default 1e6)")
-    p.add_argument("--state-dir", help="keep the reference and protocol state here and resume from it on restart")
+    p.add_argument("--max-norm", type=float, default=1e6, help="refuse models whose L2 norm is above this")
+    p.add_argument("--state-dir", help="keep the reference and protocol state here and resume from it on restart "
+                                         "(default: none, a restart starts from the first join)")
     p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
     p.add_argument("--verbose", action="store_true", help="debug logging")
+    _add_kafka_args(p)
     add_metrics_args(p)
     p.set_defaults(func=cmd_sync)
 
@@ -513,13 +695,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("demo", help="the whole pipeline on this machine: broker, producer, nodes, sync service")
-    p.add_argument("--nodes", type=int, default=4, help="number of node processes")
-    p.add_argument("--source", default="sea", help="source of every node's stream")
+    _add_pipeline_task_arg(p)
+    p.add_argument("--nodes", type=int, help="number of node processes (default 4; with --split key:COLUMN one per "
+                                              "distinct value of COLUMN)")
+    p.add_argument("--source", default="sea", help="source of the nodes' streams (see `streamlearn streams`), "
+                                                   "csv:PATH with --label, or a connector's: jsonl:PATH, "
+                                                   "mqtt:HOST[:PORT]/TOPIC (a {node} level names the node), "
+                                                   "http:[HOST:]PORT (POST /ingest), each with --schema")
+    p.add_argument("--schema", metavar="FILE", help="the stream's schema (TOML or JSON) of a jsonl, mqtt or http "
+                                                    "source; the nodes take its features and classes")
+    p.add_argument("--label", help="label column of a csv source")
+    p.add_argument("--features", help="comma-separated feature columns of a csv source (default: all others; "
+                                      "date/time text columns are dropped, with a note)")
+    p.add_argument("--classes", help="comma-separated labels of a csv source; any other label is a bad record")
+    p.add_argument("--categorical", action="append", default=[], metavar="COL=a|b|c",
+                   help="categories of a text column of a csv source, one-hot encoded (repeatable)")
+    p.add_argument("--on-bad-record", choices=("raise", "skip"), default="raise",
+                   help="a bad csv record (e.g. a non-numeric value): stop with an error naming it, or skip it")
+    p.add_argument("--missing", choices=("impute", "skip", "error"), default="impute", help=_MISSING_HELP)
+    p.add_argument("--split", help=_SPLIT_HELP + " (default: one generator per node; a file round-robin)")
     p.add_argument("--drift", action="append", default=[], metavar="SPEC",
-                   help="drift schedule (repeatable; default label-permutation@20000 and feature-rotation@40000:angle=90)")
+                   help="drift schedule (repeatable; default for generators label-permutation@20000 and "
+                        "feature-rotation@40000:angle=90; none for a file)")
     p.add_argument("--schedule", default="all", help="all | staggered:GAP | subset:0,3,5")
     p.add_argument("--rate", type=float, default=1000.0, help="samples per second per node")
-    p.add_argument("--learner", default="logreg", help="learner of every node")
+    p.add_argument("--learner", default="logreg", help="learner of every node; " + _LEARNER_HELP)
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--lr-decay", type=float, metavar="TAU", help=_LR_DECAY_HELP)
     p.add_argument("--protocol", default="dynamic:delta=0.5,b=1", help="protocol spec, e.g. periodic:b=8")
@@ -530,8 +730,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--view-port", type=int, default=8050, help="port of the live page (-1: none; 0: any free port)")
     p.add_argument("--view-host", default="127.0.0.1", help="address of the live page (0.0.0.0 exposes it)")
     _add_guard_args(p)
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, source_param=[])
+
+    from streamlearn.model_file import add_export_parser  # `streamlearn export` (and its command) live there
+
+    add_export_parser(sub)
+    from streamlearn.kafka.tail import add_tail_parser  # `streamlearn tail predictions`
+
+    add_tail_parser(sub)
     return parser
+
+
+def _add_kafka_args(p) -> None:
+    """--bootstrap and --prefix: which Kafka cluster and which pipeline's topics (flags win over the environment)."""
+    p.add_argument("--bootstrap", metavar="HOST:PORT",
+                   help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS, else the embedded broker on "
+                        "127.0.0.1, started if no process runs it)")
+    p.add_argument("--prefix", help="topic prefix of the pipeline (default: KAFKA_TOPIC_PREFIX, else streamlearn)")
 
 
 def _add_guard_args(p) -> None:

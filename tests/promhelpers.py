@@ -10,7 +10,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from servers import require
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -29,10 +29,8 @@ COMPOSE_SETTINGS = ("NODES", "SOURCE", "RATE", "PROTOCOL", "LEARNER", "TORCH_IND
 
 
 def tool(name: str, package: str) -> str:
-    """Path of an executable; an assertion error (a failure, never a skip) when it is missing."""
-    exe = shutil.which(name)
-    assert exe, f"{name} is missing: install the Debian package {package}"
-    return exe
+    """Path of an executable; missing: a failure in CI, else a skip naming the package (tests/servers.py)."""
+    return require(package, name)
 
 
 # ---- docker-compose ---------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ console script in a subprocess. Sample counts are small so the whole file runs i
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -231,8 +232,9 @@ BAD_LINES = {
 def test_evaluate_csv_bad_record_names_row_column_value(tmp_path, capsys, case):
     line, text, column, value = BAD_LINES[case]
     path = _write_csv(tmp_path / "bad.csv", replace={line: text})
+    # --missing error: an empty field is a bad record (by default it is a missing value, imputed)
     code, out, err = _run(capsys, "evaluate", "--source", f"csv:{path}", "--label", "cls", "--learner", "logreg",
-                          "--no-progress")
+                          "--no-progress", "--missing", "error")
     assert code == 2
     assert err.startswith("streamlearn evaluate: error:")
     assert f"row {line}" in err
@@ -268,7 +270,7 @@ def _all_bad(tmp_path) -> Path:
 def test_evaluate_csv_skip_bad_records(tmp_path, capsys):
     path = _all_bad(tmp_path)
     code, out, err = _run(capsys, "evaluate", "--source", f"csv:{path}", "--label", "cls", "--learner", "logreg",
-                          "--no-progress", "--on-bad-record", "skip")
+                          "--no-progress", "--on-bad-record", "skip", "--missing", "error")
     assert code == 0, err
     table = _kv_table(out)
     assert table["samples"] == str(400 - len(BAD_LINES))  # the bad lines were left out
@@ -278,7 +280,7 @@ def test_evaluate_csv_skip_bad_records(tmp_path, capsys):
 def test_evaluate_csv_skip_prints_the_skipped_count(tmp_path, capsys):
     path = _all_bad(tmp_path)
     code, out, _ = _run(capsys, "evaluate", "--source", f"csv:{path}", "--label", "cls", "--learner", "logreg",
-                        "--no-progress", "--on-bad-record", "skip")
+                        "--no-progress", "--on-bad-record", "skip", "--missing", "error")
     assert code == 0
     assert _kv_table(out)["skipped bad records"] == str(len(BAD_LINES))
 
@@ -698,8 +700,9 @@ def test_simulate_csv_split_by_a_text_key(tmp_path, capsys):
                           "--protocol", "nosync", "--no-progress")
     assert code == 0, err
     assert re.search(r"^nodes 3, 200 samples per node", out, re.M)  # one machine per node
-    code, out, err = _run(capsys, "simulate", "--source", f"csv:{path}", "--label", "state", "--split", "key:machine",
-                          "--nodes", "2", "--learner", "logreg", "--protocol", "nosync", "--no-progress")
+    code, out, err = _run(capsys, "simulate", "--source", f"csv:{path}", "--label", "state", "--split",
+                          "key:machine:hash", "--nodes", "2", "--learner", "logreg", "--protocol", "nosync",
+                          "--no-progress")
     assert code == 0, err  # by hash: press-1 and press-2 on node 0, lathe on node 1
 
 
@@ -710,7 +713,7 @@ def test_evaluate_json_counts_skipped_records_like_the_table(tmp_path, capsys):
     path = _all_bad(tmp_path)
     js = tmp_path / "r.json"
     code, out, _ = _run(capsys, "evaluate", "--source", f"csv:{path}", "--label", "cls", "--learner", "mlp",
-                        "--no-progress", "--on-bad-record", "skip", "--json", js)
+                        "--no-progress", "--on-bad-record", "skip", "--missing", "error", "--json", js)
     assert code == 0
     d = json.loads(js.read_text())
     assert d["n_bad"] == int(_kv_table(out)["skipped bad records"]) == len(BAD_LINES)
@@ -739,3 +742,66 @@ def test_the_benchmarks_recommended_setting_runs_as_simulate_takes_it(tmp_path, 
     assert code == 0, err
     [row] = _row_table(out)
     assert row["protocol"] == rec["protocol"] and int(row["transfers"]) > 0
+
+
+# ---- help, version, defaults, Kafka flags ----------------------------------------------------------
+
+def test_version_and_help_start_with_plain_words(capsys):
+    from streamlearn.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith("streamlearn ")
+    text = build_parser().format_help()
+    assert "``" not in text and text.index("Learn online") < text.index("positional arguments")
+
+
+def _subparser(name):
+    from streamlearn.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
+@pytest.mark.parametrize("command,config", [("node", "streamlearn.kafka.node:NodeConfig"),
+                                            ("sync", "streamlearn.kafka.sync_service:SyncConfig")])
+def test_service_flags_show_the_defaults_the_service_uses(command, config):
+    import dataclasses
+    import importlib
+
+    module, _, name = config.partition(":")
+    fields = {f.name: f.default for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    p = _subparser(command)
+    checked = 0
+    for action in p._actions:
+        if action.dest in fields and action.default is not None and fields[action.dest] is not dataclasses.MISSING:
+            assert action.default == fields[action.dest], (command, action.dest)
+            checked += 1
+    assert checked >= 5
+    assert "(default: " in p.format_help()
+
+
+@pytest.mark.parametrize("command", ["node", "sync", "produce"])
+def test_services_take_bootstrap_and_prefix(command):
+    argv = {"node": ["--id", "0", "--source", "sea"], "sync": [], "produce": []}[command]
+    args = _subparser(command).parse_args([*argv, "--bootstrap", "10.0.0.1:9092", "--prefix", "plant3"])
+    assert (args.bootstrap, args.prefix) == ("10.0.0.1:9092", "plant3")
+
+
+def test_node_scales_features_by_default_like_simulate(monkeypatch):
+    from streamlearn import cli
+
+    seen = {}
+
+    def fake_run(args, service_cls, cfg, make_metrics):
+        seen["cfg"] = cfg
+        return {}
+
+    monkeypatch.setattr(cli, "_run_service", fake_run)
+    monkeypatch.setattr(cli, "_setup_logging", lambda verbose=False: None)
+    assert main(["node", "--id", "0", "--source", "sea", "--learner", "mlp", "--bootstrap", "127.0.0.1:1"]) == 0
+    assert seen["cfg"].learner_params["scale"] is True and seen["cfg"].bootstrap == "127.0.0.1:1"
+    assert main(["node", "--id", "0", "--source", "sea", "--learner", "mlp", "--no-scale"]) == 0
+    assert seen["cfg"].learner_params["scale"] is False

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from servers import require
 from prometheus_client import generate_latest
 
 from streamlearn.metrics import NodeMetrics, ProducerMetrics, SyncMetrics, new_registry
@@ -37,9 +37,7 @@ DASHBOARD_PANELS = {
 
 
 def tool(name: str, package: str) -> str:
-    exe = shutil.which(name)
-    assert exe, f"{name} is missing: install the Debian package {package} (.ci/run does)"
-    return exe
+    return require(package, name)
 
 
 def compose_config(profile: str | None = None, **env) -> dict:

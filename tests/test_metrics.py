@@ -4,7 +4,6 @@ and the metrics of real node and sync services on a real (embedded) broker."""
 from __future__ import annotations
 
 import math
-import shutil
 import socket
 import subprocess
 import threading
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from prometheus_client import REGISTRY, CollectorRegistry
+from servers import require
 
 from streamlearn.errors import ConfigError
 from streamlearn.metrics import (
@@ -53,8 +53,7 @@ SYNC_STATUS = {
 
 def promtool_check(exposition: bytes) -> None:
     """``promtool check metrics`` must accept the exposition (fails, never skips, without promtool)."""
-    exe = shutil.which("promtool")
-    assert exe, "promtool is missing: install the Debian package prometheus (.ci/run does)"
+    exe = require("prometheus", "promtool")
     r = subprocess.run([exe, "check", "metrics"], input=exposition, capture_output=True, timeout=60)
     assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), \
         (r.returncode, r.stdout.decode(), r.stderr.decode())

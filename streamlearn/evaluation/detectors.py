@@ -8,6 +8,10 @@ error falls while a model learns, so by default (``one_sided=True``) a firing is
 when :func:`~streamlearn.learners.schedule.error_rose` says the error rose there; the others are
 counted (``n_ignored_``), not reported. Everything that acts on or scores detections (the node
 service, its step-size restarts, the simulator, ``streamlearn evaluate``) goes through this rule.
+
+Regression: the error stream is the absolute error in standard deviations of the target seen so
+far (:class:`TargetScale`), so one detector setting fits targets of any unit; only the detectors
+that take real values (:data:`REAL_VALUED`) run on it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from river.drift import binary
 from streamlearn.errors import ConfigError
 from streamlearn.learners.schedule import RISE_WINDOW, RiseFilter
 
-__all__ = ["DETECTORS", "make_detector", "DriftMonitor", "DriftMonitorBank", "false_alarm_rate"]
+__all__ = ["DETECTORS", "REAL_VALUED", "make_detector", "DriftMonitor", "DriftMonitorBank", "false_alarm_rate",
+           "TargetScale", "check_regression_detector"]
 
 #: False alarms are counted per this many samples (per node).
 RATE_PER = 10_000
@@ -54,6 +59,74 @@ DETECTORS = {
     "hddm_a": binary.HDDMA,
     "hddm_w": binary.HDDMW,
 }
+
+
+#: Detectors that take any real value (a regression's scaled absolute errors); the others want 0/1 errors.
+REAL_VALUED = ("adwin", "page_hinkley", "kswin")
+
+
+def check_regression_detector(detector) -> None:
+    """ConfigError when ``detector`` (a name) needs 0/1 errors, so it cannot watch a regression's errors.
+
+    >>> check_regression_detector("adwin")
+    >>> check_regression_detector("ddm")
+    Traceback (most recent call last):
+    ...
+    streamlearn.errors.ConfigError: detector 'ddm' watches 0/1 errors; a regression's error stream is real-valued: use one of ('adwin', 'page_hinkley', 'kswin')
+    """
+    if not isinstance(detector, str) or detector.strip().lower() == "none":
+        return
+    key = detector.strip().lower().replace("-", "_")
+    if DETECTORS.get(key) is not None and DETECTORS[key] not in {DETECTORS[k] for k in REAL_VALUED}:
+        raise ConfigError(f"detector {detector!r} watches 0/1 errors; a regression's error stream is real-valued: "
+                          f"use one of {REAL_VALUED}")
+
+
+class TargetScale:
+    """Running standard deviation of ``m`` nodes' targets, to put a regression's errors in its units.
+
+    ``scale(errors, y)`` divides each absolute error by the standard deviation of the targets seen
+    *before* it (1 until there are two, or while they are all equal), then takes the batch's targets
+    in: the error stream a detector watches is then scale-free (PM2.5 in µg/m³ or a temperature in
+    °C give the same detector settings) and still rises when a target shifts.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ts = TargetScale()
+    >>> ts.scale([[1.0, 1.0, 1.0, 4.0]], [[10.0, 12.0, 14.0, 20.0]]).round(3).tolist()
+    [[1.0, 1.0, 1.0, 2.449]]
+    """
+
+    def __init__(self, m: int = 1):
+        self.m = int(m)
+        self._n = np.zeros(self.m)
+        self._shift = np.full(self.m, np.nan)  # first target seen: sums of y - shift keep float64 exact
+        self._s1 = np.zeros(self.m)
+        self._s2 = np.zeros(self.m)
+
+    def scale(self, errors, y, valid=None) -> np.ndarray:
+        """``(m, B)`` absolute errors over the std of the targets before each; targets not ``valid`` are not taken in."""
+        e = np.asarray(errors, dtype=np.float64).reshape(self.m, -1)
+        t = np.asarray(y, dtype=object if valid is not None else np.float64).reshape(self.m, -1)
+        v = np.ones(e.shape, dtype=bool) if valid is None else np.asarray(valid, dtype=bool).reshape(self.m, -1)
+        t = np.where(v, t, 0.0).astype(np.float64)
+        v &= np.isfinite(t)
+        first = np.where(v.any(axis=1), t[np.arange(self.m), v.argmax(axis=1)], np.nan)
+        self._shift = np.where(np.isnan(self._shift), first, self._shift)
+        d = np.where(v, t - np.nan_to_num(self._shift)[:, None], 0.0)
+        # sums over the targets strictly before each sample
+        n = self._n[:, None] + np.cumsum(v, axis=1) - v
+        s1 = self._s1[:, None] + np.cumsum(d, axis=1) - d
+        s2 = self._s2[:, None] + np.cumsum(d * d, axis=1) - d * d
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = s2 / n - (s1 / n) ** 2
+            std = np.sqrt(np.maximum(var, 0.0))
+        std = np.where((n >= 2) & (std > 0), std, 1.0)
+        self._n += v.sum(axis=1)
+        self._s1 += d.sum(axis=1)
+        self._s2 += (d * d).sum(axis=1)
+        return e / std
 
 
 def make_detector(detector="adwin", **params):

@@ -1,4 +1,5 @@
-"""Prequential (test-then-train) accuracy and log loss, cumulative and over a rolling window.
+"""Prequential (test-then-train) accuracy and log loss, cumulative and over a rolling window;
+for regression, MAE and RMSE (:class:`RegressionPrequentialBank`, :class:`RegressionPrequential`).
 
 One implementation, :class:`PrequentialBank`, holds the state of ``m`` nodes as ``(m,)`` /
 ``(m, window)`` arrays so a simulator updates every node with one call; :class:`Prequential`
@@ -19,7 +20,8 @@ import numpy as np
 
 from streamlearn.errors import ConfigError
 
-__all__ = ["PrequentialBank", "Prequential", "clipped_log_loss"]
+__all__ = ["PrequentialBank", "Prequential", "RegressionPrequentialBank", "RegressionPrequential", "clipped_log_loss",
+           "regression_errors"]
 
 
 def clipped_log_loss(proba_of_true, eps: float = 1e-15) -> np.ndarray:
@@ -141,7 +143,10 @@ class PrequentialBank:
         valid
             ``(m, B)`` bool, False where no prediction was made; ``None`` means all valid.
         """
-        correct = np.asarray(correct, dtype=bool)
+        self._add(np.asarray(correct, dtype=bool), loss, valid)
+
+    def _add(self, correct: np.ndarray, loss, valid) -> None:
+        """``update``, with ``correct`` a bool array or (regression) the absolute errors."""
         if correct.ndim != 2 or correct.shape[0] != self.m:
             raise ConfigError(f"correct must have shape ({self.m}, B), got {correct.shape}")
         B = correct.shape[1]
@@ -157,7 +162,8 @@ class PrequentialBank:
             v = np.asarray(valid, dtype=bool)
             if v.shape != correct.shape:
                 raise ConfigError(f"valid must have the shape of correct {correct.shape}, got {v.shape}")
-            new[0] = correct & v
+            new[0] = correct
+            new[0][~v] = 0.0
             new[1] = v
         if loss is None:
             new[2:] = 0.0
@@ -379,5 +385,173 @@ class Prequential:
     def history(self) -> dict[str, np.ndarray]:
         """Recorded points as ``(k,)`` arrays: ``position``, ``accuracy``, ``loss`` (cumulative),
         ``rolling_accuracy``, ``rolling_loss`` (see :meth:`PrequentialBank.history`)."""
+        h = self._bank.history()
+        return {k: (v if v.ndim == 1 else v[0]) for k, v in h.items()}
+
+
+def regression_errors(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    """``(absolute errors, valid)`` of predictions against float targets; ``None`` or a non-finite
+    prediction (or target) is not valid and gets error 0.
+
+    >>> regression_errors([1.0, 2.0, 3.0], [1.5, None, 1.0])
+    (array([0.5, 0. , 2. ]), array([ True, False,  True]))
+    """
+    t = np.asarray(y_true)
+    p = np.asarray(y_pred)
+    if p.dtype == object or t.dtype == object:
+        valid = _valid_predictions(p) & _valid_predictions(t)
+        p = np.where(valid, p, 0.0).astype(np.float64)
+        t = np.where(valid, t, 0.0).astype(np.float64)
+    else:
+        p, t = p.astype(np.float64), t.astype(np.float64)
+        valid = np.ones(p.shape, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        err = np.abs(p - t)
+    valid &= np.isfinite(err)
+    return np.where(valid, err, 0.0), valid
+
+
+class RegressionPrequentialBank(PrequentialBank):
+    """Prequential MAE and RMSE of ``m`` regression nodes, cumulative and over a rolling window.
+
+    The same bank as :class:`PrequentialBank`: the absolute error takes the place of "correct"
+    and the squared error that of the loss, so ``accuracy`` and ``loss`` there read as MAE and MSE
+    here. :meth:`history` gives ``mae``, ``rmse``, ``rolling_mae`` and ``rolling_rmse`` curves.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> bank = RegressionPrequentialBank(m=2, window=2, every=2)
+    >>> bank.update_many([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], [[2.0, 2.0, 0.0], [1.0, None, 1.0]])
+    >>> bank.mae.round(3), bank.rmse.round(3), bank.rolling_mae
+    (array([1.333, 1.   ]), array([1.826, 1.   ]), array([1.5, 1. ]))
+    >>> bank.n_scored_.tolist()
+    [3, 2]
+    >>> h = bank.history()
+    >>> h["position"].tolist(), h["rolling_rmse"].round(3).tolist()
+    ([2, 3], [[0.707, 2.121], [1.0, 1.0]])
+    """
+
+    CURVES = ("mae", "rmse", "rolling_mae", "rolling_rmse")
+
+    def get_state(self) -> tuple[dict, dict]:
+        """As :meth:`PrequentialBank.get_state`, the error sums kept as floats (not counts)."""
+        arrays, meta = super().get_state()
+        for name, row in self._STATE.items():
+            arrays[name] = self._tot[row].copy()
+        return arrays, meta
+
+    def update_errors(self, abs_error, valid=None) -> None:
+        """Add ``(m, B)`` absolute errors (``valid`` False where no prediction was made)."""
+        e = np.asarray(abs_error, dtype=np.float64)
+        if valid is not None:
+            valid = np.asarray(valid, dtype=bool)
+            e = np.where(valid, e, 0.0)
+        self._add(e, e * e, valid)
+
+    def update_many(self, y_true, y_pred) -> None:
+        """Add ``(m, B)`` true targets and predictions (``None`` = no prediction)."""
+        err, valid = regression_errors(y_true, y_pred)
+        self.update_errors(err, valid)
+
+    def _record(self, new: np.ndarray, n0: int, ks: np.ndarray) -> None:
+        super()._record(new, n0, ks)
+        pos, mae, mse, rmae, rmse = self._hist[-1]
+        self._hist[-1] = (pos, mae, np.sqrt(mse), rmae, np.sqrt(rmse))
+
+    @property
+    def mae(self) -> np.ndarray:
+        """Cumulative mean absolute error per node, ``(m,)`` (NaN before any prediction)."""
+        return self.accuracy
+
+    @property
+    def rmse(self) -> np.ndarray:
+        """Cumulative root mean squared error per node, ``(m,)``."""
+        return np.sqrt(self.loss)
+
+    @property
+    def rolling_mae(self) -> np.ndarray:
+        """MAE over the last ``window`` samples per node, ``(m,)``."""
+        return self.rolling_accuracy
+
+    @property
+    def rolling_rmse(self) -> np.ndarray:
+        """RMSE over the last ``window`` samples per node, ``(m,)``."""
+        return np.sqrt(self.rolling_loss)
+
+
+class RegressionPrequential:
+    """Prequential MAE and RMSE of one regression node (a :class:`RegressionPrequentialBank` of one).
+
+    Examples
+    --------
+    >>> p = RegressionPrequential(window=2, every=2)
+    >>> p.update_many([10.0, 20.0, 30.0], [12.0, None, 27.0])
+    >>> p.n, p.n_scored, p.mae, round(p.rmse, 3), p.rolling_mae
+    (3, 2, 2.5, 2.55, 3.0)
+    """
+
+    def __init__(self, window: int = 1000, every: int = 100):
+        self.window = window
+        self.every = every
+        self._bank = RegressionPrequentialBank(1, window, every)
+
+    def clone(self) -> "RegressionPrequential":
+        """A fresh tracker with the same settings."""
+        return type(self)(self.window, self.every)
+
+    def get_state(self) -> tuple[dict, dict]:
+        """``(arrays, meta)`` for a checkpoint (see :meth:`PrequentialBank.get_state`)."""
+        return self._bank.get_state()
+
+    def set_state(self, arrays: dict, meta: dict) -> bool:
+        """Load what :meth:`get_state` returned; False (nothing changed) when the window differs."""
+        return self._bank.set_state(arrays, meta)
+
+    def update_errors(self, abs_error, valid=None) -> None:
+        """Add ``(B,)`` absolute errors (``valid`` False where no prediction was made)."""
+        self._bank.update_errors(_row(abs_error), _row(valid))
+
+    def update_many(self, y_true, y_pred) -> None:
+        """Add ``(B,)`` true targets and predictions (``None`` = no prediction)."""
+        self._bank.update_many(_row(y_true), _row(y_pred))
+
+    def update_one(self, y_true, y_pred) -> None:
+        """Add one sample."""
+        self.update_many([y_true], [y_pred])
+
+    @property
+    def n(self) -> int:
+        """Samples seen."""
+        return self._bank.n_
+
+    @property
+    def n_scored(self) -> int:
+        """Samples with a prediction."""
+        return int(self._bank.n_scored_[0])
+
+    @property
+    def mae(self) -> float:
+        """Cumulative mean absolute error (NaN before any prediction)."""
+        return float(self._bank.mae[0])
+
+    @property
+    def rmse(self) -> float:
+        """Cumulative root mean squared error."""
+        return float(self._bank.rmse[0])
+
+    @property
+    def rolling_mae(self) -> float:
+        """MAE over the last ``window`` samples."""
+        return float(self._bank.rolling_mae[0])
+
+    @property
+    def rolling_rmse(self) -> float:
+        """RMSE over the last ``window`` samples."""
+        return float(self._bank.rolling_rmse[0])
+
+    def history(self) -> dict[str, np.ndarray]:
+        """Recorded points as ``(k,)`` arrays: ``position``, ``mae``, ``rmse`` (cumulative),
+        ``rolling_mae``, ``rolling_rmse``."""
         h = self._bank.history()
         return {k: (v if v.ndim == 1 else v[0]) for k, v in h.items()}

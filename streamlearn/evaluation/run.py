@@ -4,6 +4,10 @@ With ``batch_size=1`` this is river's ``progressive_val_score``: predict, score,
 at a time, and a ``None`` prediction is not scored. With ``batch_size > 1`` the whole mini-batch is
 predicted before any of it is learned (numpy ``predict_many``/``learn_many`` when the learner has
 them, see :mod:`streamlearn.evaluation.learner_io`).
+
+A regressor (a river regressor, or a TorchLearner with a regression loss) is scored by MAE and RMSE
+instead of accuracy and log loss, and the detector watches its absolute errors in standard
+deviations of the target (:class:`~streamlearn.evaluation.detectors.TargetScale`).
 """
 
 from __future__ import annotations
@@ -20,13 +24,27 @@ import numpy as np
 from tqdm import tqdm
 
 from streamlearn.errors import BadRecordError, ConfigError
-from streamlearn.evaluation.detectors import DriftMonitor
-from streamlearn.evaluation.learner_io import OnePredictor, feature_order, predict_batch, uses_numpy_batches
-from streamlearn.evaluation.prequential import Prequential, clipped_log_loss
+from streamlearn.evaluation.detectors import (
+    DriftMonitor,
+    TargetScale,
+    check_regression_detector,
+)
+from streamlearn.evaluation.learner_io import (
+    OnePredictor,
+    feature_order,
+    predict_batch,
+    uses_numpy_batches,
+)
+from streamlearn.evaluation.prequential import (
+    Prequential,
+    RegressionPrequential,
+    clipped_log_loss,
+    regression_errors,
+)
 from streamlearn.evaluation.scoring import DetectionScore, score_detections
 from streamlearn.learners.registry import is_averageable
 
-__all__ = ["EvaluationResult", "evaluate", "ON_BAD_RECORD", "jsonable"]
+__all__ = ["EvaluationResult", "evaluate", "ON_BAD_RECORD", "jsonable", "is_regressor"]
 
 #: What ``evaluate`` does with a record it cannot use: raise BadRecordError, skip it, or skip it with a warning.
 ON_BAD_RECORD = ("raise", "skip", "warn")
@@ -86,6 +104,10 @@ class EvaluationResult:
         when the stream has no ground truth.
     n_ignored
         Firings of the detector not reported because the error did not rise there.
+    task
+        ``"classification"`` or ``"regression"``. A regression has ``mae`` and ``rmse`` (cumulative,
+        in the target's units), NaN ``accuracy`` and ``loss``, and its history has ``mae``, ``rmse``,
+        ``rolling_mae`` and ``rolling_rmse``.
     """
 
     accuracy: float
@@ -99,11 +121,17 @@ class EvaluationResult:
     score: DetectionScore | None
     settings: dict = field(default_factory=dict)
     n_ignored: int = 0
+    task: str = "classification"
+    mae: float | None = None
+    rmse: float | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready dict (arrays become lists, NaN becomes ``None``)."""
         return jsonable(
             {
+                "task": self.task,
+                "mae": self.mae,
+                "rmse": self.rmse,
                 "accuracy": self.accuracy,
                 "loss": self.loss,
                 "n": self.n,
@@ -144,13 +172,14 @@ class _Records:
     """
 
     def __init__(self, on_bad_record: str, numpy_rows: bool, feature_order=None, numeric: bool = False,
-                 names=None, classes=None):
+                 names=None, classes=None, regression: bool = False):
         self.on_bad_record = on_bad_record
         self.numpy_rows = numpy_rows
         self.feature_order = feature_order
         self.numeric = numeric or numpy_rows
         self.names = names  # () -> the learner's fixed feature names, or None while it has none
         self.classes = None if classes is None else list(classes)
+        self.regression = regression  # labels must be finite numbers
         self.keys: tuple | None = None  # feature order of numpy rows, fixed by the first record
         self.n_bad = 0
 
@@ -187,7 +216,12 @@ class _Records:
             raise BadRecordError("features x must be a dict", row=row, column="x", value=x)
         if y is None:
             raise BadRecordError("label y is missing", row=row, column="y", value=y)
-        if self.classes is not None and y not in self.classes:
+        if self.regression:
+            if isinstance(y, (bool, np.bool_)) or not isinstance(y, (numbers.Real, np.number)):
+                raise BadRecordError("label is not a number (a regression target)", row=row, column="y", value=y)
+            if not math.isfinite(float(y)):
+                raise BadRecordError("label is NaN or infinite", row=row, column="y", value=y)
+        elif self.classes is not None and y not in self.classes:
             raise BadRecordError(f"unknown label (the learner's classes are {self.classes})", row=row, column="y",
                                  value=y)
         if self.numpy_rows:
@@ -240,7 +274,7 @@ def _one_by_one_step(learner, predict_one, good, fail) -> list:
     return out
 
 
-def _numpy_step(learner, good, fail) -> list:
+def _numpy_step(learner, good, fail, predict=predict_batch) -> list:
     """The same with one ``predict_many`` and one ``learn_many`` on numpy arrays.
 
     A batch the learner rejects is predicted and learned again without the sample it named
@@ -256,7 +290,7 @@ def _numpy_step(learner, good, fail) -> list:
             y = np.empty(len(ys), dtype=object)
             y[:] = ys
         try:
-            labels, p_true = predict_batch(learner, X, y)
+            labels, p_true = predict(learner, X, y)
             learner.learn_many(X, y)
         except BadRecordError as e:
             at = e.row if isinstance(e.row, int) and 0 <= e.row < len(idx) else (0 if len(idx) == 1 else None)
@@ -267,6 +301,36 @@ def _numpy_step(learner, good, fail) -> list:
         done = dict(zip(idx, zip(labels.tolist(), p_true.tolist())))
         return [done.get(j) for j in range(len(good))]
     return [None] * len(good)
+
+
+def is_regressor(model) -> bool:
+    """True for a regression model: a TorchLearner with a regression loss (``task_``) or a river regressor.
+
+    >>> from river import linear_model
+    >>> is_regressor(linear_model.LinearRegression()), is_regressor(linear_model.LogisticRegression())
+    (True, False)
+    """
+    task = getattr(model, "task_", None)
+    if task is not None:
+        return task == "regression"
+    from river import base, compose
+
+    if isinstance(model, compose.Pipeline):
+        return is_regressor(list(model.steps.values())[-1])  # a pipeline predicts with its last step
+    return isinstance(model, base.Regressor)
+
+
+def _regression_predictor(learner):
+    """``x -> (prediction or None, None)``: a regressor has no probabilities."""
+    return lambda x: (learner.predict_one(x), None)
+
+
+def _regression_batch(learner, X, y):
+    """``predict_batch`` for a regressor: the predictions ``(B,)`` (object, None = none) and no probabilities."""
+    pred = np.asarray(learner.predict_many(X), dtype=object).ravel()
+    if pred.shape[0] != len(y):
+        raise ValueError(f"predict_many returned {pred.shape[0]} predictions for {len(y)} samples")
+    return pred, np.full(len(y), np.nan)
 
 
 def _describe(learner) -> str:
@@ -308,8 +372,9 @@ def evaluate(
     stream
         Iterable of ``(x: dict, y)``; if it has ``drift_events(n)``, those are the true drifts.
     learner
-        Any river-style classifier (``predict_one``/``predict_proba_one``/``learn_one``). It is
-        trained in place, as river's ``progressive_val_score`` does.
+        Any river-style classifier (``predict_one``/``predict_proba_one``/``learn_one``), or a
+        regressor (:func:`is_regressor`: float labels, scored by MAE and RMSE). It is trained in
+        place, as river's ``progressive_val_score`` does.
     n
         Stop after ``n`` records (all when ``None``).
     batch_size
@@ -355,20 +420,37 @@ def evaluate(
     if on_bad_record not in ON_BAD_RECORD:
         raise ConfigError(f"on_bad_record must be one of {ON_BAD_RECORD}, got {on_bad_record!r}")
 
-    tracker = Prequential(window=window, every=every)
+    regression = is_regressor(learner)
+    if regression:
+        check_regression_detector(detector)
+    tracker = RegressionPrequential(window=window, every=every) if regression else Prequential(window=window, every=every)
     monitor = None if detector is None else DriftMonitor(detector, detector_params, one_sided=one_sided)
+    target_scale = TargetScale() if regression else None
     numpy_batches = batch_size > 1 and uses_numpy_batches(learner)
     numeric = is_averageable(learner)  # a flat-vector model reads every feature as a number
     records = _Records(on_bad_record, numpy_batches, lambda x: feature_order(learner, x), numeric=numeric,
                        names=lambda: getattr(learner, "feature_names_", None),
-                       classes=getattr(learner, "classes", None) if numeric else None)
-    predict_one = OnePredictor(learner)
+                       classes=getattr(learner, "classes", None) if numeric and not regression else None,
+                       regression=regression)
+    predict_one = _regression_predictor(learner) if regression else OnePredictor(learner)
+    predict_many = _regression_batch if regression else predict_batch
 
     # Per-sample results, flushed to the tracker and detector in batched calls.
     buf_y, buf_pred, buf_p = [], [], []
 
     def flush():
         if not buf_y:
+            return
+        if regression:
+            pred = np.empty(len(buf_pred), dtype=object)
+            pred[:] = buf_pred
+            truth = np.empty(len(buf_y), dtype=object)
+            truth[:] = buf_y
+            err, valid = regression_errors(truth, pred)
+            tracker.update_errors(err, valid)
+            if monitor is not None:
+                monitor.update_many(target_scale.scale(err[None], truth[None], valid[None])[0], valid)
+            buf_y.clear(), buf_pred.clear(), buf_p.clear()
             return
         valid = np.array([p is not None for p in buf_pred], dtype=bool)
         correct = np.array([v and t == p for v, t, p in zip(valid.tolist(), buf_y, buf_pred)], dtype=bool)
@@ -391,7 +473,7 @@ def evaluate(
             if not good:
                 results = iter(())
             elif numpy_batches:
-                results = iter(_numpy_step(learner, good, fail))
+                results = iter(_numpy_step(learner, good, fail, predict_many))
             else:
                 results = iter(_one_by_one_step(learner, predict_one, good, fail))
             for c in checked:
@@ -421,6 +503,14 @@ def evaluate(
         "max_delay": int(max_delay),
         "one_sided": bool(one_sided),
     }
+    if regression:
+        settings["task"] = "regression"
+        return EvaluationResult(
+            accuracy=math.nan, loss=math.nan, n=row, n_scored=tracker.n_scored, n_bad=records.n_bad,
+            history=tracker.history(), detections=detections, events=[] if events is None else events, score=score,
+            settings=settings, n_ignored=0 if monitor is None else monitor.n_ignored_, task="regression",
+            mae=tracker.mae, rmse=tracker.rmse,
+        )
     return EvaluationResult(
         accuracy=tracker.accuracy,
         loss=tracker.loss,

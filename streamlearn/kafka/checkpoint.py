@@ -105,6 +105,10 @@ class CheckpointStore:
         kind is never read.
     keep
         How many of the newest checkpoints are kept (>= 1; 2 leaves a fallback).
+    readonly
+        Only read (``streamlearn export`` reading a running service's store): the directory must
+        exist, and a save in progress (a temporary directory) is left alone, not taken for the
+        remains of a writer killed mid-save.
 
     Examples
     --------
@@ -116,7 +120,7 @@ class CheckpointStore:
     (1, [0.0, 1.0, 2.0], 42)
     """
 
-    def __init__(self, directory: str, kind: str, keep: int = 2):
+    def __init__(self, directory: str, kind: str, keep: int = 2, readonly: bool = False):
         if not isinstance(directory, (str, os.PathLike)) or not str(directory):
             raise ConfigError(f"checkpoint directory must be a path, got {directory!r}")
         if not isinstance(kind, str) or not re.match(r"^[a-z][a-z0-9]{0,15}$", kind):
@@ -127,6 +131,11 @@ class CheckpointStore:
         self.kind = kind
         self.keep = keep
         self._re = re.compile(rf"^{kind}-(\d{{12}})$")
+        self.readonly = readonly
+        if readonly:
+            if not os.path.isdir(self.directory):
+                raise ConfigError(f"checkpoint directory {self.directory!r} does not exist")
+            return
         try:
             os.makedirs(self.directory, exist_ok=True)
         except OSError as exc:
@@ -157,6 +166,8 @@ class CheckpointStore:
         ``arrays`` maps names to numpy arrays (or torch tensors, copied to cpu) of plain numeric
         dtypes; ``meta`` is JSON metadata (NaN/inf are refused: keep them in arrays).
         """
+        if self.readonly:
+            raise CheckpointError(f"{self.directory}: opened read-only")
         meta = _check_json(dict(meta or {}), "meta")
         entries = {}
         prepared = {}

@@ -251,7 +251,7 @@ class Sample:
     seq
         Position of the reading in its node's stream (0, 1, 2, ...).
     x
-        Feature name to finite number.
+        Feature name to finite number, or None for a missing value (``null`` in JSON; a NaN is written so).
     y
         The label: a class (str, int, bool), a regression target (float) or
         None when the reading is unlabelled.
@@ -285,7 +285,9 @@ def _sample_from_obj(obj, err) -> Sample:
     clean = {}
     for name, value in x.items():
         _check_str(name, "x key", err)
-        clean[name] = _check_number(value, f"x[{name!r}]", err)
+        if isinstance(value, float) and math.isnan(value):
+            value = None  # a missing value (encoding a NaN): null in JSON
+        clean[name] = _check_number(value, f"x[{name!r}]", err, optional=True)
     return Sample(
         seq=_check_int(obj["seq"], "seq", err, 0, _INT64_MAX),
         x=clean,
@@ -458,6 +460,7 @@ def encode_sample_batch(
     include_names: bool = True,
     dtype: str = "float32",
     allow_nonfinite: bool = False,
+    allow_missing: bool = False,
 ) -> bytes:
     """Encode n readings as one binary record (layout in docs/schemas.md).
 
@@ -479,6 +482,8 @@ def encode_sample_batch(
         float32 (default), float64 or float16.
     allow_nonfinite
         Accept NaN/inf in X and y (e.g. missing sensor values).
+    allow_missing
+        Accept NaN in X as a missing value (inf still refused).
 
     Examples
     --------
@@ -505,7 +510,8 @@ def encode_sample_batch(
         raise err(f"more than {MAX_FEATURES} features", field="X", value=X.shape)
     X = np.ascontiguousarray(X, dtype=xdt)
     if not allow_nonfinite and not np.isfinite(X).all():
-        raise err("X holds NaN or inf", field="X", value=X[~np.isfinite(X)][:3].tolist())
+        if not allow_missing or np.isinf(X).any():
+            raise err("X holds NaN or inf", field="X", value=X[~np.isfinite(X)][:3].tolist())
 
     kind, ybytes = _LABEL_NONE, b""
     if y is not None:
@@ -545,7 +551,8 @@ def encode_sample_batch(
 
 
 def decode_sample_batch(
-    data: bytes, *, expected_names: Sequence[str] | None = None, allow_nonfinite: bool = False
+    data: bytes, *, expected_names: Sequence[str] | None = None, allow_nonfinite: bool = False,
+    allow_missing: bool = False,
 ) -> SampleBatch:
     """Decode a binary sample batch; X and y are zero-copy views of ``data``.
 
@@ -611,8 +618,11 @@ def decode_sample_batch(
     X = np.frombuffer(view, dtype=xdt, count=n * f, offset=x_off).reshape(n, f)
     y = np.frombuffer(view, dtype=ydt, count=n, offset=x_off + x_len) if ydt is not None else None
     if not allow_nonfinite:
-        if not np.isfinite(X).all():
-            raise err("X holds NaN or inf", field="X", value=X[~np.isfinite(X)][:3].tolist())
+        # allow_missing: NaN in X is a missing value (the node imputes or skips it); inf is never data
+        if not (np.isfinite(X) | np.isnan(X) if allow_missing else np.isfinite(X)).all():
+            bad = np.isinf(X) if allow_missing else ~np.isfinite(X)
+            raise err("X holds NaN or inf" if not allow_missing else "X holds inf", field="X",
+                      value=X[bad][:3].tolist())
         if y is not None and kind == _LABEL_VALUE and not np.isfinite(y).all():
             raise err("y holds NaN or inf", field="y", value=y[~np.isfinite(y)][:3].tolist())
     return SampleBatch(X=X, y=y, first_seq=first_seq, node=None if node == -1 else node, names=names,

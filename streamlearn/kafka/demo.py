@@ -1,5 +1,12 @@
 """``streamlearn demo``: the whole pipeline on one machine, with a live terminal view.
 
+From a file in one command: ``streamlearn demo --source csv:PATH --label COLUMN --split key:COLUMN`` runs
+one node per distinct key value (first seen, first numbered). The demo reads the file once to fix the
+model layout (features and classes, typed as in the file) and the number of nodes, and gives the node
+processes ``--features``/``--classes``; the producer sends missing values as missing and every node
+imputes or skips them (``--missing``), counted per node in the terminal view. A file gets no drift
+injected unless asked (``--drift``): its drift is its own.
+
 A broker (the embedded Tansu unless ``KAFKA_BOOTSTRAP_SERVERS`` is set), a producer with a drift
 schedule, N node processes and the sync service, each a process of its own started with the same
 ``streamlearn`` commands a user would type. The demo itself only watches: it follows the status
@@ -30,9 +37,9 @@ __all__ = ["DemoConfig", "run_demo"]
 class DemoConfig:
     """Settings of a demo run (validated by :meth:`check`)."""
 
-    nodes: int = 4
+    nodes: int | None = 4  # None: one per distinct key value (split="key:COLUMN" on a file), else 4
     source: str = "sea"
-    drifts: list = field(default_factory=lambda: ["label-permutation@20000", "feature-rotation@40000:angle=90"])
+    drifts: list | None = None  # None: DEFAULT_DRIFTS for a generator, none for a file
     schedule: str = "all"
     rate: float = 1000.0
     learner: str = "logreg"
@@ -49,9 +56,27 @@ class DemoConfig:
     view_host: str = "127.0.0.1"
     guard: int | None = None  # guarded averaging at every node: window in samples (None: off)
     guard_margin: float = 0.05  # nats (streamlearn.sync.guard)
+    split: str | None = None  # round-robin | key:COLUMN[...] (node_streams)
+    source_params: dict = field(default_factory=dict)  # of a csv source: label, features, classes, ...
+    missing: str = "impute"  # impute | skip (at the nodes) | error (a bad record, at the producer)
+    schema: str | None = None  # the schema file of a connector source (jsonl:, mqtt:, http:; demo_sources.py)
+    checkpoints: bool = True  # nodes keep checkpoints under <out>/checkpoints/<prefix> (for `streamlearn export`)
 
     def check(self) -> "DemoConfig":
-        if not isinstance(self.nodes, int) or not 1 <= self.nodes <= 64:
+        from streamlearn.kafka.demo_sources import connector_kind
+        from streamlearn.streams.registry import is_finite_source
+
+        if connector_kind(self.source) is not None:
+            return self._check_connector()
+        if self.schema is not None:
+            raise ConfigError(f"--schema: only with a connector source (jsonl:, mqtt:, http:), not {self.source!r}")
+        if self.drifts is None:
+            self.drifts = [] if is_finite_source(self.source) else list(DEFAULT_DRIFTS)
+        if self.missing not in ("impute", "skip", "error"):
+            raise ConfigError(f"--missing: impute, skip or error, got {self.missing!r}")
+        if self.nodes is None and self.split is None:
+            self.nodes = 4
+        if self.nodes is not None and (not isinstance(self.nodes, int) or not 1 <= self.nodes <= 64):
             raise ConfigError(f"--nodes: need an int in [1, 64], got {self.nodes!r}")
         if not self.rate > 0:
             raise ConfigError(f"--rate: need samples/s per node > 0, got {self.rate!r}")
@@ -66,10 +91,20 @@ class DemoConfig:
         from streamlearn.streams import make_source, parse_drift
         from streamlearn.sync.spec import parse_spec
 
-        make_source(self.source, seed=self.seed)
+        if self.split is not None:
+            from streamlearn.streams import parse_split
+
+            parse_split(self.split)
+        else:
+            make_source(self.source, seed=self.seed, **self.source_params)
         for d in self.drifts:
             parse_drift(d)
         parse_spec(self.protocol)
+        from streamlearn.learners.custom import check_protocol
+        from streamlearn.learners.registry import learner_family
+
+        learner_family(self.learner)  # an unknown name or a package.module:factory that does not import
+        check_protocol(self.learner, self.protocol)  # a custom river classifier cannot be averaged
         from streamlearn.sync.guard import check_guard
 
         try:
@@ -77,6 +112,98 @@ class DemoConfig:
         except ConfigError as exc:
             raise ConfigError(f"--{exc}".replace("--guard_margin", "--guard-margin")) from None
         return self
+
+
+    def _check_connector(self) -> "DemoConfig":
+        """A source read by ``streamlearn connect``: a schema, no drift injection, the node count known at start."""
+        from streamlearn.kafka.demo_sources import distinct_keys
+
+        if self.schema is None:
+            raise ConfigError(f"--schema: a {self.source.partition(':')[0]} source needs the stream's schema file "
+                              f"(see the README, 'Plug in your own sensor stream')")
+        if not os.path.exists(self.schema):
+            raise ConfigError(f"--schema: no such file {self.schema!r}")
+        if self.drifts:
+            raise ConfigError("--drift: drifts are injected by the producer; a connector source publishes your "
+                              "readings as they are")
+        self.drifts = []
+        if self.source_params:
+            raise ConfigError(f"--label/--features/--classes/--categorical: the schema file declares them for "
+                              f"{self.source!r}")
+        if self.nodes is None:
+            kind, _, path = self.source.partition(":")
+            if self.split and self.split.startswith("key:") and kind.strip().lower() == "jsonl":
+                self.nodes = distinct_keys(path.strip(), self.split[4:].partition(":")[0])
+            else:
+                self.nodes = 4  # a live source: the values come as they come (--first-seen caps them at --nodes)
+        if not isinstance(self.nodes, int) or not 1 <= self.nodes <= 64:
+            raise ConfigError(f"--nodes: need an int in [1, 64], got {self.nodes!r}")
+        from streamlearn.sync.spec import parse_spec
+
+        parse_spec(self.protocol)
+        return self
+
+
+DEFAULT_DRIFTS = ("label-permutation@20000", "feature-rotation@40000:angle=90")
+STARTUP_SECONDS = 180.0  # longest start-up (broker, processes, reading the source) before --duration counts anyway
+
+
+@dataclass
+class _Layout:
+    """What the demo reads from its source before starting: the node count and the model layout."""
+
+    nodes: int
+    features: list
+    classes: list
+    unlabelled: int = 0  # records of the file left out for an empty label
+    keys: dict | None = None  # key value -> node of a first-seen split
+
+
+def _layout(cfg: DemoConfig) -> _Layout:
+    """The node streams as the producer will build them: their number, features and classes (typed as in the file)."""
+    from streamlearn.streams import node_streams
+
+    streams = node_streams(cfg.source, cfg.nodes, [], "all", cfg.split, cfg.seed,
+                           on_missing=None if cfg.missing == "error" else "keep", **cfg.source_params)
+    first = streams[0]
+    if first.classes is None:
+        raise ConfigError(f"--source {cfg.source}: the stream has no known classes for the nodes' models")
+    nodes = len(streams)
+    if not 1 <= nodes <= 64:
+        raise ConfigError(f"the demo runs 1 to 64 node processes; --split {cfg.split} gives {nodes}")
+    bad = [f for f in first.feature_names if "," in f]
+    if bad:
+        raise ConfigError(f"feature names with a comma cannot be given to the nodes: {bad}")
+    inner = first
+    while hasattr(inner, "split") or hasattr(inner, "inner"):
+        inner = inner.split.source if hasattr(inner, "split") else inner.inner
+    split = getattr(first, "split", None)
+    keys = split.key_nodes() if split is not None and getattr(split, "how", None) == "first" else None
+    return _Layout(nodes, list(first.feature_names), list(first.classes), int(getattr(inner, "unlabelled", 0) or 0),
+                   keys)
+
+
+def _source_argv(cfg: DemoConfig) -> list:
+    """The producer's source flags: the csv parameters as `streamlearn produce` takes them."""
+    argv = ["--source", cfg.source]
+    p = dict(cfg.source_params)
+    if "label" in p:
+        argv += ["--label", p.pop("label")]
+    if p.get("features"):
+        argv += ["--features", ",".join(p.pop("features"))]
+    if p.get("classes"):
+        argv += ["--classes", ",".join(map(str, p.pop("classes")))]
+    for item in p.pop("categorical", None) or []:
+        argv += ["--categorical", item]
+    if "on_bad_record" in p:
+        argv += ["--on-bad-record", p.pop("on_bad_record")]
+    p.pop("missing", None)  # --missing below
+    for key, value in p.items():
+        argv += ["--param", f"{key}={value}"]
+    if cfg.split:
+        argv += ["--split", cfg.split]
+    argv += ["--missing", cfg.missing]
+    return argv
 
 
 def _cli(*args) -> list[str]:
@@ -211,16 +338,25 @@ def _view(cfg: DemoConfig, nodes: dict, sync: dict | None, drifts: list, elapsed
     lines = [f"streamlearn demo — {cfg.nodes} nodes, {cfg.source}, {cfg.protocol}, "
              f"{elapsed:5.0f} s{'' if cfg.duration is None else f' of {cfg.duration:.0f}'}  {status}"
              f"{'  (Ctrl-C stops)' if status == 'running' or status.startswith('starting') else ''}", ""]
+    skip = any(s.get("missing_policy") == "skip" for s in nodes.values())
+    missing_head = "skipped" if skip else "imputed"  # missing values imputed, or rows skipped, at each node
     lines.append(f"{'node':>4} {'samples':>8} {'rate/s':>7} {'rolling acc':>11} {'accuracy':>8} {'detected':>8} "
-                 f"{'divergence':>10} {'Δ':>6} {'models up':>9} {'syncs':>5}")
+                 f"{'divergence':>10} {'Δ':>6} {'models up':>9} {'syncs':>5} {'dead':>5} {missing_head:>7}")
     for node in sorted(nodes):
         s = nodes[node]
+        missing = s.get("missing_skipped" if skip else "missing_imputed")
         lines.append(f"{node:>4} {s.get('samples', 0):>8} {_fmt(s.get('rate'), '.0f'):>7} "
                      f"{_fmt(s.get('rolling_accuracy')):>11} {_fmt(s.get('accuracy')):>8} "
                      f"{s.get('n_drifts', 0):>8} {_fmt(s.get('divergence'), '.3g'):>10} "
-                     f"{_fmt(s.get('delta'), '.3g'):>6} {s.get('models_sent', 0):>9} {s.get('syncs', 0):>5}")
+                     f"{_fmt(s.get('delta'), '.3g'):>6} {s.get('models_sent', 0):>9} {s.get('syncs', 0):>5} "
+                     f"{s.get('deadletters', 0):>5} {'-' if missing is None else missing:>7}")
     if not nodes:
         lines.append(f"{'':>4} (no node has reported yet: {status})")
+    else:
+        total = {k: sum(int(v.get(k) or 0) for v in nodes.values())
+                 for k in ("deadletters", "missing_imputed", "missing_skipped")}
+        lines.append(f"dead letters: {total['deadletters']}; missing values: {total['missing_imputed']} imputed "
+                     f"(running mean per node), {total['missing_skipped']} rows skipped")
     lines.append("")
     if drifts:
         shown = ", ".join(f"{e.kind}@{e.seq}" + ("" if e.node is None else f" (node {e.node})") for e in drifts[-6:])
@@ -407,7 +543,19 @@ def run_demo(cfg: DemoConfig) -> dict:
     from streamlearn.kafka.topics import ensure_topics
     from streamlearn.sync.spec import parse_spec
 
+    from streamlearn.kafka.demo_sources import connector_argv, connector_kind
+
     cfg.check()
+    fed = connector_kind(cfg.source)  # None: the producer; else a connector, whose layout the nodes take
+    # a file is read once: the number of nodes and the model layout, before anything starts
+    layout = _layout(cfg) if fed is None else _Layout(cfg.nodes, [], [])
+    cfg.nodes = layout.nodes
+    if layout.keys is not None:
+        shown = ", ".join(f"{k} -> {v}" for k, v in list(layout.keys.items())[:12])
+        print(f"split {cfg.split}: {len(layout.keys)} nodes, one per value ({shown}"
+              f"{', ...' if len(layout.keys) > 12 else ''})", flush=True)
+    if layout.unlabelled:
+        print(f"{layout.unlabelled} records without a label left out of {cfg.source}", flush=True)
     name, params = parse_spec(cfg.protocol)
     b = int(params.get("b", params.get("tau", 1)) or 1)
     prefix = cfg.prefix or f"streamlearn-demo-{int(time.time())}"
@@ -431,7 +579,12 @@ def run_demo(cfg: DemoConfig) -> dict:
         watch.drift_command = (f"streamlearn drift --bootstrap {broker.bootstrap} --prefix {prefix} "
                                f"--node {min(1, cfg.nodes - 1)} --kind label-permutation")
         print(f"broker: {broker.bootstrap} ({broker.origin}); topics: {prefix}.*; logs: {log_dir}", flush=True)
-        print(f"inject a drift while it runs: {watch.drift_command}", flush=True)
+        if fed is None:
+            print(f"inject a drift while it runs: {watch.drift_command}", flush=True)
+        else:
+            watch.drift_command = None
+        print(f"the nodes' predictions: streamlearn tail predictions --bootstrap {broker.bootstrap} --prefix {prefix}",
+              flush=True)
         ensure_topics(broker.bootstrap, prefix, list(range(cfg.nodes)))
         env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, KAFKA_TOPIC_PREFIX=prefix)
         procs = _Processes(log_dir, env)
@@ -443,6 +596,9 @@ def run_demo(cfg: DemoConfig) -> dict:
             learner_args += ["--lr-decay", cfg.lr_decay]
         if cfg.guard is not None:  # guarded averaging at every node
             learner_args += ["--guard", cfg.guard, "--guard-margin", cfg.guard_margin]
+        ckpt = os.path.join(cfg.out, "checkpoints", prefix) if cfg.checkpoints else None
+        if ckpt is not None:  # a fresh folder per run: a node must not resume another run's model
+            learner_args += ["--checkpoint-dir", ckpt]
         reader = StatusReader(broker.bootstrap, prefix)
         stack.callback(reader.close)
         drift_reader = _DriftReader(broker.bootstrap, prefix)
@@ -450,21 +606,38 @@ def run_demo(cfg: DemoConfig) -> dict:
 
         t0 = time.monotonic()  # --duration counts from here: the pipeline's run, not the broker's start
         procs.start("sync", _cli("sync", "--protocol", cfg.protocol))
+        if fed is not None:
+            layout_args = []  # the nodes take the layout the connector announces (streamlearn.kafka.layout)
+        elif cfg.source.partition(":")[0].strip().lower() == "csv":  # the layout read from the file, typed as there
+            layout_args = ["--features", ",".join(layout.features), "--classes", ",".join(map(str, layout.classes))]
+        else:
+            layout_args = ["--source", cfg.source]
+        if cfg.missing != "error":
+            layout_args += ["--missing", cfg.missing]
         for i in range(cfg.nodes):
-            procs.start(f"node-{i}", _cli("node", "--id", i, "--source", cfg.source, "--protocol", cfg.protocol,
+            procs.start(f"node-{i}", _cli("node", "--id", i, *layout_args, "--protocol", cfg.protocol,
                                           *learner_args))
         drift_args = [a for d in cfg.drifts for a in ("--drift", d)]
-        procs.start("producer", _cli("produce", "--source", cfg.source, "--nodes", cfg.nodes, "--rate", cfg.rate,
-                                     "--schedule", cfg.schedule, "--seed", cfg.seed, "--format", "binary",
-                                     *drift_args))
+        if fed is None:
+            procs.start("producer", _cli("produce", *_source_argv(cfg), "--nodes", cfg.nodes, "--rate", cfg.rate,
+                                         "--schedule", cfg.schedule, "--seed", cfg.seed, "--format", "binary",
+                                         *drift_args))
+        else:
+            procs.start("connector", _cli(*connector_argv(cfg.source, cfg.schema, cfg.nodes, cfg.split, cfg.rate)))
         failed: list[str] = []
         failed_names: list[str] = []
         stopped_by = "--duration"
         next_snapshot = next_print = 0.0
+        # --duration counts the pipeline's run: from when every process reports and samples flow (a big file
+        # takes the producer a while to read while the node processes start), at most STARTUP_SECONDS later
+        clock = None
         try:
             while True:
                 now = time.monotonic()
-                left = None if cfg.duration is None else cfg.duration - (now - t0)
+                if clock is None and (now - t0 >= STARTUP_SECONDS or (
+                        watch.status == "running" and any(v.get("samples") for v in reader.nodes.values()))):
+                    clock = now
+                left = None if cfg.duration is None else cfg.duration - (now - (clock or now))
                 if left is not None and left <= 0:
                     break
                 reader.poll(0.2 if left is None else max(0.0, min(0.2, left)))
@@ -480,8 +653,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                     watch.snapshot(now - t0, reader.nodes, reader.sync, drift_reader.events)
                     next_snapshot = now + cfg.refresh
                 if now >= next_print:
-                    text = _view(cfg, reader.nodes, reader.sync, drift_reader.events, now - t0, b, watch.status,
-                                 watch.drift_command)
+                    text = _view(cfg, reader.nodes, reader.sync, drift_reader.events, now - (clock or now), b,
+                                 watch.status, watch.drift_command)
                     print(("\x1b[H\x1b[2J" + text) if tty else text + "\n", flush=True)
                     next_print = now + (cfg.refresh if tty else max(cfg.refresh, 5.0))
                 failed = procs.dead()
@@ -491,12 +664,12 @@ def run_demo(cfg: DemoConfig) -> dict:
                     break
         except KeyboardInterrupt:
             stopped_by = "Ctrl-C"
-        elapsed = time.monotonic() - t0
+        elapsed = time.monotonic() - (clock or t0)
         watch.status = f"stopping ({stopped_by}) …"
         watch.publish(reader.nodes, reader.sync, drift_reader.events)
         print(f"\nstopping after {elapsed:.0f} s ({stopped_by}) …", flush=True)
         # Producer first (no new samples), then the nodes (they leave), then the sync service.
-        procs.stop(["producer"])
+        procs.stop(["producer", "connector"])
         procs.stop(["node"])
         procs.stop(["sync"])
         for _ in range(5):
@@ -511,6 +684,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         plot_path = os.path.join(cfg.out, "demo.png")
         _plot(watch.history, nodes, drifts, plot_path, f"{cfg.nodes} nodes, {cfg.source}, {cfg.protocol}")
         print(f"\nwrote {plot_path}", flush=True)
+        if ckpt is not None and not failed:
+            print(f"take a node's model away: streamlearn export --checkpoint-dir {ckpt} --node 0 "
+                  f"--out {os.path.join(cfg.out, 'model')}", flush=True)
         if failed:
             for name in failed_names:
                 print(f"\n--- last lines of {log_dir}/{name}.log ---\n{procs.tail(name)}", flush=True)

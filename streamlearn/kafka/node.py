@@ -52,6 +52,13 @@ re-read after a restart that matches nothing (it was used or dead-lettered befor
 counted as replayed, not dead-lettered twice. With keys that repeat (labels in order per
 sensor), a label re-read after a restart may pair with a later reading of its key.
 
+Predictions out (``predictions``, on by default; docs/schemas.md, "Prediction record"): every
+prediction the node makes goes to ``<prefix>.predictions`` through a
+:class:`~streamlearn.kafka.predictions.PredictionPublisher` (the core gives the probabilities of
+each step, :meth:`NodeCore.step_predictions`; the publisher encodes and sends), a list per record,
+about one record per 0.1 s. A late-labelled reading's prediction is published on arrival, not
+again when it is learned.
+
 Checkpoints (``checkpoint_dir``, ``checkpoint_every``): every ``checkpoint_every`` learned
 samples and at shutdown the node writes, in one atomic step
 (:class:`~streamlearn.kafka.checkpoint.CheckpointStore`: numpy ``.npy`` files plus JSON, no
@@ -94,6 +101,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import threading
@@ -116,10 +124,12 @@ from streamlearn.kafka.codecs import (
 )
 from streamlearn.kafka.config import KafkaSettings, default_fetch_wait_ms
 from streamlearn.kafka.labels import LabelRecord, PendingByKey, decode_node_record
+from streamlearn.kafka.layout import Layout, LayoutBoard, check_against
 from streamlearn.kafka.service import Service
 from streamlearn.kafka.status import encode_status, model_hash
 from streamlearn.kafka.topics import (
     deadletter_topic,
+    predictions_topic,
     samples_topic,
     status_topic,
     sync_down_topic,
@@ -143,6 +153,10 @@ log = logging.getLogger(__name__)
 TORCH_LEARNERS = ("logreg", "mlp", "cnn")
 _RIVER_LINEAR = ("river-logreg", "river-perceptron", "river-pa")
 _ZERO_HASH = bytes(8)
+# A node says at once that its records are unusable (a layout that does not fit the stream, a bad producer) when
+# more than this share of what it read went to the dead-letter topic, after at least this many dead letters.
+DEADLETTER_ALARM = 0.05
+DEADLETTER_ALARM_MIN = 5
 _CLAIM_RETRY = 1.0  # seconds between two claims of a node waiting for its id
 # Longest wait for one broker answer (offsets, commits, flush, close): kafka-python waits forever
 # on some calls without a timeout (committed(), for one) when the broker stops answering.
@@ -212,6 +226,15 @@ class NodeConfig:
         reference, or a ``pull``) whose mean log loss on them is above its own model's by more
         than ``guard_margin`` nats: it keeps its own model, takes the reference of a full sync
         all the same, and tells the sync service (a ``decline``). None (default): no guard.
+    missing
+        Missing feature values (NaN in a binary batch, ``null`` in JSON): ``"impute"`` (default) with
+        the mean of that feature's values this node has read so far (a row missing a feature never
+        seen yet is skipped), or ``"skip"`` the row; counted in the status (``missing_imputed``,
+        ``missing_skipped``). The same rule as ``simulate --missing``
+        (:class:`~streamlearn.learners.preprocessing.MissingValues`).
+    predictions
+        Publish every test-then-train prediction to ``<prefix>.predictions``
+        (:mod:`streamlearn.kafka.predictions`; docs/schemas.md, "Prediction record"). Default True.
     device
         Torch device of the learner; None: cuda when available, else cpu.
     prefix, bootstrap, settings
@@ -257,6 +280,8 @@ class NodeConfig:
     checkpoint_every: int = 10_000
     guard: int | None = None
     guard_margin: float = 0.05
+    missing: str = "impute"
+    predictions: bool = True
     device: str | None = None
     prefix: str | None = None
     bootstrap: str | None = None
@@ -270,7 +295,17 @@ class NodeConfig:
         if self.node != "auto" and (isinstance(self.node, bool) or not isinstance(self.node, int) or self.node < 0):
             raise ConfigError(f"node must be an integer >= 0 or 'auto', got {self.node!r}")
         if self.learner not in LEARNERS:
-            raise ConfigError(f"learner: one of {sorted(LEARNERS)}, got {self.learner!r}")
+            from streamlearn.learners.custom import check_protocol, is_custom
+
+            if not is_custom(self.learner):
+                raise ConfigError(f"learner: one of {sorted(LEARNERS)} or package.module:factory, got {self.learner!r}")
+            check_protocol(self.learner, self.protocol)  # imports the factory; a river one cannot be averaged
+            from streamlearn.learners.registry import learner_family
+
+            extra = sorted(set(self.learner_params or {}) - {"features", "n_features"})
+            if learner_family(self.learner) == "river-local" and extra:
+                raise ConfigError(f"learner {self.learner!r}: a river classifier takes none of {extra} "
+                                  f"(set its hyperparameters in the factory)")
         parse_spec(self.protocol)
         if self.fetch_wait_ms is None:
             object.__setattr__(self, "fetch_wait_ms", default_fetch_wait_ms())
@@ -285,14 +320,21 @@ class NodeConfig:
         _, margin = check_guard(10 if self.guard is None else self.guard, self.guard_margin)  # the margin too
         object.__setattr__(self, "guard_margin", margin)
         check_guard(self.guard, margin)
+        from streamlearn.learners.preprocessing import check_missing_policy
+
+        check_missing_policy(self.missing)
         if self.checkpoint_dir is not None:
             if not isinstance(self.checkpoint_dir, str) or not self.checkpoint_dir:
                 raise ConfigError(f"checkpoint_dir must be a directory path, got {self.checkpoint_dir!r}")
-            if self.learner not in TORCH_LEARNERS + _RIVER_LINEAR:
+            from streamlearn.learners.registry import learner_family
+
+            if learner_family(self.learner) == "river-local":  # a custom torch module checkpoints as a flat vector
                 raise ConfigError(f"checkpoint_dir: learner {self.learner!r} cannot be saved without pickle; "
                                   f"checkpoints need an averageable learner ({', '.join(TORCH_LEARNERS + _RIVER_LINEAR)})")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.predictions, bool):
+            raise ConfigError(f"predictions must be true or false, got {self.predictions!r}")
         if self.detector is not None:
             make_detector(self.detector)
         if self.settings is not None and not isinstance(self.settings, KafkaSettings):
@@ -305,11 +347,15 @@ class NodeConfig:
                 if isinstance(value, str):
                     raise ConfigError(f"{name} must be a sequence, got the string {value!r} (split it first)")
                 object.__setattr__(self, name, tuple(value))
+        if not self.declares_layout:
+            return  # the node takes the layout a connector announces (streamlearn.kafka.layout)
         features, classes = self.layout()
-        if not features or len(set(features)) != len(features) or not all(isinstance(f, str) and f for f in features):
-            raise ConfigError(f"features must be distinct non-empty names, got {features!r}")
-        if len(classes) < 2 or len(set(classes)) != len(classes):
-            raise ConfigError(f"classes must be at least 2 distinct labels, got {classes!r}")
+        check_layout(features, classes)
+
+    @property
+    def declares_layout(self) -> bool:
+        """Whether the features and classes are given here (else a connector's announced ones are taken)."""
+        return self.source is not None or self.features is not None or self.classes is not None
 
     def layout(self) -> tuple[list, list]:
         """The declared ``(features, classes)``: explicit values, else the source's."""
@@ -374,7 +420,9 @@ class NodeService(Service):
         cfg = self.config
         params = dict(cfg.learner_params)
         params.setdefault("features", list(self.features_))
-        if cfg.learner in TORCH_LEARNERS:
+        from streamlearn.learners.registry import learner_family
+
+        if learner_family(cfg.learner) == "torch":  # built-in or a custom module factory: seeded, same w0 everywhere
             params.setdefault("classes", list(self.classes_))
             params.setdefault("seed", cfg.seed)
             params.setdefault("device", cfg.device)
@@ -387,7 +435,13 @@ class NodeService(Service):
 
         cfg = self.config
         node = cfg.node
-        self.features_, self.classes_ = cfg.layout()
+        auto = node == "auto"
+        self.settings_, self.bootstrap_, self.prefix_ = connect(cfg.settings, cfg.bootstrap, cfg.prefix,
+                                                                [] if auto else [node])
+        self._board = LayoutBoard(self.settings_, self.bootstrap_, self.prefix_)
+        self.features_, self.classes_ = self._agreed_layout()
+        if self.features_ is None:
+            return  # stopped while waiting for a connector's layout
         self.core = core = NodeCore(self._make_learner(), self.classes_, cfg.protocol, node=node, seed=cfg.seed,
                                     window=cfg.window, detector=cfg.detector, guard=cfg.guard,
                                     guard_margin=cfg.guard_margin, sync_timeout=cfg.sync_timeout)
@@ -404,14 +458,13 @@ class NodeService(Service):
         self._intake = _Intake(self)
         self._link = _SyncLink(self)
         self._progress = _Progress(self)  # reads the intake's position
+        self._predictions = None  # a PredictionPublisher once the node id is known (config.predictions)
 
-        auto = node == "auto"
-        self.settings_, self.bootstrap_, self.prefix_ = connect(cfg.settings, cfg.bootstrap, cfg.prefix,
-                                                                [] if auto else [node])
         s = self.settings_
         self._topics = {
             "up": sync_up_topic(self.prefix_), "down": sync_down_topic(self.prefix_),
             "dead": deadletter_topic(self.prefix_), "status": status_topic(self.prefix_),
+            "predictions": predictions_topic(self.prefix_),
         }
         self._producer = KafkaProducer(**s.producer_kwargs(self.bootstrap_, max_block_ms=BROKER_WAIT_MS))
         # sync.down has a consumer of its own: with both partitions on one consumer, a paused
@@ -432,6 +485,14 @@ class NodeService(Service):
         if callable(self.metrics) and not hasattr(self.metrics, "update_from_status"):
             self.metrics = self.metrics(node)  # a factory: with an assigned id, the node label is known only now
         self._topics["samples"] = samples_topic(self.prefix_, node)
+        if cfg.predictions:  # predictions out: made once the node id is known (the record key)
+            from streamlearn.kafka.predictions import PredictionPublisher, producer_overrides
+
+            # a producer of their own: gzip (without the crc32c C module), which model records do without
+            self._pred_producer = KafkaProducer(**s.producer_kwargs(self.bootstrap_, max_block_ms=BROKER_WAIT_MS,
+                                                                    **producer_overrides()))
+            self._predictions = PredictionPublisher(self._pred_producer, self._topics["predictions"], node,
+                                                    self.classes_)
         self._consumer = KafkaConsumer(**s.consumer_kwargs(
             self.bootstrap_, group_id=f"{self.prefix_}.node.{node}", enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=cfg.max_poll_records, fetch_max_wait_ms=cfg.fetch_wait_ms))
@@ -485,6 +546,9 @@ class NodeService(Service):
                 self._step(len(buf))
                 progress.after_step(h0)
             buf.compact()
+            if self._predictions is not None:  # one record per 0.1 s or 1000 predictions, not one per step
+                self._predictions.flush_due()
+                self._predictions.forget_before(progress.learned_offset())
             now = time.monotonic()
             self._link.renew(now)
             if cfg.label_ttl is not None:
@@ -499,10 +563,17 @@ class NodeService(Service):
     def _step(self, n: int) -> None:
         """Test-then-train on the next ``n`` buffered samples (the core), then send what its node rule says."""
         t0 = time.perf_counter()
+        h = self._buf.head
         X, yi, seqs, early = self._buf.take(n)
-        self.core.learn_many(X, yi, seqs, early)
+        core = self.core
+        version = (core.n_steps, core.syncs, core.epoch)  # the model that predicts this batch
+        core.learn_many(X, yi, seqs, early)
         if self.metrics is not None:
             self.metrics.observe_learn(time.perf_counter() - t0)
+        if self._predictions is not None:
+            # late-labelled readings were published on arrival, with the prediction they are scored by
+            self._predictions.add(seqs, core.step_predictions(), offsets=self._buf.off[h:h + n], step=version[0],
+                                  syncs=version[1], epoch=version[2], skip=None if early is None else early[:, 0] > 0)
         out = self.core.node_rule()
         if out is not None:
             self._link.send(out)
@@ -518,15 +589,18 @@ class NodeService(Service):
                 if self._progress.store is not None:
                     self._progress.checkpoint()
                 self._progress.commit(BROKER_WAIT_MS)
+                if self._predictions is not None:
+                    self._predictions.flush()
+                    self._pred_producer.flush(timeout=BROKER_WAIT_MS / 1000)
                 self._publish_status()
                 self._producer.flush(timeout=BROKER_WAIT_MS / 1000)
         except Exception as exc:  # the broker may be gone; closing must still happen
             log.warning("node %d: unclean shutdown: %s", self.config.node, exc)
         finally:
-            for name in ("_producer", "_consumer", "_down", "_seen"):
+            for name in ("_producer", "_pred_producer", "_consumer", "_down", "_seen"):
                 client = getattr(self, name, None)
                 if client is not None:
-                    client.close(**({"timeout": 5} if name == "_producer" else {"timeout_ms": 5_000}))
+                    client.close(**({"timeout": 5} if name.endswith("_producer") else {"timeout_ms": 5_000}))
         if not running:
             return
         log.info("node %d: stopped after %d samples, %d steps (%d dead letters, %d models sent, %d received)",
@@ -571,7 +645,37 @@ class NodeService(Service):
 
     # ---- status --------------------------------------------------------------------------------
 
+    def _agreed_layout(self) -> tuple:
+        """``(features, classes)``: the configured ones, checked against the layouts connectors announce; with
+        none configured, the newest connector's (waiting for one). ``(None, None)``: stopped while waiting."""
+        cfg = self.config
+        who = f"node {cfg.node}"
+        if cfg.declares_layout:
+            features, classes = cfg.layout()
+            check_against(Layout(who, tuple(features), tuple(classes)), self._board.recent(), mine_is_node=True)
+            return features, classes
+        next_log = time.monotonic()
+        while not self._stopping():
+            connectors = {w: lay for w, lay in self._board.recent().items() if not w.startswith("node ")}
+            if connectors:
+                newest = max(connectors.values(), key=lambda lay: lay.ts)
+                if newest.classes is None:
+                    raise ConfigError(f"classes: {newest.who} declares no classes in its schema: give --classes")
+                features, classes = list(newest.features), list(newest.classes)
+                check_layout(features, classes)
+                check_against(Layout(who, newest.features, newest.classes), connectors, mine_is_node=True)
+                log.info("%s: the layout of %s: features %s; classes %r", who, newest.who, ",".join(features), classes)
+                return features, classes
+            if time.monotonic() >= next_log:
+                next_log = time.monotonic() + 10.0
+                log.info("%s: waiting for a connector to announce the stream's layout on %s (or give --source, "
+                         "or --features and --classes)", who, self._board.topic)
+            self._stop.wait(1.0)
+        return None, None
+
     def _publish_status(self) -> None:
+        self._board.announce(self._producer, Layout(f"node {self.config.node}", tuple(self.features_),
+                                                    tuple(self.classes_)))
         status = _node_status(self)
         self._set_status(status)
         if self.metrics is not None:
@@ -600,6 +704,7 @@ def _node_status(svc: NodeService) -> dict:
         "epoch": core.epoch, "joined": core.joined, "rejected": core.rejected,
         "samples": core.n_samples, "steps": core.n_steps, "rate": svc._rate,
         "unlabelled": intake.unlabelled, "deadletters": intake.deadletters, "seq_gaps": intake.seq_gaps,
+        "records_read": intake.records_read, "deadletter_alarm": intake.deadletter_alarm,
         "last_seq": core.last_seq, "offset": progress.learned_offset(), "committed": progress.committed,
         "buffered": len(svc._buf),
         "accuracy": preq.accuracy, "rolling_accuracy": preq.rolling_accuracy,
@@ -622,10 +727,15 @@ def _node_status(svc: NodeService) -> dict:
         "guard_check_us": None if guard is None else guard.last_us,
         "guard_losses": None if guard is None else guard.last_losses,
     }
+    status.update(missing_imputed=intake.missing.imputed, missing_skipped=intake.missing.skipped,
+                  missing_rows=intake.missing.rows_with_missing, missing_policy=cfg.missing)
     status.update(awaiting_label=len(intake.held), predicted_unlabelled=intake.predicted_unlabelled,
                   labels_matched=intake.labels_matched, labels_unmatched=intake.labels_unmatched,
                   labels_missing=intake.labels_missing, labels_replayed=intake.labels_replayed,
                   last_prediction=intake.last_prediction, auto_id=link.token is not None)
+    pub = getattr(svc, "_predictions", None)
+    status.update(predictions=None if pub is None else pub.published,
+                  prediction_errors=None if pub is None else pub.send_errors)
     status.update(checkpoints=progress.checkpoints, checkpoint_errors=progress.checkpoint_errors,
                   resumed_from=progress.resumed_from, relearned=progress.relearned, topic_resets=progress.topic_resets)
     if core.averageable:
@@ -646,6 +756,12 @@ class _Intake:
         self.class_index = {c: i for i, c in enumerate(self.classes)}
         self.names_hash = feature_names_hash(self.features)
         self.unlabelled = self.deadletters = self.seq_gaps = 0
+        from streamlearn.learners.preprocessing import MissingValues
+
+        self.missing = MissingValues(len(self.features), cfg.missing)  # imputes or skips in the order read
+        self.records_read = 0
+        self.deadletter_alarm: str | None = None  # set once the dead letters exceed DEADLETTER_ALARM of the records
+        self._alarm_logged = -math.inf
         self.seen_seq: int | None = None  # last seq consumed (gaps are counted as records come)
         self.consumed_next = self.replay_until = 0  # next offset to read; below replay_until: read before this start
         self.last_arrival = time.monotonic()
@@ -668,12 +784,16 @@ class _Intake:
         batch_offs = []  # (offset, samples) of the batch records, in the order of xs
         json_rows, json_y, json_seq, json_off = [], [], [], []
         new_held, joined = [], []  # readings held now: (key, item); labelled now: (item, class index, offset)
+        pub = getattr(self.svc, "_predictions", None)
         for rec in records:
             self.consumed_next = rec.offset + 1
+            self.records_read += 1
             try:
                 kind = record_kind(rec.value)
                 if kind == "sample_batch":
                     X, y, seq = self._decode_batch(rec.value)
+                    if pub is not None and rec.key and len(y):  # a batch has no keys of its own: the record's
+                        pub.note_source(rec.offset, _text_key(rec.key), None)
                     if len(y):
                         xs.append(X)
                         ys.append(y)
@@ -681,17 +801,21 @@ class _Intake:
                         batch_offs.append((rec.offset, len(y)))
                 elif kind == "json":
                     got = self._decode_json(rec.value)
+                    if got is None:  # skipped for a missing value (counted)
+                        continue
                     if isinstance(got, LabelRecord):
                         self._on_label(rec, got, joined)
                         continue
-                    row, yi, seq, key = got
+                    row, yi, seq, key, ts = got
+                    if pub is not None and yi is not None and (key is not None or ts is not None or rec.key):
+                        pub.note_source(rec.offset, key if key is not None else _text_key(rec.key), ts)
                     if yi is not None:
                         json_rows.append(row)
                         json_y.append(yi)
                         json_seq.append(seq)
                         json_off.append(rec.offset)
                     elif key is not None:
-                        item = _Held(rec.offset, seq, row)
+                        item = _Held(rec.offset, seq, row, ts=ts)
                         self.held_offsets.append(item.offset)
                         self._drop_held(self.held.put(key, item))
                         new_held.append((key, item))
@@ -733,7 +857,7 @@ class _Intake:
         return True
 
     def _decode_batch(self, value) -> tuple:
-        batch = decode_sample_batch(value)
+        batch = decode_sample_batch(value, allow_missing=True)
         if batch.names_hash not in (_ZERO_HASH, self.names_hash):
             raise DecodeError(f"feature names differ from the declared {self.features!r}", field="names_hash",
                               value=batch.names_hash.hex())
@@ -752,10 +876,13 @@ class _Intake:
             raise DecodeError(f"class index out of range [0, {len(self.classes)})", field="y",
                               value=[int(y.min()), int(y.max())])
         self._note_seq_run(batch.first_seq, n)
-        return batch.X.astype(np.float32, copy=False), y, batch.seqs
+        X, keep = self.missing.apply(batch.X.astype(np.float32, copy=False))
+        if len(X) < n:  # rows with a missing value skipped
+            return X, y[keep], batch.seqs[keep]
+        return X, y, batch.seqs
 
     def _decode_json(self, value):
-        """A reading as ``(row, class index or None, seq, key)``, or a label record with a class index as ``y``."""
+        """A reading as ``(row, class index or None, seq, key, ts)``, or a label record with a class index as ``y``."""
         record = decode_node_record(value)
         if isinstance(record, LabelRecord):
             return replace(record, y=self._class_of(record.y))
@@ -765,7 +892,14 @@ class _Intake:
             raise DecodeError("feature missing", field=f"x[{exc.args[0]!r}]") from None
         yi = None if record.y is None else self._class_of(record.y)
         self._note_seq_run(record.seq, 1)
-        return row, yi, record.seq, record.key
+        if None in row:  # a missing value (null): imputed, or the reading skipped (None)
+            X, keep = self.missing.apply(np.array([row], dtype=np.float64))
+            if not keep[0]:
+                return None
+            row = X[0].tolist()
+        else:
+            self.missing.apply(np.array([row], dtype=np.float64))  # its values count in the running means
+        return row, yi, record.seq, record.key, record.ts
 
     def _class_of(self, label) -> int:
         try:
@@ -809,6 +943,10 @@ class _Intake:
         for (_, item), p in zip(held, P):
             item.proba = p
         self.predicted_unlabelled += len(held)
+        pub, core = self.svc._predictions, self.core
+        if pub is not None:  # the prediction made on arrival is the one published (and scored when the label comes)
+            pub.add(np.asarray([item.seq for _, item in held], dtype=np.int64), P, keys=[key for key, _ in held],
+                    ts=[item.ts for _, item in held], step=core.n_steps, syncs=core.syncs, epoch=core.epoch, late=True)
         (key, item), p = held[-1], P[-1]
         predicted = self.classes[int(p.argmax())] if np.isfinite(p).all() else None
         self.last_prediction = {"key": key, "seq": item.seq, "y_pred": predicted}
@@ -830,9 +968,21 @@ class _Intake:
             self.deadletter(rec, f"label matches no reading waiting for it (key {label.key!r}: unknown, labelled "
                                  "already, or dropped after max_pending / label_ttl)")
 
+    def _alarm(self, reason: str) -> None:
+        """Say at once (then at most once a minute) that a large share of the records is unusable, and why."""
+        self.deadletter_alarm = (f"{self.deadletters} of {self.records_read} records dead-lettered; the last: "
+                                 f"{reason[:300]}")
+        now = time.monotonic()
+        if now - self._alarm_logged >= 60.0:
+            self._alarm_logged = now
+            log.warning("node %s: %s (declared features %s, classes %r)", self.svc.config.node, self.deadletter_alarm,
+                        ",".join(self.features), list(self.classes))
+
     def deadletter(self, rec, reason: str) -> None:
         svc = self.svc
         self.deadletters += 1
+        if self.deadletters >= DEADLETTER_ALARM_MIN and self.deadletters > DEADLETTER_ALARM * self.records_read:
+            self._alarm(reason)
         log.debug("node %d: record at offset %d to the dead-letter topic: %s", svc.config.node, rec.offset, reason)
         try:
             headers = deadletter_headers(reason, topic=rec.topic, partition=rec.partition, offset=rec.offset)
@@ -1009,6 +1159,10 @@ class _Progress:
                 "learner": learner_meta, "preq": preq_meta, "drifts": list(core.drifts),
                 "sync_positions": list(core.sync_positions),
                 "counters": {name: getattr(obj, attr) for name, obj, attr in self._counters()}}
+        # what `streamlearn export` rebuilds the model from (layout, hyperparameters) and reports as its provenance
+        from streamlearn.model_file import describe_for_checkpoint
+
+        meta.update(model=describe_for_checkpoint(core.learner), protocol=cfg.protocol, epoch=core.epoch)
         try:
             self.store.save(arrays, meta)
         except (OSError, CheckpointError) as exc:
@@ -1122,6 +1276,11 @@ class _Progress:
         return None if hw is None else max(0, hw - self.learned_offset())
 
 
+def _text_key(key) -> str | None:
+    """A Kafka record key as text (predictions out), or None."""
+    return None if not key else bytes(key).decode("utf-8", errors="replace")
+
+
 @dataclass
 class _Held:
     """A reading waiting for its label: where it was read, its features and the prediction made then."""
@@ -1130,6 +1289,7 @@ class _Held:
     seq: int
     row: list
     proba: np.ndarray | None = None  # in the declared class order (NaN: no prediction was possible)
+    ts: float | None = None  # event time of the reading (predictions out)
 
 
 #: Counters a checkpoint keeps: name in the checkpoint -> (component, attribute) (the names are its format).
@@ -1163,6 +1323,14 @@ def _split(text) -> list | None:
     return list(text)
 
 
+def check_layout(features, classes) -> None:
+    """ConfigError unless ``features`` are distinct names and ``classes`` at least 2 distinct labels."""
+    if not features or len(set(features)) != len(features) or not all(isinstance(f, str) and f for f in features):
+        raise ConfigError(f"features must be distinct non-empty names, got {features!r}")
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ConfigError(f"classes must be at least 2 distinct labels, got {classes!r}")
+
+
 def _label(text: str):
     """A class label from the command line: an int when it reads as one, else the string."""
     try:
@@ -1175,8 +1343,9 @@ _NODE_OPTIONS = {"id", "node", "source", "features", "classes", "learner", "lr",
                  "scale",
                  "protocol", "batch_size", "seed", "window", "detector", "sync_timeout", "status_interval",
                  "commit_interval", "max_poll_records", "fetch_wait_ms", "max_pending", "label_ttl", "id_timeout",
-                 "checkpoint_dir", "checkpoint_every", "guard", "guard_margin",
-                 "linger", "device", "prefix", "bootstrap", "max_seconds", "source_params", "learner_params"}
+                 "checkpoint_dir", "checkpoint_every", "guard", "guard_margin", "predictions",
+                 "linger", "device", "prefix", "bootstrap", "max_seconds", "source_params", "learner_params",
+                 "missing"}
 
 
 def node_config_from_options(options: Mapping[str, Any]) -> NodeConfig:

@@ -92,7 +92,8 @@ class ProducerConfig:
     source
         Source name for ``make_source`` (``sea``, ``hyperplane``, ``elec2``, ``csv:PATH``, ...).
     nodes
-        Number of nodes m; node k publishes to ``<prefix>.samples.<k>``.
+        Number of nodes m; node k publishes to ``<prefix>.samples.<k>``. None with ``split="key:COLUMN"``
+        on a file: one node per distinct key value (the :class:`Producer` fills it in).
     rate
         Samples per second per node; 0: as fast as possible.
     drifts
@@ -121,6 +122,10 @@ class ProducerConfig:
         Listen on ``<prefix>.control`` for live drift commands.
     progress
         Print progress (at most once a second) and the final counts on stderr.
+    missing
+        None: a file's empty field is a bad record (``source_params["on_bad_record"]``); ``"keep"``: it
+        is sent as missing (NaN in a binary batch, ``null`` in JSON) for the node service to impute or
+        skip (``streamlearn node --missing``), and a record without a label is left out and counted.
 
     Examples
     --------
@@ -148,10 +153,15 @@ class ProducerConfig:
     settings: KafkaSettings | None = None
     live_drift: bool = True
     progress: bool = True
+    missing: str | None = None
 
     def __post_init__(self):
-        nodes = _int(self.nodes, "nodes", 1)
+        if self.nodes is None and (self.split is None or parse_split(self.split).get("how") != "first"):
+            raise ConfigError("nodes: give the number of node streams (only a split by key:COLUMN counts them)")
+        nodes = None if self.nodes is None else _int(self.nodes, "nodes", 1)
         object.__setattr__(self, "nodes", nodes)
+        if self.missing not in (None, "keep"):
+            raise ConfigError(f"missing must be None or 'keep' (the node imputes or skips), got {self.missing!r}")
         rate = self.rate
         if isinstance(rate, bool) or not isinstance(rate, (int, float, np.number)) or not math.isfinite(rate) \
                 or rate < 0:
@@ -161,7 +171,8 @@ class ProducerConfig:
         for d in drifts:
             parse_drift(d)  # ConfigError naming the spec
         object.__setattr__(self, "drifts", drifts)
-        parse_schedule(self.schedule, nodes)
+        if nodes is not None:
+            parse_schedule(self.schedule, nodes)
         if self.split is not None:
             parse_split(self.split)
         object.__setattr__(self, "n", _int(self.n, "n", 0, optional=True))
@@ -416,7 +427,7 @@ class _JsonEncoder:
 
     Names and classes are checked once, by ``encode_sample_json`` itself; a block's values with one
     ``np.isfinite``. A block that is not plainly valid (non-finite values, a label outside the classes)
-    goes through ``encode_sample_json``, which names the bad value.
+    goes through ``encode_sample_json``, which writes a missing value (NaN) as ``null`` and names a bad value.
     """
 
     def __init__(self, names: list, classes: list | None):
@@ -468,9 +479,14 @@ class Producer:
         self.metrics = metrics  # a streamlearn.metrics.ProducerMetrics, or None
         if not isinstance(config, ProducerConfig):
             raise ConfigError(f"expected a ProducerConfig, got {type(config).__name__}")
-        self.config = config
         c = config
-        self.streams = node_streams(c.source, c.nodes, c.drifts, c.schedule, c.split, c.seed, **c.source_params)
+        self.streams = node_streams(c.source, c.nodes, c.drifts, c.schedule, c.split, c.seed, on_missing=c.missing,
+                                    **c.source_params)
+        if c.nodes is None:  # one node per distinct key value
+            from dataclasses import replace
+
+            c = replace(c, nodes=len(self.streams))
+        self.config = config = c
         first = self.streams[0]
         self._names = list(first.feature_names)
         self._classes = list(first.classes) if first.classes else None
@@ -662,7 +678,8 @@ class Producer:
             labels = self._label_codes(y, first)
             for i in range(0, n, c.batch):
                 data = codecs.encode_sample_batch(X[i:i + c.batch], labels[i:i + c.batch], first_seq=first + i,
-                                                  node=feed.node, names=self._names)
+                                                  node=feed.node, names=self._names,
+                                                  allow_missing=c.missing == "keep")
                 send(topic, value=data, partition=0).add_errback(self._on_error)
                 self._bytes += len(data)
                 feed.records += 1

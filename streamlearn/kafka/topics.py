@@ -13,6 +13,10 @@ Topic                          Carries                                      max.
                                ``sl-*`` headers of codecs.deadletter_headers
 ``<prefix>.status``            status messages of the node and sync         broker default
                                services (status.py)
+``<prefix>.predictions``       the nodes' test-then-train predictions       broker default
+                               (predictions.py; records stay < 900 kB)
+``<prefix>.schema``            the layout (features, classes) connectors    broker default
+                               and nodes declare (layout.py)
 =============================  ===========================================  =================
 
 Every topic has one partition: a node's stream and the sync protocol need
@@ -49,6 +53,8 @@ __all__ = [
     "control_topic",
     "deadletter_topic",
     "status_topic",
+    "predictions_topic",
+    "schema_topic",
     "parse_samples_topic",
     "topic_specs",
     "ensure_topics",
@@ -116,6 +122,16 @@ def status_topic(prefix: str) -> str:
     return f"{validate_topic_prefix(prefix, 'prefix')}.status"
 
 
+def predictions_topic(prefix: str) -> str:
+    """Topic of the nodes' predictions (streamlearn.kafka.predictions)."""
+    return f"{validate_topic_prefix(prefix, 'prefix')}.predictions"
+
+
+def schema_topic(prefix: str) -> str:
+    """Topic of the layouts connectors and nodes announce (streamlearn.kafka.layout)."""
+    return f"{validate_topic_prefix(prefix, 'prefix')}.schema"
+
+
 def parse_samples_topic(prefix: str, topic: str) -> int | None:
     """The node of a samples topic name, or None if ``topic`` is not one.
 
@@ -149,7 +165,7 @@ def topic_specs(prefix: str, nodes: Iterable[int] | int) -> list:
     Examples
     --------
     >>> [s.name for s in topic_specs("sl", 2)]
-    ['sl.samples.0', 'sl.samples.1', 'sl.sync.up', 'sl.sync.down', 'sl.drift', 'sl.control', 'sl.deadletter', 'sl.status']
+    ['sl.samples.0', 'sl.samples.1', 'sl.sync.up', 'sl.sync.down', 'sl.drift', 'sl.control', 'sl.deadletter', 'sl.status', 'sl.predictions', 'sl.schema']
     """
     samples = {"max.message.bytes": str(SAMPLES_MAX_MESSAGE_BYTES)}
     models = {"max.message.bytes": str(MODEL_MAX_MESSAGE_BYTES), "retention.ms": str(MODEL_RETENTION_MS)}
@@ -161,6 +177,8 @@ def topic_specs(prefix: str, nodes: Iterable[int] | int) -> list:
         TopicSpec(control_topic(prefix)),
         TopicSpec(deadletter_topic(prefix), 1, {"max.message.bytes": str(MODEL_MAX_MESSAGE_BYTES)}),
         TopicSpec(status_topic(prefix)),
+        TopicSpec(predictions_topic(prefix)),
+        TopicSpec(schema_topic(prefix)),
     ]
     return specs
 

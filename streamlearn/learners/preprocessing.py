@@ -1,4 +1,4 @@
-"""Online preprocessing that behaves the same at every node: running standardisation, one-hot.
+"""Online preprocessing that behaves the same at every node: running standardisation, one-hot, missing values.
 
 Both are river transformers (``learn_one``/``transform_one``), so they fit in a river pipeline,
 and the scaler also works on whole batches with leading dimensions, so the vectorized
@@ -16,7 +16,7 @@ from river import base
 from streamlearn.errors import BadRecordError, ConfigError
 from streamlearn.learners.base import feature_order, resolve_device
 
-__all__ = ["OnlineScaler", "OneHotEncoder"]
+__all__ = ["OnlineScaler", "OneHotEncoder", "MissingValues", "MISSING_POLICIES"]
 
 
 class OnlineScaler(base.Transformer):
@@ -284,3 +284,106 @@ class OneHotEncoder(base.Transformer):
                 raise BadRecordError("category not declared", column=str(name), value=x.get(name))
             out.update((col, 1.0 if i == hot else 0.0) for i, col in enumerate(cols))
         return out
+
+
+#: What to do with a missing feature value (an empty CSV field, a JSON ``null``, a NaN): see :class:`MissingValues`.
+MISSING_POLICIES = ("impute", "skip")
+
+
+def check_missing_policy(policy, what: str = "missing") -> str:
+    """``policy`` if it is one of :data:`MISSING_POLICIES`, else a ConfigError naming it."""
+    if policy not in MISSING_POLICIES:
+        raise ConfigError(f"{what} must be one of {', '.join(MISSING_POLICIES)}, got {policy!r}")
+    return policy
+
+
+class MissingValues:
+    """Missing feature values (NaN) of one node's stream, handled online, in stream order.
+
+    ``policy="impute"``: a missing value of feature j is replaced by the mean of the values of
+    feature j observed so far in this stream (the rows before it; no missing-indicator column, so
+    the model layout stays the features of the file). After standardisation an imputed value is
+    about 0: it adds nothing to a linear model's score. A row missing a feature that has never been
+    observed yet cannot be imputed and is skipped (counted in ``skipped``).
+    ``policy="skip"``: a row with any missing value is dropped.
+    Infinite values are not missing: they are left for the caller's checks to reject.
+
+    The vectorized simulator, ``evaluate`` and the node service each run one ``MissingValues`` per
+    node stream over the same rows in the same order, so they impute the same numbers.
+
+    Parameters
+    ----------
+    n_features
+        Number of feature columns.
+    policy
+        ``"impute"`` or ``"skip"``.
+
+    Attributes
+    ----------
+    imputed
+        Missing values replaced so far.
+    skipped
+        Rows dropped so far.
+    rows_with_missing
+        Rows that had at least one missing value (imputed or skipped).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mv = MissingValues(2)
+    >>> X, keep = mv.apply(np.array([[1.0, np.nan], [3.0, 10.0], [np.nan, np.nan], [5.0, 20.0]]))
+    >>> X.tolist(), keep.tolist()   # row 0 misses a feature never seen: skipped; row 2 gets the means so far
+    ([[3.0, 10.0], [2.0, 10.0], [5.0, 20.0]], [False, True, True, True])
+    >>> mv.imputed, mv.skipped, mv.rows_with_missing
+    (2, 1, 2)
+    >>> MissingValues(2, "skip").apply(np.array([[1.0, np.nan], [3.0, 4.0]]))[0].tolist()
+    [[3.0, 4.0]]
+    """
+
+    def __init__(self, n_features: int, policy: str = "impute"):
+        if isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)) or n_features < 1:
+            raise ConfigError(f"n_features must be a positive integer, got {n_features!r}")
+        self.policy = check_missing_policy(policy)
+        self.n_features = int(n_features)
+        self.sum_ = np.zeros(self.n_features)  # float64: sums of the observed values
+        self.count_ = np.zeros(self.n_features, dtype=np.int64)
+        self.imputed = self.skipped = self.rows_with_missing = 0
+
+    def counts(self) -> dict:
+        """``{"imputed", "skipped", "rows_with_missing"}`` so far."""
+        return {"imputed": self.imputed, "skipped": self.skipped, "rows_with_missing": self.rows_with_missing}
+
+    def apply(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows kept, with missing values imputed; boolean mask of the kept rows of X)``; updates the means.
+
+        ``X`` (B, f) is not modified; the result has its dtype. Without any NaN, X itself comes back.
+        """
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ConfigError(f"MissingValues.apply: need (B, {self.n_features}), got shape {X.shape}")
+        missing = np.isnan(X)
+        if not missing.any():
+            self.sum_ += X.sum(axis=0, dtype=np.float64)
+            self.count_ += len(X)
+            return X, np.ones(len(X), dtype=bool)
+        seen = ~missing
+        values = np.where(missing, 0.0, X).astype(np.float64)
+        rows_missing = missing.any(axis=1)
+        self.rows_with_missing += int(rows_missing.sum())
+        if self.policy == "skip":
+            keep = ~rows_missing
+        else:
+            # the mean of each feature over the rows before each row (this block's earlier rows included)
+            sums = self.sum_ + np.cumsum(values, axis=0) - values
+            counts = self.count_ + np.cumsum(seen, axis=0) - seen
+            keep = ~(missing & (counts == 0)).any(axis=1)
+            fill = missing & keep[:, None]
+            out = X.copy()
+            out[fill] = (sums[fill] / counts[fill]).astype(X.dtype)
+            self.imputed += int(fill.sum())
+        self.sum_ += values.sum(axis=0)
+        self.count_ += seen.sum(axis=0)
+        self.skipped += int((~keep).sum())
+        if self.policy == "skip":
+            return X[keep], keep
+        return out[keep], keep

@@ -7,11 +7,12 @@ import inspect
 from river import forest, linear_model, naive_bayes, optim, tree
 
 from streamlearn.errors import ConfigError
+from streamlearn.learners.custom import is_custom, make_custom_learner, resolve
 from streamlearn.learners.river_linear import RiverLinear
 from streamlearn.learners.river_local import RiverLocal
 from streamlearn.learners.torch_learner import TorchLearner
 
-__all__ = ["LEARNERS", "make_learner", "is_averageable", "learner_params"]
+__all__ = ["LEARNERS", "is_averageable", "learner_family", "learner_params", "make_learner"]
 
 LEARNERS: dict[str, str] = {
     "logreg": "multinomial logistic regression in torch (TorchLearner; averageable)",
@@ -39,7 +40,11 @@ _WRAPPER_PARAMS = {"n_features", "features", "classes"}
 
 
 def make_learner(name: str, **params):
-    """A fresh learner by name (see ``LEARNERS``).
+    """A fresh learner by name (see ``LEARNERS``), or your own model as ``"package.module:factory"``.
+
+    A factory is a torch ``nn.Module`` factory ``factory(n_features, n_classes) -> nn.Module``
+    (logits; averageable, takes TorchLearner's arguments) or a river classifier (class, or a
+    callable with no arguments; local only): see :mod:`streamlearn.learners.custom`.
 
     Torch names take :class:`TorchLearner`'s arguments. River names take the wrapper's
     ``n_features``/``features`` (and ``classes`` for the linear ones); every other parameter goes
@@ -53,8 +58,10 @@ def make_learner(name: str, **params):
     >>> is_averageable(make_learner("river-logreg")), is_averageable(make_learner("naive-bayes"))
     (True, False)
     """
+    if is_custom(name):
+        return make_custom_learner(name, **params)
     if name not in LEARNERS:
-        raise ConfigError(f"learner: one of {sorted(LEARNERS)}, got {name!r}")
+        raise ConfigError(f"learner: one of {sorted(LEARNERS)} or package.module:factory, got {name!r}")
     try:
         if name in _RIVER_LINEAR or name in _RIVER_LOCAL:
             wrapper = {k: params.pop(k) for k in list(params) if k in _WRAPPER_PARAMS}
@@ -70,6 +77,24 @@ def make_learner(name: str, **params):
         return TorchLearner(arch=name, **params)
     except TypeError as e:
         raise ConfigError(f"{name}: {e}") from None
+
+
+def learner_family(name: str) -> str:
+    """What ``make_learner(name)`` builds: ``"torch"`` (a TorchLearner: logreg, mlp, cnn, or a custom
+    torch module factory), ``"river-linear"`` (averageable river linear models) or ``"river-local"``
+    (river classifiers that learn locally, custom ones included). A ConfigError for an unknown name
+    or a custom factory that cannot be imported.
+
+    >>> learner_family("mlp"), learner_family("river-pa"), learner_family("naive-bayes")
+    ('torch', 'river-linear', 'river-local')
+    >>> learner_family("tests.learners.custom_models:tiny_mlp")
+    'torch'
+    """
+    if is_custom(name):
+        return "torch" if resolve(name).kind == "torch" else "river-local"
+    if name not in LEARNERS:
+        raise ConfigError(f"learner: one of {sorted(LEARNERS)} or package.module:factory, got {name!r}")
+    return "river-linear" if name in _RIVER_LINEAR else "river-local" if name in _RIVER_LOCAL else "torch"
 
 
 def learner_params(name: str) -> dict:

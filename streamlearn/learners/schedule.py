@@ -126,6 +126,12 @@ def error_rose(errors, window: int = RISE_WINDOW, history: int = RISE_HISTORY, z
     (True, False, False)
     >>> error_rose([0, 1], window=5), error_rose([1])
     (True, False)
+
+    Real-valued errors (absolute errors of a regression) are compared by the same rule, with the
+    pooled sample variance:
+
+    >>> error_rose(np.r_[np.abs(rng.normal(size=800)), 2 * np.abs(rng.normal(size=200))])
+    True
     """
     e = np.asarray(errors, dtype=np.float64).ravel()
     h = min(int(window), e.size // 2)
@@ -134,7 +140,11 @@ def error_rose(errors, window: int = RISE_WINDOW, history: int = RISE_HISTORY, z
     recent, before = e[-h:], e[max(0, e.size - h - int(history) * int(window)):-h]
     a, b = recent.mean(), before.mean()
     p = (a * h + b * before.size) / (h + before.size)
-    return bool(a - b > z * np.sqrt(p * (1 - p) * (1 / h + 1 / before.size)))
+    var = p * (1 - p)  # pooled variance of 0/1 errors
+    if var < 0 or ((recent != 0) & (recent != 1)).any() or ((before != 0) & (before != 1)).any():
+        # real-valued errors (a regression's absolute errors): the pooled sample variance instead
+        var = float(np.concatenate([before, recent]).var())
+    return bool(a - b > z * np.sqrt(var * (1 / h + 1 / before.size)))
 
 
 class RiseFilter:

@@ -130,6 +130,11 @@ class NodeCore:
         from streamlearn.learners import is_averageable
         from streamlearn.learners.base import labels_array
 
+        if getattr(learner, "task_", None) == "regression":
+            from streamlearn.errors import ConfigError
+
+            raise ConfigError(f"learner: regression is not yet supported by the node service (loss={learner.loss!r}); "
+                              "evaluate and simulate take regression learners")
         self.learner, self.classes, self.node = learner, list(classes), node
         self.spec, self.sync_timeout = protocol, float(sync_timeout)
         self._labels = labels_array(self.classes)
@@ -181,8 +186,11 @@ class NodeCore:
         self.divergence = 0.0
         self.step_loss: np.ndarray | None = None  # per-sample losses of the last mini-batch
         self.step_correct: np.ndarray | None = None  # and whether each was predicted right
+        self.step_proba: np.ndarray | None = None  # and what the learner predicted for it (its class order)
         self.reference_mismatches, self.rejoin_at = 0, None  # deltas to another reference; the re-join sent
         self.awaiting: float | None = None  # monotonic time the last model went up, until an answer
+        # (step, model) of the last model sent up: the steps learned after it are kept when the sync comes back
+        self._sent: tuple | None = None
 
     # ---- learning ------------------------------------------------------------------------------
 
@@ -198,7 +206,8 @@ class NodeCore:
         # the probabilities of the model before this step, one pass; others predict, learn below.
         fused = getattr(learner, "predict_proba_learn_many", None)
         P = fused(X, self._labels[yi]) if fused is not None else learner.predict_proba_many(X)
-        correct, p_true, valid = score_step(np.asarray(P, dtype=np.float64), learner, self.classes, yi)
+        self.step_proba = P = np.asarray(P, dtype=np.float64)  # kept for predictions out (step_predictions)
+        correct, p_true, valid = score_step(P, learner, self.classes, yi)
         if early is not None:
             correct, p_true, valid = _with_early_scores(early, correct, p_true, valid)
         all_valid = valid.all()
@@ -248,6 +257,11 @@ class NodeCore:
         report = dict(node=self.node, step=self.n_steps, n_samples=self.since_sync, loss=self.last_loss)
         return self.model_message("report", **report) if with_model else Outgoing("report", report)
 
+    def step_predictions(self) -> np.ndarray:
+        """Probabilities the last mini-batch was predicted with (the model before it learned the batch), in
+        the declared class order; a NaN row: no prediction possible yet. Predictions out publish them."""
+        return declared_proba(self.step_proba, list(getattr(self.learner, "classes_", [])), self.classes)
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Probabilities of ``X`` in the declared class order (NaN rows: no prediction possible yet)."""
         P = np.asarray(self.learner.predict_proba_many(X), dtype=np.float64)
@@ -290,9 +304,11 @@ class NodeCore:
         from streamlearn.sync.codec import compress_rows, pack_delta
 
         up = self.uplink
+        w = self.learner.get_flat().detach()
+        self._sent = (self.n_steps, w.clone())
         if up is None:
-            return Outgoing(kind, dict(fields, model=self.learner.get_flat().cpu()))
-        w = self.learner.get_flat().detach().to("cpu", torch.float32)
+            return Outgoing(kind, dict(fields, model=w.cpu()))
+        w = w.to("cpu", torch.float32)
         if not bool(torch.isfinite(w).all()):
             return Outgoing(kind, fields, error="the model holds NaN or inf")
         r = self.reference.detach().to("cpu", torch.float32)
@@ -356,7 +372,7 @@ class NodeCore:
                 self.epoch, self.joined, self.rejected = msg.epoch, True, None
                 if torch.equal(model, self.reference):
                     return out  # it already holds this reference: keep what it learned meanwhile
-            self.learner.set_flat(model)
+            self.learner.set_flat(self._with_progress(model) if msg.reason != "join" else model)
             if msg.reference:
                 self._take_reference(model, join=msg.reason == "join")
             self.last_sync_kind = "join" if msg.reason == "join" else ("full" if msg.reference else "partial")
@@ -365,6 +381,20 @@ class NodeCore:
             self.learner.set_flat(w - msg.strength * (w - model))
             self.last_sync_kind = "pull"
         return self._synced(out)
+
+    def _with_progress(self, model: torch.Tensor) -> torch.Tensor:
+        """The synced ``model`` plus what this node learned since it sent its model up.
+
+        The lockstep simulator applies a sync before the next step; over Kafka the answer comes a round trip
+        later, and the node learned on meanwhile (more so when its stream is ahead of the others'). Those steps
+        are its own progress from the model it sent, so they are kept: ``model + (w_now - w_sent)``, instead
+        of being overwritten. The reference stays ``model``.
+        """
+        sent, self._sent = self._sent, None
+        if sent is None or sent[0] >= self.n_steps:
+            return model
+        w = self.learner.get_flat()
+        return model.to(w.device) + (w - sent[1].to(w.device))
 
     def _synced(self, out: SyncOutcome) -> SyncOutcome:
         """A sync was applied: the answer came, the counts and positions move on."""

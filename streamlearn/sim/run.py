@@ -25,17 +25,22 @@ DEFAULT_N_PER_NODE = 20_000
 MATCH_TOLERANCE = 0.005  # accuracy within 0.5 points counts as matched; syncing must gain 0.5 points to help
 
 
-def build_node_data(source: str, nodes: int, drifts=(), schedule: str = "all", split: str | None = None,
-                    n: int | None = None, seed: int = 0, source_params: dict | None = None) -> NodeData:
+def build_node_data(source: str, nodes: int | None, drifts=(), schedule: str = "all", split: str | None = None,
+                    n: int | None = None, seed: int = 0, source_params: dict | None = None,
+                    missing: str | None = None) -> NodeData:
     """Materialise the node streams of a simulation (see :func:`streamlearn.streams.node_streams`).
 
     A finite source (a file) is split round-robin across the nodes unless ``split`` says
     otherwise; an endless one gives one generator per node, ``n`` samples each (default 20,000).
+    ``nodes`` None: one per distinct key value (``split="key:COLUMN"``). ``missing`` ("impute" or
+    "skip"): each node imputes or skips its missing feature values in order, as a node service
+    does; what it did is in the result's ``missing`` attribute (summed over the nodes) and the
+    file's records without a label in ``unlabelled``.
     """
     from streamlearn.streams import node_streams
     from streamlearn.streams.registry import is_finite_source
 
-    if not isinstance(nodes, int) or nodes < 1:
+    if nodes is not None and (not isinstance(nodes, int) or nodes < 1):
         raise ConfigError(f"--nodes: need an int >= 1, got {nodes!r}")
     params = dict(source_params or {})
     finite = is_finite_source(source)
@@ -43,8 +48,48 @@ def build_node_data(source: str, nodes: int, drifts=(), schedule: str = "all", s
         split = "round-robin"
     if n is None and not finite:
         n = DEFAULT_N_PER_NODE
-    streams = node_streams(source, nodes=nodes, drifts=list(drifts), schedule=schedule, split=split, seed=seed, **params)
-    return load_node_data(streams, n)
+    streams = node_streams(source, nodes=nodes, drifts=list(drifts), schedule=schedule, split=split, seed=seed,
+                           on_missing=missing, **params)
+    data = load_node_data(streams, n)
+    data.missing = missing_counts(streams) if missing is not None else None
+    return data
+
+
+def missing_counts(streams) -> dict:
+    """What the node streams did with missing values (``WithMissing`` under any drift injectors), summed,
+    with the records the source left out for an empty label (``unlabelled``)."""
+    total = {"imputed": 0, "skipped": 0, "rows_with_missing": 0, "unlabelled": 0}
+    source = None
+    for s in streams:
+        while s is not None and not hasattr(s, "counts"):
+            s = getattr(s, "inner", None)
+        if s is None:
+            continue
+        for k, v in s.counts().items():
+            total[k] += v
+        inner = s.inner
+        while hasattr(inner, "split") or hasattr(inner, "inner"):
+            inner = inner.split.source if hasattr(inner, "split") else inner.inner
+        source = inner
+    total["unlabelled"] = int(getattr(source, "unlabelled", 0) or 0)
+    return total
+
+
+def missing_line(counts: dict | None, policy: str | None) -> str | None:
+    """The summary line of what was done with missing values (None when nothing was missing).
+
+    >>> missing_line({"imputed": 5, "skipped": 1, "rows_with_missing": 4, "unlabelled": 2}, "impute")
+    'missing values: 5 imputed (running mean per node and feature) in 3 rows, 1 rows skipped (a feature never seen yet), 2 records without a label left out'
+    """
+    if not counts or not any(counts.values()):
+        return None
+    if policy == "skip":
+        said = f"missing values: {counts['skipped']} rows with a missing value skipped"
+    else:
+        said = (f"missing values: {counts['imputed']} imputed (running mean per node and feature) in "
+                f"{counts['rows_with_missing'] - counts['skipped']} rows, {counts['skipped']} rows skipped "
+                f"(a feature never seen yet)")
+    return said + f", {counts['unlabelled']} records without a label left out"
 
 
 def detect(result: SimResult, detector: str | None, max_delay: int = 2000, one_sided: bool = True) -> dict:
@@ -58,7 +103,8 @@ def detect(result: SimResult, detector: str | None, max_delay: int = 2000, one_s
     if detector in (None, "none"):
         return {"detector": None}
     bank = DriftMonitorBank(result.m, detector, one_sided=one_sided)
-    found = bank.update(~result.correct)
+    # a regression's detector watches its scaled absolute errors (streamlearn.sim.regression)
+    found = bank.update(result.error_stream() if hasattr(result, "error_stream") else ~result.correct)
     true_pos, false_pos = [], []
     for node in range(result.m):
         t, f = split_detections(found[node], [ev for ev in result.events if ev.node == node], max_delay)
@@ -84,6 +130,9 @@ def detect(result: SimResult, detector: str | None, max_delay: int = 2000, one_s
 def result_row(result: SimResult, window: int = 500) -> dict:
     """A JSON-ready summary of one run, with the recovery after each drift."""
     row = result.summary()
+    if getattr(result, "task", None) == "regression":
+        row["node_mae_min"], row["node_mae_max"] = float(result.node_mae.min()), float(result.node_mae.max())
+        return row
     row["node_accuracy_min"] = float(result.node_accuracy.min())
     row["node_accuracy_max"] = float(result.node_accuracy.max())
     row["recovery"] = recovery_after_drifts(result.correct, result.events, window=window)
@@ -152,9 +201,9 @@ def _verdict_lines(verdict: dict, matched: dict) -> list[str]:
             f"{verdict['sync_gain_points']:+.2f} points over no sync {verdict['nosync_accuracy']:.4f}"] + ratio
 
 
-def simulate_once(protocol: str, *, source: str, nodes: int, learner, drifts=(), schedule="all", split=None, n=None,
-                  batch_size=10, seed=0, source_params=None, window=500, detector="adwin", progress=True,
-                  one_sided=True, guard=None) -> dict:
+def simulate_once(protocol: str, *, source: str, nodes: int | None, learner, drifts=(), schedule="all", split=None,
+                  n=None, batch_size=10, seed=0, source_params=None, window=500, detector="adwin", progress=True,
+                  one_sided=True, guard=None, missing=None) -> dict:
     """One simulation, summarised: the figures and a printable table.
 
     ``guard=(window, margin)`` turns on guarded averaging (:func:`~streamlearn.sim.simulator.simulate`).
@@ -162,17 +211,28 @@ def simulate_once(protocol: str, *, source: str, nodes: int, learner, drifts=(),
     Detections are scored one-sided (only rises of the error) unless ``one_sided=False``; the
     step-size restarts of a learner with ``lr_decay`` are one-sided either way.
     """
-    data = build_node_data(source, nodes, drifts, schedule, split, n, seed, source_params)
+    data = build_node_data(source, nodes, drifts, schedule, split, n, seed, source_params, missing)
     res = simulate(data, learner, protocol, batch_size=batch_size, seed=seed, progress=progress,
                    detector=detector, guard=guard)  # detector: restarts the step size of a learner with lr_decay
     row = result_row(res, window)
     row["detection"] = detect(res, detector, one_sided=one_sided)
-    lines = [_table([row]), "",
+    if getattr(data, "missing", None) is not None:
+        row["missing"] = dict(data.missing, policy=missing)
+    if row.get("task") == "regression":
+        from streamlearn.sim.regression import regression_table
+
+        table = regression_table([row])
+    else:
+        table = _table([row])
+    lines = [table, "",
              f"nodes {res.m}, {res.n} samples per node, batch {res.batch_size}, model size d={res.d} "
              f"({res.d * 4} bytes), {res.seconds:.1f} s",
              f"syncs: {row['full_syncs']} full, {row['partial_syncs']} partial; "
              f"model transfers {row['transfers']} ({row['comm']['models_up']} up, {row['comm']['models_down']} down)"
              + (f"; {row['comm']['declines']} models declined by guarded nodes" if guard is not None else "")]
+    said = missing_line(getattr(data, "missing", None), missing)
+    if said:
+        lines.append(said)
     if res.groups:
         lines.append(groups_line(res.groups, res.m))
     if getattr(learner, "lr_decay", None) is not None:
@@ -208,9 +268,9 @@ def groups_line(events: list, m: int) -> str:
             + " | ".join(f"{g}: nodes {', '.join(ns)}" for g, ns in sorted(members.items())))
 
 
-def run_comparison(specs, *, source: str, nodes: int, learner, drifts=(), schedule="all", split=None, n=None,
+def run_comparison(specs, *, source: str, nodes: int | None, learner, drifts=(), schedule="all", split=None, n=None,
                    batch_size=10, seed=0, source_params=None, out="simulate-out", window=500, detector="adwin",
-                   progress=True, serial=True, one_sided=True, guard=None) -> dict:
+                   progress=True, serial=True, one_sided=True, guard=None, missing=None) -> dict:
     """Run every protocol setting of ``specs`` (grids expanded) on the same node data (``guard``: as in
     :func:`simulate_once`, for every setting).
 
@@ -225,8 +285,12 @@ def run_comparison(specs, *, source: str, nodes: int, learner, drifts=(), schedu
     """
     import json
 
+    if getattr(learner, "task_", None) == "regression":
+        raise ConfigError("--compare: ranks settings by accuracy, not yet by a regression's error; "
+                          "run one --protocol at a time")
     settings = [s for spec in specs for s in expand_grid(spec)]
-    data = build_node_data(source, nodes, drifts, schedule, split, n, seed, source_params)
+    data = build_node_data(source, nodes, drifts, schedule, split, n, seed, source_params, missing)
+    nodes = data.X.shape[0]
     results, rows = [], []
     for i, spec in enumerate(settings):
         if progress:
@@ -246,7 +310,7 @@ def run_comparison(specs, *, source: str, nodes: int, learner, drifts=(), schedu
         "source": source, "nodes": nodes, "drifts": list(drifts), "schedule": schedule, "split": split,
         "n_per_node": data.n, "batch_size": batch_size, "seed": seed,
         "events": [ev.to_dict() for ev in data.events], "rows": rows, "matched_accuracy": matched,
-        "verdict": verdict,
+        "verdict": verdict, "missing": getattr(data, "missing", None),
     }
     with open(os.path.join(out, "comparison.json"), "w") as fh:
         json.dump(jsonable(payload), fh, indent=2, allow_nan=False, default=str)
@@ -258,5 +322,8 @@ def run_comparison(specs, *, source: str, nodes: int, learner, drifts=(), schedu
     said = _verdict_lines(verdict, matched)
     if said:
         table += "\n\n" + "\n".join(said)
+    said = missing_line(getattr(data, "missing", None), missing)
+    if said:
+        table += "\n" + said
     table += f"\nwrote {out}/comparison.json, {out}/tradeoff.png, {out}/timeline.png"
     return {"rows": rows, "matched": matched, "verdict": verdict, "table": table, "payload": payload}

@@ -36,13 +36,15 @@ _MAX_LOSS = -math.log(1e-15)
 
 @dataclass
 class NodeData:
-    """The node streams, materialised: ``X`` (m, n, f) float32 and label indices ``y`` (m, n)."""
+    """The node streams, materialised: ``X`` (m, n, f) float32 and label indices ``y`` (m, n)
+    (``task="regression"``: the float targets, float32, and no classes)."""
 
     X: np.ndarray
     y: np.ndarray
     classes: list
     feature_names: list
     events: list = field(default_factory=list)  # ground-truth DriftEvents within the n samples
+    task: str = "classification"
 
     @property
     def m(self) -> int:
@@ -67,6 +69,10 @@ def load_node_data(streams, n: int | None) -> NodeData:
     if length == 0:
         raise ConfigError("streams: a node stream is empty")
     classes = streams[0].classes
+    if classes is None and all(yy.dtype.kind == "f" for _, yy in arrays):  # float labels: a regression's targets
+        from streamlearn.sim.regression import regression_data
+
+        return regression_data(streams, arrays, length)
     if classes is None:
         classes = sorted(set().union(*(np.unique(y).tolist() for _, y in arrays)))
     index = {c: i for i, c in enumerate(classes)}
@@ -204,6 +210,12 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
     (True, 32)
     """
     if not isinstance(learner, TorchLearner):
+        from streamlearn.learners.river_local import RiverLocal
+
+        if isinstance(learner, RiverLocal):  # no flat parameters: each node on its own, nosync only
+            from streamlearn.sim.local import simulate_local
+
+            return simulate_local(data, learner, protocol, batch_size=batch_size)
         raise ConfigError(f"learner: the simulator trains TorchLearner models, got {type(learner).__name__}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size: need an int >= 1, got {batch_size!r}")
@@ -212,6 +224,11 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
     if rounds == 0:
         raise ConfigError(f"batch_size: {batch_size} is more than the {n} samples per node")
     n = rounds * batch_size
+    if getattr(learner, "task_", None) == "regression" or data.task == "regression":
+        from streamlearn.sim.regression import simulate_regression  # float targets: MAE/RMSE, same protocols
+
+        return simulate_regression(data, learner, protocol, batch_size=batch_size, seed=seed, progress=progress,
+                                   detector=detector, guard=guard)
     template = learner.clone({"features": list(data.feature_names), "n_features": None, "classes": list(data.classes)})
     forward, loss_fn = template.functional()
     device = template.device_

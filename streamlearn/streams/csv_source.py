@@ -102,6 +102,8 @@ class _Parsed:
     errors: list  # the first skipped records' errors
     unseen: dict  # text column -> kept records whose value is outside its categories
     text: dict  # column -> raw text of the kept records (the key column, and columns asked for)
+    missing: int = 0  # empty feature fields kept as NaN (missing="nan")
+    unlabelled: int = 0  # records with an empty label left out (missing="nan")
 
 
 def _as_names(value, what) -> list | None:
@@ -148,6 +150,15 @@ class CSVSource(Stream):
         Records read at construction to tell text columns from numeric ones and to collect categories.
     max_categories
         A text column with more distinct values than this in the look-ahead is not one-hot encoded.
+    task
+        ``"classification"`` (default) or ``"regression"``: the label column holds numbers, read as
+        floats (``classes`` is then None; an empty label is missing, a non-numeric one a bad record).
+    missing
+        ``"bad"`` (default): an empty feature field is a bad record (``on_bad_record`` decides).
+        ``"nan"``: an empty (or ``NaN``) feature field is a missing value, kept as NaN for the consumer to
+        impute or skip (:class:`~streamlearn.learners.preprocessing.MissingValues`; an empty text field
+        gives NaN in all its one-hot columns), counted in ``missing``; a record with an empty label is
+        left out and counted in ``unlabelled`` (a reading without its label cannot be learned).
 
     Column types: a feature column is numeric unless more than half of its non-empty values in the
     look-ahead are not numbers (then a stray ``oops`` in a numeric column is a bad record). A text
@@ -183,10 +194,19 @@ class CSVSource(Stream):
 
     def __init__(self, path, label: str, features=None, classes=None, on_bad_record: str = "raise",
                  seed: int = 0, key: str | None = None, categorical=None, delimiter: str | None = None,
-                 lookahead: int = LOOKAHEAD, max_categories: int = MAX_CATEGORIES):
+                 lookahead: int = LOOKAHEAD, max_categories: int = MAX_CATEGORIES, missing: str = "bad",
+                 task: str = "classification"):
         self.path = Path(path)
         if on_bad_record not in ("raise", "skip"):
             raise ConfigError(f"on_bad_record must be 'raise' or 'skip', got {on_bad_record!r}")
+        if missing not in ("bad", "nan"):
+            raise ConfigError(f"missing must be 'bad' or 'nan', got {missing!r}")
+        self.missing = missing
+        if task not in ("classification", "regression"):
+            raise ConfigError(f"task must be 'classification' or 'regression', got {task!r}")
+        if task == "regression" and classes is not None:
+            raise ConfigError(f"classes: a regression source (task='regression') has none, got {classes!r}")
+        self.task = task
         if not isinstance(label, str) or not label:
             raise ConfigError(f"label must be a column name, got {label!r}")
         if key is not None and (not isinstance(key, str) or not key.strip()):
@@ -344,22 +364,38 @@ class CSVSource(Stream):
         X = np.empty((n, len(self.feature_names)))
         j = 0
         unseen_rows = {}
+        keep_nan = self.missing == "nan"
         for name, pos, enc in self._columns:
             texts = column(pos)
             if enc is not None:
-                j = self._one_hot(X, j, name, pos, enc, texts, bad, unseen_rows)
+                j = self._one_hot(X, j, name, pos, enc, texts, bad, unseen_rows, keep_nan)
                 continue
             try:
                 values = np.array(texts, dtype=np.float64)
-            except ValueError:  # find the culprits one by one
+            except ValueError:
+                values = None
+                stripped = [t.strip() for t in texts]
+                empty = [i for i, t in enumerate(stripped) if not t]
+                if empty:  # empty fields (missing readings) only: parse the rest at once, not one by one
+                    try:
+                        values = np.array([t or "nan" for t in stripped], dtype=np.float64)
+                    except ValueError:
+                        pass
+                    else:
+                        for i in ([] if keep_nan else empty):
+                            bad(i, pos, "missing value", name, texts[i])
+            if values is None:  # find the culprits one by one
                 values = np.full(n, np.nan)
                 for i, t in enumerate(texts):
                     try:
                         values[i] = float(t)
                     except ValueError:
-                        reason = "missing value" if not t.strip() else "non-numeric value"
-                        bad(i, pos, reason, name, t)
-            for i in np.flatnonzero(~np.isfinite(values)):
+                        if not t.strip():
+                            if not keep_nan:
+                                bad(i, pos, "missing value", name, t)
+                        else:
+                            bad(i, pos, "non-numeric value", name, t)
+            for i in np.flatnonzero(np.isinf(values) if keep_nan else ~np.isfinite(values)):
                 bad(int(i), pos, "NaN or infinite value", name, texts[i])
             X[:, j] = values
             j += 1
@@ -372,11 +408,16 @@ class CSVSource(Stream):
                 for i in np.flatnonzero(raw[name] == ""):
                     bad(int(i), pos, "missing value", name, column(pos)[i])
 
-        labels, classes = self._labels(column(header.index(self.label)), header.index(self.label), bad)
+        unlabelled = np.zeros(n, dtype=bool)
+        labels, classes = self._labels(column(header.index(self.label)), header.index(self.label), bad,
+                                       unlabelled if keep_nan else None)
         if errors and self.on_bad_record == "raise":
             raise errors[min(errors)][1]
-        keep = np.ones(n, dtype=bool)
-        keep[list(errors)] = False
+        bad_rows = np.zeros(n, dtype=bool)
+        bad_rows[list(errors)] = True
+        keep = ~unlabelled & ~bad_rows
+        n_unlabelled = int((unlabelled & ~bad_rows).sum())  # a bad record is counted as such, not here
+        n_missing = int(np.isnan(X[keep]).sum()) if keep_nan else 0
         kept_errors = [errors[i][1] for i in sorted(errors)[:MAX_KEPT_ERRORS]]
         y = label_array([labels[i] for i in np.flatnonzero(keep)]) if not keep.all() else label_array(labels)
         if len(y) == 0:
@@ -386,10 +427,13 @@ class CSVSource(Stream):
             if count:
                 _note(f"{count} values of text column {name!r} of {self.path} are outside its "
                       f"{len(self.categories[name])} categories: one-hot all zeros")
+        if keep_nan and (n_unlabelled or n_missing):
+            _note(f"{self.path}: {n_missing} missing feature values kept as missing (NaN) for the learner to "
+                  f"impute or skip; {n_unlabelled} records without a label left out")
         self._data = _Parsed(np.ascontiguousarray(X[keep]), y, classes, len(errors), kept_errors, unseen,
-                             {name: values[keep] for name, values in raw.items()})
+                             {name: values[keep] for name, values in raw.items()}, n_missing, n_unlabelled)
 
-    def _one_hot(self, X, j, name, pos, enc, texts, bad, unseen_rows) -> int:
+    def _one_hot(self, X, j, name, pos, enc, texts, bad, unseen_rows, keep_nan=False) -> int:
         """Write the one-hot columns of one text column from ``X[:, j]`` on; returns the next free column."""
         cols = enc.feature_names_out
         stripped = np.array([t.strip() for t in texts], dtype=object)
@@ -397,25 +441,58 @@ class CSVSource(Stream):
         distinct, inverse = np.unique(stripped, return_inverse=True)
         table = np.array([[enc.transform_one({name: v})[c] for c in cols] for v in distinct.tolist()])
         X[:, j:j + len(cols)] = table.reshape(len(distinct), len(cols))[inverse.reshape(-1)]
-        for i in np.flatnonzero(stripped == ""):
-            bad(int(i), pos, "missing value", name, texts[i])
+        empty = np.flatnonzero(stripped == "")
+        if keep_nan:  # a missing category: NaN in every column of it, for the consumer to impute or skip
+            X[empty, j:j + len(cols)] = np.nan
+        else:
+            for i in empty:
+                bad(int(i), pos, "missing value", name, texts[i])
         known = set(self.categories[name])
         outside = np.array([v != "" and v not in known for v in distinct.tolist()], dtype=bool)
         unseen_rows[name] = outside[inverse.reshape(-1)]
         return j + len(cols)
 
-    def _labels(self, texts, pos, bad):
+    def _targets(self, texts, pos, bad, unlabelled=None):
+        """task='regression': the labels as floats (a label that is not a finite number is a bad record)."""
+        out = np.zeros(len(texts))
+        for i, t in enumerate(texts):
+            t = t.strip()
+            if not t:
+                if unlabelled is not None:
+                    unlabelled[i] = True
+                else:
+                    bad(i, pos, "missing label", self.label, t)
+                continue
+            try:
+                out[i] = float(t)
+            except ValueError:
+                bad(i, pos, "label is not a number (task='regression')", self.label, t)
+                continue
+            if not np.isfinite(out[i]):
+                bad(i, pos, "label is NaN or infinite", self.label, t)
+        return out.tolist(), []
+
+    def _labels(self, texts, pos, bad, unlabelled=None):
+        if self.task == "regression":
+            return self._targets(texts, pos, bad, unlabelled)
+        """Labels and classes; an empty label is a bad record, or (``unlabelled`` given) marked there."""
         texts = [t.strip() for t in texts]
         if self._declared is not None:
             lookup = {str(c): c for c in self._declared}
             labels = [lookup.get(t) for t in texts]
             for i, (t, v) in enumerate(zip(texts, labels)):
                 if v is None:
-                    bad(i, pos, "missing label" if not t else "unknown label", self.label, t)
+                    if not t and unlabelled is not None:
+                        unlabelled[i] = True
+                    else:
+                        bad(i, pos, "missing label" if not t else "unknown label", self.label, t)
             return labels, list(self._declared)
         for i, t in enumerate(texts):
             if not t:
-                bad(i, pos, "missing label", self.label, t)
+                if unlabelled is not None:
+                    unlabelled[i] = True
+                else:
+                    bad(i, pos, "missing label", self.label, t)
         found = {t for t in texts if t}
 
         def is_int(t):
@@ -437,7 +514,9 @@ class CSVSource(Stream):
 
     # -- the contract ---------------------------------------------------------------------------
     @property
-    def classes(self) -> list:
+    def classes(self) -> list | None:
+        if self.task == "regression":
+            return None  # float labels: no label set
         return list(self._loaded().classes)
 
     @property
@@ -453,6 +532,16 @@ class CSVSource(Stream):
     def skipped_records(self) -> list:
         """The ``BadRecordError`` of the first skipped records (up to 100), in file order."""
         return list(self._loaded().errors)
+
+    @property
+    def missing_values(self) -> int:
+        """``missing="nan"``: how many feature values of the kept records are missing (NaN)."""
+        return self._loaded().missing
+
+    @property
+    def unlabelled(self) -> int:
+        """``missing="nan"``: how many records had an empty label and were left out."""
+        return self._loaded().unlabelled
 
     @property
     def unseen_categories(self) -> dict:

@@ -1,8 +1,11 @@
-"""One stream divided among m nodes: round-robin, or by a key column (hash, integer value, or an explicit mapping).
+"""One stream divided among m nodes: round-robin, or by a key column (first seen, hash, integer value, or a mapping).
 
 Every sample of the source goes to exactly one node, in order; positions in a node's stream count that node's
 samples only. The key is a numeric feature (removed from the nodes' features unless ``keep_key=True``) or a
 text column the source keeps as raw text (a CSV file's machine id, see ``CSVSource(key=...)``).
+First seen (``how="first"``, what ``--split key:COLUMN`` means): one node per distinct key value, numbered in
+the order the values first appear in the source (the first value seen is node 0), so no two values share a
+node; a finite source's number of distinct values is the number of nodes.
 By hash, an integer key goes to node ``value mod m`` and any other key by a stable hash (text: BLAKE2b, the
 rule of the connectors' ``NodeRouter``, so a record lands on the same node in every run and process).
 A key value that cannot be placed raises ``BadRecordError`` whose ``row`` is the 1-based index of the sample
@@ -54,13 +57,16 @@ class Split:
     source
         The stream to divide.
     nodes
-        Number of nodes m.
+        Number of nodes m. None with ``how="first"`` on a finite source: the number of distinct key values.
     key
         Name of the key column: a feature, or a column the source keeps as text (``source.key_values``);
         None splits round-robin (sample i to node i mod m).
     how
-        With a key: ``"hash"`` (an integer value mod m, any other value by a fixed 64-bit hash, mod m),
-        ``"value"`` (the value must be an integer; node = value mod m) or ``"map"`` (``mapping[value]``).
+        With a key: ``"first"`` (one node per distinct value, numbered in order of first appearance; on a
+        finite source ``nodes`` must equal the number of distinct values, on an endless one a value beyond
+        the m-th distinct is an error), ``"hash"`` (an integer value mod m, any other value by a fixed
+        64-bit hash, mod m), ``"value"`` (the value must be an integer; node = value mod m) or ``"map"``
+        (``mapping[value]``).
     mapping
         For ``how="map"``: key value -> node (text keys compare as text, ``1.0`` naming ``"1"``).
     keep_key
@@ -80,14 +86,19 @@ class Split:
     >>> parts = Split(CSVSource(path, label="y", key="machine"), 2, key="machine").streams()
     >>> [p.to_arrays(9)[0][:, 0].tolist() for p in parts]   # 7 % 2 = 1; the texts by their hash
     [[1.0, 3.0], [2.0, 4.0]]
+    >>> first = Split(CSVSource(path, label="y", key="machine"), None, key="machine", how="first")
+    >>> first.nodes, first.key_nodes()   # one node per machine, in order of first appearance
+    (3, {'press-1': 0, 'lathe': 1, '7': 2})
     """
 
-    def __init__(self, source: Stream, nodes: int, key: str | None = None, how: str = "hash",
+    def __init__(self, source: Stream, nodes: int | None, key: str | None = None, how: str = "hash",
                  mapping: dict | None = None, keep_key: bool = False):
-        if isinstance(nodes, bool) or not isinstance(nodes, (int, np.integer)) or nodes < 1:
+        if nodes is not None and (isinstance(nodes, bool) or not isinstance(nodes, (int, np.integer)) or nodes < 1):
             raise ConfigError(f"nodes must be a positive integer, got {nodes!r}")
+        if nodes is None and (key is None or how != "first"):
+            raise ConfigError("nodes: give the number of nodes (only a first-seen key split counts them itself)")
         self.source = source
-        self.nodes = int(nodes)
+        self.nodes = None if nodes is None else int(nodes)
         self.key = key
         self.how = how if key is not None else "round-robin"
         self.mapping = None
@@ -101,18 +112,21 @@ class Split:
                                       f"keeps; its features are {source.feature_names}")
                 if self.keep_key:
                     raise ConfigError(f"keep_key: the split key {key!r} is a text column, not a feature")
-            if how not in ("hash", "value", "map"):
-                raise ConfigError(f"split by key must use how='hash', 'value' or 'map', got {how!r}")
+            if how not in ("first", "hash", "value", "map"):
+                raise ConfigError(f"split by key must use how='first', 'hash', 'value' or 'map', got {how!r}")
             if how == "map":
                 if not mapping:
                     raise ConfigError("split how='map' needs a mapping {key value: node}")
                 self.mapping = {}
                 for value, node in mapping.items():
                     value = _as_key_text(value) if self._key_text is not None else _key_number(value)
-                    if isinstance(node, bool) or not isinstance(node, (int, np.integer)) or not 0 <= node < nodes:
+                    if isinstance(node, bool) or not isinstance(node, (int, np.integer)) or not 0 <= node < self.nodes:
                         raise ConfigError(f"split mapping sends {value!r} to node {node!r}, not in 0..{nodes - 1}")
                     self.mapping[value] = int(node)
         self._key_col = None if key is None or self._key_text is not None else source.feature_names.index(key)
+        self._first: dict = {}  # how="first": key value (text, or float) -> node, in order of first appearance
+        if self.how == "first":
+            self._count_keys()
         keep = [i for i in range(len(source.feature_names)) if i != self._key_col or self.keep_key]
         self._columns = None if len(keep) == len(source.feature_names) else keep
         self.feature_names = [source.feature_names[i] for i in keep]
@@ -125,6 +139,50 @@ class Split:
         self._joined = None
         self._concepts = {}
         self._streams = [SplitNode(self, k) for k in range(self.nodes)]
+
+    def _count_keys(self) -> None:
+        """First-seen numbering of a finite source's key values, and ``nodes`` checked against their count."""
+        if self.source.n_samples is None:
+            if self.nodes is None:
+                raise ConfigError(f"split key:{self.key}: an endless source needs the number of nodes (--nodes)")
+            return  # numbered as values come (see _first_nodes)
+        if self._key_text is not None:
+            values = self._key_text
+        else:
+            values = self.source.to_arrays(self.source.n_samples)[0][:, self._key_col]
+        self._first_nodes(values, 0, check=False)
+        if self.nodes is None:
+            self.nodes = max(len(self._first), 1)
+        elif len(self._first) != self.nodes:
+            raise ConfigError(f"split key:{self.key} gives one node per distinct value: the source has "
+                              f"{len(self._first)} distinct {self.key!r} values but nodes is {self.nodes} "
+                              f"(leave --nodes out to get {len(self._first)} nodes)")
+
+    def key_nodes(self) -> dict:
+        """``how="first"``: key value -> node, in order of first appearance (those seen so far on an endless source)."""
+        return dict(self._first)
+
+    def _first_nodes(self, values: np.ndarray, start: int, check: bool = True) -> np.ndarray:
+        """Node of each key value by first appearance, numbering the values not seen before."""
+        if values.dtype.kind == "f" and np.isnan(values).any():
+            i = int(np.flatnonzero(np.isnan(values))[0])
+            raise BadRecordError("split key value is missing", row=start + i + 1, column=self.key, value=None)
+        distinct, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+        for j in np.argsort(first, kind="stable").tolist():
+            v = distinct[j]
+            v = v if isinstance(v, str) else float(v)
+            if v == "":
+                raise BadRecordError("split key value is missing", row=start + int(first[j]) + 1, column=self.key,
+                                     value=v)
+            if v not in self._first:
+                if check and self.nodes is not None and len(self._first) >= self.nodes:
+                    raise BadRecordError(f"split key value would be distinct value number {len(self._first) + 1} "
+                                         f"of {self.key!r}, but there are only {self.nodes} nodes (one per value)",
+                                         row=start + int(first[j]) + 1, column=self.key, value=v)
+                self._first[v] = len(self._first)
+        table = np.asarray([self._first[v if isinstance(v, str) else float(v)] for v in distinct.tolist()],
+                           dtype=np.int64)
+        return table[inverse.reshape(-1)]
 
     def __repr__(self):
         by = "round-robin" if self.key is None else f"key {self.key!r} ({self.how})"
@@ -145,6 +203,9 @@ class Split:
         m = self.nodes
         if self.key is None:
             return (np.arange(start, start + len(X)) % m).astype(np.int64)
+        if self.how == "first":
+            values = self._key_text[start:start + len(X)] if self._key_text is not None else X[:, self._key_col]
+            return self._first_nodes(values, start)
         if self._key_text is not None:
             return self._assign_text(self._key_text[start:start + len(X)], start)
         values = X[:, self._key_col]

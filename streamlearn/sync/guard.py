@@ -9,6 +9,9 @@ It takes the new reference all the same, so that it and the coordinator keep one
 (compressed deltas are taken against it). The simulator and the node service decide with the same
 function, :func:`accepts`.
 
+A regression model is judged by :func:`regression_window_loss` instead: its mean squared error on
+the window in standard deviations of the window's targets, so the margin is unitless there too.
+
 Examples
 --------
 >>> import torch
@@ -26,7 +29,7 @@ import torch
 
 from streamlearn.errors import ConfigError
 
-__all__ = ["accepts", "window_loss", "check_guard", "MAX_LOSS"]
+__all__ = ["accepts", "window_loss", "regression_window_loss", "check_guard", "MAX_LOSS"]
 
 MAX_LOSS = -math.log(1e-15)  # the evaluator's clip: p >= 1e-15
 
@@ -34,6 +37,20 @@ MAX_LOSS = -math.log(1e-15)  # the evaluator's clip: p >= 1e-15
 def window_loss(p_true: torch.Tensor) -> torch.Tensor:
     """Mean log loss per row of the probabilities each row's model gave the true classes (k x W)."""
     return (-torch.log(p_true.clamp_min(1e-15))).clamp_max(MAX_LOSS).mean(dim=-1)
+
+
+def regression_window_loss(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per row of predictions ``pred`` against targets ``y`` (k x W), in units of the
+    standard deviation of each row's targets (1 when they are all equal): a regression's guard loss.
+
+    >>> import torch
+    >>> y = torch.tensor([[10.0, 12.0, 14.0]])
+    >>> regression_window_loss(torch.tensor([[10.0, 12.0, 14.0], [11.0, 13.0, 15.0]]), y.repeat(2, 1)).tolist()
+    [0.0, 0.375]
+    """
+    std = y.double().std(dim=-1, unbiased=False, keepdim=True)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return (((pred.double() - y.double()) / std) ** 2).mean(dim=-1).to(pred.dtype)
 
 
 def accepts(incoming_loss: torch.Tensor, own_loss: torch.Tensor, margin: float) -> torch.Tensor:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
 import time
 
 import pytest
+from servers import require
 
 from streamlearn.kafka.broker import free_port
 
@@ -66,10 +65,8 @@ def _wait_port(host: str, port: int, proc, timeout: float = 10.0) -> None:
 
 @pytest.fixture(scope="session")
 def mosquitto(tmp_path_factory):
-    """A real mosquitto on a free loopback port: (host, port). Missing binary: the test FAILS."""
-    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
-    if binary is None:
-        pytest.fail("mosquitto is not installed (Debian package mosquitto): the MQTT tests need a real broker")
+    """A real mosquitto on a free loopback port: (host, port). Missing binary: fails in CI, else skips."""
+    binary = require("mosquitto", "mosquitto")
     host, port = "127.0.0.1", free_port("127.0.0.1")
     folder = tmp_path_factory.mktemp("mosquitto")
     conf = folder / "mosquitto.conf"

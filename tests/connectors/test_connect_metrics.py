@@ -6,7 +6,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from servers import require
 
 from connectors.errors import RecordError, reason_class
 from connectors.jsonl import run_jsonl
@@ -61,8 +61,7 @@ def sample(registry, name, **labels):
 
 
 def promtool_check(exposition: bytes) -> None:
-    exe = shutil.which("promtool")
-    assert exe, "promtool is missing: install the Debian package prometheus"
+    exe = require("prometheus", "promtool")
     r = subprocess.run([exe, "check", "metrics"], input=exposition, capture_output=True, timeout=60)
     assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), (r.stdout, r.stderr)
 

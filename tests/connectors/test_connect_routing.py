@@ -56,3 +56,13 @@ def test_bad_settings_are_config_errors(kwargs):
 def test_bad_node_maps(text):
     with pytest.raises(ConfigError):
         parse_node_map(text)
+
+
+def test_first_seen_gives_one_node_per_distinct_value_in_order_and_caps_at_nodes():
+    r = NodeRouter(field="station", first_seen=True, nodes=3)
+    assert [r.by_value(v) for v in ("b", "a", "b", 7, "7", "a")] == [0, 1, 0, 2, 2, 1]
+    with pytest.raises(RecordError, match="more distinct values than the 3 nodes"):
+        r.by_value("c")
+    assert r.known_nodes() is None and "first_seen=True" in repr(r)
+    with pytest.raises(ConfigError, match="exclude each other"):
+        NodeRouter(field="station", first_seen=True, mapping={"a": 0})

@@ -124,9 +124,15 @@ def test_text_rows_parse_cells_and_treat_empty_cells(schema):
     assert schema.check_text(row) == Reading(x={"temp": 21.5, "count": 3.0, "door": 1.0}, y="fault", key="a")
     assert schema.check_text({**row, "state": ""}).y is None  # empty label cell: comes later
     assert isinstance(schema.check_text({**row, "temp": "", "count": "", "door": ""}), LabelRecord)
-    with pytest.raises(RecordError, match="missing field") as err:
-        schema.check_text({**row, "count": ""})
+    assert schema.check_text({**row, "count": ""}).x == {"temp": 21.5, "count": None, "door": 1.0}  # the node imputes
+    strict = StreamSchema.from_dict({**schema.to_dict(), "missing": "reject"})
+    with pytest.raises(RecordError, match="missing value") as err:
+        strict.check_text({**row, "count": ""})
     assert err.value.field == "count"
+    with pytest.raises(RecordError, match="missing value"):
+        strict.check({"temp": None, "count": 1, "door": 1, "state": "ok"})
+    with pytest.raises(ConfigError, match="missing must be one of null, reject, got 'drop'"):
+        StreamSchema.from_dict({**schema.to_dict(), "missing": "drop"})
     for bad in ("nan", "inf", "-Infinity", "warm"):
         with pytest.raises(RecordError) as err:
             schema.check_text({**row, "temp": bad})

@@ -117,8 +117,8 @@ def test_sample_json_rejects_deep_nesting_and_huge_integers():
 
 
 def test_sample_json_encode_rejects_bad_values():
-    with pytest.raises(EncodeError, match="x\\['a'\\]"):
-        encode_sample_json(Sample(seq=0, x={"a": float("nan")}))
+    with pytest.raises(EncodeError, match="x\\['a'\\]"):  # a NaN is a missing value (null); inf is not data
+        encode_sample_json(Sample(seq=0, x={"a": float("inf")}))
     with pytest.raises(EncodeError, match="seq"):
         encode_sample_json(Sample(seq=-1, x={"a": 1.0}))
     with pytest.raises(EncodeError):
@@ -488,6 +488,16 @@ def test_examples_in_docs_schemas_decode():
     for lang, body in blocks:
         if lang:
             data = body.strip().encode()
+            if b'"type":"predictions"' in data.replace(b" ", b""):  # the nodes' predictions (kafka/predictions.py)
+                from streamlearn.kafka.predictions import decode_predictions
+
+                assert decode_predictions(data)["predictions"]
+                continue
+            if b'"who"' in data:  # a layout announcement (kafka/layout.py)
+                from streamlearn.kafka.layout import Layout
+
+                assert Layout.from_json(data).classes == ("ok", "fault")
+                continue
             decoded.append(decode_message(data) if b'"type"' in data else decode_node_record(data))
         else:
             data = bytes.fromhex(body.replace("\n", " "))

@@ -159,7 +159,7 @@ class Threads:
         self.running: list = []
 
     def node(self, node: int, **kw) -> NodeService:
-        kw = {"learner_params": {"lr": 0.5}, "status_interval": 0.2, "commit_interval": 0.3,
+        kw = {"learner_params": {"lr": 0.5, "scale": True}, "status_interval": 0.2, "commit_interval": 0.3,
               "protocol": "dynamic:delta=1.0,b=1", **kw}
         svc = NodeService(NodeConfig(node=node, features=FEATURES, classes=CLASSES, device="cpu",
                                      bootstrap=self.bootstrap, prefix=self.prefix, settings=self.settings, **kw))

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from servers import require
 
 from streamlearn.cli import main
 from streamlearn.kafka.broker import free_port
@@ -37,11 +37,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 def _tool(*names: str) -> str:
-    for name in names:
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.fail(f"{names[0]} is not installed (Debian packages chromium and chromium-driver; .ci/run installs them)")
+    return require("chromium-driver" if names[0] == "chromedriver" else "chromium", *names)
 
 
 def artifacts_dir() -> Path:

@@ -13,8 +13,9 @@ What differs from the simulator (and why the margins are not zero):
 - The nodes do not run in lockstep. Publishing is paced round by round (record k of every node at
   the same moment, a mini-batch every ~0.14 s, as ``publish(..., seconds=...)`` does), so the nodes
   stay within a step or so of each other, but a sync's model arrives after the round trip over
-  Kafka: a node may have learned a mini-batch more (which the synced model then overwrites) where
-  the simulator applies it right after the step. Periodic averaging barely notices (all nodes send
+  Kafka: a node may have learned a mini-batch more where the simulator applies it right after the
+  step (since 2026-12 the node keeps those steps: it holds the average plus what it learned since it
+  sent its model, ``NodeCore._with_progress``). Periodic averaging barely notices (all nodes send
   at the same moment, the mean is back before the next mini-batch).
 - Dynamic averaging: a node's violation is decided on its own model at its own time, and balancing
   takes one or more round trips, whose requests reach nodes that have moved on by a step or two; so
@@ -59,8 +60,10 @@ SECONDS = 40.0  # publishing time per run: 146 mini-batches per node, one every 
 # accuracy -0.21 and +0.41 points. At 40 s the answer has ~2 s per round; the margin allows 2 merged
 # rounds of 18 (11 %). Accuracy: -0.21 to +0.25 points (fp32), -0.31 to +0.06 (sign), in 2026-11.
 #
-# Dynamic: the pipeline runs below the lockstep simulator, -0.41 to -1.15 points (mean -0.8; -0.19
-# and -0.45 in one run each at 40 s and 10 s of publishing), and its transfers move by -11 % to +8 %
+# Dynamic: the pipeline ran below the lockstep simulator, -0.41 to -1.15 points (mean -0.8; -0.19
+# and -0.45 in one run each at 40 s and 10 s of publishing) while a sync overwrote the steps a node
+# learned during the round trip; keeping them (2026-12) gave -0.31 points in one run (periodic b=8:
+# +0.11, sign: +0.23). Its transfers move by -11 % to +8 %
 # (models up -5 % to +12 %, down -17 % to +3 %; -15 %, -8 % and -23 % in the run at 10 s); the
 # simulator alone moves by +-6 % over protocol seeds. The accuracy bias is the sync latency: a node
 # learns on while its violation is balanced (one or more round trips), and the averaged model then

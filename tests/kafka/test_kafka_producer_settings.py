@@ -55,7 +55,10 @@ def test_fast_json_encoding_matches_the_codec(source):
 def test_fast_json_encoding_falls_back_and_names_bad_values():
     enc = _JsonEncoder(["a", "b"], [0, 1])
     with pytest.raises(codecs.EncodeError, match="finite"):
-        enc.encode(np.array([[1.0, np.nan]]), np.array([1]), 0, 0, 0.0)
+        enc.encode(np.array([[1.0, np.inf]]), np.array([1]), 0, 0, 0.0)
+    # a NaN is a missing value: written as null, for the node to impute or skip
+    assert codecs.decode_sample_json(enc.encode(np.array([[1.0, np.nan]]), np.array([1]), 0, 0, 0.0)[0]).x == \
+        {"a": 1.0, "b": None}
     # a label outside the classes is still written, by the codec
     assert codecs.decode_sample_json(enc.encode(np.array([[1.0, 2.0]]), np.array([7]), 0, 0, 0.0)[0]).y == 7
 

@@ -56,7 +56,7 @@ def test_topic_names():
 def test_topic_specs_sizes():
     specs = {s.name: s for s in topic_specs("p", [2, 0, 2])}
     assert sorted(specs) == sorted(["p.samples.0", "p.samples.2", "p.sync.up", "p.sync.down", "p.drift", "p.control",
-                                    "p.deadletter", "p.status"])
+                                    "p.deadletter", "p.status", "p.predictions", "p.schema"])
     assert all(s.partitions == 1 for s in specs.values())
     assert int(specs["p.sync.up"].config["max.message.bytes"]) >= 64 << 20
     assert int(specs["p.samples.0"].config["max.message.bytes"]) == SAMPLES_MAX_MESSAGE_BYTES
@@ -69,7 +69,7 @@ def _configs(admin, topic):
 
 def test_ensure_topics_creates_once_with_settings(broker, admin, settings, prefix):
     first = ensure_topics(admin, prefix, 2)
-    assert set(first.values()) == {"created"} and len(first) == 8
+    assert set(first.values()) == {"created"} and len(first) == len(topic_specs(prefix, 2))
     assert ensure_topics(admin, prefix, 3) == {**{k: "exists" for k in first}, f"{prefix}.samples.2": "created"}
     # A bootstrap string works too (an admin client is made and closed).
     assert set(ensure_topics(broker.bootstrap, prefix, 3, settings=settings).values()) == {"exists"}

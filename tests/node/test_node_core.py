@@ -270,3 +270,25 @@ def test_split_without_a_guard_is_logged(caplog):
     with caplog.at_level("WARNING", logger="streamlearn.node.core"):
         NodeCore(learner(), CLASSES, "periodic:b=5,split=3", guard=100)
     assert "no --guard" not in caplog.text
+
+
+def test_a_sync_keeps_the_steps_the_node_learned_after_it_sent_its_model():
+    # Over Kafka the average comes a round trip after the model went up; the node learned on meanwhile. The steps
+    # since the model it sent are its own progress: it holds average + (w_now - w_sent), the reference the average.
+    X, y = make_data(300, seed=11)
+    core = NodeCore(learner(), CLASSES, "periodic:b=2")
+    sent = feed(core, X[:20], y[:20])[-1]  # step 2: the model goes up
+    w_sent = sent.fields["model"].clone()
+    feed(core, X[20:50], y[20:50], start=20)  # three more steps before the answer comes
+    w_now = core.learner.get_flat().clone()
+    average = torch.full_like(w_now, 0.25)
+    out = core.receive(Msg("send", reference=True, model=average.numpy()))
+    assert out.applied and torch.equal(core.reference, average)
+    torch.testing.assert_close(core.learner.get_flat(), average + (w_now - w_sent))
+    # an answer that comes before any further step is the average itself; a join never keeps anything
+    assert feed(core, X[50:60], y[50:60], start=50)  # step 6: the model goes up
+    core.receive(Msg("send", reference=True, model=average.numpy()))
+    assert torch.equal(core.learner.get_flat(), average)
+    feed(core, X[60:90], y[60:90], start=60)
+    core.receive(Msg("send", reason="join", reference=True, epoch="e9", model=(average * 2).numpy()))
+    assert torch.equal(core.learner.get_flat(), average * 2)

@@ -54,7 +54,7 @@ def test_split_with_per_node_positions():
 
 
 def test_key_split_options():
-    kept = node_streams("elec2", 2, split="key:day", keep_key=True)
+    kept = node_streams("elec2", 2, split="key:day:hash", keep_key=True)  # key:day alone: one node per day
     assert "day" in kept[0].feature_names
     dropped = node_streams("elec2", 2, split="key:day:value")
     assert "day" not in dropped[0].feature_names
@@ -63,7 +63,7 @@ def test_key_split_options():
     mapped = node_streams("elec2", 2, split="key:day:1=0,2=0,3=0,4=0,5=0,6=1,7=1", keep_key=True)
     weekend = mapped[1].to_arrays(10**6)[0][:, 0]
     assert set(np.unique(weekend)) == {6.0, 7.0}
-    via_map = node_streams("elec2", 2, split="key:day", key_map={d: int(d >= 6) for d in range(1, 8)}, keep_key=True)
+    via_map = node_streams("elec2", 2, split="key:day:hash", key_map={d: int(d >= 6) for d in range(1, 8)}, keep_key=True)
     assert np.array_equal(via_map[1].to_arrays(10**6)[0], mapped[1].to_arrays(10**6)[0])
 
 

@@ -13,7 +13,7 @@ def test_every_listed_source_builds_with_its_defaults(tmp_path):
         assert entry["description"] and isinstance(entry["params"], dict)
         if name == "csv:PATH":
             assert set(entry["params"]) == {"label", "features", "classes", "on_bad_record", "key", "categorical",
-                                            "delimiter", "lookahead", "max_categories"}
+                                            "delimiter", "lookahead", "max_categories", "missing", "task"}
             s = make_source(f"csv:{path}", label="y")
         else:
             s = make_source(name, seed=1)

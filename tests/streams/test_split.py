@@ -134,7 +134,7 @@ def test_split_by_a_text_key_column(tmp_path):
     from connectors.routing import NodeRouter
 
     path, rows = _keyed_csv(tmp_path)
-    parts = node_streams(f"csv:{path}", 3, split="key:machine", label="state")
+    parts = node_streams(f"csv:{path}", 3, split="key:machine:hash", label="state")
     router = NodeRouter(field="machine", nodes=3)
     owner = [router.by_value(r[0]) for r in rows]  # the connectors place each record on the same node
     assert sorted(set(owner)) == [0, 1, 2]
@@ -153,12 +153,12 @@ def test_text_key_hash_is_the_same_in_every_process(tmp_path):
 
     path, _ = _keyed_csv(tmp_path)
     code = ("import sys; from streamlearn.streams import node_streams; "
-            f"parts = node_streams('csv:{path}', 4, split='key:machine', label='state'); "
+            f"parts = node_streams('csv:{path}', 4, split='key:machine:hash', label='state'); "
             "print([p.n_samples for p in parts])")
     seen = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout for seed in ("1", "2")}
     assert len(seen) == 1
-    here = [p.n_samples for p in node_streams(f"csv:{path}", 4, split="key:machine", label="state")]
+    here = [p.n_samples for p in node_streams(f"csv:{path}", 4, split="key:machine:hash", label="state")]
     assert seen == {f"{here}\n"}
 
 

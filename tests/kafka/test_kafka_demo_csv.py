@@ -1,0 +1,97 @@
+"""`streamlearn demo` from a file, as a user types it: a slice of Beijing air (3 stations, their real gaps),
+one node per station (first seen, first numbered), missing values imputed at the nodes exactly as the
+simulator's node streams impute them, dead letters and missing counts in the terminal view."""
+
+import csv
+import gzip
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from streamlearn.streams import node_streams
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "beijing_slice.csv.gz"
+STATIONS = ["Huairou", "Dingling", "Aotizhongxin"]  # numbered as the file has them: Aotizhongxin, Dingling, Huairou
+ROWS = 400  # per station
+
+
+def _slice(path: Path) -> None:
+    """The first ROWS rows of each of three stations, in file order (time, then station)."""
+    with gzip.open(DATA, "rt", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        seen = dict.fromkeys(STATIONS, 0)
+        rows = []
+        for row in reader:
+            if row[1] in seen and seen[row[1]] < ROWS:
+                seen[row[1]] += 1
+                rows.append(row)
+    with gzip.open(path, "wt", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def _final_rows(text: str) -> dict:
+    """The last terminal table: node -> its columns."""
+    table = text[text.rindex("streamlearn demo"):]
+    return {int(r[0]): r for r in (line.split() for line in table.splitlines()) if r and r[0].isdigit()}
+
+
+def test_demo_from_a_csv_file_one_node_per_station(tmp_path):
+    path = tmp_path / "air.csv.gz"
+    _slice(path)
+    # what the simulator's node streams hold: the nodes must learn exactly these rows and impute as many values
+    streams = node_streams(f"csv:{path}", None, split="key:station", label="pm25_high", on_missing="impute")
+    assert len(streams) == 3
+    expected = [s.n_samples for s in streams]
+    imputed = [s.counts()["imputed"] for s in streams]
+    assert sum(imputed) > 0 and min(expected) > 300
+
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    env["PYTHONUNBUFFERED"] = "1"
+    out = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlearn.cli", "demo", "--source", f"csv:{path}", "--label", "pm25_high",
+         "--split", "key:station", "--duration", "0", "--rate", "200", "--out", str(out), "--view-port", "-1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    try:
+        deadline = time.monotonic() + 180
+        while True:  # until every node has learned all of its rows (the view is printed every 5 s)
+            text = "".join(list(lines))
+            rows = _final_rows(text) if "streamlearn demo" in text else {}
+            if len(rows) == 3 and [int(rows[k][1]) for k in range(3)] == expected:
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, text[-3000:] + (proc.stderr.read()
+                                                                                      if proc.poll() is not None else "")
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = "".join(lines)
+    assert proc.returncode == 0, text[-3000:] + err
+    # one node per station, numbered in order of first appearance
+    assert "split key:station: 3 nodes, one per value (Aotizhongxin -> 0, Dingling -> 1, Huairou -> 2)" in text
+    final = text[text.rindex("streamlearn demo"):]
+    assert "3 nodes" in final.splitlines()[0] and "drifts injected: none yet" in final  # a file: no drift by default
+    header = next(line for line in final.splitlines() if line.strip().startswith("node"))
+    assert header.split()[-2:] == ["dead", "imputed"]
+    rows = _final_rows(text)
+    assert [int(rows[k][1]) for k in range(3)] == expected
+    assert [int(rows[k][-2]) for k in range(3)] == [0, 0, 0]  # no dead letters
+    assert [int(rows[k][-1]) for k in range(3)] == imputed  # the same imputations as the simulator's streams
+    assert f"dead letters: 0; missing values: {sum(imputed)} imputed" in final
+    assert all(0.5 < float(rows[k][4]) <= 1.0 for k in range(3)), final  # accuracy: the nodes learned
+    node_log = (out / "logs" / "node-0.log").read_text()
+    assert "Traceback" not in node_log
