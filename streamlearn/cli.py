@@ -91,14 +91,15 @@ def _add_task_args(g) -> None:
 
 def _add_pipeline_task_arg(p) -> None:
     p.add_argument("--task", choices=("classification", "regression"), default="classification",
-                   help="regression (a float label) is not yet supported by the node service: use evaluate or simulate")
+                   help="regression (a float label) is not yet supported by the demo: use node, evaluate or simulate")
 
 
 def _refuse_regression(args) -> None:
-    """The Kafka pipeline learns classes only, for now: say so at the edge, not per record."""
+    """The demo's terminal view and live page show classification scores only, for now: say so at the edge."""
     if _task(args) == "regression":
-        raise StreamlearnError("--task regression: regression is not yet supported by the node service "
-                               "(node, demo); `streamlearn evaluate` and `streamlearn simulate` take --task regression")
+        raise StreamlearnError("--task regression: regression is not yet supported by the demo (its views show "
+                               "accuracy); `streamlearn node --task regression` learns float targets over Kafka, and "
+                               "`streamlearn evaluate` and `streamlearn simulate` take --task regression")
 
 
 def _task(args) -> str:
@@ -419,15 +420,18 @@ def cmd_node(args) -> int:
     from streamlearn.kafka.node import NodeService, node_config_from_options
     from streamlearn.metrics import NodeMetrics
 
-    _refuse_regression(args)
     _setup_logging(args.verbose)
+    if _task(args) == "regression":  # a float label: one output, Huber loss unless --loss squared
+        if args.classes:
+            raise StreamlearnError("--classes: a regression node learns float targets, it takes no classes")
+        args.loss = args.loss or "huber"
     if args.scale is None and args.learner in ("logreg", "mlp", "cnn"):
         args.scale = _TORCH_CLI_DEFAULTS["scale"]  # the same preprocessing as simulate and evaluate
     cfg = node_config_from_options(_options(args, (
         "id", "source", "features", "classes", "learner", "lr", "lr_decay", "hidden", "optimizer", "scale", "protocol",
         "batch_size",
         "seed", "window", "detector", "sync_timeout", "id_timeout", "max_pending", "label_ttl", "checkpoint_dir",
-        "checkpoint_every", "guard", "guard_margin", "bootstrap", "prefix", "predictions", "missing")))
+        "checkpoint_every", "guard", "guard_margin", "bootstrap", "prefix", "predictions", "missing", "loss")))
     # With --id auto the id is known only once the sync service assigned it: metrics are made then.
     final = _run_service(args, NodeService, cfg, lambda reg: functools.partial(NodeMetrics, reg))
     print(f"node {final.get('node', cfg.node)}: learned {final.get('samples', 0)} samples, accuracy {_fmt(final.get('accuracy'))}, "
@@ -619,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_produce)
 
     p = sub.add_parser("node", help="one node: consume its topic, test-then-train, sync by the protocol")
-    _add_pipeline_task_arg(p)
+    _add_task_args(p)
     p.add_argument("--id", required=True, help="node id (its topic is <prefix>.samples.<id>), or auto: the sync "
                                                 "service assigns the lowest free id (docker compose --scale)")
     p.add_argument("--id-timeout", type=float, default=60.0, help="auto: seconds to wait for the sync service to assign an id")

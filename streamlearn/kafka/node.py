@@ -350,7 +350,14 @@ class NodeConfig:
         if not self.declares_layout:
             return  # the node takes the layout a connector announces (streamlearn.kafka.layout)
         features, classes = self.layout()
-        check_layout(features, classes)
+        check_layout(features, classes, self.regression)
+
+    @property
+    def regression(self) -> bool:
+        """The learner has a regression loss (squared, huber): float targets, no classes."""
+        from streamlearn.learners.losses import is_regression_loss
+
+        return is_regression_loss(self.learner_params.get("loss"))
 
     @property
     def declares_layout(self) -> bool:
@@ -368,6 +375,11 @@ class NodeConfig:
             classes = src.classes if classes is None else classes
         if features is None:
             raise ConfigError("features: declare the feature names (features=...) or a source (source=...)")
+        if self.regression:
+            if self.classes is not None:
+                raise ConfigError(f"classes: a regression node (loss {self.learner_params.get('loss')!r}) learns "
+                                  f"float targets, it takes no classes; got {list(self.classes)!r}")
+            return list(features), []
         if classes is None:
             raise ConfigError("classes: declare the labels (classes=...) or a source that has them")
         return list(features), list(classes)
@@ -423,7 +435,8 @@ class NodeService(Service):
         from streamlearn.learners.registry import learner_family
 
         if learner_family(cfg.learner) == "torch":  # built-in or a custom module factory: seeded, same w0 everywhere
-            params.setdefault("classes", list(self.classes_))
+            if not cfg.regression:
+                params.setdefault("classes", list(self.classes_))
             params.setdefault("seed", cfg.seed)
             params.setdefault("device", cfg.device)
         elif cfg.learner in _RIVER_LINEAR:
@@ -492,7 +505,7 @@ class NodeService(Service):
             self._pred_producer = KafkaProducer(**s.producer_kwargs(self.bootstrap_, max_block_ms=BROKER_WAIT_MS,
                                                                     **producer_overrides()))
             self._predictions = PredictionPublisher(self._pred_producer, self._topics["predictions"], node,
-                                                    self.classes_)
+                                                    None if core.regression else self.classes_)
         self._consumer = KafkaConsumer(**s.consumer_kwargs(
             self.bootstrap_, group_id=f"{self.prefix_}.node.{node}", enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=cfg.max_poll_records, fetch_max_wait_ms=cfg.fetch_wait_ms))
@@ -572,8 +585,10 @@ class NodeService(Service):
             self.metrics.observe_learn(time.perf_counter() - t0)
         if self._predictions is not None:
             # late-labelled readings were published on arrival, with the prediction they are scored by
-            self._predictions.add(seqs, core.step_predictions(), offsets=self._buf.off[h:h + n], step=version[0],
-                                  syncs=version[1], epoch=version[2], skip=None if early is None else early[:, 0] > 0)
+            P = core.step_predictions()
+            self._predictions.add(seqs, None if core.regression else P, values=P if core.regression else None,
+                                  offsets=self._buf.off[h:h + n], step=version[0], syncs=version[1],
+                                  epoch=version[2], skip=None if early is None else early[:, 0] > 0)
         out = self.core.node_rule()
         if out is not None:
             self._link.send(out)
@@ -652,17 +667,21 @@ class NodeService(Service):
         who = f"node {cfg.node}"
         if cfg.declares_layout:
             features, classes = cfg.layout()
-            check_against(Layout(who, tuple(features), tuple(classes)), self._board.recent(), mine_is_node=True)
+            check_against(Layout(who, tuple(features), None if cfg.regression else tuple(classes)),
+                          self._board.recent(), mine_is_node=True)
             return features, classes
         next_log = time.monotonic()
         while not self._stopping():
             connectors = {w: lay for w, lay in self._board.recent().items() if not w.startswith("node ")}
             if connectors:
                 newest = max(connectors.values(), key=lambda lay: lay.ts)
-                if newest.classes is None:
+                if newest.classes is None and not cfg.regression:
                     raise ConfigError(f"classes: {newest.who} declares no classes in its schema: give --classes")
-                features, classes = list(newest.features), list(newest.classes)
-                check_layout(features, classes)
+                if newest.classes is not None and cfg.regression:
+                    raise ConfigError(f"a regression node learns float targets, but {newest.who} declares classes "
+                                      f"{list(newest.classes)!r}")
+                features, classes = list(newest.features), list(newest.classes or [])
+                check_layout(features, classes, cfg.regression)
                 check_against(Layout(who, newest.features, newest.classes), connectors, mine_is_node=True)
                 log.info("%s: the layout of %s: features %s; classes %r", who, newest.who, ",".join(features), classes)
                 return features, classes
@@ -675,7 +694,7 @@ class NodeService(Service):
 
     def _publish_status(self) -> None:
         self._board.announce(self._producer, Layout(f"node {self.config.node}", tuple(self.features_),
-                                                    tuple(self.classes_)))
+                                                    None if self.core.regression else tuple(self.classes_)))
         status = _node_status(self)
         self._set_status(status)
         if self.metrics is not None:
@@ -696,7 +715,7 @@ def _node_status(svc: NodeService) -> dict:
     if now - t >= 0.2:
         svc._rate = (core.n_samples - n) / (now - t)
         svc._rate_mark = (now, core.n_samples)
-    preq, guard = core.preq, core.guard
+    guard = core.guard
     status = {
         "role": "node", "node": cfg.node, "ts": time.time(), "state": svc._state,
         "uptime": now - svc._t0, "learner": cfg.learner, "averageable": core.averageable,
@@ -707,8 +726,7 @@ def _node_status(svc: NodeService) -> dict:
         "records_read": intake.records_read, "deadletter_alarm": intake.deadletter_alarm,
         "last_seq": core.last_seq, "offset": progress.learned_offset(), "committed": progress.committed,
         "buffered": len(svc._buf),
-        "accuracy": preq.accuracy, "rolling_accuracy": preq.rolling_accuracy,
-        "loss": preq.loss, "rolling_loss": preq.rolling_loss, "lag": progress.lag(), "drifts": list(core.drifts),
+        **_scores(core), "lag": progress.lag(), "drifts": list(core.drifts),
         "n_drifts": core.n_drifts,
         # detector firings where the error did not rise: not detections (since this process started)
         "detections_ignored": 0 if core.monitor is None else core.monitor.n_ignored_,
@@ -754,6 +772,8 @@ class _Intake:
         self.svc, self.buf, self.core = svc, svc._buf, svc.core
         self.features, self.classes = svc.features_, svc.classes_
         self.class_index = {c: i for i, c in enumerate(self.classes)}
+        self.regression = svc.core.regression  # float targets instead of class indices
+        self.ydt = np.float64 if self.regression else np.int64
         self.names_hash = feature_names_hash(self.features)
         self.unlabelled = self.deadletters = self.seq_gaps = 0
         from streamlearn.learners.preprocessing import MissingValues
@@ -834,7 +854,7 @@ class _Intake:
         if json_rows:
             # JSON and batch records may interleave: keep the offset order.
             xs.append(np.asarray(json_rows, dtype=np.float32).reshape(-1, f))
-            ys.append(np.asarray(json_y, dtype=np.int64))
+            ys.append(np.asarray(json_y, dtype=self.ydt))
             seqs.append(np.asarray(json_seq, dtype=np.int64))
             offs.append(np.asarray(json_off, dtype=np.int64))
             keys.append(offs[-1])
@@ -844,11 +864,15 @@ class _Intake:
             # A late-labelled reading keeps the offset of its reading (the position is not committed
             # past it before it is learned) and is learned in the order the labels came.
             xs.append(np.asarray([item.row for item, _, _ in joined], dtype=np.float32).reshape(-1, f))
-            ys.append(np.asarray([yi for _, yi, _ in joined], dtype=np.int64))
+            ys.append(np.asarray([yi for _, yi, _ in joined], dtype=self.ydt))
             seqs.append(np.asarray([item.seq for item, _, _ in joined], dtype=np.int64))
             offs.append(np.asarray([item.offset for item, _, _ in joined], dtype=np.int64))
             keys.append(np.asarray([off for _, _, off in joined], dtype=np.int64))
-            early.append(early_scores(np.stack([item.proba for item, _, _ in joined]), ys[-1]))
+            if self.regression:  # [late, the prediction made on arrival, 0]: scored by that prediction
+                early.append(np.column_stack([np.ones(len(joined)), [float(item.proba) for item, _, _ in joined],
+                                              np.zeros(len(joined))]))
+            else:
+                early.append(early_scores(np.stack([item.proba for item, _, _ in joined]), ys[-1]))
             self.buf.late = True
         if not xs:
             return False
@@ -868,11 +892,17 @@ class _Intake:
             self._note_seq_run(batch.first_seq, n)
             self.unlabelled += n
             return batch.X[:0], np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-        if batch.y.dtype.kind != "i":
+        if self.regression:
+            y = batch.y.astype(np.float64)
+            if not np.isfinite(y).all():
+                raise DecodeError("a regression target must be a finite number", field="y",
+                                  value=y[~np.isfinite(y)][:3].tolist())
+        elif batch.y.dtype.kind != "i":
             raise DecodeError("labels must be class indices for a classifier", field="y", value=str(batch.y.dtype))
-        y = batch.y.astype(np.int64)
+        else:
+            y = batch.y.astype(np.int64)
         # one pass for both bounds: a negative index is a huge unsigned one
-        if n and y.view(np.uint64).max() >= len(self.classes):
+        if n and not self.regression and y.view(np.uint64).max() >= len(self.classes):
             raise DecodeError(f"class index out of range [0, {len(self.classes)})", field="y",
                               value=[int(y.min()), int(y.max())])
         self._note_seq_run(batch.first_seq, n)
@@ -901,7 +931,12 @@ class _Intake:
             self.missing.apply(np.array([row], dtype=np.float64))  # its values count in the running means
         return row, yi, record.seq, record.key, record.ts
 
-    def _class_of(self, label) -> int:
+    def _class_of(self, label) -> int | float:
+        """A label as the class index it names, or (regression) as a finite float target."""
+        if self.regression:
+            if isinstance(label, bool) or not isinstance(label, (int, float)) or not math.isfinite(label):
+                raise DecodeError("a regression target must be a finite number", field="y", value=label)
+            return float(label)
         try:
             return self.class_index[label]
         except (KeyError, TypeError):
@@ -939,15 +974,20 @@ class _Intake:
     def _predict_held(self, held: list) -> None:
         """Predict readings that wait for their label now, in one batch; the score comes with the label."""
         X = np.asarray([item.row for _, item in held], dtype=np.float32).reshape(len(held), -1)
-        P = self.core.predict_proba(X)
+        reg = self.regression
+        P = self.core.predict_values(X) if reg else self.core.predict_proba(X)
         for (_, item), p in zip(held, P):
             item.proba = p
         self.predicted_unlabelled += len(held)
         pub, core = self.svc._predictions, self.core
         if pub is not None:  # the prediction made on arrival is the one published (and scored when the label comes)
-            pub.add(np.asarray([item.seq for _, item in held], dtype=np.int64), P, keys=[key for key, _ in held],
-                    ts=[item.ts for _, item in held], step=core.n_steps, syncs=core.syncs, epoch=core.epoch, late=True)
+            pub.add(np.asarray([item.seq for _, item in held], dtype=np.int64), None if reg else P,
+                    values=P if reg else None, keys=[key for key, _ in held], ts=[item.ts for _, item in held],
+                    step=core.n_steps, syncs=core.syncs, epoch=core.epoch, late=True)
         (key, item), p = held[-1], P[-1]
+        if reg:
+            self.last_prediction = {"key": key, "seq": item.seq, "y_pred": float(p) if np.isfinite(p) else None}
+            return
         predicted = self.classes[int(p.argmax())] if np.isfinite(p).all() else None
         self.last_prediction = {"key": key, "seq": item.seq, "y_pred": predicted}
         if log.isEnabledFor(logging.DEBUG):
@@ -1323,10 +1363,24 @@ def _split(text) -> list | None:
     return list(text)
 
 
-def check_layout(features, classes) -> None:
-    """ConfigError unless ``features`` are distinct names and ``classes`` at least 2 distinct labels."""
+def _scores(core) -> dict:
+    """The prequential scores of the status: accuracy and log loss, or a regression node's MAE and RMSE."""
+    preq = core.preq
+    if core.regression:
+        return {"task": "regression", "accuracy": None, "rolling_accuracy": None, "mae": preq.mae, "rmse": preq.rmse,
+                "rolling_mae": preq.rolling_mae, "rolling_rmse": preq.rolling_rmse, "loss": None,
+                "rolling_loss": None}
+    return {"accuracy": preq.accuracy, "rolling_accuracy": preq.rolling_accuracy, "loss": preq.loss,
+            "rolling_loss": preq.rolling_loss}
+
+
+def check_layout(features, classes, regression: bool = False) -> None:
+    """ConfigError unless ``features`` are distinct names and ``classes`` at least 2 distinct labels (none for
+    a regression node)."""
     if not features or len(set(features)) != len(features) or not all(isinstance(f, str) and f for f in features):
         raise ConfigError(f"features must be distinct non-empty names, got {features!r}")
+    if regression:
+        return
     if len(classes) < 2 or len(set(classes)) != len(classes):
         raise ConfigError(f"classes must be at least 2 distinct labels, got {classes!r}")
 
@@ -1340,7 +1394,7 @@ def _label(text: str):
 
 
 _NODE_OPTIONS = {"id", "node", "source", "features", "classes", "learner", "lr", "lr_decay", "hidden", "optimizer",
-                 "scale",
+                 "scale", "loss",
                  "protocol", "batch_size", "seed", "window", "detector", "sync_timeout", "status_interval",
                  "commit_interval", "max_poll_records", "fetch_wait_ms", "max_pending", "label_ttl", "id_timeout",
                  "checkpoint_dir", "checkpoint_every", "guard", "guard_margin", "predictions",
@@ -1383,7 +1437,7 @@ def node_config_from_options(options: Mapping[str, Any]) -> NodeConfig:
             raise ConfigError(f"id must be an integer >= 0 or auto, got {node!r}") from None
     opts.pop("max_seconds", None)
     learner_params = dict(opts.pop("learner_params", {}) or {})
-    for key in ("lr", "lr_decay", "optimizer", "scale"):
+    for key in ("lr", "lr_decay", "optimizer", "scale", "loss"):
         if key in opts:
             learner_params[key] = opts.pop(key)
     if "hidden" in opts:

@@ -130,14 +130,16 @@ class NodeCore:
         from streamlearn.learners import is_averageable
         from streamlearn.learners.base import labels_array
 
-        if getattr(learner, "task_", None) == "regression":
+        # a regression learner (TorchLearner with a squared or Huber loss) learns float targets: no classes
+        self.regression = getattr(learner, "task_", None) == "regression"
+        if self.regression and guard is not None:
             from streamlearn.errors import ConfigError
 
-            raise ConfigError(f"learner: regression is not yet supported by the node service (loss={learner.loss!r}); "
-                              "evaluate and simulate take regression learners")
-        self.learner, self.classes, self.node = learner, list(classes), node
+            raise ConfigError("guard: guarded averaging compares log losses of classes; a regression node has none "
+                              "(leave --guard out)")
+        self.learner, self.classes, self.node = learner, [] if self.regression else list(classes), node
         self.spec, self.sync_timeout = protocol, float(sync_timeout)
-        self._labels = labels_array(self.classes)
+        self._labels = None if self.regression else labels_array(self.classes)
         self.averageable = is_averageable(learner)
         self.protocol = self.d = self.n_params = self.reference = self.motion = self.uplink = None
         if self.averageable:
@@ -156,7 +158,15 @@ class NodeCore:
             # last two full syncs this node received, and the step of the last one
             self.motion = ReferenceMotion(1, self.n_params, device=self.reference.device) \
                 if getattr(self.protocol, "extrapolate", 0) else None
-        self.preq = Prequential(window=window, every=1 << 62)
+        if self.regression:
+            from streamlearn.evaluation.detectors import TargetScale, check_regression_detector
+            from streamlearn.evaluation.prequential import RegressionPrequential
+
+            check_regression_detector(detector)
+            self.preq = RegressionPrequential(window=window, every=1 << 62)
+            self._target_scale = TargetScale()  # the detector watches errors in standard deviations of the target
+        else:
+            self.preq = Prequential(window=window, every=1 << 62)
         self._log_loss = clipped_log_loss  # imported here, not at the module's import (it pulls in river)
         self.monitor = None if detector is None else DriftMonitor(detector)
         # A learner with a step-size schedule (TorchLearner's lr_decay) restarts it at a detection: the
@@ -201,6 +211,8 @@ class NodeCore:
         the prediction made when it arrived (:func:`~streamlearn.node.scoring.early_scores`). The hot path:
         everything works on the whole batch at once.
         """
+        if self.regression:
+            return self._learn_targets(X, yi, seqs, early)
         learner = self.learner
         # A learner that can (TorchLearner) predicts in the forward pass it then trains through:
         # the probabilities of the model before this step, one pass; others predict, learn below.
@@ -235,6 +247,36 @@ class NodeCore:
         self.n_steps += 1
         self.step_loss, self.step_correct = loss, correct  # the loss's mean is taken when a report needs it
 
+    def _learn_targets(self, X: np.ndarray, y: np.ndarray, seqs: np.ndarray, early: np.ndarray | None) -> None:
+        """Test-then-train on float targets ``y``: absolute errors, MAE/RMSE, the detector on scaled errors.
+
+        ``early`` rows ``[late, prediction on arrival, 0]``: a late-labelled reading is scored by that prediction.
+        """
+        from streamlearn.evaluation.prequential import regression_errors
+
+        y = np.asarray(y, dtype=np.float64)
+        pred = np.asarray(self.learner.predict_learn_many(X, y), dtype=np.float64)  # before it learned them
+        if early is not None:
+            pred = np.where(early[:, 0] > 0, early[:, 1], pred)
+        self.step_proba = pred
+        err, valid = regression_errors(y, pred)
+        all_valid = bool(valid.all())
+        self.preq.update_errors(err, None if all_valid else valid)
+        if self.monitor is not None:
+            scaled = self._target_scale.scale(err[None], y[None], None if all_valid else valid[None])[0]
+            n0 = self.monitor.n_
+            found = self.monitor.update_many(scaled, None if all_valid else valid)
+            for pos in found:
+                self.drifts.append(int(seqs[pos - n0]))
+                self.n_drifts += 1
+            if found and self.restarts:
+                self.learner.restart_schedule()
+        self.last_seq = int(seqs[-1])
+        self.n_samples += len(y)
+        self.since_sync += len(y)
+        self.n_steps += 1
+        self.step_loss, self.step_correct = np.where(valid, err * err, np.nan), None  # reports carry the MSE
+
     def node_rule(self) -> Outgoing | None:
         """The protocol's node rule after a step: a ``report`` to send (with the model on a violation), or None."""
         if not self.averageable:
@@ -260,7 +302,13 @@ class NodeCore:
     def step_predictions(self) -> np.ndarray:
         """Probabilities the last mini-batch was predicted with (the model before it learned the batch), in
         the declared class order; a NaN row: no prediction possible yet. Predictions out publish them."""
+        if self.regression:
+            return self.step_proba  # the predicted values
         return declared_proba(self.step_proba, list(getattr(self.learner, "classes_", [])), self.classes)
+
+    def predict_values(self, X: np.ndarray) -> np.ndarray:
+        """A regression node's predictions of ``X`` (NaN: none possible)."""
+        return np.asarray(self.learner.predict_many(X), dtype=np.float64).reshape(-1)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Probabilities of ``X`` in the declared class order (NaN rows: no prediction possible yet)."""
