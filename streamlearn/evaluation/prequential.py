@@ -291,7 +291,40 @@ def _row(a):
     return None if a is None else np.asarray(a).reshape(1, -1)
 
 
-class Prequential:
+class _OneNode:
+    """What the one-node trackers share: a bank of one, its checkpoint state, counts and history."""
+
+    _bank: PrequentialBank
+
+    def get_state(self) -> tuple[dict, dict]:
+        """``(arrays, meta)`` for a checkpoint (see :meth:`PrequentialBank.get_state`)."""
+        return self._bank.get_state()
+
+    def set_state(self, arrays: dict, meta: dict) -> bool:
+        """Load what :meth:`get_state` returned; False (nothing changed) when the window differs."""
+        return self._bank.set_state(arrays, meta)
+
+    @property
+    def n(self) -> int:
+        """Samples seen."""
+        return self._bank.n_
+
+    @property
+    def n_scored(self) -> int:
+        """Samples with a prediction."""
+        return int(self._bank.n_scored_[0])
+
+    def _one(self, name: str) -> float:
+        return float(getattr(self._bank, name)[0])
+
+    def history(self) -> dict[str, np.ndarray]:
+        """Recorded points as ``(k,)`` arrays: ``position`` and the bank's curves (see
+        :meth:`PrequentialBank.history`)."""
+        h = self._bank.history()
+        return {k: (v if v.ndim == 1 else v[0]) for k, v in h.items()}
+
+
+class Prequential(_OneNode):
     """Prequential accuracy and log loss of one node (a :class:`PrequentialBank` of one).
 
     Parameters
@@ -334,11 +367,7 @@ class Prequential:
         >>> q.n, q.accuracy, q.rolling_accuracy
         (3, 0.6666666666666666, 0.5)
         """
-        return self._bank.get_state()
-
-    def set_state(self, arrays: dict, meta: dict) -> bool:
-        """Load what :meth:`get_state` returned; False (nothing changed) when the window differs."""
-        return self._bank.set_state(arrays, meta)
+        return super().get_state()
 
     def update(self, correct, loss=None, valid=None) -> None:
         """Add ``(B,)`` samples: whether each was right, its loss (NaN = unknown) and whether it was predicted."""
@@ -353,40 +382,25 @@ class Prequential:
         self.update_many([y_true], [y_pred], None if proba_of_true is None else [proba_of_true])
 
     @property
-    def n(self) -> int:
-        """Samples seen."""
-        return self._bank.n_
-
-    @property
-    def n_scored(self) -> int:
-        """Samples with a prediction."""
-        return int(self._bank.n_scored_[0])
-
-    @property
     def accuracy(self) -> float:
         """Cumulative accuracy (NaN before any prediction)."""
-        return float(self._bank.accuracy[0])
+        return self._one("accuracy")
 
     @property
     def loss(self) -> float:
         """Cumulative mean log loss."""
-        return float(self._bank.loss[0])
+        return self._one("loss")
 
     @property
     def rolling_accuracy(self) -> float:
         """Accuracy over the last ``window`` samples."""
-        return float(self._bank.rolling_accuracy[0])
+        return self._one("rolling_accuracy")
 
     @property
     def rolling_loss(self) -> float:
         """Mean log loss over the last ``window`` samples."""
-        return float(self._bank.rolling_loss[0])
+        return self._one("rolling_loss")
 
-    def history(self) -> dict[str, np.ndarray]:
-        """Recorded points as ``(k,)`` arrays: ``position``, ``accuracy``, ``loss`` (cumulative),
-        ``rolling_accuracy``, ``rolling_loss`` (see :meth:`PrequentialBank.history`)."""
-        h = self._bank.history()
-        return {k: (v if v.ndim == 1 else v[0]) for k, v in h.items()}
 
 
 def regression_errors(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
@@ -480,7 +494,7 @@ class RegressionPrequentialBank(PrequentialBank):
         return np.sqrt(self.rolling_loss)
 
 
-class RegressionPrequential:
+class RegressionPrequential(_OneNode):
     """Prequential MAE and RMSE of one regression node (a :class:`RegressionPrequentialBank` of one).
 
     Examples
@@ -500,14 +514,6 @@ class RegressionPrequential:
         """A fresh tracker with the same settings."""
         return type(self)(self.window, self.every)
 
-    def get_state(self) -> tuple[dict, dict]:
-        """``(arrays, meta)`` for a checkpoint (see :meth:`PrequentialBank.get_state`)."""
-        return self._bank.get_state()
-
-    def set_state(self, arrays: dict, meta: dict) -> bool:
-        """Load what :meth:`get_state` returned; False (nothing changed) when the window differs."""
-        return self._bank.set_state(arrays, meta)
-
     def update_errors(self, abs_error, valid=None) -> None:
         """Add ``(B,)`` absolute errors (``valid`` False where no prediction was made)."""
         self._bank.update_errors(_row(abs_error), _row(valid))
@@ -521,37 +527,22 @@ class RegressionPrequential:
         self.update_many([y_true], [y_pred])
 
     @property
-    def n(self) -> int:
-        """Samples seen."""
-        return self._bank.n_
-
-    @property
-    def n_scored(self) -> int:
-        """Samples with a prediction."""
-        return int(self._bank.n_scored_[0])
-
-    @property
     def mae(self) -> float:
         """Cumulative mean absolute error (NaN before any prediction)."""
-        return float(self._bank.mae[0])
+        return self._one("mae")
 
     @property
     def rmse(self) -> float:
         """Cumulative root mean squared error."""
-        return float(self._bank.rmse[0])
+        return self._one("rmse")
 
     @property
     def rolling_mae(self) -> float:
         """MAE over the last ``window`` samples."""
-        return float(self._bank.rolling_mae[0])
+        return self._one("rolling_mae")
 
     @property
     def rolling_rmse(self) -> float:
         """RMSE over the last ``window`` samples."""
-        return float(self._bank.rolling_rmse[0])
+        return self._one("rolling_rmse")
 
-    def history(self) -> dict[str, np.ndarray]:
-        """Recorded points as ``(k,)`` arrays: ``position``, ``mae``, ``rmse`` (cumulative),
-        ``rolling_mae``, ``rolling_rmse``."""
-        h = self._bank.history()
-        return {k: (v if v.ndim == 1 else v[0]) for k, v in h.items()}

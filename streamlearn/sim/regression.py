@@ -22,12 +22,11 @@ from streamlearn.evaluation.detectors import TargetScale, check_regression_detec
 from streamlearn.learners.preprocessing import OnlineScaler
 from streamlearn.learners.schedule import decayed_lr
 from streamlearn.learners.torch_learner import TorchLearner
-from streamlearn.sim.simulator import NodeData, SimResult, _as_protocol
+from streamlearn.sim.simulator import NodeData, SimResult, _as_protocol, guard_syncs, note_syncs
 from streamlearn.sync.codec import Uplink
-from streamlearn.sync.driver import ReferenceMotion, lockstep, settle
+from streamlearn.sync.driver import ReferenceMotion, lockstep
 from streamlearn.sync.groups import Grouped
 from streamlearn.sync.guard import accepts, check_guard, regression_window_loss
-from streamlearn.sync.messages import PullToward, SendModel
 from streamlearn.sync.protocol import Protocol
 
 __all__ = ["RegressionSimResult", "regression_data", "simulate_regression", "regression_table"]
@@ -281,16 +280,13 @@ def simulate_regression(data: NodeData, learner: TorchLearner, protocol="nosync"
             actions = lockstep(proto, r + 1, full, R, loss=batch_loss, n_samples=since_sync, uplink=uplink,
                                motion=motion)
             if before is not None and actions:
-                _guard(proto, actions, full, before, R, X, Y, sl.stop, window, margin, forward, stats, r + 1,
-                       uplink, motion)
+                guard_syncs(proto, actions, full, before, R, sl.stop, window, r + 1, uplink, motion,
+                            lambda got, lo, end, full, before: _declines(got, lo, end, full, before, X, Y, forward,
+                                                                         stats, margin))
             if actions and full is not Wd:
                 Wd.copy_(full[:, :p])
                 stats.load(full)
-            for action in actions:
-                if isinstance(action, (SendModel, PullToward)):
-                    since_sync[list(action.nodes)] = 0
-                    kind = "pull" if isinstance(action, PullToward) else ("full" if action.reference else "partial")
-                    syncs.append((r + 1, kind, len(action.nodes)))
+            note_syncs(actions, since_sync, syncs, r + 1)
         bar.update()
         if progress and (r % 50 == 0 or r == rounds - 1):
             bar.set_postfix(mae=f"{errors[:, : sl.stop].mean().item():.3f}",
@@ -305,19 +301,10 @@ def simulate_regression(data: NodeData, learner: TorchLearner, protocol="nosync"
     )
 
 
-def _guard(proto, actions, full, before, R, X, Y, end, window, margin, forward, stats, step, uplink, motion) -> None:
-    """The simulator's guarded averaging (:func:`streamlearn.sim.simulator._guard`) with a regression's loss."""
-    lo = max(0, end - window)
-    while actions:
-        got = sorted({int(n) for a in actions if isinstance(a, (SendModel, PullToward)) for n in a.nodes})
-        if not got or end - lo < 10:
-            return
-        Xw, yw = X[got, lo:end], Y[got, lo:end]
-        ok = accepts(regression_window_loss(stats.predict(forward, full[got], Xw), yw),
-                     regression_window_loss(stats.predict(forward, before[got], Xw), yw), margin).tolist()
-        declined = [n for n, keep in zip(got, ok) if not keep]
-        if not declined:
-            return
-        full[declined] = before[declined]
-        before = full.clone()
-        actions = settle(proto, proto.on_declined(declined), full, R, uplink=uplink, motion=motion, step=step)
+def _declines(got, lo, end, full, before, X, Y, forward, stats, margin) -> list:
+    """The nodes of ``got`` whose arriving model (``full``) fits their window worse than their own (``before``):
+    the simulator's guard (:func:`streamlearn.sim.simulator.guard_syncs`) with a regression's loss."""
+    Xw, yw = X[got, lo:end], Y[got, lo:end]
+    ok = accepts(regression_window_loss(stats.predict(forward, full[got], Xw), yw),
+                 regression_window_loss(stats.predict(forward, before[got], Xw), yw), margin).tolist()
+    return [n for n, keep in zip(got, ok) if not keep]

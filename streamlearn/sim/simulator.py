@@ -169,6 +169,16 @@ def _as_protocol(protocol, m: int, d: int, w0: torch.Tensor, seed: int, n_params
     return make_protocol(protocol, m=m, d=d, w0=w0, seed=seed, device=w0.device, n_params=n_params)
 
 
+def note_syncs(actions, since_sync, syncs: list, step: int) -> None:
+    """After the protocol's actions at ``step``: the synced nodes' sample counts restart, ``syncs`` gets
+    ``(step, kind, nodes)`` per model sent or pull (shared by the classification and regression loops)."""
+    for action in actions:
+        if isinstance(action, (SendModel, PullToward)):
+            since_sync[list(action.nodes)] = 0
+            kind = "pull" if isinstance(action, PullToward) else ("full" if action.reference else "partial")
+            syncs.append((step, kind, len(action.nodes)))
+
+
 def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_size: int = 10, seed: int = 0,
              progress: bool = True, detector=None, guard: tuple | None = None) -> SimResult:
     """Run ``data.m`` nodes in lockstep: test-then-train on mini-batches, the protocol syncs.
@@ -331,16 +341,13 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
             actions = lockstep(proto, r + 1, full, R, loss=batch_loss, n_samples=since_sync, uplink=uplink,
                                motion=motion)
             if before is not None and actions:
-                _guard(proto, actions, full, before, R, X, Y, sl.stop, window, margin, forward, scaler, p, r + 1,
-                       uplink, motion)
+                guard_syncs(proto, actions, full, before, R, sl.stop, window, r + 1, uplink, motion,
+                            lambda got, lo, end, full, before: _declines(got, full, before, X, Y, lo, end, forward,
+                                                                         scaler, p, margin))
             if actions and scaler is not None:
                 Wd.copy_(full[:, :p])
                 scaler.set_flat(full[:, p:])
-            for action in actions:
-                if isinstance(action, (SendModel, PullToward)):
-                    since_sync[list(action.nodes)] = 0
-                    kind = "pull" if isinstance(action, PullToward) else ("full" if action.reference else "partial")
-                    syncs.append((r + 1, kind, len(action.nodes)))
+            note_syncs(actions, since_sync, syncs, r + 1)
         bar.update()
         if progress and (r % 50 == 0 or r == rounds - 1):
             bar.set_postfix(acc=f"{correct[:, : sl.stop].float().mean().item():.3f}",
@@ -356,18 +363,18 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
     )
 
 
-def _guard(proto, actions, full, before, R, X, Y, end: int, window: int, margin: float, forward, scaler, p: int,
-           step: int, uplink, motion) -> None:
+def guard_syncs(proto, actions, full, before, R, end: int, window: int, step: int, uplink, motion, declines) -> None:
     """Guarded averaging after a round's syncs: nodes whose arriving model is worse on their last ``window``
-    learned samples than their own by more than ``margin`` go back to their own model (``before``), keep
-    the new reference, and the protocol hears of it. What the protocol answers (a node that moved to
-    another group gets its reference) is applied and guarded the same way."""
+    learned samples than their own (``declines(got, lo, end, full, before)`` says which) go back to their own
+    model (``before``), keep the new reference, and the protocol hears of it. What the protocol answers (a
+    node that moved to another group gets its reference) is applied and guarded the same way. Shared by the
+    classification and regression loops; only the loss on the window differs."""
     lo = max(0, end - window)
     while actions:
         got = sorted({int(n) for a in actions if isinstance(a, (SendModel, PullToward)) for n in a.nodes})
         if not got or end - lo < 10:
             return  # nothing to judge by yet: take the sync
-        declined = _declines(got, full, before, X, Y, lo, end, forward, scaler, p, margin)
+        declined = declines(got, lo, end, full, before)
         if not declined:
             return
         full[declined] = before[declined]
