@@ -446,7 +446,7 @@ def cmd_sync(args) -> int:
     _setup_logging(args.verbose)
     cfg = sync_config_from_options(_options(args, (
         "protocol", "delta", "b", "C", "tau", "strength", "max_nodes", "timeout", "seed", "device", "max_norm",
-        "state_dir", "id_lease", "id_grace", "bootstrap", "prefix")))
+        "state_dir", "id_lease", "id_grace", "bootstrap", "prefix", "max_params")))
     final = _run_service(args, SyncService, cfg, SyncMetrics)
     print(f"sync: {final.get('full_syncs', 0)} full and {final.get('partial_syncs', 0)} partial syncs, "
           f"{final.get('models', 0)} models transferred")
@@ -678,6 +678,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the protocol's random choices")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--max-norm", type=float, default=1e6, help="refuse models whose L2 norm is above this")
+    p.add_argument("--max-params", type=int, default=10_000_000,
+                   help="the largest model (entries) a node may join with; the first join sizes the model bank "
+                        "(--max-nodes rows of that size), so a larger one is rejected, not allocated")
     p.add_argument("--state-dir", help="keep the reference and protocol state here and resume from it on restart "
                                          "(default: none, a restart starts from the first join)")
     p.add_argument("--max-seconds", type=float, help="stop after this many seconds")

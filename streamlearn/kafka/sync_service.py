@@ -143,6 +143,9 @@ class SyncConfig:
         re-register first.
     max_norm
         A model whose L2 norm exceeds this is refused (see "Hostile models" in the module doc).
+    max_params
+        The largest model (entries of the flat vector) a join may announce: the first join sizes the model
+        bank (``max_nodes`` rows of ``d``), so a larger one is rejected instead of allocated.
     state_dir
         Where the reference and protocol state are kept across restarts (None: not kept).
     prefix, bootstrap, settings
@@ -169,6 +172,7 @@ class SyncConfig:
     id_lease: float = 10.0
     id_grace: float = 3.0  # several id renewals (one a second), so a busy machine still makes it
     max_norm: float = 1e6
+    max_params: int = 10_000_000  # 40 MB per model in float32
     state_dir: str | None = None
     prefix: str | None = None
     bootstrap: str | None = None
@@ -186,6 +190,7 @@ class SyncConfig:
         positive("status_interval", self.status_interval)
         positive("id_grace", self.id_grace)
         positive("max_norm", self.max_norm)
+        positive("max_params", self.max_params, integer=True)
         if self.state_dir is not None and (not isinstance(self.state_dir, str) or not self.state_dir):
             raise ConfigError(f"state_dir must be a directory path, got {self.state_dir!r}")
         if positive("id_lease", self.id_lease) < 2 * ID_RENEW_EVERY:
@@ -600,6 +605,14 @@ def _join_refusal(msg: SyncMessage, protocol, cfg: SyncConfig, d: int | None, la
 
     if msg.node >= cfg.max_nodes:
         return f"node id {msg.node} is not below --max-nodes {cfg.max_nodes}", False
+    # What a join claims about its model is checked before anything is sized by it (the first join sizes the bank).
+    size = None if msg.model is None else int(np.asarray(msg.model).size)
+    if not isinstance(msg.d, int) or isinstance(msg.d, bool) or not 1 <= msg.d <= cfg.max_params:
+        return f"model size d={msg.d!r} is not in [1, --max-params {cfg.max_params}]", False
+    if size != msg.d:
+        return f"the join says d={msg.d} but carries a model of {size} entries", False
+    if msg.n_params is not None and not 1 <= msg.n_params <= msg.d:
+        return f"n_params={msg.n_params} is not in [1, d={msg.d}]", False
     differs = False
     if msg.spec is not None:
         ours = protocol if protocol is not None else make_protocol(cfg.protocol, m=1, d=1, seed=0, device="cpu",
@@ -669,7 +682,8 @@ def _node_spec_conflict(spec: str, protocol) -> tuple[str | None, bool]:
 
 _HYPER = ("delta", "b", "C", "tau", "strength")
 _SYNC_OPTIONS = {"protocol", *_HYPER, "max_nodes", "timeout", "seed", "device", "status_interval", "fetch_wait_ms",
-                 "id_lease", "id_grace", "max_norm", "state_dir", "prefix", "bootstrap", "max_seconds", "params"}
+                 "id_lease", "id_grace", "max_norm", "max_params", "state_dir", "prefix", "bootstrap", "max_seconds",
+                 "params"}
 
 
 def sync_config_from_options(options: Mapping[str, Any]) -> SyncConfig:
@@ -691,7 +705,7 @@ def sync_config_from_options(options: Mapping[str, Any]) -> SyncConfig:
     opts.pop("max_seconds", None)
     params = dict(opts.pop("params", {}) or {})
     params.update({k: opts.pop(k) for k in _HYPER if k in opts})
-    for key, kind in (("max_nodes", int), ("seed", int), ("fetch_wait_ms", int), ("timeout", float),
+    for key, kind in (("max_nodes", int), ("max_params", int), ("seed", int), ("fetch_wait_ms", int), ("timeout", float),
                       ("status_interval", float), ("id_lease", float), ("id_grace", float), ("max_norm", float)):
         if key in opts and isinstance(opts[key], str):
             try:

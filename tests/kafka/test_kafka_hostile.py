@@ -26,6 +26,7 @@ from streamlearn.kafka.wire import SyncMessage, decode_sync, encode_sync, envelo
 from streamlearn.metrics import REJECT_REASONS, SyncMetrics
 
 from sync_wire_helpers import FakeNodes, nodes_fixture
+from waiting import wait_until
 
 D = 2
 _HEAD = struct.Struct("<4sHHI")
@@ -202,3 +203,20 @@ def test_damaged_binary_records_only_raise_decode_error_and_the_fallback_never_r
             pass
         fault = _model_fault(blob)
         assert fault is None or (fault[0] in REJECT_REASONS and fault[2] in ("join", "report", "model"))
+
+
+def test_a_join_that_claims_a_huge_or_false_model_size_is_rejected_and_the_service_goes_on(nodes):
+    # The first join sizes the model bank: d = 2**40 once made the service try to allocate 16 TiB and die,
+    # and a d that disagrees with the model it carries made it exit.
+    n = nodes(max_params=1000)
+    n.send(raw=encode_sync(SyncMessage("join", node=0, d=2 ** 40, layout="L", model=np.zeros(D, dtype=np.float32))))
+    n.send(raw=encode_sync(SyncMessage("join", node=1, d=10, layout="L", model=np.zeros(8, dtype=np.float32))))
+    n.send(raw=encode_sync(SyncMessage("join", node=2, d=1001, layout="L", model=np.zeros(1001, dtype=np.float32))))
+    rejects = [n.expect(lambda m, k=k: m.kind == "reject" and m.targets == (k,), f"reject of {k}") for k in range(3)]
+    assert "d=1099511627776 is not in [1, --max-params 1000]" in rejects[0].reason
+    assert "says d=10 but carries a model of 8 entries" in rejects[1].reason
+    assert "d=1001 is not in [1, --max-params 1000]" in rejects[2].reason
+    n.send(SyncMessage("join", node=3, d=D, layout="L", model=np.zeros(D, dtype=np.float32)))
+    n.expect(lambda m: m.kind == "send" and m.targets == (3,), "the join of an honest node answered")
+    assert n.thread.is_alive()
+    wait_until(lambda: n.service.status().get("rejects") == 3, "the rejects in the status")

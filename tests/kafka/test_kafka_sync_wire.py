@@ -116,14 +116,31 @@ def test_required_fields_cover_every_kind():
                              "claim", "assign", "decline"}
 
 
+def _report_head() -> bytes:
+    from streamlearn.kafka.wire import envelope_bytes
+
+    data = encode_sync(SyncMessage("report", node=0, step=1, model=np.zeros(2, dtype=np.float32)))
+    return data[:envelope_bytes(data)]
+
+
+# Records that once killed the sync service (issue 14): a sound header before 20 KB of nested JSON arrays, whose
+# fallback parse raised RecursionError; and deep nesting in a JSON header.
+_HOSTILE = [_report_head() + b"[" * 20_000, SYNC_MAGIC + b"\x01\x00" + b"[" * 10_000, b"[" * 100_000,
+            SYNC_MAGIC + b"\x01\x00" + b'{"kind":' + b"[" * 5_000]
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=200))
-def test_arbitrary_bytes_only_raise_decode_error(data):
-    try:
-        decode_sync(SYNC_MAGIC + data)
-        decode_sync(data)
-    except DecodeError:
-        pass
+@given(st.one_of(st.binary(max_size=200), st.sampled_from(_HOSTILE)))
+def test_arbitrary_bytes_only_raise_decode_error_and_the_fallback_never_raises(data):
+    from streamlearn.kafka.sync_models import _model_fault
+
+    for record in (SYNC_MAGIC + data, data):
+        try:
+            decode_sync(record)
+        except DecodeError:
+            pass
+        fault = _model_fault(record)  # the sync service's second look at a record decode_sync refused
+        assert fault is None or fault[0] in ("malformed", "shape", "checksum", "dtype", "nonfinite", "norm")
 
 
 _json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
