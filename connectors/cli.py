@@ -103,7 +103,9 @@ def add_connect_parser(subparsers) -> argparse.ArgumentParser:
     k.add_argument("--topic-map", action="append", default=[], metavar="FILTER=NODE",
                    help="messages on FILTER go to NODE, e.g. 'plant/kitchen/#=0' (repeatable; subscribed too)")
     k.add_argument("--qos", type=int, default=1, choices=(0, 1, 2), help="subscription QoS")
-    k.add_argument("--client-id", help="MQTT client id (default: chosen by the broker)")
+    k.add_argument("--client-id", help="MQTT client id: a named connector keeps its session, so the broker queues "
+                                        "QoS 1/2 readings while it is down (default: chosen by the broker, a clean "
+                                        "session)")
     k.add_argument("--username", help="MQTT user name; the password is read from MQTT_PASSWORD")
     k.add_argument("--tls", action="store_true", help="connect with TLS")
     k.add_argument("--cafile", help="CA bundle for --tls (default: the system's)")

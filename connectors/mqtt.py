@@ -14,6 +14,12 @@ A payload is one JSON reading or label record, or an array of them. Bad
 payloads go to the dead-letter topic (``sl-source-topic`` = ``mqtt:<topic>``)
 and are counted; the subscription goes on. The password comes from
 ``MQTT_PASSWORD`` (never a flag, so it stays out of ``ps``).
+
+Delivery is at least once for QoS 1 and 2: a message is acknowledged to the MQTT broker only after Kafka
+confirmed what it became (the connector flushes and acknowledges every 0.1 s; a round in which Kafka refused a
+record acknowledges nothing, so the broker sends those messages again after a reconnect). With ``client_id``
+the session is persistent (not clean): the broker keeps the messages published while the connector is down and
+delivers them when it comes back under the same id.
 """
 
 from __future__ import annotations
@@ -162,6 +168,8 @@ class MqttConnector:
         self._nodes = sorted(nodes)
         self._ingest: Ingestor | None = None
         self._failure: str | None = None
+        self._unacked: list = []  # (mid, qos) of messages handed to Kafka, acknowledged after a flush
+        self._ack_lock = threading.Lock()
 
     def subscriptions(self) -> list:
         """Distinct filters to subscribe, in order."""
@@ -189,6 +197,9 @@ class MqttConnector:
         self.messages += 1
         topic = message.topic
         source = f"mqtt:{topic}"
+        if message.qos:
+            with self._ack_lock:
+                self._unacked.append((message.mid, message.qos))
         try:
             for filt, node in self.topic_map:
                 if topic_matches_sub(filt, topic):
@@ -213,7 +224,9 @@ class MqttConnector:
         stop_event = stop_event or threading.Event()
         publisher = Publisher("mqtt", nodes=self._nodes, **self.kafka)
         self._ingest = Ingestor(self.schema, self.router, publisher, max_pending=self.max_pending)
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id or "")
+        # A named client keeps its session (and the messages queued for it) across restarts; acks are manual.
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id or "",
+                             clean_session=not self.client_id, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -241,13 +254,36 @@ class MqttConnector:
                     reason = "max_messages"
                     break
                 publisher.tick()
+                self._acknowledge(client, publisher)
         except KeyboardInterrupt:
             reason = "interrupted"
         finally:
-            client.disconnect()
-            client.loop_stop()
-            stats = publisher.close(reason)
+            try:
+                self._acknowledge(client, publisher)  # what Kafka has; the rest the broker sends again
+            finally:
+                client.disconnect()
+                client.loop_stop()
+                stats = publisher.close(reason)
         return stats
+
+    def _acknowledge(self, client, publisher) -> None:
+        """Acknowledge to the MQTT broker the messages Kafka confirmed: flush, then ack what was handed over
+        before it, unless Kafka refused a record meanwhile (then none: the broker redelivers them)."""
+        with self._ack_lock:
+            batch, self._unacked = self._unacked, []
+        if not batch:
+            return
+        errors = publisher.stats.send_errors
+        try:
+            publisher.flush(timeout=30.0)
+        except Exception as exc:  # kafka.errors.KafkaTimeoutError: Kafka is away; the broker keeps them
+            log.warning("Kafka did not confirm %d MQTT messages: not acknowledged (%s)", len(batch), exc)
+            return
+        if publisher.stats.send_errors != errors:
+            log.warning("Kafka refused records of %d MQTT messages: not acknowledged", len(batch))
+            return
+        for mid, qos in batch:
+            client.ack(mid, qos)
 
 
 def run_mqtt(schema: StreamSchema, router: NodeRouter, *, stop_event: threading.Event | None = None,

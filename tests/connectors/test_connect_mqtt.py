@@ -111,3 +111,41 @@ def test_mqtt_through_the_cli(mosquitto, settings, prefix, consume, capsys, tmp_
     sample = decode_sample_json(consume(samples_topic(prefix, 3), 1)[0].value)
     assert sample.x == {"temp": 5.5, "rpm": 3.0} and sample.node == 3
 
+
+
+def test_readings_published_while_the_connector_is_down_reach_kafka_after_it_returns(mosquitto, kafka, consume):
+    # At least once: a named connector keeps its session, so mosquitto queues the QoS 1 messages published while
+    # it is away and delivers them when it comes back; each is acknowledged once Kafka has it.
+    host, port = mosquitto
+    base = kafka["prefix"].replace(".", "_")
+    topic = f"{base}/line/reading"
+
+    def start():
+        conn = MqttConnector(SCHEMA, NodeRouter(node=0), host=host, port=port, topics=[topic],
+                             client_id=f"{base}-connector", qos=1, **kafka)
+        stop, result = threading.Event(), {}
+        thread = threading.Thread(target=lambda: result.setdefault("stats", conn.run(stop, max_seconds=60)))
+        thread.start()
+        assert conn.ready.wait(20), "the connector did not subscribe"
+        return conn, stop, thread, result
+
+    client = publisher(host, port)
+    try:
+        conn, stop, thread, result = start()  # the first run makes the session and its subscription
+        send(client, topic, {"temp": 1.0, "rpm": 1, "state": "ok"})
+        wait_until(lambda: conn.messages == 1, "the first reading")
+        stop.set()
+        thread.join(30)
+        assert result["stats"].delivered == 1
+        for i in range(50):  # nobody is connected under that id now: mosquitto queues them
+            send(client, topic, {"temp": float(i), "rpm": i, "state": "fault"})
+        conn, stop, thread, result = start()
+        wait_until(lambda: conn.messages == 50, "the queued readings", timeout=30)
+        stop.set()
+        thread.join(30)
+        assert result["stats"].readings == result["stats"].delivered == 50
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    got = [decode_sample_json(r.value) for r in consume(samples_topic(kafka["prefix"], 0), 51)]
+    assert [s.x["rpm"] for s in got] == [1] + list(range(50))
