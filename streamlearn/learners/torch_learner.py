@@ -540,29 +540,29 @@ class TorchLearner(FeatureMixin, ClassLabelsMixin, base.MiniBatchClassifier):
 
     # -- prediction ----------------------------------------------------------------------------------
 
-    def _predict_targets(self, X) -> np.ndarray | None:
-        """Regression: (B,) float32 predictions, or None while the model has no parameters."""
-        if self._w is None:
-            return None
+    def _forward_frozen(self, X) -> torch.Tensor:
+        """The net's output on ``X``, scaled as in training, without gradients (the model must have parameters)."""
         M, _ = self._to_matrix(X, fix=False)
         Xt = self._tensor(M)
         if self._scaler is not None:
             Xt = self._scaler.transform(Xt)
         with torch.no_grad():
-            return self._to_target(self._net.forward(self._w, Xt)).cpu().numpy()
+            return self._net.forward(self._w, Xt)
+
+    def _predict_targets(self, X) -> np.ndarray | None:
+        """Regression: (B,) float32 predictions, or None while the model has no parameters."""
+        if self._w is None:
+            return None
+        with torch.no_grad():
+            return self._to_target(self._forward_frozen(X)).cpu().numpy()
 
     def _proba(self, X) -> np.ndarray | None:
         """(B, len(classes_)) probabilities, or None while unfitted."""
         self._require_classifier("predict_proba")
         if self._w is None or not self.classes_:
             return None
-        M, _ = self._to_matrix(X, fix=False)
-        Xt = self._tensor(M)
-        if self._scaler is not None:
-            Xt = self._scaler.transform(Xt)
-        with torch.no_grad():
-            logits = self._net.forward(self._w, Xt)[:, : len(self.classes_)]
-            return torch.softmax(logits, dim=-1).cpu().numpy()
+        logits = self._forward_frozen(X)[:, : len(self.classes_)]
+        return torch.softmax(logits, dim=-1).cpu().numpy()
 
     def _batch_len(self, X) -> int:
         return len(self._to_matrix(X, fix=False)[0])
