@@ -630,6 +630,8 @@ class NodeService(Service):
 
     def _on_down(self, rec) -> None:
         node, link = self.config.node, self._link
+        if self._stop.is_set():
+            return  # stopping (e.g. its id went to another node): a later join answer must not undo why
         try:
             msg = decode_sync(rec.value, expected_d=self.core.d)
         except DecodeError as exc:
