@@ -83,6 +83,32 @@ class DriftEvent:
         return cls(int(d["position"]), int(d["node"]), str(d["kind"]), dict(d.get("params", {})))
 
 
+def reblock(parts):
+    """``(X, y)`` parts of any size as blocks of exactly ``BLOCK`` rows (the last one shorter); a full block
+    that comes while nothing waits passes as it is.
+
+    >>> import numpy as np
+    >>> parts = [(np.zeros((300, 1)), np.zeros(300)), (np.zeros((0, 1)), np.zeros(0)), (np.zeros((400, 1)), np.zeros(400))]
+    >>> [len(y) for _, y in reblock(parts)]
+    [512, 188]
+    """
+    bufX, bufy, have = [], [], 0
+    for X, y in parts:
+        if have == 0 and len(y) == BLOCK:
+            yield X, y
+            continue
+        if len(y):
+            bufX.append(X)
+            bufy.append(y)
+            have += len(y)
+        while have >= BLOCK:
+            Xa, ya = np.concatenate(bufX), np.concatenate(bufy)
+            yield Xa[:BLOCK], ya[:BLOCK]
+            bufX, bufy, have = [Xa[BLOCK:]], [ya[BLOCK:]], have - BLOCK
+    if have:
+        yield np.concatenate(bufX), np.concatenate(bufy)
+
+
 def check_count(n, what: str = "n") -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ConfigError(f"{what} must be a non-negative integer, got {n!r}")

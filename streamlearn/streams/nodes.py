@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from streamlearn.errors import ConfigError
-from streamlearn.streams.base import BLOCK, Stream
+from streamlearn.streams.base import Stream, reblock
 from streamlearn.streams.drift_spec import parse_drift
 from streamlearn.streams.injectors import inject
 from streamlearn.streams.registry import CONCEPT_SEED_PARAMS, make_source
@@ -254,19 +254,10 @@ class WithMissing(Stream):
 
         mv = MissingValues(len(self.feature_names), self.policy)
         self._last = mv
-        bufX, bufy, have = [], [], 0
-        for X, y in self.inner._blocks(None if self.policy == "skip" else n):
-            Xk, keep = mv.apply(X)
-            yk = y if keep.all() else y[keep]
-            if have == 0 and len(yk) == BLOCK:
-                yield Xk, yk
-                continue
-            bufX.append(Xk)
-            bufy.append(yk)
-            have += len(yk)
-            while have >= BLOCK:
-                Xa, ya = np.concatenate(bufX), np.concatenate(bufy)
-                yield Xa[:BLOCK], ya[:BLOCK]
-                bufX, bufy, have = [Xa[BLOCK:]], [ya[BLOCK:]], have - BLOCK
-        if have:
-            yield np.concatenate(bufX), np.concatenate(bufy)
+
+        def kept():
+            for X, y in self.inner._blocks(None if self.policy == "skip" else n):
+                Xk, keep = mv.apply(X)
+                yield Xk, (y if keep.all() else y[keep])
+
+        yield from reblock(kept())

@@ -18,7 +18,7 @@ import numpy as np
 
 from streamlearn.errors import BadRecordError, ConfigError, StreamlearnError
 from streamlearn.records import is_int_key, node_of_key
-from streamlearn.streams.base import BLOCK, Stream
+from streamlearn.streams.base import BLOCK, Stream, reblock
 
 __all__ = ["Split", "SplitNode"]
 
@@ -298,24 +298,19 @@ class Split:
 
     def _filtered_blocks(self, node: int):
         """Node ``node``'s samples in exact BLOCK-row blocks, from a private pass over an endless source."""
-        bufX, bufy, have, start, since = [], [], 0, 0, 0
-        for X, y in self.source._blocks(None):
-            mine = self.assign(X, start) == node
-            start += len(y)
-            since = 0 if mine.any() else since + len(y)
-            if since > MAX_GAP:
-                raise StreamlearnError(f"node {node} got no sample in {since} samples of {self.source!r}: "
-                                       "the split starves it (check the key and mapping)")
-            if mine.any():
-                bufX.append(self._select(X[mine]))
-                bufy.append(y[mine])
-                have += int(mine.sum())
-            while have >= BLOCK:
-                Xa, ya = np.concatenate(bufX), np.concatenate(bufy)
-                yield Xa[:BLOCK], ya[:BLOCK]
-                bufX, bufy, have = [Xa[BLOCK:]], [ya[BLOCK:]], have - BLOCK
-        if have:
-            yield np.concatenate(bufX), np.concatenate(bufy)
+        def mine_only():
+            start = since = 0
+            for X, y in self.source._blocks(None):
+                mine = self.assign(X, start) == node
+                start += len(y)
+                since = 0 if mine.any() else since + len(y)
+                if since > MAX_GAP:
+                    raise StreamlearnError(f"node {node} got no sample in {since} samples of {self.source!r}: "
+                                           "the split starves it (check the key and mapping)")
+                if mine.any():
+                    yield self._select(X[mine]), y[mine]
+
+        yield from reblock(mine_only())
 
 
 class SplitNode(Stream):
