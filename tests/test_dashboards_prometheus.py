@@ -15,6 +15,7 @@ fail, never skip, without them. About 30 s for the module (READY_TIMEOUT bounds 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -196,10 +197,16 @@ def test_dashboard_query_returns_data(stack, q: Query):
                     f"metrics with no series: {missing or 'none'}")
 
 
+def _aligned_start(stack) -> float:
+    """A range start whole seconds before ``t_eval``, so the range's last step is ``t_eval`` itself: a drift
+    first scraped in the last second before it is in the range as it is in an instant query at ``t_eval``."""
+    return stack.t_eval - math.ceil(stack.t_eval - stack.t_start)
+
+
 @pytest.mark.parametrize("q", ANNOTATIONS, ids=[q.id for q in ANNOTATIONS])
 def test_drift_annotation_fires(stack, q: Query):
     """An annotation query marks a moment when it is non-zero: each must have fired during the run."""
-    series = stack.prom.query_range(substitute(q.expr, stack.variables), stack.t_start, stack.t_eval)
+    series = stack.prom.query_range(substitute(q.expr, stack.variables), _aligned_start(stack), stack.t_eval)
     fired = [labels for labels, values in series if any(v > 0 for v in values)]
     assert fired, f"{q.id}: {q.expr!r} never non-zero over the run ({len(series)} series)"
 
@@ -211,7 +218,7 @@ def test_every_injected_drift_is_annotated(stack):
     assert q is not None, f"no annotation over {counter}"
     injected = {(lb["node"], lb["kind"]) for lb, v in stack.prom.query(f"{counter} > 0", at=stack.t_eval)}
     assert injected, "no drift injected during the run"
-    series = stack.prom.query_range(substitute(q.expr, stack.variables), stack.t_start, stack.t_eval)
+    series = stack.prom.query_range(substitute(q.expr, stack.variables), _aligned_start(stack), stack.t_eval)
     marked = {(lb["node"], lb["kind"]) for lb, values in series if any(v > 0 for v in values)}
     assert injected <= marked, f"drifts without annotation: {sorted(injected - marked)}"
 

@@ -2,8 +2,8 @@
 
 Against the real Tansu broker of conftest.py: four guarded nodes under ``periodic:b=2,split=3`` on a
 near-separable stream; the labels of nodes 2 and 3 are flipped from the start (a concept of their own).
-The sync service moves the nodes that keep declining out of the whole; they end up averaged among
-themselves, the others together, and the status and metrics say which node is in which group.
+The sync service moves the nodes that keep declining out of the whole; they end up averaged apart from
+the nodes of the other concept, and the status and metrics say which node is in which group.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ def test_nodes_with_their_own_concept_are_averaged_apart(broker, settings, prefi
     print(f"\ngroups {groups}, changes {sync['group_changes_by_kind']}, declines "
           f"{ {n: nodes[n]['declines'] for n in range(4)} }, accuracy "
           f"{ {n: round(nodes[n]['accuracy'], 3) for n in range(4)} }, full syncs {sync['full_syncs']}")
-    # the flipped nodes are averaged together, apart from the others, and each side keeps its concept. (The
-    # others are mostly one group too, but not always: two logistic regressions on one separable concept can
-    # differ in weight norm by more than a merge allows, when they learned apart for a while.)
-    assert groups[2] == groups[3] not in (groups[0], groups[1]), groups
+    # No flipped node is averaged with a node of the other concept, and each keeps its concept. Which side keeps
+    # group 0 and whether each side is one group depends on the order the syncs come in (the load decides): a
+    # merge needs MIN_AGE * split full syncs of a group's own, and two logistic regressions on one separable
+    # concept can differ in weight norm by more than a merge allows when they learned apart for a while.
+    assert not {groups[n] for n in FLIPPED} & {groups[n] for n in range(4) if n not in FLIPPED}, groups
     assert sync["n_groups"] == len(set(groups.values())) >= 2 and sync["group_changes_by_kind"]["split"] >= 1
     assert all(nodes[n]["accuracy"] > 0.9 for n in range(4)), nodes
     # the status feeds the metrics: one series per alive node, the number of groups, changes by kind
