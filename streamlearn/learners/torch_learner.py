@@ -16,6 +16,7 @@ from streamlearn.learners.base import (
     resolve_device,
 )
 from streamlearn.learners.class_labels import ClassLabelsMixin
+from streamlearn.learners.fast import MAX_PARAMS as FAST_MAX_PARAMS, NumpyPath
 from streamlearn.learners.losses import get_loss, is_regression_loss
 from streamlearn.learners.nets import ARCHITECTURES, build_net
 from streamlearn.learners.preprocessing import OnlineScaler
@@ -188,6 +189,7 @@ class TorchLearner(FeatureMixin, ClassLabelsMixin, base.MiniBatchClassifier):
         self._w: torch.Tensor | None = None
         self._opt: torch.optim.Optimizer | None = None
         self._closed_form = self._plain_sgd = False
+        self._fast: NumpyPath | None = None
         self.n_samples_seen_ = 0
         self.n_steps_ = 0
         self.t_reset_ = 0  # step of the last restart of the step-size schedule (lr_decay)
@@ -239,6 +241,13 @@ class TorchLearner(FeatureMixin, ClassLabelsMixin, base.MiniBatchClassifier):
             self._linear = (views["linear.weight"], views["linear.bias"])
             self._eye = torch.eye(self._n_out, device=self.device_)  # row i: one-hot label i
         self._plain_sgd = self.optimizer == "sgd"
+        self._fast = NumpyPath(self) if self._numpy_path_fits() else None
+
+    def _numpy_path_fits(self) -> bool:
+        """Small CPU models with plain SGD and cross-entropy learn in numpy (:mod:`streamlearn.learners.fast`):
+        the same arithmetic without torch's per-call overhead, which is most of the cost at small batches."""
+        return (self.device_.type == "cpu" and self.arch in ("logreg", "mlp") and self.optimizer == "sgd"
+                and not self.momentum and self.loss == "cross_entropy" and self._net.d <= FAST_MAX_PARAMS)
 
     def _require_built(self) -> None:
         if self._w is None:
@@ -487,6 +496,13 @@ class TorchLearner(FeatureMixin, ClassLabelsMixin, base.MiniBatchClassifier):
         requested, want_proba = want_proba, want_proba and known > 0
         if not len(M):
             return np.zeros((0, known), dtype=np.float32) if requested else None
+        if self._fast is not None:
+            P = self._fast.learn(M, yi, want_proba, known, **self._step_settings())
+            self.n_samples_seen_ += len(M)
+            self.n_steps_ += 1
+            if not requested:
+                return None
+            return P if want_proba else np.zeros((len(M), 0), dtype=np.float32)
         Xt = self._tensor(M)
         P = None
         if self._scaler is not None:
@@ -519,12 +535,18 @@ class TorchLearner(FeatureMixin, ClassLabelsMixin, base.MiniBatchClassifier):
     def _softmax(self, logits: torch.Tensor, known: int) -> torch.Tensor:
         return torch.softmax(logits[:, :known], dim=-1)
 
+    def _step_settings(self) -> dict:
+        """``lr`` and ``weight_decay`` of this step, as the optimizer holds them (a caller may have set its lr)."""
+        group = self._opt.param_groups[0]
+        if self.lr_decay is not None:  # the schedule's step size for this step (t = n_steps_ before it)
+            group["lr"] = decayed_lr(self.lr, self.n_steps_, self.t_reset_, self.lr_decay)
+        return {"lr": group["lr"], "weight_decay": group["weight_decay"]}
+
     def _apply_step(self, grad: torch.Tensor) -> None:
         """``self._opt.step()`` with ``grad``; plain SGD is done here, the same arithmetic as
         torch.optim.SGD without its per-call overhead (hooks, profiler records: ~15 us)."""
         group = self._opt.param_groups[0]
-        if self.lr_decay is not None:  # the schedule's step size for this step (t = n_steps_ before it)
-            group["lr"] = decayed_lr(self.lr, self.n_steps_, self.t_reset_, self.lr_decay)
+        self._step_settings()
         if self._plain_sgd and group["momentum"] == 0 and not group.get("maximize", False):
             w = self._w.detach()
             if group["weight_decay"]:
@@ -561,6 +583,8 @@ class TorchLearner(FeatureMixin, ClassLabelsMixin, base.MiniBatchClassifier):
         self._require_classifier("predict_proba")
         if self._w is None or not self.classes_:
             return None
+        if self._fast is not None:
+            return self._fast.proba(self._to_matrix(X, fix=False)[0], len(self.classes_))
         logits = self._forward_frozen(X)[:, : len(self.classes_)]
         return torch.softmax(logits, dim=-1).cpu().numpy()
 
