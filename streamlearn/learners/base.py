@@ -52,7 +52,7 @@ def feature_order(keys) -> list:
 
 def _check_finite(M: np.ndarray, names: Sequence) -> None:
     # One NaN would poison a model, and through averaging every node's model.
-    if not np.isfinite(M).all():
+    if not np.isfinite(M.sum()) and not np.isfinite(M).all():  # one reduction when all is well
         row, col = np.argwhere(~np.isfinite(M))[0]
         raise BadRecordError("feature value is not a finite number", row=int(row), column=str(names[col]), value=float(M[row, col]))
 
@@ -136,10 +136,18 @@ class FeatureMixin:
     def _to_matrix(self, X, fix: bool) -> tuple[np.ndarray, list]:
         """(float32 matrix (B, f), names); fixes the feature order from X when ``fix``."""
         names = self.feature_names_
-        if isinstance(X, Mapping):
-            rows, M = [X], None
-        elif isinstance(X, (np.ndarray, torch.Tensor)):
+        if type(X) is np.ndarray and X.dtype == np.float32 and X.ndim == 2:  # the hot path: no conversion
+            if names is not None and X.shape[1] != len(names):
+                raise ConfigError(f"features: expected {len(names)} columns, got {X.shape[1]}")
+            names = list(range(X.shape[1])) if names is None else names
+            _check_finite(X, names)
+            if fix and self.feature_names_ is None and len(X):
+                self._fix_features(names)
+            return X, names
+        if isinstance(X, (np.ndarray, torch.Tensor)):
             rows, M = None, X
+        elif isinstance(X, Mapping):
+            rows, M = [X], None
         elif isinstance(X, (list, tuple)):
             if X and isinstance(X[0], Mapping):
                 rows, M = X, None

@@ -146,7 +146,9 @@ class RiverLinear(FeatureMixin, base.MiniBatchClassifier):
             raise ConfigError(f"learn_many: {len(M)} samples but {len(yb)} labels")
         if not len(M):
             return
-        if self._glm and hasattr(self.model, "_eval_gradient_many"):
+        if len(M) == 1:  # river's own per-sample step: the batch machinery costs more than the step here
+            self.model.learn_one(dict(zip(names, M[0].tolist())), bool(yb[0]))
+        elif self._glm and hasattr(self.model, "_eval_gradient_many"):
             # What river's GLM.learn_many does once it has a numpy matrix (it wants a dataframe).
             # w=1 as river's default: Perceptron's hinge gradient is an int array, a float w fails.
             m = self.model
@@ -166,6 +168,8 @@ class RiverLinear(FeatureMixin, base.MiniBatchClassifier):
         M, names = self._to_matrix(X, fix=False)
         if self.feature_names_ is None:  # nothing learnt: all weights are zero
             raw = np.full(len(M), float(self.model.intercept))
+        elif len(M) == 1 and self._glm:  # a dot over the weight dict, as river predicts one sample
+            return np.array([self.model.predict_proba_one(dict(zip(names, M[0].tolist())))[True]])
         else:
             raw = M.astype(np.float64) @ self._weights() + self.model.intercept
         if self._glm:
@@ -175,7 +179,9 @@ class RiverLinear(FeatureMixin, base.MiniBatchClassifier):
     def predict_proba_many(self, X) -> np.ndarray:
         """(B, 2) probabilities, columns in ``classes_`` order."""
         p = self._p_true(X)
-        return np.stack([1.0 - p, p], axis=1)
+        P = np.empty((len(p), 2))
+        P[:, 0], P[:, 1] = 1.0 - p, p
+        return P
 
     def predict_many(self, X) -> np.ndarray:
         return self._classes_arr[(self._p_true(X) > 0.5).astype(np.int64)]
