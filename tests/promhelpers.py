@@ -25,7 +25,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 PROMETHEUS_FILE = ROOT / "prometheus" / "prometheus.yml"
 DASHBOARDS = ROOT / "grafana" / "dashboards"
 # Compose settings the test fixes (and must not inherit from the caller's environment).
-COMPOSE_SETTINGS = ("NODES", "SOURCE", "RATE", "PROTOCOL", "LEARNER", "TORCH_INDEX_URL")
+COMPOSE_SETTINGS = ("NODES", "SOURCE", "RATE", "PROTOCOL", "LEARNER", "TORCH_INDEX_URL", "KAFKA_HOST_PORT")
 
 
 def tool(name: str, package: str) -> str:
@@ -94,9 +94,10 @@ def derived_prometheus_config(checked_in: dict, targets: dict[str, list[str]], i
     ``targets`` maps a compose service to the ``host:port`` addresses of its local processes. Jobs,
     metric paths, schemes and relabelling rules are kept as they are; each job's service discovery
     (``static_configs``, ``dns_sd_configs``) becomes ``static_configs`` of the processes of the
-    services it named.
+    services it named. ``rule_files`` are made absolute (they are relative to the checked-in file).
     """
     cfg = json.loads(json.dumps(checked_in))  # a deep copy
+    cfg["rule_files"] = [str(PROMETHEUS_FILE.parent / f) for f in cfg.get("rule_files", [])]
     cfg["global"] = {**cfg.get("global", {}), "scrape_interval": interval, "scrape_timeout": interval,
                      "evaluation_interval": interval}
     for job in cfg["scrape_configs"]:

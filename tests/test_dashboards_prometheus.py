@@ -6,8 +6,12 @@ address, the metrics ports (free loopback ports), the node ids (when ``--id auto
 available) and the drift positions (moved early, so drifts happen within seconds) differ. A real
 Prometheus scrapes them with the checked-in ``prometheus/prometheus.yml``, only its targets
 rewritten and its interval shortened to 1 s. Then every PromQL expression of every dashboard
-(panel targets and annotations) must return data through the HTTP API, the drift annotations
-must fire, and every ``/metrics`` endpoint must pass ``promtool check metrics``.
+(panel targets and annotations) must return data through the HTTP API, with the template variables
+at one live value and at "All", the drift annotations must fire, every ``/metrics`` endpoint must pass
+``promtool check metrics``, every alert rule of prometheus/alerts.yml must evaluate without error and
+none fire, and each service's compose healthcheck must pass. The nodes' ``--checkpoint-dir`` and the
+sync service's ``--state-dir`` (compose volumes) become folders of the test, one per service as one
+volume per service in compose.
 
 Needs ``prometheus``/``promtool`` (Debian package prometheus) and ``docker-compose``: the tests
 fail, never skip, without them. About 30 s for the module (READY_TIMEOUT bounds it).
@@ -15,6 +19,7 @@ fail, never skip, without them. About 30 s for the module (READY_TIMEOUT bounds 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -27,10 +32,24 @@ from pathlib import Path
 
 import pytest
 import yaml
+from promhelpers import (
+    PROMETHEUS_FILE,
+    Procs,
+    PromAPI,
+    Query,
+    compose_services,
+    dashboard_queries,
+    dashboard_variables,
+    derived_prometheus_config,
+    drifts_moved_early,
+    finite,
+    option,
+    scraped_services,
+    substitute,
+    tool,
+    with_option,
+)
 
-from promhelpers import (PROMETHEUS_FILE, PromAPI, Procs, Query, compose_services, dashboard_queries,
-                         dashboard_variables, derived_prometheus_config, drifts_moved_early, finite, option,
-                         scraped_services, substitute, tool, with_option)
 from streamlearn.errors import ConfigError
 from streamlearn.kafka.broker import EmbeddedBroker, free_port
 
@@ -40,6 +59,10 @@ READY_TIMEOUT = 150.0  # seconds at most for the whole stack to be scraped, sync
 APP_COMMANDS = ("produce", "node", "sync")  # the streamlearn services of the compose file
 QUERIES = dashboard_queries()
 ANNOTATIONS = [q for q in QUERIES if q.where.startswith("annotation")]
+# Every template variable at "All" (its allValue), as Grafana opens the dashboards.
+ALL = {"pipeline": ".*", "node": ".*", "datasource": ""}
+# Series that exist only with an option the compose services do not use (--sync-key-file).
+OPTIONAL_METRICS = ("streamlearn_sync_unauthenticated_total", "streamlearn_node_sync_unauthenticated_total")
 
 
 def auto_ids() -> bool:
@@ -59,6 +82,7 @@ class Stack:
     procs: Procs
     endpoints: dict  # process name -> metrics URL
     jobs: set  # job names of the checked-in config
+    healthchecks: dict  # process name -> argv of its compose healthcheck, aimed at its metrics port
     t_start: float
     t_eval: float  # every query is evaluated at this instant
     variables: dict  # Grafana variable values
@@ -77,14 +101,25 @@ def _default_jobs(checked_in: dict, services: dict) -> dict:
     return {**checked_in, "scrape_configs": jobs}
 
 
-def _argv(service: dict, port: int, node_id: int | None) -> list[str]:
+def _argv(service: dict, port: int, node_id: int | None, folder: Path) -> list[str]:
     args = [str(a) for a in service["command"]]
     args = with_option(with_option(args, "--metrics-port", str(port)), "--metrics-host", "127.0.0.1")
+    for flag in ("--checkpoint-dir", "--state-dir"):  # the compose volumes: folders of this test
+        if flag in args:
+            args = with_option(args, flag, str(folder / flag.strip("-")))
     if args[0] == "node" and option(args, "--id") == "auto" and node_id is not None:
         args = with_option(args, "--id", str(node_id))
     if args[0] == "produce":
         args = drifts_moved_early(args, FIRST_DRIFT)
     return [str(Path(sys.executable).with_name("streamlearn"))] + args
+
+
+def _healthcheck(service: dict, port: int) -> list[str]:
+    """The service's compose healthcheck as a local command, aimed at ``port`` instead of the compose one."""
+    test = service["healthcheck"]["test"]
+    assert test[0] == "CMD" and test[1] == "python", test
+    compose_port = option([str(a) for a in service["command"]], "--metrics-port")
+    return [sys.executable] + [a.replace(f":{compose_port}/", f":{port}/") for a in test[2:]]
 
 
 def _env(service: dict, bootstrap: str) -> dict:
@@ -108,7 +143,8 @@ def _wait_ready(prom: PromAPI, procs: Procs, n_targets: int) -> None:
     # Every annotation has fired since the start: a counter seen > 0 is not enough, as a detection made before
     # Prometheus's first scrape of a node never shows as a change.
     for q in ANNOTATIONS:
-        checks[f"{q.id} fired"] = (f"max(max_over_time(({q.expr})[{int(READY_TIMEOUT) + 30}s:1s]))", lambda v: v > 0)
+        expr = substitute(q.expr, ALL)
+        checks[f"{q.id} fired"] = (f"max(max_over_time(({expr})[{int(READY_TIMEOUT) + 30}s:1s]))", lambda v: v > 0)
     deadline = time.monotonic() + READY_TIMEOUT
     pending = dict(checks)
     while pending and time.monotonic() < deadline:
@@ -137,16 +173,17 @@ def stack(tmp_path_factory):
         try:
             # Ports first, so Prometheus scrapes from the start and sees every drift counter at 0 before its
             # first increase (changes() in the annotations needs that).
-            plan, targets, endpoints = [], {}, {}
+            plan, targets, endpoints, healthchecks = [], {}, {}, {}
             for name, service in services.items():
                 replicas = int((service.get("deploy") or {}).get("replicas", 1))
                 for r in range(replicas):
                     port = free_port()
                     pname = name if replicas == 1 else f"{name}-{r + 1}"
                     node_id = next(ids) if ids is not None and service["command"][0] == "node" else None
-                    plan.append((pname, _argv(service, port, node_id), _env(service, broker.bootstrap)))
+                    plan.append((pname, _argv(service, port, node_id, folder / name), _env(service, broker.bootstrap)))
                     targets.setdefault(name, []).append(f"127.0.0.1:{port}")
                     endpoints[pname] = f"http://127.0.0.1:{port}/metrics"
+                    healthchecks[pname] = _healthcheck(service, port)
             assert len(targets.get("node", [])) == NODES, targets
 
             cfg_path = folder / "prometheus.yml"
@@ -171,7 +208,7 @@ def stack(tmp_path_factory):
                 if live:
                     variables[name] = live[0]
             yield Stack(prom, procs, endpoints, {j["job_name"] for j in checked_in["scrape_configs"]},
-                        t_start, time.time(), variables)
+                        healthchecks, t_start, time.time(), variables)
         finally:
             procs.stop_all()
 
@@ -186,15 +223,76 @@ def _metric_names(expr: str) -> list[str]:
     return sorted(set(re.findall(r"\b(streamlearn_\w+|process_\w+|python_\w+|up)\b(?!\s*\()", expr)))
 
 
-@pytest.mark.parametrize("q", QUERIES, ids=[q.id for q in QUERIES])
-def test_dashboard_query_returns_data(stack, q: Query):
-    expr = substitute(q.expr, stack.variables)
+def _check_query(stack, q: Query, values: dict) -> None:
+    expr = substitute(q.expr, values)
     got = stack.prom.query(expr, at=stack.t_eval)
+    if not finite(got) and any(m in expr for m in OPTIONAL_METRICS):
+        assert not got, (q.id, got)  # absent without --sync-key-file, but valid
+        return
     if not finite(got):
         missing = [m for m in _metric_names(expr)
                    if not stack.prom.query(f"count({{__name__=\"{m}\"}})", at=stack.t_eval)]
         pytest.fail(f"{q.id}: {expr!r} returned {'only NaN' if got else 'nothing'}; "
                     f"metrics with no series: {missing or 'none'}")
+
+
+@pytest.mark.parametrize("q", QUERIES, ids=[q.id for q in QUERIES])
+def test_dashboard_query_returns_data(stack, q: Query):
+    """With one pipeline and one node chosen (the first live values of the variables)."""
+    _check_query(stack, q, stack.variables)
+
+
+@pytest.mark.parametrize("q", QUERIES, ids=[q.id for q in QUERIES])
+def test_dashboard_query_returns_data_for_all_pipelines_and_nodes(stack, q: Query):
+    """With every variable at "All", as the dashboards open."""
+    _check_query(stack, q, ALL)
+
+
+def test_every_target_carries_its_pipeline_and_the_variables_find_it(stack):
+    up = stack.prom.query("up", at=stack.t_eval)
+    assert up and {labels.get("pipeline") for labels, _ in up} == {"streamlearn"}, up
+    assert stack.variables["pipeline"] == "streamlearn"
+    nodes = {lb["node"] for lb, _ in stack.prom.query('streamlearn_node_samples_total{pipeline=~"streamlearn"}')}
+    assert len(nodes) == NODES and stack.variables["node"] in nodes, (nodes, stack.variables)
+
+
+def test_template_variable_queries_list_the_live_pipelines_and_nodes(stack):
+    """Each query variable's ``label_values(selector, label)``, as Grafana asks Prometheus for it."""
+    boards = sorted((PROMETHEUS_FILE.parents[1] / "grafana" / "dashboards").glob("*.json"))
+    assert boards
+    for path in boards:
+        for v in json.loads(path.read_text(encoding="utf-8"))["templating"]["list"]:
+            if v["type"] != "query":
+                continue
+            m = re.fullmatch(r"label_values\((.+), (\w+)\)", v["query"])
+            assert m and m.group(2) == v["name"], v["query"]
+            values = stack.prom.get(f"/api/v1/label/{m.group(2)}/values", **{"match[]": substitute(m.group(1), ALL)})
+            expected = {"pipeline": ["streamlearn"], "node": [str(i) for i in range(NODES)]}[v["name"]]
+            assert sorted(values) == expected, (path.name, v["name"], values)
+
+
+def test_alert_rules_load_evaluate_and_stay_quiet_on_a_healthy_pipeline(stack):
+    rules_file = PROMETHEUS_FILE.parent / "alerts.yml"
+    wanted = {r["alert"] for g in yaml.safe_load(rules_file.read_text())["groups"] for r in g["rules"]}
+    deadline = time.monotonic() + 30
+    while True:  # every rule evaluated at least once (evaluation_interval 1 s here)
+        rules = [r for g in stack.prom.get("/api/v1/rules")["groups"] for r in g["rules"]]
+        if {r["name"] for r in rules} == wanted and all(r.get("lastEvaluation", "").startswith("2") and
+                                                         not r["lastEvaluation"].startswith("0001") for r in rules):
+            break
+        assert time.monotonic() < deadline, [(r["name"], r.get("lastEvaluation")) for r in rules]
+        time.sleep(0.5)
+    bad = [(r["name"], r.get("health"), r.get("lastError")) for r in rules if r.get("health") != "ok"]
+    assert not bad, bad
+    firing = [(a["labels"]["alertname"], a["labels"]) for a in stack.prom.get("/api/v1/alerts")["alerts"]
+              if a["state"] == "firing"]
+    assert not firing, firing
+
+
+def test_compose_healthchecks_pass_against_the_running_services(stack):
+    for name, argv in stack.healthchecks.items():
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, (name, argv, r.stderr)
 
 
 def _aligned_start(stack) -> float:
@@ -218,7 +316,7 @@ def test_every_injected_drift_is_annotated(stack):
     assert q is not None, f"no annotation over {counter}"
     injected = {(lb["node"], lb["kind"]) for lb, v in stack.prom.query(f"{counter} > 0", at=stack.t_eval)}
     assert injected, "no drift injected during the run"
-    series = stack.prom.query_range(substitute(q.expr, stack.variables), _aligned_start(stack), stack.t_eval)
+    series = stack.prom.query_range(substitute(q.expr, ALL), _aligned_start(stack), stack.t_eval)  # every node
     marked = {(lb["node"], lb["kind"]) for lb, values in series if any(v > 0 for v in values)}
     assert injected <= marked, f"drifts without annotation: {sorted(injected - marked)}"
 
