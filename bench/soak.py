@@ -4,14 +4,20 @@ Runs a Tansu broker, ``streamlearn sync`` (with ``--state-dir``), ``--nodes`` no
 (with ``--checkpoint-dir``) and ``streamlearn produce`` (SEA, binary batches, drifts spread
 over the run), all as real processes. On a schedule it injects faults (``kill -9`` a node and
 restart it, ``kill -9`` the sync service and restart it on its state, stop a node cleanly and
-restart it) and writes a few undecodable records into the node topics. Then it stops the
-producer, waits until every node has learned its topic to the end, stops everything cleanly
-and checks the books, per node:
+restart it, ``kill -9`` the broker (memory storage: it loses every topic) and restart it on the
+same port; ``--no-broker-kill`` leaves the broker alone; a poisoning attempt: a node's own model
+flipped and stretched to ``-9e5 w/|w|``, sent as node 0 with 500 copies, ``--no-poison`` leaves it
+out, its effect on the rolling accuracies written beside it) and writes a few undecodable records
+into the node topics. Then it stops the producer, waits until every node has learned up to the
+last sample produced, stops everything cleanly and checks the books, per node:
 
-- samples produced (counted in the topic) == samples learned (the node's count, which a
-  restored checkpoint carries on: exactly once with respect to the model);
-- bad records written == records dead-lettered (distinct source offsets on the dead-letter
-  topic; a record dead-lettered again after a crash counts once);
+- samples produced (the producer's own count) == samples learned (the node's count, which a
+  restored checkpoint carries on: exactly once with respect to the model) + samples counted as
+  lost (``seq_lost``: the sequence numbers the node never got, what a broker restart took);
+  without a broker kill nothing may be lost;
+- bad records written (since the last broker restart: those before it went with the broker) ==
+  records dead-lettered (distinct source offsets on the dead-letter topic; a record dead-lettered
+  again after a crash counts once);
 - samples learned a second time after a crash (``relearned``) are reported apart.
 
 It also samples the resident memory (RSS) of every process every 5 s and reports each one's
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -143,6 +150,54 @@ def deadlettered(settings, bootstrap: str) -> dict:
     return {t: {"distinct": len(distinct[t]), "records": total[t]} for t in distinct}
 
 
+def poison(settings, bootstrap: str, flood: int = 500) -> dict:
+    """The poisoning attack of the hardening issue, from outside: read the newest model a node reported on
+    ``sync.up``, send it back as node 0 flipped and stretched to ``-9e5 w/|w|`` (valid CRC, under the default
+    ``--max-norm``), then ``flood`` more copies at once. Returns what was sent."""
+    import numpy as np
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    from streamlearn.kafka.codecs import DecodeError
+    from streamlearn.kafka.topics import sync_up_topic
+    from streamlearn.kafka.wire import SyncMessage, decode_sync, encode_sync
+
+    c = KafkaConsumer(**settings.consumer_kwargs(bootstrap, fetch_max_wait_ms=100))
+    tp = TopicPartition(sync_up_topic(PREFIX), 0)
+    c.assign([tp])
+    end = c.end_offsets([tp])[tp]
+    c.seek(tp, max(0, end - 500))
+    w = None
+    while c.position(tp) < end:
+        for recs in c.poll(timeout_ms=500).values():
+            for rec in recs:
+                try:
+                    msg = decode_sync(rec.value)
+                except DecodeError:
+                    continue
+                if msg.model is not None and msg.kind in ("report", "model"):
+                    w = np.asarray(msg.model, dtype=np.float32)
+    c.close()
+    if w is None:
+        return {"sent": 0, "why": "no model on sync.up to copy"}
+    bad = (-9e5 * w / np.linalg.norm(w)).astype(np.float32)
+    record = encode_sync(SyncMessage("report", node=0, step=10**9, n_samples=10, loss=0.1, model=bad))
+    p = KafkaProducer(**settings.producer_kwargs(bootstrap))
+    for _ in range(1 + flood):
+        p.send(sync_up_topic(PREFIX), record, partition=0)
+    p.flush()
+    p.close()
+    return {"sent": 1 + flood, "norm": float(np.linalg.norm(bad)), "bytes": len(record)}
+
+
+def producer_counts(log_path: str) -> tuple[dict, str | None]:
+    """Samples the producer sent per node, from its final summary, and its delivery line (None: no outage)."""
+    with open(log_path, "rb") as fh:
+        text = fh.read().decode("utf-8", "replace")
+    sent = {int(k): int(n) for k, n in re.findall(r"node (\d+): (\d+) samples in \d+ records", text)}
+    failed = re.findall(r"delivery: [^\n]*", text)
+    return sent, (failed[-1] if failed else None)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=10.0, help="how long the stream runs")
@@ -152,6 +207,8 @@ def main(argv=None) -> int:
                     help="seconds between two faults (default: 8 faults over the run)")
     ap.add_argument("--checkpoint-every", type=int, default=2000, help="samples between two node checkpoints")
     ap.add_argument("--protocol", default="dynamic:delta=0.5,b=1")
+    ap.add_argument("--no-broker-kill", action="store_true", help="leave the broker out of the faults")
+    ap.add_argument("--no-poison", action="store_true", help="leave the poisoning attempt out of the faults")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "soak.json"))
     ap.add_argument("--workdir", help="keep logs, checkpoints and state here (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -189,8 +246,9 @@ def main(argv=None) -> int:
         reader.poll(0.5)
         if time.monotonic() > deadline:
             raise SystemExit(f"the nodes did not join within 120 s; logs in {work}")
+    # with progress: its final summary (per node samples, and what was not delivered) is in its log
     producer = Service("producer", ["produce", "--source", "sea", "--nodes", m, "--rate", args.rate, "--format",
-                                    "binary", "--batch", 50, "--schedule", "staggered:3000", "--no-progress",
+                                    "binary", "--batch", 50, "--schedule", "staggered:3000",
                                     *[a for d in drifts for a in ("--drift", d)]], env, work)
     t0 = time.time()
     services = [sync, *nodes, producer]
@@ -198,7 +256,8 @@ def main(argv=None) -> int:
     # faults: kill -9 a node, kill -9 the sync service, SIGTERM a node; each restarted after a pause
     # (node 0 is never touched: its memory line runs through the whole soak)
     victims = list(range(1, m)) or [0]
-    kinds = ["kill-node", "kill-sync", "term-node"]
+    kinds = (["kill-node", "kill-sync", "term-node"] + ([] if args.no_broker_kill else ["kill-broker"])
+             + ([] if args.no_poison else ["poison"]))
     n_faults = 8
     every = args.fault_every or seconds / (n_faults + 1)
     plan = [(every * (k + 1), kinds[k % len(kinds)], victims[k % len(victims)])
@@ -220,6 +279,10 @@ def main(argv=None) -> int:
         s.sample_rss(t0)
     while (now := time.time() - t0) < seconds:
         reader.poll(0.5)
+        for f in faults:  # the nodes' rolling accuracy 30 s after a poisoning attempt
+            if f["kind"] == "poison" and "rolling_accuracy_30s_after" not in f and now >= f["t"] + 30:
+                f["rolling_accuracy_30s_after"] = {i: reader.nodes.get(i, {}).get("rolling_accuracy")
+                                                   for i in range(m)}
         if now >= next_bad:  # a few records nobody can decode, into one node's topic (in turn)
             node = int(next_bad // 30) % m
             for i in range(3):
@@ -227,6 +290,27 @@ def main(argv=None) -> int:
             garbage.flush()
             bad_written[node] += 3
             next_bad += 30.0
+        if plan and now >= plan[0][0] and plan[0][1] == "kill-broker":
+            plan.pop(0)
+            broker.kill()  # memory storage: every topic, offset and dead letter so far is gone
+            print(f"  t={now:5.0f}s  kill-broker (nodes at {[reader.nodes.get(i, {}).get('samples') for i in range(m)]})",
+                  flush=True)
+            time.sleep(3.0)
+            broker.start()  # same port, empty
+            ensure_topics(bootstrap, PREFIX, m, settings=settings)
+            bad_written.clear()  # the bad records written so far went with the broker
+            reader.close()
+            reader = StatusReader(bootstrap, PREFIX, settings=settings)  # the status topic is new too
+            faults.append({"t": round(now, 1), "kind": "kill-broker", "service": "broker"})
+            continue
+        if plan and now >= plan[0][0] and plan[0][1] == "poison":
+            plan.pop(0)
+            before = {i: reader.nodes.get(i, {}).get("rolling_accuracy") for i in range(m)}
+            sent_attack = poison(settings, bootstrap)
+            print(f"  t={now:5.0f}s  poison: {sent_attack} (rolling accuracy before {before})", flush=True)
+            faults.append({"t": round(now, 1), "kind": "poison", "service": "sync.up", **sent_attack,
+                           "rolling_accuracy_before": before})
+            continue
         if plan and now >= plan[0][0]:
             _, kind, victim = plan.pop(0)
             target = sync if kind == "kill-sync" else nodes[victim]
@@ -237,15 +321,17 @@ def main(argv=None) -> int:
             time.sleep(3.0)
             target.start()
             faults.append({"t": round(now, 1), "kind": kind, "service": target.name})
-    producer.stop()
+    producer_code = producer.stop()
     garbage.close()
-    print("producer stopped; waiting for the nodes to learn their topics to the end", flush=True)
+    sent, not_delivered = producer_counts(os.path.join(work, "producer.0.log"))
+    print(f"producer stopped (exit {producer_code}, sent {sent}, {not_delivered or 'all delivered'}); waiting for "
+          "the nodes to learn up to the last sample", flush=True)
 
     produced = {i: count_topic(settings, bootstrap, samples_topic(PREFIX, i)) for i in range(m)}
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         reader.poll(0.5)
-        if all(reader.nodes.get(i, {}).get("samples") == produced[i]["samples"]
+        if all(i in sent and reader.nodes.get(i, {}).get("last_seq") == sent[i] - 1
                and reader.nodes[i].get("deadletters") is not None and not reader.nodes[i].get("buffered")
                for i in range(m)):
             break
@@ -266,17 +352,23 @@ def main(argv=None) -> int:
     for i in range(m):
         st = final_nodes[i]
         d = dead.get(samples_topic(PREFIX, i), {"distinct": 0, "records": 0})
-        ok = st.get("samples") == produced[i]["samples"] and d["distinct"] == produced[i]["bad_records"] \
-            == bad_written[i] and st.get("seq_gaps", 0) == 0
+        lost = st.get("seq_lost") or 0
+        broker_kills = sum(f["kind"] == "kill-broker" for f in faults)
+        # produced = learned + counted-lost (+ dead-lettered: the bad records, checked apart); a loss only
+        # where the broker lost data, one gap per broker kill at most
+        ok = sent.get(i) == (st.get("samples") or 0) + lost and d["distinct"] == produced[i]["bad_records"] \
+            == bad_written[i] and (st.get("seq_gaps") or 0) <= broker_kills and (broker_kills or lost == 0)
         balanced &= ok
-        per_node[i] = {"produced_samples": produced[i]["samples"], "learned_samples": st.get("samples"),
+        per_node[i] = {"produced_samples": sent.get(i), "in_topic_samples": produced[i]["samples"],
+                       "learned_samples": st.get("samples"), "lost_samples": lost,
+                       "topic_resets": st.get("topic_resets"),
                        "relearned_samples": st.get("relearned"), "bad_records_written": bad_written[i],
                        "bad_records_in_topic": produced[i]["bad_records"], "deadlettered_distinct": d["distinct"],
                        "deadletter_records": d["records"], "seq_gaps": st.get("seq_gaps"),
                        "accuracy": st.get("accuracy"), "rolling_accuracy": st.get("rolling_accuracy"),
                        "syncs": st.get("syncs"), "drifts_detected": st.get("n_drifts"),
                        "resumed_from": st.get("resumed_from"), "balanced": ok}
-        rows.append([f"node {i}", produced[i]["samples"], st.get("samples"), st.get("relearned"), bad_written[i],
+        rows.append([f"node {i}", sent.get(i), st.get("samples"), lost, st.get("relearned"), bad_written[i],
                      d["distinct"], f"{st.get('accuracy') or float('nan'):.3f}", "yes" if ok else "NO"])
     memory = {}
     for s in services:
@@ -291,23 +383,27 @@ def main(argv=None) -> int:
     result = {
         "minutes": args.minutes, "nodes": m, "rate_per_node": args.rate, "protocol": args.protocol,
         "drifts": drifts, "faults": faults, "exit_codes": codes, "balanced": balanced, "per_node": per_node,
-        "totals": {"produced": sum(p["samples"] for p in produced.values()),
+        "producer": {"exit_code": producer_code, "not_delivered": not_delivered},
+        "totals": {"produced": sum(sent.values()),
                    "learned": sum((final_nodes[i].get("samples") or 0) for i in range(m)),
+                   "lost": sum((final_nodes[i].get("seq_lost") or 0) for i in range(m)),
                    "relearned": sum((final_nodes[i].get("relearned") or 0) for i in range(m)),
                    "bad_records_written": sum(bad_written.values()),
                    "deadlettered_distinct": sum(v["distinct"] for v in dead.values())},
         "sync": {k: final_sync.get(k) for k in ("full_syncs", "partial_syncs", "violations", "models_up",
                                                 "models_down", "timeouts", "rejected_models", "joins", "leaves",
-                                                "state_saves", "resumed_from")},
+                                                "state_saves", "resumed_from", "clipped_models", "rate_limited",
+                                                "unauthenticated")},
         "memory": memory, "workdir": work,
     }
-    widths = [10, 10, 10, 10, 10, 12, 9, 9]
-    head = ["", "produced", "learned", "relearned", "bad sent", "deadletter", "accuracy", "balanced"]
+    widths = [10, 10, 10, 10, 10, 10, 12, 9, 9]
+    head = ["", "produced", "learned", "lost", "relearned", "bad sent", "deadletter", "accuracy", "balanced"]
     print("  ".join(h.rjust(w) for h, w in zip(head, widths)))
     for r in rows:
         print("  ".join(str(c).rjust(w) for c, w in zip(r, widths)))
     t = result["totals"]
-    print(f"total: produced {t['produced']}, learned {t['learned']} (+{t['relearned']} relearned after crashes), "
+    print(f"total: produced {t['produced']} = learned {t['learned']} + lost {t['lost']} (counted by the nodes); "
+          f"{t['relearned']} relearned after crashes, "
           f"bad records {t['bad_records_written']} -> dead-lettered {t['deadlettered_distinct']}")
     print(f"sync: {result['sync']}")
     print("memory (RSS MB, first -> last sample of each process):")

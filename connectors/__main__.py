@@ -1,10 +1,10 @@
-"""``python -m connectors KIND ...``: the same as ``streamlearn connect KIND ...``."""
+"""``python -m streamlearn.connectors KIND ...``: the same as ``streamlearn connect KIND ...``."""
 
 import sys
 
-from connectors.cli import KINDS, main
+from streamlearn.connectors.cli import KINDS, main
 
 if len(sys.argv) < 2 or sys.argv[1] not in KINDS:
-    print(f"usage: python -m connectors {{{','.join(KINDS)}}} ...", file=sys.stderr)
+    print(f"usage: python -m streamlearn.connectors {{{','.join(KINDS)}}} ...", file=sys.stderr)
     sys.exit(2)
 sys.exit(main(sys.argv[1], sys.argv[2:]))

@@ -3,7 +3,7 @@
 ``streamlearn/cli.py`` calls :func:`add_connect_parser` on its subparsers (its one lazy hook,
 ``_register_connect``; this module never imports :mod:`streamlearn.cli`); every
 kind sets ``func`` = :func:`cmd_connect`. :func:`main` runs one kind alone
-(``python -m connectors csv data.csv --schema s.toml``).
+(``python -m streamlearn.connectors csv data.csv --schema s.toml``).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import signal
 import sys
 import threading
 
-from connectors.routing import NodeRouter, parse_node_map
-from connectors.schema import load_schema
+from streamlearn.connectors.routing import NodeRouter, parse_node_map
+from streamlearn.connectors.schema import load_schema
 from streamlearn.errors import ConfigError, StreamlearnError
+from streamlearn.logs import add_log_args, setup_logging
 from streamlearn.metrics_cli import add_metrics_args, start_metrics  # the same --metrics-* flags as node, sync, produce
 
 __all__ = ["KINDS", "add_connect_parser", "cmd_connect", "main", "router_from_args"]
@@ -33,6 +34,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
     return value
 
 
@@ -55,7 +66,8 @@ def _common(p: argparse.ArgumentParser, schema_required: bool = True) -> None:
                    help="unlabelled readings with a key whose node is remembered for their late label")
     g = p.add_argument_group("kafka")
     g.add_argument("--bootstrap", metavar="HOST:PORT",
-                   help="Kafka brokers (default KAFKA_BOOTSTRAP_SERVERS, else the embedded broker)")
+                   help="Kafka brokers (default KAFKA_BOOTSTRAP_SERVERS, else 127.0.0.1:9092, waited for: "
+                        "start it with `streamlearn broker`)")
     g.add_argument("--prefix", help="topic prefix (default KAFKA_TOPIC_PREFIX, else streamlearn)")
     g = p.add_argument_group("run")
     g.add_argument("--max-seconds", type=float, help="stop after this many seconds")
@@ -118,6 +130,11 @@ def add_connect_parser(subparsers) -> argparse.ArgumentParser:
     k.add_argument("--token", help=f"bearer token requests must carry (default: {TOKEN_ENV}; none: no auth). "
                                    f"Prefer the variable: a flag shows in the process list")
     k.add_argument("--max-body", type=_positive_int, default=16 << 20, help="largest request body, bytes")
+    k.add_argument("--read-timeout", type=_seconds, default=10.0, metavar="SECONDS",
+                   help="longest wait for a client on a read or write: idle keep-alive connections are closed, "
+                        "a body that stops arriving is answered 408")
+    k.add_argument("--max-connections", type=_positive_int, default=64, metavar="N",
+                   help="connections served at once (worker threads); more wait in the listen queue")
     _common(k)
 
     k = kinds.add_parser("river", help="a river dataset or generator by name (Phishing, Bananas, synth.SEA, ...)")
@@ -178,19 +195,19 @@ def cmd_connect(args) -> int:
         restore = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if args.kind == "csv":
-            from connectors.csv_replay import parse_delimiter, run_csv
+            from streamlearn.connectors.csv_replay import parse_delimiter, run_csv
 
             stats = run_csv(args.path, schema, router, delimiter=parse_delimiter(args.delimiter), rate=args.rate,
                             speedup=args.speedup, max_gap=args.max_gap, limit=args.limit, stop_event=stop,
                             max_seconds=args.max_seconds, max_pending=args.max_pending, **kafka)
         elif args.kind == "jsonl":
-            from connectors.jsonl import run_jsonl
+            from streamlearn.connectors.jsonl import run_jsonl
 
             stats = run_jsonl(args.path, schema, router, rate=args.rate, speedup=args.speedup,
                               max_gap=args.max_gap, limit=args.limit, stop_event=stop,
                               max_seconds=args.max_seconds, max_pending=args.max_pending, **kafka)
         elif args.kind == "mqtt":
-            from connectors.mqtt import parse_topic_map, run_mqtt
+            from streamlearn.connectors.mqtt import parse_topic_map, run_mqtt
 
             stats = run_mqtt(schema, router, host=args.host, port=args.port, topics=args.topic,
                              topic_map=parse_topic_map(args.topic_map), qos=args.qos, client_id=args.client_id,
@@ -198,13 +215,14 @@ def cmd_connect(args) -> int:
                              max_seconds=args.max_seconds, max_messages=args.max_messages,
                              max_pending=args.max_pending, **kafka)
         elif args.kind == "http":
-            from connectors.http_ingest import run_http
+            from streamlearn.connectors.http_ingest import run_http
 
             token = args.token if args.token is not None else (os.environ.get(TOKEN_ENV) or None)
             stats = run_http(schema, router, host=args.host, port=args.port, token=token, max_body=args.max_body,
+                             read_timeout=args.read_timeout, max_connections=args.max_connections,
                              stop_event=stop, max_seconds=args.max_seconds, max_pending=args.max_pending, **kafka)
         elif args.kind == "river":
-            from connectors.river_source import run_river
+            from streamlearn.connectors.river_source import run_river
 
             stats = run_river(args.dataset, router, params=_params(args.param), schema=schema, limit=args.limit,
                               rate=args.rate, stop_event=stop, max_seconds=args.max_seconds, **kafka)
@@ -229,8 +247,10 @@ def main(kind: str, argv: list | None = None) -> int:
     """
     parser = argparse.ArgumentParser(prog="streamlearn")
     add_connect_parser(parser.add_subparsers(dest="command", required=True))
+    add_log_args(parser)
     args = parser.parse_args(["connect", kind, *(argv or [])])
     try:
+        setup_logging(args.log_level, args.log_format)  # this entry's edge, as streamlearn.cli.main's
         return args.func(args)
     except StreamlearnError as exc:
         print(f"streamlearn connect {kind}: error: {exc}", file=sys.stderr)

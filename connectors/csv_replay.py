@@ -15,13 +15,13 @@ from __future__ import annotations
 import csv
 import threading
 
-from connectors.errors import RecordError
-from connectors.ingest import Ingestor
-from connectors.lines import close_input, open_binary, read_lines, replay
-from connectors.pacing import Pacer
-from connectors.publish import ConnectStats, Publisher
-from connectors.routing import NodeRouter
-from connectors.schema import StreamSchema
+from streamlearn.connectors.errors import RecordError
+from streamlearn.connectors.ingest import Ingestor
+from streamlearn.connectors.lines import close_input, open_binary, read_lines, replay
+from streamlearn.connectors.pacing import Pacer
+from streamlearn.connectors.publish import ConnectStats, Publisher
+from streamlearn.connectors.routing import NodeRouter
+from streamlearn.connectors.schema import StreamSchema
 from streamlearn.errors import ConfigError
 # shared with streamlearn's CSV source, so both read a file the same way
 from streamlearn.records import parse_delimiter, sniff_delimiter
@@ -40,7 +40,7 @@ class CsvFormat:
     >>> fmt.parse_row(b"1;2")
     Traceback (most recent call last):
     ...
-    connectors.errors.RecordError: expected 3 cells, got 2 (field '<row>', value '1;2')
+    streamlearn.connectors.errors.RecordError: expected 3 cells, got 2 (field '<row>', value '1;2')
     """
 
     def __init__(self, header: bytes, schema: StreamSchema, delimiter: str | None = None):
@@ -95,11 +95,11 @@ def run_csv(path, schema: StreamSchema, router: NodeRouter, *, delimiter: str | 
     delimiter
         One character; None: guessed from the header.
     rate, speedup, max_gap
-        Pacing (:class:`~connectors.pacing.Pacer`); ``speedup`` needs the schema's ``time``.
+        Pacing (:class:`~streamlearn.connectors.pacing.Pacer`); ``speedup`` needs the schema's ``time``.
     limit
         Stop after this many data lines.
     bootstrap, prefix, settings, progress, metrics
-        Kafka and output (:class:`~connectors.publish.Publisher`); ``metrics`` a
+        Kafka and output (:class:`~streamlearn.connectors.publish.Publisher`); ``metrics`` a
         :class:`~streamlearn.metrics.ConnectorMetrics` or None.
     stop_event, max_seconds
         Stop early (the counts so far are returned).

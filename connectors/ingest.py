@@ -2,8 +2,8 @@
 
 :func:`parse_payload` turns bytes into JSON records (an object, or an array of
 objects), :class:`Ingestor` checks each against the schema, picks its node,
-and hands it to the :class:`~connectors.publish.Publisher`; any
-:class:`~connectors.errors.RecordError` sends the record to the dead-letter
+and hands it to the :class:`~streamlearn.connectors.publish.Publisher`; any
+:class:`~streamlearn.connectors.errors.RecordError` sends the record to the dead-letter
 topic and is counted, and ingestion goes on with the next record.
 
 Delayed labels: an unlabelled reading with a key is remembered (key -> node,
@@ -19,11 +19,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.errors import RecordError
+from streamlearn.connectors.errors import RecordError
 from streamlearn.kafka.labels import LabelRecord, PendingByKey
-from connectors.pacing import Pacer
-from connectors.routing import NodeRouter
-from connectors.schema import StreamSchema
+from streamlearn.connectors.pacing import Pacer
+from streamlearn.connectors.routing import NodeRouter
+from streamlearn.connectors.schema import StreamSchema
 from streamlearn.kafka.codecs import DecodeError, _load_json
 
 __all__ = ["Ingestor", "Outcome", "parse_payload", "DEFAULT_MAX_BATCH_BYTES"]
@@ -45,7 +45,7 @@ def parse_payload(raw, *, max_bytes: int, batch: bool = True) -> list:
     >>> parse_payload(b'{"a": NaN}', max_bytes=100)
     Traceback (most recent call last):
     ...
-    connectors.errors.RecordError: non-finite number literal is not allowed (field '<json>', value 'NaN')
+    streamlearn.connectors.errors.RecordError: non-finite number literal is not allowed (field '<json>', value 'NaN')
     """
     try:
         obj = _load_json(raw, "payload", max_bytes)
@@ -89,14 +89,14 @@ class Ingestor:
     Parameters
     ----------
     schema
-        The stream's :class:`~connectors.schema.StreamSchema`.
+        The stream's :class:`~streamlearn.connectors.schema.StreamSchema`.
     router
-        The :class:`~connectors.routing.NodeRouter`.
+        The :class:`~streamlearn.connectors.routing.NodeRouter`.
     publisher
-        A :class:`~connectors.publish.Publisher` (or anything with ``reading``,
+        A :class:`~streamlearn.connectors.publish.Publisher` (or anything with ``reading``,
         ``label``, ``deadletter`` and ``stats``).
     pacer
-        Optional :class:`~connectors.pacing.Pacer`: each checked record waits until due.
+        Optional :class:`~streamlearn.connectors.pacing.Pacer`: each checked record waits until due.
     max_pending
         Unlabelled keyed readings whose node is remembered for their label.
     max_batch_bytes

@@ -1,7 +1,7 @@
 """``streamlearn connect jsonl``: JSON lines from a file or stdin into node topics.
 
 One JSON object per line: a reading (flat, or features under ``x``) or a
-label record (key and label, no features); see :mod:`connectors.schema`.
+label record (key and label, no features); see :mod:`streamlearn.connectors.schema`.
 Blank lines are skipped. A bad line (invalid JSON or UTF-8, NaN, a wrong or
 missing field, an unknown label, a line over the schema's ``max_bytes``) goes
 to the dead-letter topic with its line number, and the next line is read.
@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import threading
 
-from connectors.errors import RecordError
-from connectors.ingest import Ingestor
-from connectors.lines import close_input, open_binary, read_lines, replay
-from connectors.pacing import Pacer
-from connectors.publish import ConnectStats, Publisher
-from connectors.routing import NodeRouter
-from connectors.schema import StreamSchema
+from streamlearn.connectors.errors import RecordError
+from streamlearn.connectors.ingest import Ingestor
+from streamlearn.connectors.lines import close_input, open_binary, read_lines, replay
+from streamlearn.connectors.pacing import Pacer
+from streamlearn.connectors.publish import ConnectStats, Publisher
+from streamlearn.connectors.routing import NodeRouter
+from streamlearn.connectors.schema import StreamSchema
 from streamlearn.errors import ConfigError
 
 __all__ = ["run_jsonl"]
@@ -31,7 +31,7 @@ def run_jsonl(path, schema: StreamSchema, router: NodeRouter, *, rate: float | N
               max_pending: int = 100_000, metrics=None) -> ConnectStats:
     """Publish the JSON lines of ``path`` (``-``: stdin; ``.gz``: decompressed); return the counts.
 
-    Parameters are those of :func:`connectors.csv_replay.run_csv` (no delimiter).
+    Parameters are those of :func:`streamlearn.connectors.csv_replay.run_csv` (no delimiter).
     """
     if speedup is not None and schema.time is None:
         raise ConfigError("speedup replays the time field: declare time = \"FIELD\" in the schema")

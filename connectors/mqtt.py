@@ -32,10 +32,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-from connectors.ingest import Ingestor
-from connectors.publish import ConnectError, ConnectStats, Publisher
-from connectors.routing import MAX_NODE, NodeRouter
-from connectors.schema import StreamSchema
+from streamlearn.connectors.ingest import Ingestor
+from streamlearn.connectors.publish import ConnectError, ConnectStats, Publisher
+from streamlearn.connectors.routing import MAX_NODE, NodeRouter
+from streamlearn.connectors.schema import StreamSchema
 from streamlearn.errors import ConfigError
 
 __all__ = ["TopicSpec", "parse_topic", "parse_topic_map", "MqttConnector", "run_mqtt"]
@@ -141,7 +141,7 @@ class MqttConnector:
     client_id, username, tls, cafile
         Connection; the password is read from ``MQTT_PASSWORD``.
     bootstrap, prefix, settings, progress, max_pending, metrics
-        As for :func:`connectors.csv_replay.run_csv`.
+        As for :func:`streamlearn.connectors.csv_replay.run_csv`.
     """
 
     def __init__(self, schema: StreamSchema, router: NodeRouter, *, host: str = "127.0.0.1", port: int = 1883,
@@ -219,7 +219,9 @@ class MqttConnector:
     def run(self, stop_event: threading.Event | None = None, max_seconds: float | None = None,
             max_messages: int | None = None) -> ConnectStats:
         """Subscribe and publish until ``stop_event``, ``max_seconds``, ``max_messages`` or Ctrl-C."""
-        import paho.mqtt.client as mqtt
+        from streamlearn.extras import require
+
+        mqtt = require("paho.mqtt.client", "mqtt", "the MQTT connector")  # optional: the "mqtt" extra
 
         stop_event = stop_event or threading.Event()
         publisher = Publisher("mqtt", nodes=self._nodes, **self.kafka)

@@ -10,7 +10,7 @@ where it came from (``csv:PATH``, ``mqtt:TOPIC``, ``http:/ingest``, ...),
 ``sl-source-partition`` -1 (not a Kafka partition), ``sl-source-offset`` its
 line or message number; plus ``sl-connector``, the connector's kind.
 With a :class:`~streamlearn.metrics.ConnectorMetrics`, every count also goes to
-Prometheus (dead letters by reason class, :func:`connectors.errors.reason_class`).
+Prometheus (dead letters by reason class, :func:`streamlearn.connectors.errors.reason_class`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from connectors.errors import RecordError, reason_class
+from streamlearn.connectors.errors import RecordError, reason_class
 from streamlearn.kafka.labels import LabelRecord, encode_label_json
-from connectors.schema import Reading
+from streamlearn.connectors.schema import Reading
 from streamlearn.errors import StreamlearnError
 from streamlearn.kafka.codecs import MAX_SAMPLE_JSON_BYTES, _dump_json, deadletter_headers
 from streamlearn.kafka.config import KafkaSettings, validate_topic_prefix
@@ -120,7 +120,7 @@ class Publisher:
     kind
         The connector's name (``csv``, ``mqtt``...), for headers and the summary.
     bootstrap
-        ``host:port``; None: ``settings.bootstrap_servers``, else the embedded broker (started if needed).
+        ``host:port``; None: ``settings.bootstrap_servers``, else 127.0.0.1:9092 (waited for, never started).
     prefix
         Topic prefix; None: ``settings.topic_prefix``.
     settings
@@ -144,12 +144,7 @@ class Publisher:
         if bootstrap is None:
             from streamlearn.kafka.broker import ensure_broker
 
-            handle = ensure_broker()
-            bootstrap = handle.bootstrap
-            if handle.owned:
-                print(f"connect {kind}: started the embedded Kafka broker on {bootstrap}; it stops (with its "
-                      "data) when this connector exits: start the nodes or the sync service first",
-                      file=sys.stderr, flush=True)
+            bootstrap = ensure_broker().bootstrap  # never started here: `streamlearn broker` runs it
         self.bootstrap = bootstrap
         self.prefix = validate_topic_prefix(prefix or self.settings.topic_prefix, "prefix")
         self.progress = float(progress)
@@ -218,7 +213,7 @@ class Publisher:
     def deadletter(self, raw: bytes, error, *, source: str, offset: int):
         """Send a bad record, unchanged (cut to 1 MiB), to the dead-letter topic with its reason; count it.
 
-        ``error``: the :class:`~connectors.errors.RecordError` (or a reason text); its text is the reason.
+        ``error``: the :class:`~streamlearn.connectors.errors.RecordError` (or a reason text); its text is the reason.
         """
         raw = bytes(raw)
         reason = str(error)
@@ -303,12 +298,14 @@ class Publisher:
         if self._closed:
             return self.stats
         self._closed = True
+        from streamlearn.kafka.broker import close_producer
+
         try:
-            self._producer.flush(timeout=30)
-        except Exception as exc:  # kafka.errors.KafkaTimeoutError
-            log.warning("flush incomplete: %s", exc)
+            lost = close_producer(self._producer, 30)  # never raises: a broker gone costs a count, not a trace
+            if lost:
+                log.warning("connect %s: the broker %s did not answer at shutdown: %d records not delivered",
+                            self.stats.kind, self.bootstrap, lost)
         finally:
-            self._producer.close(timeout=10)
             self._admin.close()
         self.stats.elapsed = time.monotonic() - self._t0
         self.stats.reason = reason

@@ -18,11 +18,11 @@ import logging
 import threading
 import time
 
-from connectors.ingest import Ingestor
-from connectors.pacing import Pacer
-from connectors.publish import ConnectStats, Publisher
-from connectors.routing import NodeRouter
-from connectors.schema import StreamSchema
+from streamlearn.connectors.ingest import Ingestor
+from streamlearn.connectors.pacing import Pacer
+from streamlearn.connectors.publish import ConnectStats, Publisher
+from streamlearn.connectors.routing import NodeRouter
+from streamlearn.connectors.schema import StreamSchema
 from streamlearn.errors import ConfigError
 
 __all__ = ["load_river_dataset", "infer_river_schema", "run_river"]
@@ -94,7 +94,7 @@ def run_river(name: str, router: NodeRouter, *, params: dict | None = None, sche
 
     ``schema`` None: inferred (:func:`infer_river_schema`, label field ``y``),
     and printed on stderr; a given schema's label field receives river's ``y``.
-    Other parameters as for :func:`connectors.csv_replay.run_csv`.
+    Other parameters as for :func:`streamlearn.connectors.csv_replay.run_csv`.
     """
     dataset = load_river_dataset(name, params)
     stop_event = stop_event or threading.Event()

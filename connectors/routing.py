@@ -14,7 +14,7 @@ import re
 import threading
 from typing import Mapping
 
-from connectors.errors import RecordError
+from streamlearn.connectors.errors import RecordError
 from streamlearn.errors import ConfigError
 from streamlearn.records import node_of_key
 
@@ -94,7 +94,7 @@ class NodeRouter:
     >>> NodeRouter(mapping={"kitchen": 0}).by_value("garage")
     Traceback (most recent call last):
     ...
-    connectors.errors.RecordError: value not in the node map (field '<node>', value 'garage')
+    streamlearn.connectors.errors.RecordError: value not in the node map (field '<node>', value 'garage')
     """
 
     def __init__(self, *, node: int | None = None, round_robin: int | None = None, field: str | None = None,

@@ -19,7 +19,7 @@ The file (TOML shown; JSON has the same structure)::
 
 A record is a reading (every feature, the label, which may be null: the
 label comes later) or a label record (the key and the label, no feature).
-Everything else is a :class:`~connectors.errors.RecordError` naming the field:
+Everything else is a :class:`~streamlearn.connectors.errors.RecordError` naming the field:
 a missing or unknown field, a wrong type, NaN or infinity, a label outside
 ``classes``. Readings come as flat objects (``{"day": 2, "period": 0.5,
 "label": "UP"}``) or with the features under ``x`` (``{"x": {...}, "label":
@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Union
 
-from connectors.errors import RecordError
+from streamlearn.connectors.errors import RecordError
 from streamlearn.kafka.labels import LabelRecord
 from streamlearn.errors import ConfigError
 from streamlearn.kafka.codecs import MAX_FEATURES, MAX_NAME_CHARS, MAX_SAMPLE_JSON_BYTES
@@ -126,7 +126,7 @@ class StreamSchema:
     >>> s.check({"temp": float("nan"), "door": False, "alarm": True})
     Traceback (most recent call last):
     ...
-    connectors.errors.RecordError: must be a finite number (field 'temp', value nan)
+    streamlearn.connectors.errors.RecordError: must be a finite number (field 'temp', value nan)
     """
 
     features: Any
@@ -542,7 +542,7 @@ def load_schema(path) -> StreamSchema:
 
     Examples
     --------
-    >>> from connectors.schema import SCHEMA_DIR
+    >>> from streamlearn.connectors.schema import SCHEMA_DIR
     >>> load_schema(SCHEMA_DIR / "elec2.toml").layout()
     (['day', 'period', 'nswdemand', 'vicprice', 'vicdemand', 'transfer'], ['DOWN', 'UP'])
     """

@@ -10,6 +10,7 @@ import os
 import sys
 
 from streamlearn.errors import StreamlearnError
+from streamlearn.logs import add_log_args, export_log_env, setup_logging
 from streamlearn.metrics_cli import add_metrics_args, start_metrics
 
 __all__ = ["main"]
@@ -215,6 +216,11 @@ def _learner(args, torch_only: bool = False, stream=None):
             params["hidden"] = tuple(int(h) for h in args.hidden.split(","))
         except ValueError:
             raise StreamlearnError(f"--hidden: comma-separated integers, got {args.hidden!r}") from None
+    if family != "torch" and "seed" not in params and hasattr(args, "seed"):
+        from streamlearn.learners.custom import is_custom
+
+        if not is_custom(args.learner):  # river models that draw random numbers (ARF) take --seed: repeatable runs
+            params["seed"] = args.seed
     return make_learner(args.learner, **params)
 
 
@@ -301,7 +307,8 @@ def cmd_evaluate(args) -> int:
     learner = _learner(args, stream=stream)
     res = evaluate(stream, learner, n=args.n, batch_size=args.batch_size, window=args.window,
                    detector=None if args.detector == "none" else args.detector, one_sided=not args.two_sided,
-                   progress=not args.no_progress, max_delay=args.max_delay, on_bad_record=args.on_bad_record)
+                   progress=not args.no_progress, max_delay=args.max_delay, on_bad_record=args.on_bad_record,
+                   loss_guard=not args.no_loss_guard)
     res.n_bad += getattr(source, "skipped", 0)  # records the csv source left out are skipped bad records too
     s = res.score
     if res.task == "regression":  # scores in the label's units; the detector watched the absolute error
@@ -324,6 +331,12 @@ def cmd_evaluate(args) -> int:
                  ["mean detection delay", _fmt(s.mean_delay, 1)]]
     if res.detections or res.n_ignored:
         rows += [["firings ignored (the error did not rise)", res.n_ignored]]
+    if res.settings.get("loss_guard"):  # an averageable classifier: the loss guard watched it
+        last = res.divergences[-1] if res.divergences else None
+        rows += [["loss explosions (guard: model restored)", len(res.divergences)]]
+        if last is not None:
+            rows += [["learning rate after the guard", _fmt(last["lr"], 4) if last["lr"] is not None else "-"],
+                     ["learning stopped (guard)", f"at sample {last['position']}" if res.learning_stopped else "no"]]
     if base is not source:
         from streamlearn.sim.run import missing_counts
 
@@ -390,16 +403,12 @@ def cmd_simulate(args) -> int:
 
 
 def _setup_logging(verbose: bool = False) -> None:
-    import logging
-
+    """Process set-up of a node or sync service. Logging itself is set up once, in :func:`main` (--verbose
+    is --log-level DEBUG there)."""
     import torch
 
     # Small models, one process per node: more threads only fight over the cores.
     torch.set_num_threads(1)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # kafka-python logs ERROR lines whenever a broker goes away; the services retry and say so themselves.
-    logging.getLogger("kafka").setLevel(logging.CRITICAL if not verbose else logging.WARNING)
 
 
 def _options(args, names) -> dict:
@@ -431,7 +440,8 @@ def cmd_node(args) -> int:
         "id", "source", "features", "classes", "learner", "lr", "lr_decay", "hidden", "optimizer", "scale", "protocol",
         "batch_size",
         "seed", "window", "detector", "sync_timeout", "id_timeout", "max_pending", "label_ttl", "checkpoint_dir",
-        "checkpoint_every", "guard", "guard_margin", "bootstrap", "prefix", "predictions", "missing", "loss")))
+        "checkpoint_every", "guard", "guard_margin", "bootstrap", "prefix", "predictions", "missing", "loss",
+        "sync_key_file")))
     # With --id auto the id is known only once the sync service assigned it: metrics are made then.
     final = _run_service(args, NodeService, cfg, lambda reg: functools.partial(NodeMetrics, reg))
     print(f"node {final.get('node', cfg.node)}: learned {final.get('samples', 0)} samples, accuracy {_fmt(final.get('accuracy'))}, "
@@ -446,7 +456,8 @@ def cmd_sync(args) -> int:
     _setup_logging(args.verbose)
     cfg = sync_config_from_options(_options(args, (
         "protocol", "delta", "b", "C", "tau", "strength", "max_nodes", "timeout", "seed", "device", "max_norm",
-        "state_dir", "id_lease", "id_grace", "bootstrap", "prefix", "max_params")))
+        "state_dir", "id_lease", "id_grace", "bootstrap", "prefix", "max_params", "clip", "max_reports_per_second",
+        "report_burst", "sync_key_file")))
     final = _run_service(args, SyncService, cfg, SyncMetrics)
     print(f"sync: {final.get('full_syncs', 0)} full and {final.get('partial_syncs', 0)} partial syncs, "
           f"{final.get('models', 0)} models transferred")
@@ -513,13 +524,13 @@ def cmd_demo(args) -> int:
 
 
 def _register_connect(sub) -> None:
-    """Add ``streamlearn connect`` (:func:`connectors.cli.add_connect_parser`) to the subcommands.
+    """Add ``streamlearn connect`` (:func:`streamlearn.connectors.cli.add_connect_parser`) to the subcommands.
 
-    The one place :mod:`streamlearn` imports :mod:`connectors` (tests/test_imports.py checks it):
+    The one place :mod:`streamlearn` imports :mod:`streamlearn.connectors` (tests/test_imports.py checks it):
     the connectors sit above streamlearn and import it, so the import is lazy, made only when the
     parser is built.
     """
-    from connectors.cli import add_connect_parser
+    from streamlearn.connectors.cli import add_connect_parser
 
     add_connect_parser(sub)
 
@@ -571,6 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-delay", type=int, default=2000, help="largest delay at which a detection counts for a drift")
     p.add_argument("--two-sided", action="store_true",
                    help="report every firing of the detector, also where the error fell (default: only rises)")
+    p.add_argument("--no-loss-guard", action="store_true",
+                   help="no loss guard (default: an averageable learner whose loss explodes gets its last good model "
+                        "back and half its learning rate, and stops learning after 4 such events; each is reported)")
     p.add_argument("--plot", help="PNG of rolling accuracy with injected and detected drifts")
     p.add_argument("--json", help="write the figures as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -658,6 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-predictions", dest="predictions", action="store_false",
                    help="do not publish predictions to <prefix>.predictions (default: publish; see `streamlearn tail`)")
     _add_guard_args(p)
+    _add_sync_key_arg(p)
     p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     _add_kafka_args(p)
@@ -678,11 +693,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the protocol's random choices")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--max-norm", type=float, default=1e6, help="refuse models whose L2 norm is above this")
+    # strings: checked (with their "none") by SyncConfig, which names the option and the value
+    p.add_argument("--clip", metavar="FACTOR", default=4.0,
+                   help="robust aggregation: clip a model whose move from the reference ||w - r|| is longer than "
+                        "FACTOR times the median over nodes of each node's longest recent move (centered clipping); "
+                        "none: off")
+    p.add_argument("--max-reports-per-second", metavar="RATE", default=100.0,
+                   help="records one node id may send per second on sync.up; the excess, and a node's records for "
+                        "1 s after a move of it 10 times beyond the clip bound, are dropped and counted "
+                        "(rate_limited); none: no limit")
+    p.add_argument("--report-burst", metavar="N", default=100,
+                   help="records one node id may send at once above --max-reports-per-second")
     p.add_argument("--max-params", type=int, default=10_000_000,
                    help="the largest model (entries) a node may join with; the first join sizes the model bank "
                         "(--max-nodes rows of that size), so a larger one is rejected, not allocated")
     p.add_argument("--state-dir", help="keep the reference and protocol state here and resume from it on restart "
                                          "(default: none, a restart starts from the first join)")
+    _add_sync_key_arg(p)
     p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     _add_kafka_args(p)
@@ -745,15 +772,27 @@ def build_parser() -> argparse.ArgumentParser:
     from streamlearn.kafka.tail import add_tail_parser  # `streamlearn tail predictions`
 
     add_tail_parser(sub)
+    from streamlearn.kafka.broker import add_broker_parser  # `streamlearn broker`
+
+    add_broker_parser(sub)
+    add_log_args(parser)  # before or after the subcommand, on every one of them
     return parser
 
 
 def _add_kafka_args(p) -> None:
     """--bootstrap and --prefix: which Kafka cluster and which pipeline's topics (flags win over the environment)."""
     p.add_argument("--bootstrap", metavar="HOST:PORT",
-                   help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS, else the embedded broker on "
-                        "127.0.0.1, started if no process runs it)")
+                   help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS, else 127.0.0.1:9092, waited "
+                        "for: start it with `streamlearn broker`)")
     p.add_argument("--prefix", help="topic prefix of the pipeline (default: KAFKA_TOPIC_PREFIX, else streamlearn)")
+
+
+def _add_sync_key_arg(p) -> None:
+    """--sync-key-file PATH: the shared secret that signs and verifies sync records (streamlearn.kafka.signing)."""
+    p.add_argument("--sync-key-file", metavar="PATH",
+                   help="file holding the shared secret (>= 16 bytes, surrounding whitespace stripped) that signs "
+                        "and verifies every sync record with HMAC-SHA256; give nodes and the sync service the same "
+                        "(default: the STREAMLEARN_SYNC_KEY environment variable, else unsigned, with a warning)")
 
 
 def _add_guard_args(p) -> None:
@@ -770,6 +809,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        # once, at the edge, for every command; --verbose (node, sync) is the older spelling of DEBUG
+        level = "DEBUG" if getattr(args, "verbose", False) else args.log_level
+        setup_logging(level, args.log_format)
+        export_log_env(level, args.log_format)  # the demo's nodes, sync and producer log the same way
         return args.func(args)
     except StreamlearnError as e:
         print(f"streamlearn {args.command}: error: {e}", file=sys.stderr)

@@ -23,7 +23,8 @@ Metric families (``{...}``: labels)
   ``rolling_loss``, ``loss``, ``divergence`` (``||w - r||^2``), ``delta``,
   ``consumer_lag_records``; histograms ``learn_seconds``, ``sync_wait_seconds``; all ``{node}``.
 - sync: ``syncs_total{kind}`` (full, partial, pull), ``models_total{direction}`` (up, down),
-  ``rejected_models_total{reason}`` (:data:`REJECT_REASONS`),
+  ``rejected_models_total{reason}`` (:data:`REJECT_REASONS`), ``clipped_total`` and
+  ``rate_limited_total`` (robust aggregation), gauge ``clip_bound``,
   ``transferred_bytes_total{direction}``, ``wire_bytes_total{direction}``, ``nodes_alive``,
   histograms ``nodes_per_sync{kind}`` and ``averaging_seconds``.
 - producer: ``samples_total{node}``, ``records_total{node}``, ``sent_bytes_total{node}``,
@@ -42,11 +43,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from streamlearn.errors import ConfigError
+from streamlearn.kafka.signing import AUTH_REASONS
 
 __all__ = [
     "NodeMetrics",
@@ -202,6 +204,9 @@ _NODE_FIELDS = (
     _Field("streamlearn_node_unlabelled_samples", "counter", "Samples without a label (not learned).",
            "unlabelled"),
     _Field("streamlearn_node_sequence_gaps", "counter", "Gaps in the sample sequence numbers.", "seq_gaps"),
+    _Field("streamlearn_node_lost_samples", "counter",
+           "Sequence numbers skipped by the gaps: samples that never came (lost before the node read them).",
+           "seq_lost"),
     _Field("streamlearn_node_rolling_accuracy", "gauge", "Prequential accuracy over the last window of samples.",
            "rolling_accuracy"),
     _Field("streamlearn_node_accuracy", "gauge", "Prequential accuracy since start.", "accuracy"),
@@ -229,6 +234,12 @@ _NODE_FIELDS = (
     _Field("streamlearn_node_syncs", "counter", "Models from the sync service applied (send or pull).", "syncs"),
     _Field("streamlearn_node_declines", "counter",
            "Models from the sync a guarded node declined (worse than its own on its recent samples).", "declines"),
+    _Field("streamlearn_node_divergences", "counter",
+           "Times the node's loss exploded or its parameters became NaN/inf: the loss guard set its last good model "
+           "back and halved its learning rate (or stopped its learning).", "divergences"),
+    _Field("streamlearn_node_learning_stopped", "gauge",
+           "1 when the loss guard stopped the node's learning (its loss kept exploding); it predicts on.",
+           "learning_stopped"),
     _Field("streamlearn_node_periodic_models", "counter",
            "Model transfers periodic averaging with the same b would have made for this node (2 per b updates).",
            _periodic_models),
@@ -251,6 +262,10 @@ _NODE_FIELDS = (
            "topic_resets"),
     _Field("streamlearn_node_bad_sync_records", "counter", "Undecodable records on the sync topic.",
            "bad_sync_records"),
+    _Field("streamlearn_node_sync_unauthenticated", "counter",
+           "Records on sync.down refused by their signature (--sync-key-file): forged, replayed, unknown_sender.",
+           lambda status: None if not status.get("sync_signed") else
+           {r: dict(status.get("unauthenticated_by_reason") or {}).get(r, 0) for r in AUTH_REASONS}, label="reason"),
     _Field("streamlearn_node_consumer_lag_records", "gauge",
            "Records in the node's samples topic not learned yet (high-water mark minus learned offset).", "lag"),
     _Field("streamlearn_node_buffered_samples", "gauge", "Samples received and not learned yet.", "buffered"),
@@ -354,6 +369,10 @@ _SYNC_FIELDS = (
            "Models refused (never averaged) by reason: nonfinite, shape, dtype, norm, checksum, malformed.",
            lambda status: {r: dict(status.get("rejected_models_by_reason") or {}).get(r, 0) for r in REJECT_REASONS},
            label="reason"),
+    _Field("streamlearn_sync_unauthenticated", "counter",
+           "Records on sync.up refused by their signature (--sync-key-file): forged, replayed, unknown_sender.",
+           lambda status: None if not status.get("sync_signed") else
+           {r: dict(status.get("unauthenticated_by_reason") or {}).get(r, 0) for r in AUTH_REASONS}, label="reason"),
     _Field("streamlearn_sync_bad_records", "counter", "Unusable records (sent to the dead-letter topic).",
            "bad_records"),
     _Field("streamlearn_sync_send_errors", "counter", "Messages that could not be sent.", "send_errors"),
@@ -377,6 +396,15 @@ _SYNC_FIELDS = (
     _Field("streamlearn_sync_pending_models", "gauge", "Models requested and not yet arrived.", _count("pending")),
     _Field("streamlearn_sync_max_nodes", "gauge", "Node slots of the protocol.", "max_nodes"),
     _Field("streamlearn_sync_model_parameters", "gauge", "Length d of a flat model.", "d"),
+    _Field("streamlearn_sync_clipped", "counter",
+           "Models whose move from the reference ||w - r|| was clipped to the bound (--clip, centered clipping).",
+           "clipped_models"),
+    _Field("streamlearn_sync_rate_limited", "counter",
+           "Records on sync.up dropped unread: their node id sent above --max-reports-per-second.", "rate_limited"),
+    _Field("streamlearn_sync_clip_bound", "gauge",
+           "The longest move ||w - r|| a model keeps (--clip times the nodes' typical long move; absent before "
+           "warm-up).",
+           "clip_bound"),
 )
 
 
@@ -504,6 +532,14 @@ class ProducerMetrics:
                                ["node", "kind"], registry=registry)
         self._errors = Counter("streamlearn_producer_errors", "Records that could not be delivered.",
                                registry=registry)
+        self._failed = Counter("streamlearn_producer_failed_samples", "Samples in records that could not be delivered.",
+                               registry=registry)
+        self._awaiting = Gauge("streamlearn_producer_unacknowledged_records",
+                               "Records handed to the Kafka client and not acknowledged by the broker yet.",
+                               registry=registry)
+        self._unreachable = Gauge("streamlearn_producer_broker_unreachable",
+                                  "1 while records wait for an acknowledgement and none comes (broker down), else 0.",
+                                  registry=registry)
         for k in range(nodes):
             for c in (self._samples, self._records, self._bytes):
                 c.labels(node=str(k))
@@ -532,9 +568,16 @@ class ProducerMetrics:
             raise ConfigError(f"kind must be one of {list(self.kinds)}, got {kind!r}")
         self._drifts.labels(node=self._node(node), kind=kind).inc()
 
-    def observe_error(self) -> None:
-        """A record could not be delivered (safe from kafka-python's sender thread)."""
-        self._errors.inc()
+    def observe_error(self, records: int = 1, samples: int = 0) -> None:
+        """``records`` records holding ``samples`` samples could not be delivered (safe from kafka-python's
+        sender thread)."""
+        self._errors.inc(records)
+        self._failed.inc(samples)
+
+    def observe_delivery(self, awaiting: int, unreachable: bool) -> None:
+        """Records awaiting the broker's acknowledgement now, and whether the broker counts as unreachable."""
+        self._awaiting.set(awaiting)
+        self._unreachable.set(1 if unreachable else 0)
 
 
 # ---- connectors -----------------------------------------------------------------------------------
@@ -542,7 +585,7 @@ class ProducerMetrics:
 #: Why a connector dead-lettered a record (label ``reason``), a fixed set whatever the error text says:
 #: bad JSON/CSV/UTF-8 or not an object, a wrong type, a missing field, an unknown field, NaN/inf (or a
 #: number that overflows to it), a label not among the classes, over the size limit, no node for it,
-#: anything else. ``connectors.errors.reason_class`` maps an error to one of them.
+#: anything else. ``streamlearn.connectors.errors.reason_class`` maps an error to one of them.
 DEADLETTER_REASONS = ("malformed", "type", "missing", "unknown_field", "nonfinite", "unknown_label", "too_large",
                       "route", "other")
 

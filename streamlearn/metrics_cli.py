@@ -1,7 +1,7 @@
 """The ``--metrics-port``/``--metrics-host`` flags and the Prometheus endpoint they start.
 
 Shared by every command that serves metrics: ``streamlearn node``, ``sync``, ``produce``
-(:mod:`streamlearn.cli`) and ``streamlearn connect`` (:mod:`connectors.cli`), so both command
+(:mod:`streamlearn.cli`) and ``streamlearn connect`` (:mod:`streamlearn.connectors.cli`), so both command
 lines import it and neither imports the other. ``prometheus_client`` is loaded only when a port
 is given.
 

@@ -1,7 +1,8 @@
-"""Dependencies point down: ``connectors`` import ``streamlearn``, never the reverse, and no import cycle.
+"""Dependencies point down: ``streamlearn.connectors`` (source folder ``connectors/``) imports the rest of
+``streamlearn``, never the reverse, and no import cycle.
 
 The one exception is the ``streamlearn connect`` registration: ``streamlearn.cli._register_connect``
-imports ``connectors.cli`` lazily, when the parser is built.
+imports ``streamlearn.connectors.cli`` lazily, when the parser is built.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("streamlearn", "connectors")
+#: the package each source folder installs as (pyproject.toml, ``package-dir``)
+INSTALLED_AS = {"streamlearn": "streamlearn", "connectors": "streamlearn.connectors"}
 #: (file, enclosing function) of every import of ``connectors`` allowed under streamlearn/.
 ALLOWED_CONNECTORS_IMPORTS = {("streamlearn/cli.py", "_register_connect")}
 
@@ -24,6 +27,7 @@ def _files(package: str) -> list[Path]:
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    parts[:1] = INSTALLED_AS[parts[0]].split(".")
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -72,16 +76,18 @@ def _hits(package: str, target: str) -> set[tuple[str, str | None]]:
 def test_the_import_scanner_sees_every_kind_of_import(tmp_path, monkeypatch):
     pkg = tmp_path / "streamlearn" / "sub"
     pkg.mkdir(parents=True)
-    (pkg / "m.py").write_text("import connectors.x\nfrom connectors import y\nfrom .. import z\n"
-                              "def f():\n    import importlib\n    importlib.import_module('connectors.w')\n")
+    (pkg / "m.py").write_text("import streamlearn.connectors.x\nfrom streamlearn.connectors import y\n"
+                              "from .. import z\n"
+                              "def f():\n    import importlib\n"
+                              "    importlib.import_module('streamlearn.connectors.w')\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     found = {(m, f) for m, f in _imports(pkg / "m.py")}
-    assert {("connectors.x", None), ("connectors", None), ("connectors.y", None), ("streamlearn.z", None),
-            ("connectors.w", "f")} <= found
+    assert {("streamlearn.connectors.x", None), ("streamlearn.connectors", None), ("streamlearn.connectors.y", None),
+            ("streamlearn.z", None), ("streamlearn.connectors.w", "f")} <= found
 
 
 def test_streamlearn_imports_connectors_only_in_the_cli_hook():
-    assert _hits("streamlearn", "connectors") == ALLOWED_CONNECTORS_IMPORTS
+    assert _hits("streamlearn", "streamlearn.connectors") == ALLOWED_CONNECTORS_IMPORTS
 
 
 def test_connectors_never_import_the_streamlearn_cli():
@@ -92,7 +98,7 @@ def test_every_module_imports_alone_without_a_cycle():
     # One fresh interpreter; before each module every streamlearn/connectors module is forgotten, so
     # each is imported as the first of its packages (third-party modules stay loaded, for speed).
     names = sorted(_module_name(p) for package in PACKAGES for p in _files(package) if p.name != "__main__.py")
-    assert "streamlearn.kafka.labels" in names and "connectors.cli" in names and "streamlearn.cli" in names
+    assert "streamlearn.kafka.labels" in names and "streamlearn.connectors.cli" in names and "streamlearn.cli" in names
     script = """
 import importlib, json, sys, traceback
 failed = {}

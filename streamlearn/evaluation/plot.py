@@ -9,10 +9,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from streamlearn.evaluation.scoring import _position, split_detections
+from streamlearn.extras import require
 
 __all__ = ["plot_history", "DETECTED_STYLE", "FALSE_ALARM_STYLE"]
 
@@ -85,8 +83,9 @@ def plot_history(results_or_histories, events=None, detections=None, path="histo
     else:
         per_line = [list(detections)] + [[]] * max(0, len(curves) - 1)
 
-    fig = Figure(figsize=(10, 4), dpi=100)
-    FigureCanvasAgg(fig)
+    # matplotlib only here: it is the optional "plots" extra, and streamlearn.evaluation is imported by every node
+    fig = require("matplotlib.figure", "plots", "plotting").Figure(figsize=(10, 4), dpi=100)
+    require("matplotlib.backends.backend_agg", "plots", "plotting").FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     colors = [f"C{i % 10}" for i in range(len(curves))]
     for (name, pos, racc, _), color in zip(curves, colors):

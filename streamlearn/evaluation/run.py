@@ -104,6 +104,9 @@ class EvaluationResult:
         when the stream has no ground truth.
     n_ignored
         Firings of the detector not reported because the error did not rise there.
+    divergences, learning_stopped
+        What the loss guard (:class:`~streamlearn.learners.loss_guard.LossGuard`) did: its events as dicts
+        (position, reason, loss, level, action, lr, restored), and whether it stopped the learning.
     task
         ``"classification"`` or ``"regression"``. A regression has ``mae`` and ``rmse`` (cumulative,
         in the target's units), NaN ``accuracy`` and ``loss``, and its history has ``mae``, ``rmse``,
@@ -124,6 +127,8 @@ class EvaluationResult:
     task: str = "classification"
     mae: float | None = None
     rmse: float | None = None
+    divergences: list = field(default_factory=list)
+    learning_stopped: bool = False
 
     def to_dict(self) -> dict:
         """JSON-ready dict (arrays become lists, NaN becomes ``None``)."""
@@ -143,6 +148,8 @@ class EvaluationResult:
                 "events": [_event_dict(e) for e in self.events],
                 "score": None if self.score is None else self.score.to_dict(),
                 "settings": self.settings,
+                "divergences": self.divergences,
+                "learning_stopped": self.learning_stopped,
             }
         )
 
@@ -249,7 +256,7 @@ class _Records:
         return x, y, (vec if self.numpy_rows else None)
 
 
-def _one_by_one_step(learner, predict_one, good, fail) -> list:
+def _one_by_one_step(learner, predict_one, good, fail, learn: bool = True) -> list:
     """Predict every sample of the mini-batch, then learn them: ``[(label, proba of true) or None]``.
 
     A sample the learner rejects (``BadRecordError``) goes to ``fail(index, error)`` and gives None.
@@ -264,7 +271,7 @@ def _one_by_one_step(learner, predict_one, good, fail) -> list:
             continue
         out.append((label, math.nan if proba is None else float(proba.get(y, 0.0))))
     for j, (x, y, _) in enumerate(good):
-        if out[j] is None:
+        if out[j] is None or not learn:
             continue
         try:
             learner.learn_one(x, y)
@@ -274,7 +281,7 @@ def _one_by_one_step(learner, predict_one, good, fail) -> list:
     return out
 
 
-def _numpy_step(learner, good, fail, predict=predict_batch) -> list:
+def _numpy_step(learner, good, fail, predict=predict_batch, learn: bool = True) -> list:
     """The same with one ``predict_many`` and one ``learn_many`` on numpy arrays.
 
     A batch the learner rejects is predicted and learned again without the sample it named
@@ -291,7 +298,8 @@ def _numpy_step(learner, good, fail, predict=predict_batch) -> list:
             y[:] = ys
         try:
             labels, p_true = predict(learner, X, y)
-            learner.learn_many(X, y)
+            if learn:
+                learner.learn_many(X, y)
         except BadRecordError as e:
             at = e.row if isinstance(e.row, int) and 0 <= e.row < len(idx) else (0 if len(idx) == 1 else None)
             if at is None:
@@ -364,6 +372,7 @@ def evaluate(
     max_delay: int = 1000,
     events=None,
     one_sided: bool = True,
+    loss_guard=True,
 ) -> EvaluationResult:
     """Prequential evaluation of ``learner`` on ``stream`` (one node).
 
@@ -403,6 +412,12 @@ def evaluate(
         True drifts, overriding ``stream.drift_events``.
     one_sided
         Report a detection only where the error rose (default); False: every firing of the detector.
+    loss_guard
+        True (default): an averageable classifier is watched by a
+        :class:`~streamlearn.learners.loss_guard.LossGuard` (its settings by default), which restores its last
+        good model and halves its step size when its loss explodes, and stops its learning after a few
+        such events (``divergences``, ``learning_stopped`` in the result); a ``LossGuard``: that one;
+        False or None: no guard.
 
     Examples
     --------
@@ -433,6 +448,18 @@ def evaluate(
                        classes=getattr(learner, "classes", None) if numeric and not regression else None,
                        regression=regression)
     predict_one = _regression_predictor(learner) if regression else OnePredictor(learner)
+    guard = None
+    if loss_guard is True and numeric and not regression:
+        from streamlearn.learners.loss_guard import LossGuard
+
+        guard = LossGuard(name="evaluate")
+    elif loss_guard not in (None, False, True):
+        from streamlearn.learners.loss_guard import LossGuard
+
+        if not isinstance(loss_guard, LossGuard) or not numeric or regression:
+            raise ConfigError(f"loss_guard: True, False or a LossGuard for an averageable classifier, got "
+                              f"{type(loss_guard).__name__} for {type(learner).__name__}")
+        guard = loss_guard
     predict_many = _regression_batch if regression else predict_batch
 
     # Per-sample results, flushed to the tracker and detector in batched calls.
@@ -470,12 +497,17 @@ def evaluate(
             def fail(j, err, _start=row, _where=where):
                 records.reject(err, _start + _where[j])
 
+            learn = guard is None or guard.learning
             if not good:
                 results = iter(())
             elif numpy_batches:
-                results = iter(_numpy_step(learner, good, fail, predict_many))
+                results = iter(_numpy_step(learner, good, fail, predict_many, learn=learn))
             else:
-                results = iter(_one_by_one_step(learner, predict_one, good, fail))
+                results = iter(_one_by_one_step(learner, predict_one, good, fail, learn=learn))
+            if guard is not None and good and learn:
+                results = list(results)  # the step's losses, for the guard
+                guard.observe(learner, clipped_log_loss([math.nan if r is None else r[1] for r in results]))
+                results = iter(results)
             for c in checked:
                 r = None if c is None else next(results)
                 buf_y.append(None if r is None else c[1])
@@ -502,6 +534,7 @@ def evaluate(
         "detector_params": dict(detector_params or {}),
         "max_delay": int(max_delay),
         "one_sided": bool(one_sided),
+        "loss_guard": guard is not None,
     }
     if regression:
         settings["task"] = "regression"
@@ -523,4 +556,6 @@ def evaluate(
         score=score,
         settings=settings,
         n_ignored=0 if monitor is None else monitor.n_ignored_,
+        divergences=[] if guard is None else [e.to_dict() for e in guard.events],
+        learning_stopped=guard is not None and not guard.learning,
     )

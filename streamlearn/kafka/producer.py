@@ -26,6 +26,17 @@ starts at P. The live event carries ``params.live = true``, ``seed`` and the
 command's id, and is published when the node's stream reaches it (at once,
 except for ``gradual``).
 
+Delivery: records go out in order (one request in flight per connection, see
+:meth:`~streamlearn.kafka.config.KafkaSettings.producer_kwargs`). A record the broker has not
+acknowledged within ``delivery_timeout`` seconds fails and is counted at once (``errors``,
+``failed_samples``, ``streamlearn_producer_errors_total``); the producer goes on with the next
+ones. While records wait for an acknowledgement for more than ``UNREACHABLE_SECONDS`` the broker
+counts as unreachable: a warning, the progress line and
+``streamlearn_producer_broker_unreachable`` say so, with the records awaiting acknowledgement
+(``streamlearn_producer_unacknowledged_records``). Nothing accepted goes silently: at exit every
+record not acknowledged is counted as not delivered, and :meth:`Producer.run` raises
+:class:`ProduceError` with the counts.
+
 Binary batches carry labels as class indices into :meth:`Producer.schema`'s
 ``classes`` (the stream's label set, in order), or float32 targets for a
 stream without classes.
@@ -65,6 +76,8 @@ CONTROL_POLL_SECONDS = 0.05  # how often the control topic is polled (without bl
 CATCHUP_SLICE_SECONDS = 0.02  # work on a concept switch's catch-up per loop turn
 MAX_IDLE_SECONDS = 0.05  # longest sleep, so stop requests and commands are seen quickly
 PROGRESS_SECONDS = 1.0
+UNREACHABLE_SECONDS = 2.0  # records awaiting an acknowledgement this long, none coming: the broker is unreachable
+DELIVERY_CHECK_SECONDS = 0.1
 
 
 class ProduceError(StreamlearnError):
@@ -113,7 +126,7 @@ class ProducerConfig:
     source_params
         Parameters of the source (``SOURCES[name]["params"]``).
     bootstrap
-        ``host:port``; None: ``settings.bootstrap_servers``, else the embedded broker (started if needed).
+        ``host:port``; None: ``settings.bootstrap_servers``, else 127.0.0.1:9092 (waited for, never started).
     prefix
         Topic prefix; None: ``settings.topic_prefix``.
     settings
@@ -126,6 +139,10 @@ class ProducerConfig:
         None: a file's empty field is a bad record (``source_params["on_bad_record"]``); ``"keep"``: it
         is sent as missing (NaN in a binary batch, ``null`` in JSON) for the node service to impute or
         skip (``streamlearn node --missing``), and a record without a label is left out and counted.
+    delivery_timeout
+        Seconds a record may wait for the broker's acknowledgement (retries included) before it counts
+        as not delivered (kafka-python's ``delivery_timeout_ms``); bounded so that an outage shows as
+        errors while it lasts, not only at exit. At least 1.
 
     Examples
     --------
@@ -154,6 +171,7 @@ class ProducerConfig:
     live_drift: bool = True
     progress: bool = True
     missing: str | None = None
+    delivery_timeout: float = 30.0
 
     def __post_init__(self):
         if self.nodes is None and (self.split is None or parse_split(self.split).get("how") != "first"):
@@ -191,6 +209,10 @@ class ProducerConfig:
             validate_topic_prefix(self.prefix, "prefix")
         if self.settings is not None and not isinstance(self.settings, KafkaSettings):
             raise ConfigError(f"settings must be a KafkaSettings, got {type(self.settings).__name__}")
+        dt = self.delivery_timeout
+        if isinstance(dt, bool) or not isinstance(dt, (int, float, np.number)) or not 1 <= dt <= 3600:
+            raise ConfigError(f"delivery_timeout must be a number of seconds in [1, 3600], got {dt!r}")
+        object.__setattr__(self, "delivery_timeout", float(dt))
 
 
 @dataclass
@@ -200,7 +222,9 @@ class ProduceStats:
     ``sent``/``records`` map node to samples/records; ``drift_events`` are the
     published drift messages as dicts; ``reason`` is ``"done"`` (every stream
     ended or reached n), ``"stop"`` (stop_event or :meth:`Producer.stop`),
-    ``"signal"`` (SIGINT/SIGTERM) or ``"max_seconds"``.
+    ``"signal"`` (SIGINT/SIGTERM) or ``"max_seconds"``. ``errors``/``failed_samples``: records and
+    samples not delivered (refused, not acknowledged within the delivery timeout, or still unacknowledged
+    at exit); ``outage_seconds``: how long the broker was unreachable in all.
     """
 
     sent: dict
@@ -212,6 +236,8 @@ class ProduceStats:
     elapsed: float = 0.0
     reason: str = ""
     errors: int = 0
+    failed_samples: int = 0
+    outage_seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -222,6 +248,10 @@ class ProduceStats:
         lines = [f"node {k}: {n} samples in {self.records[k]} records ({n / dt:.0f}/s)" for k, n in self.sent.items()]
         lines.append(f"total {sum(self.sent.values())} samples, {self.bytes} bytes, {len(self.drift_events)} drift "
                      f"events ({self.live_drifts} live) in {self.elapsed:.1f} s; stopped: {self.reason}")
+        if self.errors or self.outage_seconds:
+            lines.append(f"delivery: {self.errors} records ({self.failed_samples} samples) "
+                         f"{'NOT DELIVERED' if self.errors else 'all delivered'}; broker unreachable for "
+                         f"{self.outage_seconds:.1f} s in all")
         return "\n".join(lines)
 
 
@@ -505,8 +535,16 @@ class Producer:
         self._producer = None
         self._consumer = None
         self._events_out: list = []
-        self._errors = 0
+        # delivery accounting: records handed to kafka-python (main thread), acknowledged and failed (its
+        # sender thread; failures also from the main thread, hence the lock)
+        self._records_out = self._acked = self._errors = self._failed_samples = 0
+        self._error_lock = threading.Lock()
         self._first_error = None
+        self._ack_mark = time.monotonic()  # last time the broker was seen answering (or nothing awaited)
+        self._acked_seen = self._errors_seen = 0
+        self._unreachable_since: float | None = None
+        self._outage = 0.0
+        self._next_check = 0.0
         self._live_count = 0
         self._rejected = 0
         self._bytes = 0
@@ -562,12 +600,24 @@ class Producer:
             sent={f.node: f.sent for f in self._feeds}, records={f.node: f.records for f in self._feeds},
             bytes=self._bytes, drift_events=list(self._events_out), live_drifts=sum(len(f.live) for f in self._feeds),
             rejected_commands=self._rejected, elapsed=time.monotonic() - t0, reason=reason, errors=self._errors,
+            failed_samples=self._failed_samples, outage_seconds=self._outage,
         )
         if c.progress:
             print(f"produce: {stats.summary()}", file=sys.stderr, flush=True)
         if self._errors:
-            raise ProduceError(f"{self._errors} records were not delivered; first error: {self._first_error}", stats)
+            raise ProduceError(f"{self._errors} records ({self._failed_samples} samples) were not delivered; first "
+                               f"error: {self._first_error}", stats)
         return stats
+
+    def delivery(self) -> dict:
+        """Delivery counts now (safe from another thread): records ``sent`` to Kafka's client, ``acked``,
+        ``errors`` (records not delivered) and ``failed_samples``, ``awaiting`` acknowledgement, and
+        ``unreachable`` (seconds the broker has been unreachable, 0 when it answers)."""
+        now = time.monotonic()
+        since = self._unreachable_since
+        return {"sent": self._records_out, "acked": self._acked, "errors": self._errors,
+                "failed_samples": self._failed_samples, "awaiting": self._awaiting(),
+                "unreachable": 0.0 if since is None else now - since, "outage_seconds": self._outage}
 
     # -- setup and teardown -----------------------------------------------------------
     def _on_signal(self, signum, frame):
@@ -583,7 +633,7 @@ class Producer:
         if bootstrap is None:
             from streamlearn.kafka.broker import ensure_broker
 
-            bootstrap = ensure_broker().bootstrap
+            bootstrap = ensure_broker(stop=self._stop).bootstrap
         self.prefix = c.prefix or settings.topic_prefix
         ensure_topics(bootstrap, self.prefix, c.nodes, settings=settings)
         unit = c.batch if c.format == "binary" else 1
@@ -591,7 +641,14 @@ class Producer:
         self._feeds = [_Feed(k, s, c.n, c.rate, capacity) for k, s in enumerate(self.streams)]
         self._topics = [samples_topic(self.prefix, k) for k in range(c.nodes)]
         self._drift_topic = drift_topic(self.prefix)
-        self._producer = KafkaProducer(**settings.producer_kwargs(bootstrap, linger_ms=5, batch_size=1 << 18))
+        # A bounded delivery timeout: a record the broker does not take fails (and is counted) while the
+        # outage lasts. The request timeout nearly as long (kafka-python wants delivery >= linger + request):
+        # without idempotence a request that timed out may still be written by a slow broker, after the
+        # retry of an earlier batch; a long one makes that rare (under load a 1.5 s one did it).
+        delivery_ms = int(c.delivery_timeout * 1000)
+        self._producer = KafkaProducer(**settings.producer_kwargs(
+            bootstrap, linger_ms=5, batch_size=1 << 18, delivery_timeout_ms=delivery_ms,
+            request_timeout_ms=min(30_000, max(delivery_ms // 2, delivery_ms - 1_000))))
         if c.live_drift:
             consumer = KafkaConsumer(**settings.consumer_kwargs(bootstrap))
             tp = TopicPartition(control_topic(self.prefix), 0)
@@ -602,10 +659,15 @@ class Producer:
 
     def _close(self) -> None:
         if self._producer is not None:
-            try:
-                self._producer.flush(timeout=30)
-            finally:
-                self._producer.close(timeout=10)
+            from streamlearn.kafka.broker import close_producer
+
+            # never raises: the records a vanished broker did not take fail, and _on_error counts them
+            if close_producer(self._producer, 30) and "closed forcefully" in (self._first_error or "closed forcefully"):
+                self._first_error = "the broker did not answer within 30 s at shutdown"
+            left = self._awaiting()
+            if left:  # handed over, never acknowledged nor failed: counted, not lost silently
+                self._count_failure(f"{left} records unacknowledged at exit", 0, records=left)
+            self._delivery_check(time.monotonic())
         if self._consumer is not None:
             self._consumer.close()
 
@@ -625,6 +687,9 @@ class Producer:
             if self._consumer is not None and now >= next_control:
                 self._poll_control()
                 next_control = now + CONTROL_POLL_SECONDS
+            if now >= self._next_check:
+                self._delivery_check(now)
+                self._next_check = now + DELIVERY_CHECK_SECONDS
             busy = False
             deadline = now + CATCHUP_SLICE_SECONDS
             for feed in self._feeds:
@@ -672,7 +737,7 @@ class Producer:
         if c.rate:
             feed.tokens -= n
         topic = self._topics[feed.node]
-        send = self._producer.send
+        deliver = self._deliver
         b0, r0 = self._bytes, feed.records
         if c.format == "binary":
             labels = self._label_codes(y, first)
@@ -680,12 +745,12 @@ class Producer:
                 data = codecs.encode_sample_batch(X[i:i + c.batch], labels[i:i + c.batch], first_seq=first + i,
                                                   node=feed.node, names=self._names,
                                                   allow_missing=c.missing == "keep")
-                send(topic, value=data, partition=0).add_errback(self._on_error)
+                deliver(topic, data, min(c.batch, n - i))
                 self._bytes += len(data)
                 feed.records += 1
         else:
             for data in self._json.encode(X, y, first, feed.node, time.time()):
-                send(topic, value=data, partition=0).add_errback(self._on_error)
+                deliver(topic, data, 1)
                 self._bytes += len(data)
             feed.records += n
         if self.metrics is not None:
@@ -709,19 +774,64 @@ class Producer:
     def _publish_event(self, event, extra: dict) -> None:
         params = {**event.to_dict()["params"], **extra}
         msg = codecs.DriftEvent(kind=event.kind, ts=time.time(), node=event.node, seq=event.position, params=params)
-        self._producer.send(self._drift_topic, value=codecs.encode_message(msg), partition=0) \
-            .add_errback(self._on_error)
+        self._deliver(self._drift_topic, codecs.encode_message(msg), 0)
         self._events_out.append({"kind": msg.kind, "ts": msg.ts, "node": msg.node, "seq": msg.seq,
                                  "params": msg.params})
         if self.metrics is not None:
             self.metrics.observe_drift(msg.node, msg.kind)
 
-    def _on_error(self, exc) -> None:  # runs in kafka-python's sender thread
-        self._errors += 1
+    def _deliver(self, topic: str, data: bytes, samples: int) -> None:
+        """Hand one record to kafka-python; its acknowledgement or failure is counted when it comes."""
+        from kafka.errors import KafkaError
+
+        self._records_out += 1
+        try:
+            future = self._producer.send(topic, value=data, partition=0)
+        except KafkaError as exc:  # not accepted (buffer full for max_block_ms during an outage): counted, go on
+            self._count_failure(exc, samples)
+            return
+        future.add_callback(self._on_ack).add_errback(self._on_error, samples)
+
+    def _on_ack(self, metadata) -> None:  # runs in kafka-python's sender thread (the only writer of _acked)
+        self._acked += 1
+
+    def _on_error(self, samples: int, exc) -> None:  # runs in kafka-python's sender thread
+        self._count_failure(exc, samples)
+
+    def _count_failure(self, exc, samples: int, records: int = 1) -> None:
+        with self._error_lock:
+            self._errors += records
+            self._failed_samples += samples
+            if self._first_error is None:
+                self._first_error = exc if isinstance(exc, str) else repr(exc)
         if self.metrics is not None:
-            self.metrics.observe_error()
-        if self._first_error is None:
-            self._first_error = repr(exc)
+            self.metrics.observe_error(records, samples)
+
+    def _awaiting(self) -> int:
+        """Records handed to kafka-python, neither acknowledged nor failed yet."""
+        return max(0, self._records_out - self._acked - self._errors)
+
+    def _delivery_check(self, now: float) -> None:
+        """Is the broker answering? Records awaiting an acknowledgement for UNREACHABLE_SECONDS with none
+        coming: unreachable (said once, and again when it answers); the metrics' delivery gauges."""
+        awaiting, acked, errors = self._awaiting(), self._acked, self._errors
+        # nothing awaited is no news unless it came from acknowledgements: records that failed leave none awaited
+        if acked != self._acked_seen or (awaiting == 0 and errors == self._errors_seen):
+            self._ack_mark = now
+        self._acked_seen, self._errors_seen = acked, errors
+        stalled = now - self._ack_mark
+        if self._unreachable_since is None and stalled >= UNREACHABLE_SECONDS:
+            self._unreachable_since = self._ack_mark
+            self._warn(f"the broker is unreachable: no acknowledgement for {stalled:.1f} s, {awaiting} records "
+                       f"awaiting it (they fail after {self.config.delivery_timeout:g} s)")
+        elif self._unreachable_since is not None and stalled < UNREACHABLE_SECONDS:
+            lasted = now - self._unreachable_since
+            self._outage += lasted
+            self._unreachable_since = None
+            self._warn(f"the broker answers again after {lasted:.1f} s; {self._errors} records "
+                       f"({self._failed_samples} samples) not delivered so far")
+        if self.metrics is not None and hasattr(self.metrics, "observe_delivery"):
+            self.metrics.observe_delivery(awaiting, self._unreachable_since is not None)
 
     # -- control ----------------------------------------------------------------------
     def _poll_control(self) -> None:
@@ -772,5 +882,10 @@ class Producer:
             rate = (feed.sent - last_sent[feed.node]) / dt
             state = " (catching up)" if feed.pending is not None else ""
             parts.append(f"node {feed.node}: {feed.sent} ({rate:.0f}/s){state}")
+        if self._unreachable_since is not None:
+            parts.append(f"BROKER UNREACHABLE for {now - self._unreachable_since:.1f} s, {self._awaiting()} records "
+                         f"awaiting acknowledgement")
+        if self._errors:
+            parts.append(f"{self._errors} records ({self._failed_samples} samples) NOT DELIVERED")
         print(f"produce {now - t0:6.1f} s | " + " | ".join(parts), file=sys.stderr, flush=True)
         return now, [f.sent for f in self._feeds]

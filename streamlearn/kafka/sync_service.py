@@ -35,6 +35,13 @@ the running nodes re-register (and renew their ids) on its ``hello`` first, so a
 service never hands out an id that is still in use. Explicit ids of nodes that never
 register (local-only learners) are unknown to it: do not mix them with ``auto`` ids.
 
+Signed records. With a shared secret (``sync_key_file`` or ``STREAMLEARN_SYNC_KEY``) every record the
+service writes on ``sync.down`` is signed as sender ``sync`` and every record read on ``sync.up`` is
+verified (:mod:`streamlearn.kafka.signing`) before it is decoded: a forged, replayed or wrongly
+attributed record (its signer is not the node it names) is never processed, goes to the dead-letter
+topic and is counted (``unauthenticated_by_reason`` in the status, the metric
+``streamlearn_sync_unauthenticated_total{reason}``). Without a key it warns once at start.
+
 Hostile models. A model that arrives (in a ``join``, a violation ``report`` or a ``model``
 answer) is refused when it holds NaN or inf, is not float32, has the wrong length (or is not
 flat), has an L2 norm above ``max_norm``, fails its CRC32 or is otherwise malformed. A refused
@@ -44,6 +51,14 @@ metric ``streamlearn_sync_rejected_models_total{reason}`` with the reasons of
 the model bank: for the protocol it is a model that did not come, so an awaited node is given
 up on at once (``on_timeout``, also counted in ``timeouts``) and the sync goes on without it. A
 refused ``join`` is answered with a ``reject``.
+
+Robust aggregation (:mod:`streamlearn.sync.robust`). A model that passes those checks but moved
+far from its node's reference (``||w - r||`` above ``clip`` times the nodes' typical long move) is
+clipped toward the reference before the protocol sees it (centered clipping), counted in
+``clipped_models``; the bound is in the status as ``clip_bound``. Each node id may send
+``max_reports_per_second`` records (``report_burst`` at once) on ``sync.up``; the excess, and a
+node's records for a second after a move far beyond the bound, are dropped unread and counted
+in ``rate_limited``.
 
 Compressed transfer. Under a protocol whose ``codec`` is not fp32 (``periodic:b=1,codec=sign``),
 nodes send their models as compressed deltas to their reference (flag bit 0 of the sync
@@ -94,6 +109,7 @@ from streamlearn.errors import BadRecordError, ConfigError
 from streamlearn.kafka.codecs import DecodeError, EncodeError, deadletter_headers
 from streamlearn.kafka.config import KafkaSettings, default_fetch_wait_ms
 from streamlearn.kafka.service import Service
+from streamlearn.kafka.signing import Refusals, SyncSigner, SyncVerifier, load_key, unsigned_warning, up_sender
 from streamlearn.kafka.status import encode_status, model_hash
 from streamlearn.kafka.sync_actions import ActionWriter, is_full_sync
 from streamlearn.kafka.sync_ids import IdLeases
@@ -102,6 +118,8 @@ from streamlearn.kafka.topics import deadletter_topic, status_topic, sync_down_t
 from streamlearn.kafka.wire import ID_RENEW_EVERY, SyncMessage, connect, decode_sync, encode_sync, positive
 from streamlearn.metrics import REJECT_REASONS
 from streamlearn.sync.messages import Report, SendModel
+from streamlearn.sync.robust import (CLIP_COOLDOWN, CLIP_FACTOR, REPORT_BURST, REPORT_RATE, SILENCE_BEYOND, NormBound,
+                                     TokenBucket, check_clip, check_rate)
 
 __all__ = ["SyncConfig", "SyncService", "sync_config_from_options", "run_sync", "KEEP_REFERENCES"]
 
@@ -148,6 +166,19 @@ class SyncConfig:
         bank (``max_nodes`` rows of ``d``), so a larger one is rejected instead of allocated.
     state_dir
         Where the reference and protocol state are kept across restarts (None: not kept).
+    clip
+        Robust aggregation (:mod:`streamlearn.sync.robust`): a model whose move from the reference,
+        ``||w - r||``, is longer than ``clip`` times the median over nodes of each node's longest recent
+        move is clipped to that length (centered clipping) and counted in ``clipped_models``; None: no
+        clipping.
+    max_reports_per_second, report_burst
+        Records a node id may send on ``sync.up`` per second (token bucket, ``report_burst`` at once);
+        the excess is dropped unread and counted in ``rate_limited``, and so are the records of a node
+        id whose move was clipped to less than a tenth, for :data:`~streamlearn.sync.robust.CLIP_COOLDOWN`
+        seconds. None: no limit.
+    sync_key_file
+        A file holding the shared secret that signs and verifies sync records
+        (:mod:`streamlearn.kafka.signing`); None: the ``STREAMLEARN_SYNC_KEY`` environment variable, else unsigned.
     prefix, bootstrap, settings
         As for :class:`~streamlearn.kafka.node.NodeConfig`.
 
@@ -174,6 +205,10 @@ class SyncConfig:
     max_norm: float = 1e6
     max_params: int = 10_000_000  # 40 MB per model in float32
     state_dir: str | None = None
+    clip: float | None = CLIP_FACTOR
+    max_reports_per_second: float | None = REPORT_RATE
+    report_burst: int = REPORT_BURST
+    sync_key_file: str | None = None
     prefix: str | None = None
     bootstrap: str | None = None
     settings: KafkaSettings | None = None
@@ -193,6 +228,11 @@ class SyncConfig:
         positive("max_params", self.max_params, integer=True)
         if self.state_dir is not None and (not isinstance(self.state_dir, str) or not self.state_dir):
             raise ConfigError(f"state_dir must be a directory path, got {self.state_dir!r}")
+        object.__setattr__(self, "clip", check_clip(self.clip))
+        rate, burst = check_rate(self.max_reports_per_second, self.report_burst)
+        object.__setattr__(self, "max_reports_per_second", rate)
+        object.__setattr__(self, "report_burst", burst)
+        load_key(self.sync_key_file)  # a short or unreadable key fails here, at the edge
         if positive("id_lease", self.id_lease) < 2 * ID_RENEW_EVERY:
             raise ConfigError(f"id_lease must be at least {2 * ID_RENEW_EVERY:g} s (twice the renewal period), "
                               f"got {self.id_lease!r}")
@@ -248,8 +288,18 @@ class SyncService(Service):
         self._counts = dict(bad_records=0, joins=0, leaves=0, rejects=0, unknown_reports=0, send_errors=0,
                             messages_down=0, bytes_down_wire=0, bytes_up_wire=0, ids_assigned=0, ids_expired=0,
                             id_conflicts=0, rejected_models=0, state_saves=0, state_errors=0, topic_resets=0,
-                            deltas_up=0, stale_deltas=0)
+                            deltas_up=0, stale_deltas=0, clipped_models=0, rate_limited=0)
         self._rejected_by = dict.fromkeys(REJECT_REASONS, 0)
+        # Robust aggregation (streamlearn.sync.robust): far models clipped, floods of one node id dropped.
+        self._bound = NormBound(cfg.max_nodes, cfg.clip)
+        self._limiter = TokenBucket(cfg.max_reports_per_second, cfg.report_burst)
+        # Signed sync records (streamlearn.kafka.signing): without a key, unsigned as before, said once here.
+        key = load_key(cfg.sync_key_file)
+        self._signer = None if key is None else SyncSigner(key, "down")
+        self._verifier = None if key is None else SyncVerifier(key, "up")
+        self._unauth = Refusals()
+        if key is None:
+            log.warning(unsigned_warning(f"sync {self.epoch_}"))
         # The parts with one job each: hostile-model screening (with the references a delta may name),
         # the book of node ids, the state kept across restarts. Their tables stay reachable from here.
         self._models = ModelScreen(cfg.max_norm)
@@ -266,7 +316,8 @@ class SyncService(Service):
             self._resume()
         self._state = "starting"
         self._t0 = time.monotonic()
-        self.settings_, self.bootstrap_, self.prefix_ = connect(cfg.settings, cfg.bootstrap, cfg.prefix, [])
+        self.settings_, self.bootstrap_, self.prefix_ = connect(cfg.settings, cfg.bootstrap, cfg.prefix, [],
+                                                                stop=self._stop)
         s = self.settings_
         self._topics = {"up": sync_up_topic(self.prefix_), "down": sync_down_topic(self.prefix_),
                         "dead": deadletter_topic(self.prefix_), "status": status_topic(self.prefix_)}
@@ -294,6 +345,9 @@ class SyncService(Service):
             for records in self._consumer.poll(timeout_ms=50).values():
                 for rec in records:
                     self._counts["bytes_up_wire"] += len(rec.value)
+                    sender = self._authentic(rec)  # None: unsigned service; False: refused
+                    if sender is False:
+                        continue
                     try:
                         msg = decode_sync(rec.value)
                     except DecodeError as exc:
@@ -302,6 +356,12 @@ class SyncService(Service):
                             self._deadletter(rec, str(exc))
                         else:
                             self._refuse(rec, fault[0], fault[1], fault[2], str(exc))
+                        continue
+                    if sender is not None and sender != up_sender(msg.node, msg.token):
+                        self._unauthenticated(rec, "unknown_sender", f"signed by {sender!r}, the {msg.kind} is of "
+                                                                     f"node {msg.node}")
+                        continue
+                    if not self._within_rate(msg):
                         continue
                     refused = self._models.screen(msg, self.protocol_, self._d)
                     if refused is not None:
@@ -332,20 +392,32 @@ class SyncService(Service):
                 next_status = time.monotonic() + cfg.status_interval
 
     def _shutdown(self) -> None:
+        from kafka.errors import KafkaTimeoutError
+
+        from streamlearn.kafka.broker import close_producer
+
         running = getattr(self, "_state", None) == "running"
         self._state = "stopped"
+        gone = False
         try:
             if running:
                 self._save_state()
                 self._publish_status()
                 self._producer.flush(timeout=_BROKER_WAIT_MS / 1000)
+        except KafkaTimeoutError:
+            gone = True  # the broker does not answer: what is not delivered is counted below, in one line
         except Exception as exc:
             log.warning("sync %s: unclean shutdown: %s", self.epoch_, exc)
         finally:
-            for name in ("_producer", "_consumer"):
-                client = getattr(self, name, None)
-                if client is not None:
-                    client.close(**({"timeout": 5} if name == "_producer" else {"timeout_ms": 5_000}))
+            lost = 0
+            producer, consumer = getattr(self, "_producer", None), getattr(self, "_consumer", None)
+            if producer is not None:  # never raises: a broker that went away costs a count, not a trace
+                lost = close_producer(producer, 0.5 if gone else 5)
+            if consumer is not None:
+                consumer.close(timeout_ms=5_000)
+            if gone or lost:
+                log.warning("sync %s: the broker %s did not answer at shutdown: %d records not delivered",
+                            getattr(self, "epoch_", None), getattr(self, "bootstrap_", "?"), lost)
         if not running:
             return
         stats = self.protocol_.stats.as_dict() if self.protocol_ is not None else {}
@@ -366,14 +438,15 @@ class SyncService(Service):
         # a delta is decoded once its sender is known, against the reference it names
         reports = [e for e in (self._expand(m) for m in by_kind["report"] if self._known(m)) if e is not None]
         if reports:
+            carried = self._clip([(m.node, None if m.model is None else _tensor(m.model)) for m in reports])
             self._act(p.on_reports([
                 Report(node=m.node, step=m.step, loss=float("nan") if m.loss is None else m.loss,
-                       n_samples=m.n_samples, model=None if m.model is None else _tensor(m.model))
-                for m in reports]))
+                       n_samples=m.n_samples, model=w)
+                for m, w in zip(reports, carried)]))
         models = {m.node: _tensor(m.model) for m in (self._expand(m) for m in by_kind["model"] if self._known(m))
                   if m is not None}
         if models:
-            self._act(p.on_models(models))
+            self._act(p.on_models(dict(zip(models, self._clip(list(models.items()))))))
         declined = [m.node for m in by_kind["decline"] if self._known(m)]
         if declined:  # guarded nodes kept their own model (counted in the status as `declines`)
             self._act(p.on_declined(declined))
@@ -446,15 +519,19 @@ class SyncService(Service):
         self._send(SyncMessage("reject", targets=(node,), reason=reason, epoch=self.epoch_))
 
     def _check_topic_reset(self) -> None:
-        """sync.up with fewer records than our position: the broker lost its data (a memory-only broker
-        restarted) and counts offsets from 0 again; what is there now is new, so read it from the start."""
-        hw = self._consumer.highwater(self._up_tp)
-        # a position is known locally, unless an offset reset is in flight: wait for it a little only
-        position = None if hw is None else self._consumer.position(self._up_tp, timeout_ms=1_000)
-        if position is not None and hw < position:
+        """sync.up made anew: the broker lost its data (a memory-only broker restarted) and counts offsets
+        from 0 again; what is there now is new, so read it from the start. The rule is the node's
+        (:class:`~streamlearn.kafka.node.TopicWatch`: the topic's id changed; a high-water mark that lags
+        what was read, as Tansu's does, is not a loss)."""
+        watch = getattr(self, "_up_watch", None)
+        if watch is None:
+            from streamlearn.kafka.node import TopicWatch
+
+            watch = self._up_watch = TopicWatch(self._consumer, self._up_tp)
+        if watch.lost():
             self._counts["topic_resets"] += 1
-            log.warning("sync %s: %s holds fewer records than were read (the broker lost its data?); "
-                        "reading it from its start", self.epoch_, self._topics["up"])
+            log.warning("sync %s: %s was made anew (the broker lost its data); reading it from its start",
+                        self.epoch_, self._topics["up"])
             self._consumer.seek(self._up_tp, 0)
 
     def _check_timeouts(self) -> None:
@@ -480,7 +557,8 @@ class SyncService(Service):
     def _send(self, msg: SyncMessage) -> None:
         try:
             data = encode_sync(msg)
-            self._producer.send(self._topics["down"], data, partition=0)
+            headers = None if self._signer is None else self._signer.sign(data)
+            self._producer.send(self._topics["down"], data, partition=0, headers=headers)
         except (EncodeError, BadRecordError) as exc:
             self._counts["send_errors"] += 1
             log.error("sync %s: cannot encode %s: %s", self.epoch_, msg.kind, exc)
@@ -491,6 +569,23 @@ class SyncService(Service):
             return
         self._counts["messages_down"] += 1
         self._counts["bytes_down_wire"] += len(data)
+
+    def _authentic(self, rec):
+        """The signer of ``rec`` (None when the service has no key), or False: refused, counted, dead-lettered."""
+        if self._verifier is None:
+            return None
+        verdict = self._verifier.verify(rec.headers, rec.key, rec.value)
+        if verdict.ok:
+            return verdict.sender
+        self._unauthenticated(rec, verdict.reason, verdict.detail)
+        return False
+
+    def _unauthenticated(self, rec, reason: str, detail: str) -> None:
+        """A record whose signature says it is forged, replayed or not from the node it names: never processed."""
+        if self._unauth.note(reason):  # at once, then at most every few seconds: a flood must not flood the log
+            log.warning("sync %s: refused a record on %s (%s): %s; %d refused so far", self.epoch_,
+                        self._topics["up"], reason, detail, self._unauth.total)
+        self._deadletter(rec, f"unauthenticated ({reason}): {detail}", count=False)
 
     def _deadletter(self, rec, reason: str, count: bool = True) -> None:
         self._counts["bad_records"] += count
@@ -503,6 +598,54 @@ class SyncService(Service):
             log.warning("sync %s: cannot forward a bad record to the dead-letter topic: %s", self.epoch_, exc)
 
     # ---- hostile models and kept state ---------------------------------------------------------
+
+    def _within_rate(self, msg: SyncMessage) -> bool:
+        """Whether ``msg`` fits its node id's rate (``max_reports_per_second``); the excess is dropped, counted.
+        Leaves and id claims are not limited: dropping one would cost an honest node its id."""
+        if msg.kind in ("leave", "claim") or not isinstance(msg.node, int):
+            return True
+        if self._limiter.allow(msg.node, time.monotonic()):
+            return True
+        self._counts["rate_limited"] += 1
+        if self._counts["rate_limited"] in (1, 10, 100) or self._counts["rate_limited"] % 1000 == 0:
+            log.warning("sync %s: node %d sends above --max-reports-per-second %g (burst %d), or had a model clipped "
+                        "far beyond the bound less than %g s ago: %d records dropped so far", self.epoch_, msg.node,
+                        self.config.max_reports_per_second, self.config.report_burst, CLIP_COOLDOWN,
+                        self._counts["rate_limited"])
+        p = self.protocol_
+        if msg.kind in ("report", "model") and p is not None and (msg.node in p.pending or
+                                                                  msg.node in p.waiting_reports):
+            self._act(p.on_timeout(msg.node))  # an awaited answer that will not be read: the sync goes on without it
+        return False
+
+    def _clip(self, items: list) -> list:
+        """The models of ``items`` (``(node, model or None)``) clipped around their nodes' references: centered
+        clipping with the bound of :class:`~streamlearn.sync.robust.NormBound`, one batch; counted."""
+        out = [w for _, w in items]
+        at = [i for i, w in enumerate(out) if w is not None]
+        if self.config.clip is None or not at:
+            return out
+        p = self.protocol_
+        n, refs, groups = p.n_params, p.references, p.node_groups
+        nodes = [items[i][0] for i in at]
+        R = torch.stack([refs.get(groups.get(node, 0), p.reference)[:n] for node in nodes])
+        W = torch.stack([out[i][:n] for i in at]).to(R.device, R.dtype)
+        Wc, scale = self._bound.clip(nodes, W, R)
+        clipped = scale < 1.0
+        for j in torch.nonzero(clipped).flatten().tolist():
+            i = at[j]
+            out[i] = out[i].clone()  # a lean model (no buffers) stays lean; the buffers are not clipped
+            out[i][:n] = Wc[j].to("cpu", out[i].dtype)
+        if clipped.any():
+            k = int(clipped.sum())
+            self._counts["clipped_models"] += k
+            far = sorted({nodes[j] for j in torch.nonzero(clipped).flatten().tolist()})
+            now = time.monotonic()
+            for j in torch.nonzero(scale < 1.0 / SILENCE_BEYOND).flatten().tolist():
+                self._limiter.penalize(nodes[j], CLIP_COOLDOWN, now)  # a flood moves the average once, not per poll
+            log.warning("sync %s: clipped %d model(s) of node(s) %s to ||w - r|| = %.4g (%g x the nodes' typical "
+                        "long move)", self.epoch_, k, far, self._bound.tau, self.config.clip)
+        return out
 
     def _expand(self, msg: SyncMessage) -> SyncMessage | None:
         """``msg`` with the dense model its delta stands for (None: refused, counted and dead-lettered)."""
@@ -583,7 +726,12 @@ def _sync_status(svc: SyncService) -> dict:
               "uptime": time.monotonic() - svc._t0, "protocol": svc.config.spec,
               "max_nodes": svc.config.max_nodes, "d": svc._d, "assigned_ids": sorted(svc._ids.leases),
               **svc._counts, "rejected_models_by_reason": dict(svc._rejected_by),
-              "state_dir": svc.config.state_dir, "resumed_from": svc._resumed}
+              "state_dir": svc.config.state_dir, "resumed_from": svc._resumed,
+              # robust aggregation (streamlearn.sync.robust): the bound ||w - r|| is clipped to (None: none yet)
+              "clip": svc.config.clip, "clip_bound": svc._bound.tau,
+              # signed sync records (streamlearn.kafka.signing): what the signature check refused
+              "sync_signed": svc._verifier is not None, "unauthenticated": svc._unauth.total,
+              "unauthenticated_by_reason": dict(svc._unauth.by_reason)}
     if p is None:
         status.update(nodes_alive=0, alive=[], pending=[], device=None, reference_hash=None)
         return status
@@ -683,13 +831,13 @@ def _node_spec_conflict(spec: str, protocol) -> tuple[str | None, bool]:
 _HYPER = ("delta", "b", "C", "tau", "strength")
 _SYNC_OPTIONS = {"protocol", *_HYPER, "max_nodes", "timeout", "seed", "device", "status_interval", "fetch_wait_ms",
                  "id_lease", "id_grace", "max_norm", "max_params", "state_dir", "prefix", "bootstrap", "max_seconds",
-                 "params"}
+                 "params", "sync_key_file", "clip", "max_reports_per_second", "report_burst"}
 
 
 def sync_config_from_options(options: Mapping[str, Any]) -> SyncConfig:
     """A :class:`SyncConfig` from CLI-like options: ``protocol``, ``delta``, ``b``, ``C``, ``tau``,
     ``strength``, ``max_nodes``, ``timeout``, ``seed``, ``device``, ``status_interval``, ``id_lease``,
-    ``id_grace``, ``max_norm``, ``state_dir``, ``prefix``, ``bootstrap`` (``--max-nodes`` or ``max_nodes``
+    ``id_grace``, ``max_norm``, ``state_dir``, ``sync_key_file``, ``prefix``, ``bootstrap`` (``--max-nodes`` or ``max_nodes``
     keys). ``max_seconds`` is ignored here.
 
     Examples

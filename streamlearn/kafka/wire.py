@@ -553,12 +553,12 @@ def _check_delta(data, expected_d: int | None, err) -> bytes:
 
 # ------------------------------------------------- plumbing both services share
 def connect(settings=None, bootstrap: str | None = None, prefix: str | None = None, nodes=(), *,
-            timeout_ms: int = 30_000) -> tuple:
+            timeout_ms: int = 30_000, stop=None) -> tuple:
     """``(settings, bootstrap, prefix)`` of a service, with its topics created.
 
     ``settings`` defaults to :meth:`KafkaSettings.from_env`; ``bootstrap`` to
-    ``KAFKA_BOOTSTRAP_SERVERS``, else the embedded broker (:func:`ensure_broker`: reused
-    or started); ``prefix`` to ``settings.topic_prefix``. The topics of ``nodes`` and the
+    ``KAFKA_BOOTSTRAP_SERVERS``, else the broker on 127.0.0.1:9092 (:func:`ensure_broker`: waited
+    for, never started; a set ``stop`` event ends the wait); ``prefix`` to ``settings.topic_prefix``. The topics of ``nodes`` and the
     shared ones are created before any client touches them (Tansu would auto-create them
     with 4 partitions). A cluster that does not answer raises
     :class:`~streamlearn.kafka.broker.BrokerError` (a StreamlearnError).
@@ -569,7 +569,7 @@ def connect(settings=None, bootstrap: str | None = None, prefix: str | None = No
 
     settings = KafkaSettings.from_env() if settings is None else settings
     if bootstrap is None:
-        bootstrap = settings.bootstrap_servers or ensure_broker().bootstrap
+        bootstrap = settings.bootstrap_servers or ensure_broker(stop=stop).bootstrap
     bootstrap = validate_bootstrap(bootstrap, "bootstrap")
     prefix = validate_topic_prefix(settings.topic_prefix if prefix is None else prefix, "prefix")
     from kafka.errors import KafkaError

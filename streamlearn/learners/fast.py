@@ -120,9 +120,9 @@ def scaler_transform(mean: np.ndarray, m2: np.ndarray, n, X: np.ndarray, with_st
     """``X`` standardised with the statistics (float32): population std, a zero std taken as 1."""
     out = X - mean
     if with_std:
-        std = np.sqrt(m2 / max(n, 1))
-        std[std == 0] = 1.0
-        out /= std
+        with np.errstate(invalid="ignore"):  # a variance a hair below 0 (rounding of loaded statistics)
+            std = np.sqrt(m2 / max(n, 1))
+        out /= np.where(std > 0, std, 1.0)  # 0 or NaN: 1, as the torch path
     return out.astype(np.float32)
 
 

@@ -47,8 +47,10 @@ def make_learner(name: str, **params):
     callable with no arguments; local only): see :mod:`streamlearn.learners.custom`.
 
     Torch names take :class:`TorchLearner`'s arguments. River names take the wrapper's
-    ``n_features``/``features`` (and ``classes`` for the linear ones); every other parameter goes
-    to the river model. For ``river-logreg``, ``lr`` is a shortcut for
+    ``n_features``/``features`` (and ``classes`` for the linear ones: k > 2 labels learn
+    one-vs-rest); every other parameter goes to the river model. ``seed`` goes to every river
+    model that takes one (``adaptive-random-forest``), so a run is repeatable; the others draw no
+    random numbers and ignore it. For ``river-logreg``, ``lr`` is a shortcut for
     ``optimizer=optim.SGD(lr), intercept_lr=lr``.
 
     >>> make_learner("mlp", hidden=(8,), n_features=4, classes=[0, 1], seed=0).n_params
@@ -57,6 +59,10 @@ def make_learner(name: str, **params):
     50
     >>> is_averageable(make_learner("river-logreg")), is_averageable(make_learner("naive-bayes"))
     (True, False)
+    >>> make_learner("adaptive-random-forest", seed=7).model.seed, make_learner("hoeffding-tree", seed=7).model.grace_period
+    (7, 200)
+    >>> make_learner("river-logreg", features=["a", "b"], classes=["x", "y", "z"]).n_params  # one-vs-rest: 3 * (2 + 1)
+    9
     """
     if is_custom(name):
         return make_custom_learner(name, **params)
@@ -65,6 +71,10 @@ def make_learner(name: str, **params):
     try:
         if name in _RIVER_LINEAR or name in _RIVER_LOCAL:
             wrapper = {k: params.pop(k) for k in list(params) if k in _WRAPPER_PARAMS}
+            seed = params.pop("seed", None)
+            model_cls = _RIVER_LINEAR.get(name) or _RIVER_LOCAL[name]
+            if seed is not None and "seed" in inspect.signature(model_cls).parameters:
+                params["seed"] = _check_seed(seed)
             if name in _RIVER_LINEAR:
                 if name == "river-logreg" and "lr" in params:
                     lr = params.pop("lr")
@@ -77,6 +87,12 @@ def make_learner(name: str, **params):
         return TorchLearner(arch=name, **params)
     except TypeError as e:
         raise ConfigError(f"{name}: {e}") from None
+
+
+def _check_seed(seed):
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed: need an int or None, got {seed!r}")
+    return seed
 
 
 def learner_family(name: str) -> str:

@@ -102,6 +102,11 @@ class NodeCore:
         Guarded averaging: the window (samples, >= 10) or None, and the margin in nats.
     sync_timeout
         Seconds the node waits for the answer to a model it sent before it may send it again.
+    loss_guard
+        True (default): an averageable classifier is watched by a
+        :class:`~streamlearn.learners.loss_guard.LossGuard` (``self.loss_guard``): when its loss explodes its
+        last good model is set back and its step size halved, and after a few such events it stops learning
+        (it logs each; the status counts them). False: none.
 
     Examples
     --------
@@ -125,7 +130,7 @@ class NodeCore:
 
     def __init__(self, learner, classes, protocol: str = "nosync", node: int = 0, *, seed: int = 0,
                  window: int = 1000, detector: str | None = None, guard: int | None = None,
-                 guard_margin: float = 0.05, sync_timeout: float = 5.0):
+                 guard_margin: float = 0.05, sync_timeout: float = 5.0, loss_guard: bool = True):
         from streamlearn.evaluation import DriftMonitor, Prequential, clipped_log_loss
         from streamlearn.learners import is_averageable
         from streamlearn.learners.base import labels_array
@@ -178,6 +183,11 @@ class NodeCore:
         if self.guard is None and getattr(self.protocol, "split", None):
             log.warning("node %d: %s groups nodes that decline, but this node has no --guard: it never declines, "
                         "so it stays in the whole", node, protocol)
+        self.loss_guard = None
+        if loss_guard and self.averageable and not self.regression:
+            from streamlearn.learners.loss_guard import LossGuard
+
+            self.loss_guard = LossGuard(name=f"node {node}")
         self.layout: str | None = None  # a fingerprint of the learner layout, sent with the join (None: none)
         # counters and state
         self.n_steps = self.n_samples = self.since_sync = 0
@@ -214,9 +224,10 @@ class NodeCore:
         if self.regression:
             return self._learn_targets(X, yi, seqs, early)
         learner = self.learner
+        learns = self.loss_guard is None or self.loss_guard.learning  # the loss guard may have stopped it
         # A learner that can (TorchLearner) predicts in the forward pass it then trains through:
         # the probabilities of the model before this step, one pass; others predict, learn below.
-        fused = getattr(learner, "predict_proba_learn_many", None)
+        fused = getattr(learner, "predict_proba_learn_many", None) if learns else None
         P = fused(X, self._labels[yi]) if fused is not None else learner.predict_proba_many(X)
         self.step_proba = P = np.asarray(P, dtype=np.float64)  # kept for predictions out (step_predictions)
         correct, p_true, valid = score_step(P, learner, self.classes, yi)
@@ -236,8 +247,10 @@ class NodeCore:
                 self.n_drifts += 1
             if found and self.restarts:
                 learner.restart_schedule()  # from the next step on: this one is taken (fused) or below
-        if fused is None:
+        if fused is None and learns:
             learner.learn_many(X, self._labels[yi])
+        if learns and self.loss_guard is not None:
+            self.loss_guard.observe(learner, loss)
         if self.guard is not None:
             self.guard.remember(X, yi)
         self.last_seq = int(seqs[-1])

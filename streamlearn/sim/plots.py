@@ -12,8 +12,9 @@ __all__ = ["plot_tradeoff", "plot_timeline"]
 
 
 def _pyplot():
-    import matplotlib
+    from streamlearn.extras import require
 
+    matplotlib = require("matplotlib", "plots", "plotting")  # the optional "plots" extra
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -7,11 +7,11 @@ import gzip
 
 import pytest
 
-from connectors.csv_replay import CsvFormat, parse_delimiter, run_csv, sniff_delimiter
-from connectors.errors import RecordError
+from streamlearn.connectors.csv_replay import CsvFormat, parse_delimiter, run_csv, sniff_delimiter
+from streamlearn.connectors.errors import RecordError
 from streamlearn.kafka.labels import LabelRecord, decode_node_record
-from connectors.routing import NodeRouter
-from connectors.schema import SCHEMA_DIR, StreamSchema, load_schema
+from streamlearn.connectors.routing import NodeRouter
+from streamlearn.connectors.schema import SCHEMA_DIR, StreamSchema, load_schema
 from streamlearn.errors import ConfigError
 from streamlearn.kafka.codecs import decode_sample_json
 from streamlearn.kafka.topics import deadletter_topic, samples_topic

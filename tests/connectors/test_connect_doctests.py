@@ -8,13 +8,14 @@ import pkgutil
 
 import pytest
 
-import connectors
+import streamlearn.connectors as connectors
 
-MODULES = sorted(m.name for m in pkgutil.iter_modules(connectors.__path__, "connectors.") if m.name != "connectors.__main__")
+MODULES = sorted(m.name for m in pkgutil.iter_modules(connectors.__path__, "streamlearn.connectors.")
+                 if m.name != "streamlearn.connectors.__main__")
 
 
 def test_every_module_is_listed():
-    assert {"connectors.schema", "connectors.csv_replay", "connectors.mqtt", "connectors.http_ingest"} <= set(MODULES)
+    assert {f"streamlearn.connectors.{m}" for m in ("schema", "csv_replay", "mqtt", "http_ingest")} <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -12,15 +12,15 @@ import json
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from connectors.csv_replay import CsvFormat, parse_delimiter
-from connectors.errors import RecordError, reason_class
-from connectors.ingest import Ingestor, parse_payload
+from streamlearn.connectors.csv_replay import CsvFormat, parse_delimiter
+from streamlearn.connectors.errors import RecordError, reason_class
+from streamlearn.connectors.ingest import Ingestor, parse_payload
 from streamlearn.kafka.labels import LabelRecord, decode_label_json, decode_node_record, encode_label_json
-from connectors.lines import read_lines
-from connectors.mqtt import parse_topic, parse_topic_map
-from connectors.publish import encode_reading
-from connectors.routing import NodeRouter, parse_node_map
-from connectors.schema import Reading, StreamSchema, parse_schema
+from streamlearn.connectors.lines import read_lines
+from streamlearn.connectors.mqtt import parse_topic, parse_topic_map
+from streamlearn.connectors.publish import encode_reading
+from streamlearn.connectors.routing import NodeRouter, parse_node_map
+from streamlearn.connectors.schema import Reading, StreamSchema, parse_schema
 from streamlearn.errors import ConfigError
 from streamlearn.kafka.codecs import DecodeError, Sample, deadletter_headers, decode_sample_json
 from streamlearn.metrics import DEADLETTER_REASONS

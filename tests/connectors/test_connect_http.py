@@ -8,9 +8,9 @@ import urllib.request
 
 import pytest
 
-from connectors.http_ingest import IngestServer
-from connectors.routing import NodeRouter
-from connectors.schema import StreamSchema
+from streamlearn.connectors.http_ingest import IngestServer
+from streamlearn.connectors.routing import NodeRouter
+from streamlearn.connectors.schema import StreamSchema
 from streamlearn.errors import ConfigError
 from streamlearn.kafka.codecs import decode_sample_json
 from streamlearn.kafka.topics import deadletter_topic, samples_topic

@@ -6,10 +6,10 @@ import json
 import subprocess
 import sys
 
-from connectors.jsonl import run_jsonl
+from streamlearn.connectors.jsonl import run_jsonl
 from streamlearn.kafka.labels import LabelRecord, decode_node_record
-from connectors.routing import NodeRouter
-from connectors.schema import StreamSchema
+from streamlearn.connectors.routing import NodeRouter
+from streamlearn.connectors.schema import StreamSchema
 from streamlearn.kafka.topics import deadletter_topic, samples_topic
 
 SCHEMA_TOML = """
@@ -55,7 +55,7 @@ def test_jsonl_from_stdin_through_the_cli(tmp_path, settings, prefix, consume):
             lines.append(GOOD[2])
     lines.append(GOOD[3])
     proc = subprocess.run(
-        [sys.executable, "-m", "connectors", "jsonl", "-", "--schema", str(schema), "--node-by", "sensor",
+        [sys.executable, "-m", "streamlearn.connectors", "jsonl", "-", "--schema", str(schema), "--node-by", "sensor",
          "--node-map", "a=0,b=1", "--bootstrap", settings.bootstrap_servers, "--prefix", prefix, "--json",
          "--progress", "0"],
         input=b"\n".join(lines) + b"\n", capture_output=True, timeout=60)

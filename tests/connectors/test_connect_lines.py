@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from connectors.lines import open_binary, read_lines
+from streamlearn.connectors.lines import open_binary, read_lines
 from streamlearn.errors import ConfigError
 
 

@@ -18,10 +18,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from servers import require
 
-from connectors.errors import RecordError, reason_class
-from connectors.jsonl import run_jsonl
-from connectors.routing import NodeRouter
-from connectors.schema import StreamSchema
+from streamlearn.connectors.errors import RecordError, reason_class
+from streamlearn.connectors.jsonl import run_jsonl
+from streamlearn.connectors.routing import NodeRouter
+from streamlearn.connectors.schema import StreamSchema
 from streamlearn.errors import ConfigError
 from streamlearn.metrics import DEADLETTER_REASONS, ConnectorMetrics, new_registry
 

@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from connectors.cli import main
-from connectors.mqtt import MqttConnector, parse_topic, parse_topic_map
-from connectors.routing import NodeRouter
-from connectors.schema import StreamSchema
+from streamlearn.connectors.cli import main
+from streamlearn.connectors.mqtt import MqttConnector, parse_topic, parse_topic_map
+from streamlearn.connectors.routing import NodeRouter
+from streamlearn.connectors.schema import StreamSchema
 from streamlearn.errors import ConfigError
 from streamlearn.kafka.codecs import decode_sample_json
 from streamlearn.kafka.topics import deadletter_topic, samples_topic

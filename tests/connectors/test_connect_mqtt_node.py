@@ -13,9 +13,9 @@ import threading
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from connectors.mqtt import MqttConnector
-from connectors.routing import NodeRouter
-from connectors.schema import StreamSchema
+from streamlearn.connectors.mqtt import MqttConnector
+from streamlearn.connectors.routing import NodeRouter
+from streamlearn.connectors.schema import StreamSchema
 from streamlearn.kafka.node import NodeConfig, NodeService
 from streamlearn.kafka.topics import deadletter_topic, ensure_topics
 from streamlearn.metrics import ConnectorMetrics

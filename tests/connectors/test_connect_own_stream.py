@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from connectors.csv_replay import run_csv
-from connectors.routing import NodeRouter
-from connectors.schema import StreamSchema
+from streamlearn.connectors.csv_replay import run_csv
+from streamlearn.connectors.routing import NodeRouter
+from streamlearn.connectors.schema import StreamSchema
 from streamlearn.kafka.node import NodeConfig, NodeService
 from streamlearn.kafka.predictions import PredictionReader
 from streamlearn.kafka.status import StatusReader

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from connectors.pacing import Pacer
+from streamlearn.connectors.pacing import Pacer
 from streamlearn.errors import ConfigError
 
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from connectors.cli import main
-from connectors.river_source import infer_river_schema, load_river_dataset, run_river
-from connectors.routing import NodeRouter
+from streamlearn.connectors.cli import main
+from streamlearn.connectors.river_source import infer_river_schema, load_river_dataset, run_river
+from streamlearn.connectors.routing import NodeRouter
 from streamlearn.errors import ConfigError
 from streamlearn.kafka.codecs import decode_sample_json
 from streamlearn.kafka.topics import samples_topic

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.errors import RecordError
-from connectors.routing import NodeRouter, parse_node_map
+from streamlearn.connectors.errors import RecordError
+from streamlearn.connectors.routing import NodeRouter, parse_node_map
 from streamlearn.errors import ConfigError
 
 

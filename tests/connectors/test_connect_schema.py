@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from connectors.errors import RecordError
+from streamlearn.connectors.errors import RecordError
 from streamlearn.kafka.labels import LabelRecord
-from connectors.schema import SCHEMA_DIR, Reading, StreamSchema, load_schema, parse_schema
+from streamlearn.connectors.schema import SCHEMA_DIR, Reading, StreamSchema, load_schema, parse_schema
 from streamlearn.errors import ConfigError
 
 TOML = """

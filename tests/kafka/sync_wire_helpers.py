@@ -81,3 +81,20 @@ def nodes_fixture(cls):
             n.close()
 
     return nodes
+
+
+def read_all(settings, topic) -> list:
+    """Every record of partition 0 of ``topic`` up to its end now."""
+    consumer = KafkaConsumer(**settings.consumer_kwargs(fetch_max_wait_ms=20))
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        end = consumer.end_offsets([tp])[tp]
+        records = []
+        while consumer.position(tp) < end:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()

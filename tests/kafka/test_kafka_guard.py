@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from streamlearn.errors import ConfigError
 from streamlearn.kafka.node import NodeConfig, node_config_from_options
@@ -23,6 +22,7 @@ from streamlearn.kafka.topics import sync_up_topic
 from streamlearn.kafka.wire import decode_sync
 from streamlearn.node import GuardWindow
 
+from sync_wire_helpers import read_all
 from test_kafka_pipeline import Pipeline, encode, make_data, publish
 
 N, BATCH, SPEC = 2000, 10, "periodic:b=2"
@@ -37,19 +37,7 @@ MARGIN = 0.05
 
 def up_kinds(settings, prefix) -> list:
     """The kinds of every record on ``<prefix>.sync.up`` so far."""
-    consumer = KafkaConsumer(**settings.consumer_kwargs())
-    try:
-        tp = TopicPartition(sync_up_topic(prefix), 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        end = consumer.end_offsets([tp])[tp]
-        kinds = []
-        while consumer.position(tp) < end:
-            for records in consumer.poll(timeout_ms=200).values():
-                kinds.extend(decode_sync(rec.value).kind for rec in records)
-        return kinds
-    finally:
-        consumer.close()
+    return [decode_sync(rec.value).kind for rec in read_all(settings, sync_up_topic(prefix))]
 
 
 def run(broker, settings, prefix, guard, margin=MARGIN, spec=SPEC, m=3, flipped=(2,), n=N, seed=20, seconds=5.0,

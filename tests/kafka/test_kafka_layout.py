@@ -11,9 +11,9 @@ import pytest
 from kafka import KafkaProducer
 from waiting import wait_until
 
-from connectors.csv_replay import run_csv
-from connectors.routing import NodeRouter
-from connectors.schema import StreamSchema
+from streamlearn.connectors.csv_replay import run_csv
+from streamlearn.connectors.routing import NodeRouter
+from streamlearn.connectors.schema import StreamSchema
 from streamlearn.kafka.layout import Layout, LayoutMismatch, disagreement
 from streamlearn.kafka.node import NodeConfig, NodeService
 from streamlearn.kafka.status import StatusReader

@@ -67,7 +67,9 @@ def test_lazy_features_and_errors():
     with pytest.raises(ConfigError, match="RiverLocal"):
         RiverLinear(linear_model.LinearRegression())
     with pytest.raises(ConfigError, match="classes"):
-        RiverLinear(classes=["a", "b", "c"])
+        RiverLinear(classes=["a", "b", "a"])
+    with pytest.raises(ConfigError, match="classes"):
+        RiverLinear(classes=["a"])
 
 
 def test_river_local_takes_matrices_and_keeps_dicts_as_they_are():
@@ -85,3 +87,98 @@ def test_river_local_takes_matrices_and_keeps_dicts_as_they_are():
     assert cat.predict_one({"colour": "red"}) is True
     with pytest.raises(ConfigError):
         RiverLocal(linear_model.LinearRegression())
+
+
+# ---- one-vs-rest (k > 2 classes) ---------------------------------------------------------------------
+
+
+def three_class_stream(n: int, seed: int):
+    """Label = which third of the line x0 falls in (kept away from the boundaries); x1, x2 are noise."""
+    rng = np.random.default_rng(seed)
+    yi = rng.integers(0, 3, size=n)
+    X = rng.normal(size=(n, 3)).astype(np.float32)
+    X[:, 0] = (yi - 1) * 2.0 + rng.uniform(-0.6, 0.6, size=n)
+    return X, np.array(["lo", "mid", "hi"])[yi]
+
+
+def test_one_vs_rest_learns_three_classes_and_normalises():
+    model = RiverLinear(linear_model.LogisticRegression(optimizer=optim.SGD(0.5), intercept_lr=0.5),
+                        features=FEATURES, classes=["lo", "mid", "hi"])
+    X, y = three_class_stream(3000, seed=0)
+    for i in range(0, 3000, 10):
+        model.learn_many(X[i:i + 10], y[i:i + 10])
+    Xt, yt = three_class_stream(500, seed=1)
+    P = model.predict_proba_many(Xt)
+    assert P.shape == (500, 3)
+    np.testing.assert_allclose(P.sum(axis=1), 1.0)
+    assert (model.predict_many(Xt) == yt).mean() > 0.9
+    assert model.predict_one(as_dicts(Xt)[0]) == model.classes_[int(P[0].argmax())]
+    np.testing.assert_allclose(list(model.predict_proba_one(as_dicts(Xt)[0]).values()), P[0])
+    with pytest.raises(BadRecordError, match="flat"):
+        model.learn_one(as_dicts(X)[0], "flat")
+
+
+def test_one_vs_rest_is_k_binary_models_side_by_side():
+    classes = ["lo", "mid", "hi"]
+    ovr = RiverLinear(linear_model.LogisticRegression(optimizer=optim.SGD(0.3), intercept_lr=0.3),
+                      features=FEATURES, classes=classes)
+    binaries = [RiverLinear(linear_model.LogisticRegression(optimizer=optim.SGD(0.3), intercept_lr=0.3),
+                            features=FEATURES) for _ in classes]
+    X, y = three_class_stream(40, seed=2)
+    for i in range(0, 40, 8):  # batched steps, then single samples (the batch-1 shortcut)
+        ovr.learn_many(X[i:i + 8], y[i:i + 8])
+        for c, b in zip(classes, binaries):
+            b.learn_many(X[i:i + 8], y[i:i + 8] == c)
+    for x, label in zip(as_dicts(X[:5]), y[:5]):
+        ovr.learn_many(x, [label])
+        for c, b in zip(classes, binaries):
+            b.learn_one(x, label == c)
+    flat = ovr.get_flat()
+    assert ovr.n_params == 3 * (len(FEATURES) + 1) == flat.numel()
+    torch.testing.assert_close(flat, torch.cat([b.get_flat() for b in binaries]))
+    # one sample scores through river's own path, a batch through the matrix: the same probabilities
+    one = np.array([list(ovr.predict_proba_one(x).values()) for x in as_dicts(X[:4])])
+    np.testing.assert_allclose(one, ovr.predict_proba_many(X[:4]), rtol=1e-6)
+
+
+def test_one_vs_rest_flat_vector_round_trips_and_averages():
+    def make():
+        return RiverLinear(features=FEATURES, classes=["lo", "mid", "hi"])
+
+    a, b = make(), make()
+    X, y = three_class_stream(200, seed=3)
+    a.learn_many(X[:100], y[:100])
+    b.learn_many(X[100:], y[100:])
+    mean = (a.get_flat() + b.get_flat()) / 2
+    c = make()
+    c.set_flat(mean)
+    torch.testing.assert_close(c.get_flat(), mean)
+    assert c.models_[1]._weights["x0"] == pytest.approx(float(mean[4]))  # block 1 = class "mid", weight of x0
+    with pytest.raises(ConfigError, match="size 12"):
+        c.set_flat(mean[:4])
+
+
+def test_binary_layout_is_unchanged():
+    model = RiverLinear(features=FEATURES, classes=["DOWN", "UP"])
+    assert model.models_ == [model.model] and model.n_params == len(FEATURES) + 1
+
+
+def test_registry_builds_one_vs_rest_for_every_river_linear_name():
+    from streamlearn.learners import make_learner
+
+    X, y = three_class_stream(300, seed=4)
+    for name in ("river-logreg", "river-perceptron", "river-pa"):
+        model = make_learner(name, features=FEATURES, classes=["lo", "mid", "hi"])
+        model.learn_many(X, y)
+        assert model.get_flat().numel() == 12
+        assert model.predict_proba_many(X).shape == (300, 3)
+        assert (model.predict_many(X) == y).mean() > 0.6, name
+
+
+def test_scale_lr_scales_every_class_model():
+    model = RiverLinear(linear_model.LogisticRegression(optimizer=optim.SGD(0.4), intercept_lr=0.4),
+                        features=FEATURES, classes=["lo", "mid", "hi"])
+    assert model.scale_lr(0.5) == pytest.approx(0.2)
+    assert all(m.optimizer.lr.learning_rate == pytest.approx(0.2) and m.intercept_lr.learning_rate == pytest.approx(0.2)
+               for m in model.models_)
+    assert RiverLinear(linear_model.PAClassifier(), features=FEATURES).scale_lr(0.5) is None

@@ -131,7 +131,7 @@ def _keyed_csv(tmp_path, n=300):
 
 
 def test_split_by_a_text_key_column(tmp_path):
-    from connectors.routing import NodeRouter
+    from streamlearn.connectors.routing import NodeRouter
 
     path, rows = _keyed_csv(tmp_path)
     parts = node_streams(f"csv:{path}", 3, split="key:machine:hash", label="state")

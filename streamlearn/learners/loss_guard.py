@@ -1,0 +1,298 @@
+"""A guard against a learner whose loss explodes: it restores the last good model and halves the step size.
+
+A step size that is too large (an MLP at ``lr=0.5`` on Elec2) makes the weights grow until the
+predictions are certain and often wrong, and then overflow to NaN: from there the learner predicts
+nothing useful and, averaged, poisons every other node. :class:`LossGuard` watches the
+prequential loss after every step and fires on
+
+- parameters that are not finite (checked when a step's loss is not finite, and at every snapshot), or
+- an explosion: the recent mean loss (an exponential average over about ``fast`` samples) above
+  ``factor`` times its earlier level (an average over about ``slow`` samples, at least ``min_loss``)
+  while the parameters' norm grew ``norm_growth`` times over the last good model's. The norm
+  tells a blow-up from a concept drift: after a drift the loss rises too, but the weights do not
+  grow (they move towards the new concept).
+
+It then damps the learner: the model of the last good snapshot (taken every ``every`` samples while
+the recent loss is within twice its level, one snapshot back so the one restored predates the trouble) is set back, the step size
+is multiplied by ``damp`` (TorchLearner's ``lr`` and its optimizer, whose state is cleared;
+``RiverLinear.scale_lr``) and a warning is logged, once per event. After ``max_damps`` events, or for
+a learner without a step size, it stops the learner's learning (``learning`` is False; the caller
+skips ``learn_many``): the model keeps predicting as it is.
+
+The evaluator (``streamlearn evaluate``) and the node (:class:`~streamlearn.node.NodeCore`, its status
+and ``streamlearn_node_divergences_total``) use this class; any averageable learner works
+(``get_flat``/``set_flat``).
+
+Examples
+--------
+>>> import numpy as np
+>>> from streamlearn.learners import TorchLearner
+>>> learner = TorchLearner("logreg", n_features=2, classes=[0, 1], lr=0.1, seed=0, device="cpu")
+>>> guard = LossGuard(warmup=20, every=20, name="demo")
+>>> fired = []
+>>> for _ in range(20):  # all is well: nothing happens
+...     learner.learn_many(np.ones((10, 2), dtype=np.float32), [1] * 10)
+...     fired.append(guard.observe(learner, np.full(10, 0.5)))
+>>> fired == [None] * 20
+True
+>>> with torch.no_grad():
+...     learner.set_flat(learner.get_flat() * float("nan"))  # the step went wrong
+>>> event = guard.observe(learner, np.full(10, np.nan))
+>>> event.reason, event.action, event.lr, bool(torch.isfinite(learner.get_flat()).all())
+('parameters not finite', 'damped', 0.05, True)
+>>> guard.status()["divergences"], guard.learning
+(1, True)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from streamlearn.errors import ConfigError
+from streamlearn.learners.base import NotInitializedError
+
+__all__ = ["GuardEvent", "LossGuard", "scale_lr"]
+
+log = logging.getLogger(__name__)
+
+_KEEP = 100  # events kept for the status and the evaluator's output
+
+
+@dataclass(frozen=True)
+class GuardEvent:
+    """One firing of the guard.
+
+    ``position``: samples the learner had been scored on when it fired; ``reason``: ``"parameters not
+    finite"`` or ``"loss exploded"``; ``loss``, ``level``: the recent and the earlier mean loss;
+    ``action``: ``"damped"`` (model restored, step size scaled: the new one in ``lr``, None when the
+    learner has none) or ``"stopped"`` (model restored, learning stopped); ``restored``: the position of
+    the model set back.
+    """
+
+    position: int
+    reason: str
+    loss: float
+    level: float
+    action: str
+    lr: float | None
+    restored: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def scale_lr(learner, factor: float) -> float | None:
+    """Multiply ``learner``'s step size by ``factor``; the new one, or None when it has none to scale.
+
+    A learner with ``scale_lr`` (RiverLinear) does it itself; a TorchLearner has its ``lr`` and its
+    optimizer's groups scaled, and the optimizer's state (momentum, Adam's moments, built up during the
+    blow-up) cleared.
+    """
+    own = getattr(learner, "scale_lr", None)
+    if callable(own):
+        return own(factor)
+    opt = getattr(learner, "optimizer_", None)
+    lr = getattr(learner, "lr", None)
+    if not isinstance(opt, torch.optim.Optimizer) or not isinstance(lr, (int, float)) or isinstance(lr, bool):
+        return None
+    learner.lr = lr * factor  # the schedule (lr_decay) starts from it
+    for group in opt.param_groups:
+        group["lr"] = group["lr"] * factor
+    opt.state.clear()
+    return learner.lr
+
+
+def _flat(learner) -> torch.Tensor:
+    return learner.get_flat().detach().to("cpu", torch.float32).clone()
+
+
+class LossGuard:
+    """Watches one learner's prequential loss; damps it, then stops its learning, when the loss explodes.
+
+    Parameters
+    ----------
+    factor
+        The recent mean loss must exceed ``factor`` times the earlier level (at least ``min_loss``) ...
+    min_loss
+        ... a floor for the level (nats; a coin flip's log loss by default), so a near-perfect model's
+        small loss does not make every drift look like an explosion.
+    norm_growth
+        ... while the parameters' norm is at least ``norm_growth`` times the last good model's.
+    fast, slow
+        Samples the recent and the earlier mean loss average over (exponential half-lives).
+    warmup
+        Samples scored before a rise of the loss can fire (non-finite parameters fire at once).
+    every
+        Samples between snapshots of the model (taken while the recent loss is within twice its level).
+    damp
+        The step size is multiplied by this at each event.
+    max_damps
+        Events that damp; the next one stops learning.
+    name
+        Names the learner in the log (``"node 3"``).
+    """
+
+    def __init__(self, factor: float = 4.0, min_loss: float = math.log(2), norm_growth: float = 2.0,
+                 fast: int = 200, slow: int = 5000, warmup: int = 500, every: int = 1000, damp: float = 0.5,
+                 max_damps: int = 4, name: str = "learner"):
+        for key, v, low in (("factor", factor, 1.0), ("norm_growth", norm_growth, 1.0), ("min_loss", min_loss, 0.0)):
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= low or not math.isfinite(v):
+                raise ConfigError(f"{key}: need a finite number >= {low}, got {v!r}")
+        for key, v in (("fast", fast), ("slow", slow), ("every", every)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{key}: need an int >= 1, got {v!r}")
+        for key, v in (("warmup", warmup), ("max_damps", max_damps)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"{key}: need an int >= 0, got {v!r}")
+        if not isinstance(damp, (int, float)) or isinstance(damp, bool) or not 0.0 < damp < 1.0:
+            raise ConfigError(f"damp: need a number in (0, 1), got {damp!r}")
+        self.factor, self.min_loss, self.norm_growth = float(factor), float(min_loss), float(norm_growth)
+        self.fast, self.slow, self.warmup, self.every = fast, slow, warmup, every
+        self.damp, self.max_damps, self.name = float(damp), max_damps, name
+        self.recent = self.level = math.nan  # the recent and the earlier mean loss
+        self.n_seen = self.n_steps = 0  # samples with a finite loss; steps observed
+        self._next_snapshot = 0  # position of the next snapshot
+        self.position = 0  # samples observed (scored or not)
+        self.learning = True
+        self.n_events = self.n_damps = 0
+        self.events: deque = deque(maxlen=_KEEP)
+        self.lr: float | None = None  # the step size after the last damping (None: never damped)
+        # (position, flat model, norm of its parameters): the snapshot restored, and the newer one
+        self._good = self._newer = None
+        self._rates: dict = {}  # samples in a step -> the averages' rates (a node steps with one batch size)
+
+    # ---- the rule (pure) ------------------------------------------------------------------------
+
+    def threshold(self) -> float:
+        """The recent mean loss above which (with grown parameters) the loss counts as exploded."""
+        level = self.level if math.isfinite(self.level) else self.min_loss
+        return self.factor * max(level, self.min_loss)
+
+    def _average(self, mean: float, n: int) -> None:
+        """Move the recent and the earlier mean loss by a step of ``n`` samples of mean loss ``mean``."""
+        if not math.isfinite(self.recent):
+            self.recent = self.level = mean
+            return
+        rates = self._rates.get(n)
+        if rates is None:
+            rates = self._rates[n] = tuple(1.0 - 0.5 ** (n / h) for h in (self.fast, self.slow, 10 * self.slow))
+        self.recent += rates[0] * (mean - self.recent)
+        # the level follows while all is well, ten times slower while the loss is high (a rise that stays, as
+        # a harder concept, is taken in) and not at all past the threshold
+        floor = max(self.level, self.min_loss)  # the level is finite here
+        if self.recent <= 2.0 * floor:
+            self.level += rates[1] * (mean - self.level)
+        elif self.recent <= self.factor * floor:
+            self.level += rates[2] * (mean - self.level)
+
+    def exploding(self) -> bool:
+        """Whether the loss alone says "exploded" (past the warm-up); the parameters' norm is checked after."""
+        return self.n_seen >= self.warmup and self.recent > self.threshold()
+
+    # ---- the learner ----------------------------------------------------------------------------
+
+    def observe(self, learner, loss) -> GuardEvent | None:
+        """After ``learner`` took a step: ``loss``, the prequential losses of the step's samples (NaN: not
+        scored). Returns the event when the guard fired (it damped or stopped the learner), else None."""
+        if type(loss) is not np.ndarray or loss.dtype != np.float64 or loss.ndim != 1:
+            loss = np.asarray(loss, dtype=np.float64).reshape(-1)
+        self.position += len(loss)
+        self.n_steps += 1
+        if not self.learning:
+            return None  # stopped: it said so once
+        total = float(loss.sum())
+        if math.isfinite(total):
+            finite, mean, n = None, total / max(len(loss), 1), len(loss)
+        else:
+            ok = np.isfinite(loss)
+            n = int(ok.sum())
+            mean = float(loss[ok].mean()) if n else math.nan
+            finite = None if not len(loss) else self._finite(learner)  # a NaN loss: are the parameters broken?
+        if finite is False:
+            return self._fire(learner, "parameters not finite")
+        if n:
+            self._average(mean, n)
+            self.n_seen += n
+            if self.exploding():
+                norm = self._norm(_flat(learner), learner)
+                good = self._good[2] if self._good is not None else math.inf
+                if not math.isfinite(norm) or norm >= self.norm_growth * good:
+                    return self._fire(learner, "loss exploded" if math.isfinite(norm) else "parameters not finite")
+        if self._good is None or (self.position >= self._next_snapshot and self.healthy()):
+            self._snapshot(learner)
+        return None
+
+    def healthy(self) -> bool:
+        """Whether the recent mean loss is within twice its earlier level (the model may be kept)."""
+        level = self.level if math.isfinite(self.level) else self.min_loss
+        return not self.recent > 2.0 * max(level, self.min_loss)
+
+    def _finite(self, learner) -> bool:
+        try:
+            return bool(torch.isfinite(learner.get_flat()).all())
+        except NotInitializedError:  # no parameters yet (nothing learnt): nothing to break
+            return True
+
+    @staticmethod
+    def _norm(flat: torch.Tensor, learner) -> float:
+        p = int(getattr(learner, "n_params", flat.numel()) or flat.numel())
+        return float(torch.linalg.vector_norm(flat[:p].double()))
+
+    def _snapshot(self, learner) -> None:
+        try:
+            flat = _flat(learner)
+        except NotInitializedError:  # no parameters yet
+            return
+        norm = self._norm(flat, learner)
+        if not math.isfinite(norm):
+            return  # never keep a broken model (the next NaN loss fires)
+        snap = (self.position, flat, max(norm, 1e-12))
+        self._next_snapshot = self.position + self.every
+        # restore one snapshot back: the newest may already be on its way up
+        self._good, self._newer = (snap, snap) if self._good is None else (self._newer, snap)
+
+    def _fire(self, learner, reason: str) -> GuardEvent:
+        self.n_events += 1
+        restored = -1
+        if self._good is not None:
+            learner.set_flat(self._good[1])
+            restored = self._good[0]
+            self._newer = self._good
+        lr = None
+        stop = self.n_damps >= self.max_damps
+        if not stop:
+            lr = scale_lr(learner, self.damp)
+            stop = lr is None  # nothing to damp: a restored model would blow up the same way
+        if stop:
+            self.learning = False
+            action = "stopped"
+        else:
+            self.n_damps += 1
+            self.lr = lr
+            action = "damped"
+        event = GuardEvent(position=self.position, reason=reason, loss=self.recent, level=self.level, action=action,
+                           lr=lr, restored=restored)
+        self.events.append(event)
+        self.recent = self.level  # the restored model starts from the earlier level again
+        where = f"the model of sample {restored}" if restored >= 0 else "no earlier model (none kept yet)"
+        if stop:
+            log.warning("%s: %s at sample %d (recent mean loss %.3g, earlier %.3g); restored %s and stopped its "
+                        "learning (it predicts on with that model)", self.name, reason, self.position, event.loss,
+                        event.level, where)
+        else:
+            log.warning("%s: %s at sample %d (recent mean loss %.3g, earlier %.3g); restored %s, learning rate "
+                        "now %.4g (damping %d of %d)", self.name, reason, self.position, event.loss, event.level,
+                        where, lr, self.n_damps, self.max_damps)
+        return event
+
+    def status(self) -> dict:
+        """``divergences`` (events so far), ``learning_stopped`` (True once stopped), ``guard_lr`` (the step size
+        after the last damping, None: never damped), ``last_divergence`` (the last event as a dict, or None)."""
+        return {"divergences": self.n_events, "learning_stopped": not self.learning, "guard_lr": self.lr,
+                "last_divergence": self.events[-1].to_dict() if self.events else None}
