@@ -493,6 +493,11 @@ def test_services_whose_broker_vanishes_stop_without_tracebacks(tmp_path):
             assert reader.wait_for(lambda r: r.nodes.get(0, {}).get("samples", 0) >= 500, 120), node.err()[-3000:]
         os.kill(_tansu_pid(broker), signal.SIGKILL)  # the broker crashes under them
         assert broker.wait(30) != 0 and "the broker exited" in broker.err()  # `streamlearn broker` says so
+        from waiting import wait_until
+
+        # records are awaiting acknowledgement (the producer says so after 2 s): there is a loss to count
+        wait_until(lambda: "the broker is unreachable" in produce.err() or produce.proc.poll() is not None,
+                   "the producer to see the broker gone", 120)
         for p in procs:
             p.signal(signal.SIGTERM)
         codes = {p.name: p.wait(120) for p in procs}
