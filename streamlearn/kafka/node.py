@@ -589,21 +589,21 @@ class NodeService(Service):
 
     def _step(self, n: int) -> None:
         """Test-then-train on the next ``n`` buffered samples (the core), then send what its node rule says."""
-        t0 = time.perf_counter()
-        h = self._buf.head
-        X, yi, seqs, early = self._buf.take(n)
-        core = self.core
-        version = (core.n_steps, core.syncs, core.epoch)  # the model that predicts this batch
+        metrics, pub, core, buf = self.metrics, self._predictions, self.core, self._buf
+        t0 = time.perf_counter() if metrics is not None else 0.0
+        h = buf.head
+        X, yi, seqs, early = buf.take(n)
+        step, syncs, epoch = core.n_steps, core.syncs, core.epoch  # the model that predicts this batch
         core.learn_many(X, yi, seqs, early)
-        if self.metrics is not None:
-            self.metrics.observe_learn(time.perf_counter() - t0)
-        if self._predictions is not None:
+        if metrics is not None:
+            metrics.observe_learn(time.perf_counter() - t0)
+        if pub is not None:
             # late-labelled readings were published on arrival, with the prediction they are scored by
             P = core.step_predictions()
-            self._predictions.add(seqs, None if core.regression else P, values=P if core.regression else None,
-                                  offsets=self._buf.off[h:h + n], step=version[0], syncs=version[1],
-                                  epoch=version[2], skip=None if early is None else early[:, 0] > 0)
-        out = self.core.node_rule()
+            regression = core.regression
+            pub.add(seqs, None if regression else P, values=P if regression else None, offsets=buf.off[h:h + n],
+                    step=step, syncs=syncs, epoch=epoch, skip=None if early is None else early[:, 0] > 0)
+        out = core.node_rule()
         if out is not None:
             self._link.send(out)
 

@@ -177,6 +177,29 @@ class OnlineScaler(base.Transformer):
         self._mean, self._m2 = mean.clone(), var * n.unsqueeze(-1)
         self.n_ = n.clone() if n.dim() else _number(float(n))
 
+    def set_flat_rows(self, rows, v) -> None:
+        """Load :meth:`get_flat` statistics into the leading-index rows ``rows`` only (a slice or index),
+        as :meth:`set_flat` would load them into a scaler of those rows alone; the other rows keep theirs.
+
+        >>> sc = OnlineScaler(device="cpu").update(torch.tensor([[[1.0], [3.0]], [[0.0], [2.0]]]))
+        >>> sc.set_flat_rows(slice(1, 2), torch.tensor([[5.0, 4.0, 8.0]]))
+        >>> sc.get_flat(1, lead=(2,)).tolist()
+        [[2.0, 1.0, 2.0], [5.0, 4.0, 8.0]]
+        """
+        if self._mean is None or self._mean.dim() < 2:
+            raise ConfigError("OnlineScaler.set_flat_rows: needs per-row statistics (one leading index per node)")
+        v = torch.as_tensor(v).to(self.device_, torch.float64)
+        f = self._mean.shape[-1]
+        if v.shape[-1] != 2 * f + 1:
+            raise ConfigError(f"OnlineScaler.set_flat_rows: need 2f + 1 = {2 * f + 1} entries, got shape "
+                              f"{tuple(v.shape)}")
+        if not isinstance(self.n_, torch.Tensor):
+            self.n_ = torch.full(self._mean.shape[:-1], float(self.n_), dtype=torch.float64, device=self.device_)
+        n = v[..., 2 * f].clamp_min(0)
+        self._mean[rows] = v[..., :f]
+        self._m2[rows] = v[..., f:2 * f] * n.unsqueeze(-1)
+        self.n_[rows] = n
+
     # -- state (checkpoints) -------------------------------------------------------------------------
 
     def get_state(self) -> dict:

@@ -147,6 +147,12 @@ class NodeCore:
         self._labels = None if self.regression else labels_array(self.classes)
         self.averageable = is_averageable(learner)
         self.protocol = self.d = self.n_params = self.reference = self.motion = self.uplink = None
+        self._ref_np: tuple = (None, None)  # (the reference, a numpy view of its parameters): model_divergence's
+        self._w_np: tuple = (None, None, None)  # (learner tensor, its data pointer, a numpy view): _params_view's
+        from streamlearn.learners import TorchLearner
+
+        self._flat_w = isinstance(learner, TorchLearner)  # its parameters are one flat tensor, _w
+        self._rows = np.arange(0)  # 0..B-1 of the last mini-batch size (indexes each sample's true class)
         if self.averageable:
             from streamlearn.sync.driver import ReferenceMotion
             from streamlearn.sync.spec import make_protocol
@@ -230,10 +236,18 @@ class NodeCore:
         fused = getattr(learner, "predict_proba_learn_many", None) if learns else None
         P = fused(X, self._labels[yi]) if fused is not None else learner.predict_proba_many(X)
         self.step_proba = P = np.asarray(P, dtype=np.float64)  # kept for predictions out (step_predictions)
-        correct, p_true, valid = score_step(P, learner, self.classes, yi)
-        if early is not None:
-            correct, p_true, valid = _with_early_scores(early, correct, p_true, valid)
-        all_valid = valid.all()
+        classes = self.classes
+        if early is None and P.ndim == 2 and P.shape[1] == len(classes) \
+                and getattr(learner, "classes_", None) == classes:
+            # score_step's short path inline (a torch learner, nothing late-labelled): every sample predicted
+            if len(self._rows) != len(yi):
+                self._rows = np.arange(len(yi))
+            correct, p_true, valid, all_valid = P.argmax(axis=1) == yi, P[self._rows, yi], None, True
+        else:
+            correct, p_true, valid = score_step(P, learner, classes, yi)
+            if early is not None:
+                correct, p_true, valid = _with_early_scores(early, correct, p_true, valid)
+            all_valid = valid.all()
         loss = self._log_loss(p_true)
         if not all_valid:
             loss[~valid] = np.nan
@@ -340,11 +354,36 @@ class NodeCore:
         model from the sync service was applied.
         """
         p = self.n_params
-        # live parameters where the learner can give them (a scaled learner copies its vector once)
+        w = self._params_view() if self.motion is None else None
+        if w is not None:  # on CPU, in numpy, without a torch call (see _params_view)
+            if self._ref_np[0] is not self.reference:  # a new reference (a sync, a join, a checkpoint)
+                self._ref_np = (self.reference, self.reference.detach().numpy()[:p])
+            x = w[:p] - self._ref_np[1]
+            return float(np.dot(x, x))
         r = self.reference[:p] if self.motion is None \
             else self.motion.reference([0], self.reference[None], self.n_steps)[0]
+        # live parameters where the learner can give them (a scaled learner copies its vector once)
         x = live_flat(self.learner)[:p] - r
         return float(torch.dot(x, x))  # sq_dist's sum of squares in two torch calls instead of three
+
+    def _params_view(self) -> np.ndarray | None:
+        """A numpy view of the learner's live parameters, kept between steps, or None (not a CPU TorchLearner).
+
+        A TorchLearner keeps its parameters in one flat float32 tensor ``_w`` that steps and ``set_flat`` write
+        in place; the view follows it until the tensor is replaced. Why not ``get_flat``: every torch call
+        releases the GIL, and in a node, whose Kafka clients run I/O threads, taking it back after each step's
+        call cost more than the rest of the node rule (measured: bench/pipeline.py).
+        """
+        w = self.learner._w if self._flat_w else None
+        if w is None:  # not a TorchLearner, or not built yet
+            return None
+        cached = self._w_np
+        if cached[0] is w and cached[1] == w.data_ptr():
+            return cached[2]
+        if w.device.type != "cpu" or self.reference.device.type != "cpu" or w.numel() < self.n_params:
+            return None
+        self._w_np = (w, w.data_ptr(), w.detach().numpy())
+        return self._w_np[2]
 
     # ---- what goes up --------------------------------------------------------------------------
 

@@ -268,6 +268,27 @@ def groups_line(events: list, m: int) -> str:
             + " | ".join(f"{g}: nodes {', '.join(ns)}" for g, ns in sorted(members.items())))
 
 
+def _simulate_settings(data, settings, learner, batch_size, seed, progress, detector, guard) -> list:
+    """Every protocol setting on ``data``: a torch learner's settings in one pass (one model bank,
+    :mod:`streamlearn.sim.grid`), any other learner's one by one. ``detector`` restarts the step size
+    of a learner with ``lr_decay``."""
+    from streamlearn.learners.torch_learner import TorchLearner
+    from streamlearn.sim.grid import Setting, simulate_grid
+
+    if isinstance(learner, TorchLearner):
+        if progress:
+            print(f"{len(settings)} settings in one pass: {', '.join(settings)}", flush=True)
+        return simulate_grid(data, [Setting(spec, learner, seed) for spec in settings], batch_size=batch_size,
+                             progress=progress, detector=detector, guard=guard)
+    out = []
+    for i, spec in enumerate(settings):
+        if progress:
+            print(f"[{i + 1}/{len(settings)}] {spec}", flush=True)
+        out.append(simulate(data, learner, spec, batch_size=batch_size, seed=seed, progress=progress,
+                            detector=detector, guard=guard))
+    return out
+
+
 def run_comparison(specs, *, source: str, nodes: int | None, learner, drifts=(), schedule="all", split=None, n=None,
                    batch_size=10, seed=0, source_params=None, out="simulate-out", window=500, detector="adwin",
                    progress=True, serial=True, one_sided=True, guard=None, missing=None) -> dict:
@@ -291,12 +312,8 @@ def run_comparison(specs, *, source: str, nodes: int | None, learner, drifts=(),
     settings = [s for spec in specs for s in expand_grid(spec)]
     data = build_node_data(source, nodes, drifts, schedule, split, n, seed, source_params, missing)
     nodes = data.X.shape[0]
-    results, rows = [], []
-    for i, spec in enumerate(settings):
-        if progress:
-            print(f"[{i + 1}/{len(settings)}] {spec}", flush=True)
-        res = simulate(data, learner, spec, batch_size=batch_size, seed=seed, progress=progress,
-                       detector=detector, guard=guard)  # detector: restarts the step size of a learner with lr_decay
+    results, rows = _simulate_settings(data, settings, learner, batch_size, seed, progress, detector, guard), []
+    for res in results:
         row = result_row(res, window)
         row["detection"] = detect(res, detector, one_sided=one_sided)
         results.append(res)

@@ -10,21 +10,16 @@ sync service drives (:func:`streamlearn.sync.driver.lockstep`).
 from __future__ import annotations
 
 import math
-import time
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from streamlearn.errors import ConfigError
-from streamlearn.learners.schedule import decayed_lr
 from streamlearn.learners.torch_learner import TorchLearner
-from streamlearn.sync.codec import Uplink
-from streamlearn.sync.driver import ReferenceMotion, lockstep, settle
+from streamlearn.sync.driver import settle
 from streamlearn.sync.groups import Grouped
-from streamlearn.sync.guard import accepts, check_guard, window_loss
+from streamlearn.sync.guard import accepts, window_loss
 from streamlearn.sync.messages import PullToward, SendModel
 from streamlearn.sync.protocol import Protocol
 from streamlearn.sync.spec import make_protocol
@@ -239,128 +234,11 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
 
         return simulate_regression(data, learner, protocol, batch_size=batch_size, seed=seed, progress=progress,
                                    detector=detector, guard=guard)
-    template = learner.clone({"features": list(data.feature_names), "n_features": None, "classes": list(data.classes)})
-    forward, loss_fn = template.functional()
-    device = template.device_
-    w0 = template.get_flat()  # the parameters, then the scaler's statistics (scale=True)
-    d, p = w0.numel(), template.n_params
-    proto = _as_protocol(protocol, m, d, w0, seed, n_params=p)
-    # The nodes' side of a compressed transfer: one error-feedback memory per node.
-    uplink = None if proto.codec.dense else Uplink(proto.codec, m, d, p, device=device,
-                                                  buffers_every=proto.buffers_every)
-    window, margin = check_guard(*(guard if guard is not None else (None, 0.0)))
-    if window is None and isinstance(proto, Grouped):
-        warnings.warn(f"protocol {protocol!s}: split=N groups nodes that decline, but without a guard (--guard) no node "
-                      f"declines, so every node stays in the whole", UserWarning, stacklevel=2)
-    # Dynamic averaging against an extrapolated reference: the nodes follow their references' motion.
-    motion = ReferenceMotion(m, p, device=device) if getattr(proto, "extrapolate", 0) else None
+    from streamlearn.sim.grid import Setting, simulate_grid  # the loop, for one setting or a whole grid
 
-    W = w0[:p].repeat(m, 1).requires_grad_(True)
-    Wd = W.detach()  # same storage: syncs write models in place
-    R = w0.repeat(m, 1)
-    opt = template.make_optimizer([W])
-    # Step-size schedule (lr_decay = tau): every node steps once per round, so node i's clock is the
-    # round r and its factor 1/sqrt(1 + (r - t_reset[i]) / tau) multiplies the learner's lr.
-    tau = template.lr_decay
-    t_reset = torch.zeros(m, dtype=torch.int64)  # per node: step of the last restart
-    group = opt.param_groups[0]
-    # Plain SGD: w -= lr * g, so scaling node i's gradient row by its factor is exactly a per-node lr.
-    # Otherwise (momentum: w -= lr * buf with buf = mu * buf + g; weight decay: g + wd * w; Adam: lr *
-    # m_hat / (sqrt(v_hat) + eps)) a scaled gradient would enter the momentum buffer, the decay term or
-    # Adam's scale-free ratio, not the step; there every torch step is still linear in lr, so the update
-    # w_new - w_old of row i is scaled by its factor instead: the same as a per-node lr, up to rounding.
-    scale_grad = template.optimizer == "sgd" and not group["momentum"] and not group["weight_decay"]
-    bank = None
-    restarts: list[tuple[int, int]] = []
-    if tau is not None and detector is not None and not (isinstance(detector, str) and detector.lower() == "none"):
-        from streamlearn.evaluation.detectors import DriftMonitorBank
-
-        bank = DriftMonitorBank(m, detector)
-    scaler = None
-    if template.scaler_ is not None:  # one scaler state per node, synced with the parameters
-        scaler = template.scaler_.clone()
-        scaler.set_flat(w0[p:].repeat(m, 1))
-
-    X = torch.from_numpy(data.X[:, :n]).to(device)
-    Y = torch.from_numpy(data.y[:, :n]).to(device)
-    correct = torch.empty(m, n, dtype=torch.bool, device=device)
-    losses = torch.empty(m, n, dtype=torch.float32, device=device)
-    since_sync = torch.zeros(m, dtype=torch.int64)
-    syncs: list[tuple[int, str, int]] = []
-
-    t0 = time.perf_counter()
-    bar = tqdm(total=rounds, desc=f"simulate {proto.name}", unit="round", disable=not progress, leave=False)
-    for r in range(rounds):
-        sl = slice(r * batch_size, (r + 1) * batch_size)
-        Xb, yb = X[:, sl], Y[:, sl]
-        if scaler is not None:
-            with torch.no_grad():
-                test_logits = forward(Wd, scaler.transform(Xb))
-            Xb = scaler.update(Xb).transform(Xb)
-            logits = forward(W, Xb)
-        else:
-            logits = test_logits = forward(W, Xb)
-        with torch.no_grad():
-            # Test before train: score the predictions of the models as they were.
-            logp = torch.log_softmax(test_logits.detach(), dim=-1)
-            correct[:, sl] = logp.argmax(-1) == yb
-            # Log loss clipped as the evaluator clips it (p >= 1e-15), so one wild logit cannot swamp the sum.
-            losses[:, sl] = (-logp.gather(-1, yb.unsqueeze(-1)).squeeze(-1)).clamp_max(_MAX_LOSS)
-        # Every node has B samples: m * (mean over all) = the sum of the nodes' mean losses.
-        k = logits.shape[-1]
-        opt.zero_grad(set_to_none=True)
-        (loss_fn(logits.reshape(-1, k), yb.reshape(-1)) * m).backward()
-        if tau is None:
-            opt.step()
-        else:
-            factor = decayed_lr(1.0, r, t_reset.double(), tau).to(device=device, dtype=W.dtype)[:, None]  # (m, 1)
-            if scale_grad:
-                W.grad.mul_(factor)
-                opt.step()
-            else:
-                before = Wd.clone()
-                opt.step()
-                with torch.no_grad():
-                    Wd.sub_(before).mul_(factor).add_(before)
-        if bank is not None:
-            # Online detection on this round's errors (one-sided: only rises are reported); a detection
-            # restarts the node's clock after this step, as the node service calls restart_schedule()
-            # after the step it detected in.
-            found = bank.update((~correct[:, sl]).cpu().numpy())
-            for i, positions in enumerate(found):
-                if positions:
-                    t_reset[i] = r + 1
-                    restarts.append((r + 1, i))
-        since_sync += batch_size
-        # Reports carry the prequential loss of the batch (what LSGD ranks nodes by).
-        batch_loss = losses[:, sl].mean(dim=1).cpu()
-        with torch.no_grad():
-            # The protocol sees whole models: parameters, then scaler statistics.
-            full = Wd if scaler is None else torch.cat([Wd, scaler.get_flat(f, lead=(m,))], dim=1)
-            before = full.clone() if window is not None else None
-            actions = lockstep(proto, r + 1, full, R, loss=batch_loss, n_samples=since_sync, uplink=uplink,
-                               motion=motion)
-            if before is not None and actions:
-                guard_syncs(proto, actions, full, before, R, sl.stop, window, r + 1, uplink, motion,
-                            lambda got, lo, end, full, before: _declines(got, full, before, X, Y, lo, end, forward,
-                                                                         scaler, p, margin))
-            if actions and scaler is not None:
-                Wd.copy_(full[:, :p])
-                scaler.set_flat(full[:, p:])
-            note_syncs(actions, since_sync, syncs, r + 1)
-        bar.update()
-        if progress and (r % 50 == 0 or r == rounds - 1):
-            bar.set_postfix(acc=f"{correct[:, : sl.stop].float().mean().item():.3f}",
-                            models=proto.stats.models_up + proto.stats.models_down)
-    bar.close()
-    return SimResult(
-        protocol=proto.name if isinstance(protocol, (Protocol, Grouped)) else str(protocol),
-        m=m, n=n, batch_size=batch_size, d=d,
-        correct=correct.cpu().numpy(), losses=losses.cpu().numpy(),
-        comm=proto.stats.as_dict(), syncs=syncs, events=[ev for ev in data.events if ev.position < n],
-        final_models=(Wd if scaler is None else torch.cat([Wd, scaler.get_flat(f, lead=(m,))], dim=1)).cpu().clone(),
-        seconds=time.perf_counter() - t0, restarts=restarts, groups=list(getattr(proto, "events", [])),
-    )
+    [result] = simulate_grid(data, [Setting(protocol, learner, seed)], batch_size=batch_size, progress=progress,
+                             detector=detector, guard=guard)
+    return result
 
 
 def guard_syncs(proto, actions, full, before, R, end: int, window: int, step: int, uplink, motion, declines) -> None:

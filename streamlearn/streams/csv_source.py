@@ -1,7 +1,9 @@
 """Finite sources replayed from a CSV file (plain or ``.gz``; ``,`` tab ``;`` or ``|``), and the shipped Elec2 stream.
 
 The header and the first records (a bounded look-ahead) are read at construction, to fix the features;
-the whole file is read and checked once per stream object, on first use, and kept as arrays.
+the whole file is read and checked once per stream object, on first use, and kept as arrays. It is parsed
+column by column: a file without quotes is cut into fields over its whole text at once (``str`` methods, no
+Python step per record), a file with quotes by the csv module; each column is converted whole by numpy.
 Bad records are reported with ``row`` = the **file line number** (1-based; the header is line 1, so the
 first data record is line 2), the column name and the raw value as text.
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
+import operator
 import re
 import sys
 from dataclasses import dataclass
@@ -21,7 +25,7 @@ import numpy as np
 
 from streamlearn.errors import BadRecordError, ConfigError
 from streamlearn.records import parse_delimiter, sniff_delimiter
-from streamlearn.streams.base import BLOCK, Stream, check_count, label_array
+from streamlearn.streams.base import BLOCK, Stream, check_count, factorize, label_array
 
 __all__ = ["CSVSource", "Elec2", "ELEC2_PATH"]
 
@@ -57,6 +61,85 @@ def _is_number(text: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _label_values(codes: np.ndarray, values: list) -> np.ndarray:
+    """``label_array([values[c] for c in codes])``, building one label per distinct value, not per record."""
+    present = np.flatnonzero(np.bincount(codes, minlength=len(values)))
+    arr = label_array([values[k] for k in present.tolist()])
+    remap = np.zeros(len(values), dtype=np.int64)
+    remap[present] = np.arange(len(present))
+    return arr[remap[codes]]
+
+
+# Fields looked at to tell whether a numeric column's texts repeat (see _repeating_floats).
+_SAMPLE = 2000
+
+
+def _floats(texts: list, keep_nan: bool) -> tuple[np.ndarray, dict]:
+    """``(values, problems)``: the texts as floats (NaN where not a number) and ``{index: reason}`` of the
+    bad ones (with ``keep_nan`` an empty field or ``NaN`` is a missing value, not a bad field).
+
+    The whole list is converted at once (numpy parses text as ``float`` does); only when that fails is
+    it converted again with empty fields as NaN, and only when that fails too one by one.
+
+    >>> _floats(["1", "", " 2 ", "x", "inf"], keep_nan=False)
+    (array([ 1., nan,  2., nan, inf]), {1: 'missing value', 3: 'non-numeric value', 4: 'NaN or infinite value'})
+    """
+    problems: dict = {}
+    try:
+        values = np.array(texts, dtype=np.float64)
+    except ValueError:
+        values = None
+        try:  # empty fields (missing readings) only: parse the rest at once, not one by one
+            values = np.array([t or "nan" for t in texts], dtype=np.float64)
+        except ValueError:  # blank (whitespace) fields, or a non-numeric one
+            try:
+                values = np.array([t or "nan" for t in map(str.strip, texts)], dtype=np.float64)
+            except ValueError:
+                values = None
+        if values is not None and not keep_nan:
+            for i in np.flatnonzero(np.isnan(values)).tolist():
+                if not texts[i].strip():
+                    problems[i] = "missing value"
+    if values is None:  # find the culprits one by one
+        values = np.full(len(texts), np.nan)
+        for i, t in enumerate(texts):
+            try:
+                values[i] = float(t)
+            except ValueError:
+                if t.strip():
+                    problems[i] = "non-numeric value"
+                elif not keep_nan:
+                    problems[i] = "missing value"
+    for i in np.flatnonzero(np.isinf(values) if keep_nan else ~np.isfinite(values)).tolist():
+        problems.setdefault(i, "NaN or infinite value")  # a field reports its first problem
+    return values, problems
+
+
+def _repeating_floats(texts: list, keep_nan: bool) -> tuple[np.ndarray, dict]:
+    """:func:`_floats`, converting each distinct text once when the texts repeat.
+
+    Readings repeat (a sensor's few hundred values): a dict pass costs less than a float parse, so this
+    is about twice as fast as converting every field. Mostly distinct texts are converted directly.
+    """
+    if len(texts) <= 2 * _SAMPLE or len(set(texts[:_SAMPLE])) > _SAMPLE // 2:
+        return _floats(texts, keep_nan)
+    codes, distinct, _ = factorize(texts)
+    values, problems = _floats(distinct, keep_nan)
+    if problems:
+        flagged = np.zeros(len(distinct), dtype=bool)
+        flagged[list(problems)] = True
+        problems = {i: problems[int(codes[i])] for i in np.flatnonzero(flagged[codes]).tolist()}
+    return values[codes], problems
 
 
 def _looks_like_time(text: str) -> bool:
@@ -115,6 +198,98 @@ def _as_names(value, what) -> list | None:
     if len(set(names)) != len(names):
         raise ConfigError(f"{what} lists a column twice: {names}")
     return names
+
+
+@dataclass
+class _Records:
+    """The data records of a file (blank lines left out), cut to the header's width, field by field.
+
+    ``flat[i * ncol + p]`` is field ``p`` of record ``i`` (``""`` where the record is short), so a column is
+    the slice ``flat[p::ncol]``; ``lines[i]`` is the file line number of record ``i``.
+    """
+
+    lines: np.ndarray
+    flat: list
+    ncol: int
+    widths: dict  # record index -> its number of fields, for records whose width is not the header's
+    extra: dict  # record index -> its fields beyond the header's, joined by the delimiter
+
+    def column(self, pos: int) -> list:
+        return self.flat[pos::self.ncol]
+
+    def floats(self, pos: int, keep_nan: bool) -> tuple[np.ndarray, dict]:
+        """Column ``pos`` as floats, and ``{record: (reason, raw text)}`` of its bad fields."""
+        texts = self.column(pos)
+        values, problems = _repeating_floats(texts, keep_nan)
+        return values, {i: (reason, texts[i]) for i, reason in problems.items()}
+
+
+def _records_fast(text: str, delimiter: str, ncol: int) -> _Records | None:
+    """The records of ``text`` when they are plainly its lines cut at ``delimiter``, else None.
+
+    Without a quote, a NUL or a bare carriage return, the csv module's reader gives exactly each line
+    split at the delimiter, so the whole file is cut with a few ``str`` methods (C loops) instead of a
+    Python list per record: the body joined by the delimiter and split once.
+    """
+    if '"' in text or "\0" in text:
+        return None
+    if "\r" in text:
+        if text.count("\r") != text.count("\r\n"):
+            return None
+        text = text.replace("\r\n", "\n")
+    body = text.split("\n")
+    if body[-1] == "":
+        body.pop()  # the newline that ends the last line
+    body = body[1:]  # the header (line 1) was read at construction
+    width = np.fromiter(map(str.count, body, itertools.repeat(delimiter, len(body))), np.int64, len(body)) + 1
+    odd = np.flatnonzero(width != ncol).tolist()
+    widths, extra = {}, {}
+    if not odd:
+        lines = np.arange(2, len(body) + 2)
+    else:  # blank lines go (as the csv module gives them: [] or one blank field); the rest cut to ncol fields
+        blank = [i for i in odd if width[i] == 1 and not body[i].strip()]
+        keep = np.ones(len(body), dtype=bool)
+        keep[blank] = False
+        lines = np.flatnonzero(keep) + 2
+        renumber = np.cumsum(keep) - 1
+        for i in odd:
+            if not keep[i]:
+                continue
+            k, w = int(renumber[i]), int(width[i])
+            widths[k] = w
+            if w < ncol:
+                body[i] += delimiter * (ncol - w)
+            else:
+                fields = body[i].split(delimiter)
+                extra[k] = delimiter.join(fields[ncol:])
+                body[i] = delimiter.join(fields[:ncol])
+        if blank:
+            body = [line for line, kept in zip(body, keep.tolist()) if kept]
+    joined = delimiter.join(body)
+    del body  # memory: the lines go before the fields are made
+    flat = joined.split(delimiter) if len(lines) else []
+    return _Records(lines, flat, ncol, widths, extra)
+
+
+def _records_csv(text: str, delimiter: str, ncol: int) -> _Records:
+    """The records of ``text`` by the csv module's reader, one by one (quoted fields, fields spanning lines)."""
+    records = list(csv.reader(io.StringIO(text), delimiter=delimiter))
+    if len(records) == text.count("\n") + (0 if text.endswith("\n") else 1):
+        numbered = enumerate(records, start=1)  # one record per line: line number = index + 1
+    else:  # quoted fields span lines: ask the reader for line numbers
+        reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+        numbered = ((reader.line_num, r) for r in reader)
+    next(numbered, None)  # the header
+    kept = [(line, r) for line, r in numbered if r and (len(r) > 1 or r[0].strip())]  # blank lines go
+    widths, extra, flat = {}, {}, []
+    for i, (_, r) in enumerate(kept):
+        if len(r) != ncol:
+            widths[i] = len(r)
+            if len(r) > ncol:
+                extra[i] = delimiter.join(r[ncol:])
+            r = r[:ncol] + [""] * (ncol - len(r))
+        flat.extend(r)
+    return _Records(np.array([line for line, _ in kept], dtype=np.int64), flat, ncol, widths, extra)
 
 
 class CSVSource(Stream):
@@ -191,6 +366,10 @@ class CSVSource(Stream):
     >>> s.delimiter, s.feature_names, s.to_arrays(2)[0].tolist()
     (';', ['load', 'kind_coal', 'kind_gas'], [[0.5, 0.0, 1.0], [0.7, 1.0, 0.0]])
     """
+
+    # A file without quotes is cut into fields by str methods over the whole text; False: always the csv
+    # module's reader, record by record (the reference the tests compare the fast path with)
+    _fast = True
 
     def __init__(self, path, label: str, features=None, classes=None, on_bad_record: str = "raise",
                  seed: int = 0, key: str | None = None, categorical=None, delimiter: str | None = None,
@@ -320,106 +499,77 @@ class CSVSource(Stream):
     def _parse(self):
         with _open(self.path) as f:
             text = f.read()
-        records = list(csv.reader(io.StringIO(text), delimiter=self.delimiter))
-        if len(records) == text.count("\n") + (0 if text.endswith("\n") else 1):
-            numbered = enumerate(records, start=1)  # one record per line: line number = index + 1
-        else:  # quoted fields span lines: ask the reader for line numbers
-            reader = csv.reader(io.StringIO(text), delimiter=self.delimiter)
-            numbered = ((reader.line_num, r) for r in reader)
-        next(numbered, None)  # the header
-        kept = [(line, r) for line, r in numbered if r and (len(r) > 1 or r[0].strip())]  # blank lines go
-        lines = [line for line, _ in kept]
-        rows = [r for _, r in kept]
         header, ncol = self._header, len(self._header)
+        records = _records_fast(text, self.delimiter, ncol) if self._fast else None
+        if records is None:
+            records = _records_csv(text, self.delimiter, ncol)
+        del text
+        lines = records.lines
+        n = len(lines)
+        column = records.column
         # errors[i] = (column position in the file, error); a record reports its leftmost bad field
         errors: dict = {}
 
         def bad(i, pos, reason, column, value):
             if i not in errors or pos < errors[i][0]:
-                errors[i] = (pos, BadRecordError(reason, row=lines[i], column=column, value=value))
+                errors[i] = (pos, BadRecordError(reason, row=int(lines[i]), column=column, value=value))
 
         wanted = [pos for _, pos, _ in self._columns] + [header.index(self.label)]
         wanted += [header.index(c) for c in self._text_columns]
-        regular = set(map(len, rows)) <= {ncol}
-        for i, row in enumerate(() if regular else rows):
-            if len(row) < ncol:
-                missing = sorted(p for p in wanted if p >= len(row))
+        for i, width in records.widths.items():
+            if width < ncol:
+                missing = sorted(p for p in wanted if p >= width)
                 if missing:
                     bad(i, missing[0], "missing value (the line has fewer fields than the header)",
                         header[missing[0]], None)
                 # short rows whose wanted fields are present are fine
-            elif len(row) > ncol:
-                bad(i, ncol, f"extra field (the line has {len(row)} fields, the header {ncol})", None,
-                    self.delimiter.join(row[ncol:]))
-        n = len(rows)
-        if regular:
-            columns = list(zip(*rows)) or [()] * ncol
-
-            def column(pos):
-                return columns[pos]
-        else:
-            def column(pos):
-                return [row[pos] if pos < len(row) else "" for row in rows]
+            else:
+                bad(i, ncol, f"extra field (the line has {width} fields, the header {ncol})", None,
+                    records.extra[i])
 
         X = np.empty((n, len(self.feature_names)))
         j = 0
         unseen_rows = {}
         keep_nan = self.missing == "nan"
         for name, pos, enc in self._columns:
-            texts = column(pos)
             if enc is not None:
-                j = self._one_hot(X, j, name, pos, enc, texts, bad, unseen_rows, keep_nan)
+                j = self._one_hot(X, j, name, pos, enc, column(pos), bad, unseen_rows, keep_nan)
                 continue
-            try:
-                values = np.array(texts, dtype=np.float64)
-            except ValueError:
-                values = None
-                stripped = [t.strip() for t in texts]
-                empty = [i for i, t in enumerate(stripped) if not t]
-                if empty:  # empty fields (missing readings) only: parse the rest at once, not one by one
-                    try:
-                        values = np.array([t or "nan" for t in stripped], dtype=np.float64)
-                    except ValueError:
-                        pass
-                    else:
-                        for i in ([] if keep_nan else empty):
-                            bad(i, pos, "missing value", name, texts[i])
-            if values is None:  # find the culprits one by one
-                values = np.full(n, np.nan)
-                for i, t in enumerate(texts):
-                    try:
-                        values[i] = float(t)
-                    except ValueError:
-                        if not t.strip():
-                            if not keep_nan:
-                                bad(i, pos, "missing value", name, t)
-                        else:
-                            bad(i, pos, "non-numeric value", name, t)
-            for i in np.flatnonzero(np.isinf(values) if keep_nan else ~np.isfinite(values)):
-                bad(int(i), pos, "NaN or infinite value", name, texts[i])
-            X[:, j] = values
+            X[:, j], problems = records.floats(pos, keep_nan)
+            for i, (reason, text) in problems.items():
+                bad(i, pos, reason, name, text)
             j += 1
 
         raw = {}
         for name in self._text_columns:
             pos = header.index(name)
-            raw[name] = np.array([t.strip() for t in column(pos)], dtype=object)
+            texts = column(pos)
+            raw[name] = np.array(list(map(str.strip, texts)), dtype=object)
             if name == self.key:
                 for i in np.flatnonzero(raw[name] == ""):
-                    bad(int(i), pos, "missing value", name, column(pos)[i])
+                    bad(int(i), pos, "missing value", name, texts[i])
 
         unlabelled = np.zeros(n, dtype=bool)
-        labels, classes = self._labels(column(header.index(self.label)), header.index(self.label), bad,
-                                       unlabelled if keep_nan else None)
+        pos = header.index(self.label)
+        if self.task == "regression":
+            targets, classes = self._targets(column(pos), pos, bad, unlabelled if keep_nan else None), []
+        else:
+            codes, values, classes = self._labels(column(pos), pos, bad, unlabelled if keep_nan else None)
+        del records, column
         if errors and self.on_bad_record == "raise":
             raise errors[min(errors)][1]
         bad_rows = np.zeros(n, dtype=bool)
         bad_rows[list(errors)] = True
         keep = ~unlabelled & ~bad_rows
         n_unlabelled = int((unlabelled & ~bad_rows).sum())  # a bad record is counted as such, not here
-        n_missing = int(np.isnan(X[keep]).sum()) if keep_nan else 0
+        every = bool(keep.all())
+        X = X if every else X[keep]
+        n_missing = int(np.isnan(X).sum()) if keep_nan else 0
         kept_errors = [errors[i][1] for i in sorted(errors)[:MAX_KEPT_ERRORS]]
-        y = label_array([labels[i] for i in np.flatnonzero(keep)]) if not keep.all() else label_array(labels)
+        if self.task == "regression":
+            y = targets if every else targets[keep]
+        else:
+            y = _label_values(codes if every else codes[keep], values)
         if len(y) == 0:
             y = label_array(classes)[:0]
         unseen = {name: int(mask[keep].sum()) for name, mask in unseen_rows.items()}
@@ -430,82 +580,77 @@ class CSVSource(Stream):
         if keep_nan and (n_unlabelled or n_missing):
             _note(f"{self.path}: {n_missing} missing feature values kept as missing (NaN) for the learner to "
                   f"impute or skip; {n_unlabelled} records without a label left out")
-        self._data = _Parsed(np.ascontiguousarray(X[keep]), y, classes, len(errors), kept_errors, unseen,
-                             {name: values[keep] for name, values in raw.items()}, n_missing, n_unlabelled)
+        self._data = _Parsed(X, y, classes, len(errors), kept_errors,
+                             unseen, {name: t if every else t[keep] for name, t in raw.items()},
+                             n_missing, n_unlabelled)
 
     def _one_hot(self, X, j, name, pos, enc, texts, bad, unseen_rows, keep_nan=False) -> int:
         """Write the one-hot columns of one text column from ``X[:, j]`` on; returns the next free column."""
         cols = enc.feature_names_out
-        stripped = np.array([t.strip() for t in texts], dtype=object)
         # encode each distinct value once
-        distinct, inverse = np.unique(stripped, return_inverse=True)
-        table = np.array([[enc.transform_one({name: v})[c] for c in cols] for v in distinct.tolist()])
-        X[:, j:j + len(cols)] = table.reshape(len(distinct), len(cols))[inverse.reshape(-1)]
-        empty = np.flatnonzero(stripped == "")
+        codes, distinct, _ = factorize(map(str.strip, texts))
+        table = np.array([[enc.transform_one({name: v})[c] for c in cols] for v in distinct])
+        X[:, j:j + len(cols)] = table.reshape(len(distinct), len(cols))[codes]
+        empty = np.flatnonzero(codes == distinct.index("")) if "" in distinct else np.empty(0, dtype=np.int64)
         if keep_nan:  # a missing category: NaN in every column of it, for the consumer to impute or skip
             X[empty, j:j + len(cols)] = np.nan
         else:
-            for i in empty:
-                bad(int(i), pos, "missing value", name, texts[i])
+            for i in empty.tolist():
+                bad(i, pos, "missing value", name, texts[i])
         known = set(self.categories[name])
-        outside = np.array([v != "" and v not in known for v in distinct.tolist()], dtype=bool)
-        unseen_rows[name] = outside[inverse.reshape(-1)]
+        outside = np.array([v != "" and v not in known for v in distinct], dtype=bool)
+        unseen_rows[name] = outside[codes]
         return j + len(cols)
 
-    def _targets(self, texts, pos, bad, unlabelled=None):
+    def _targets(self, texts, pos, bad, unlabelled=None) -> np.ndarray:
         """task='regression': the labels as floats (a label that is not a finite number is a bad record)."""
-        out = np.zeros(len(texts))
-        for i, t in enumerate(texts):
-            t = t.strip()
-            if not t:
-                if unlabelled is not None:
-                    unlabelled[i] = True
-                else:
-                    bad(i, pos, "missing label", self.label, t)
-                continue
-            try:
-                out[i] = float(t)
-            except ValueError:
-                bad(i, pos, "label is not a number (task='regression')", self.label, t)
-                continue
-            if not np.isfinite(out[i]):
-                bad(i, pos, "label is NaN or infinite", self.label, t)
-        return out.tolist(), []
+        stripped = list(map(str.strip, texts))
+        empty = np.fromiter(map(operator.not_, stripped), bool, len(stripped))
+        try:
+            out = np.array([t or "0" for t in stripped], dtype=np.float64)
+        except ValueError:  # find the culprits one by one
+            out = np.zeros(len(stripped))
+            for i, t in enumerate(stripped):
+                if t:
+                    try:
+                        out[i] = float(t)
+                    except ValueError:
+                        bad(i, pos, "label is not a number (task='regression')", self.label, t)
+                        out[i] = 0.0
+        for i in np.flatnonzero(empty).tolist():
+            if unlabelled is not None:
+                unlabelled[i] = True
+            else:
+                bad(i, pos, "missing label", self.label, "")
+        for i in np.flatnonzero(~np.isfinite(out)).tolist():
+            bad(i, pos, "label is NaN or infinite", self.label, stripped[i])
+        return out
 
     def _labels(self, texts, pos, bad, unlabelled=None):
-        if self.task == "regression":
-            return self._targets(texts, pos, bad, unlabelled)
-        """Labels and classes; an empty label is a bad record, or (``unlabelled`` given) marked there."""
-        texts = [t.strip() for t in texts]
+        """``(codes, values, classes)``: label of record i = ``values[codes[i]]``; an empty label is a bad
+        record, or (``unlabelled`` given) marked there. Each distinct label text is looked at once."""
+        codes, distinct, _ = factorize(map(str.strip, texts))
         if self._declared is not None:
             lookup = {str(c): c for c in self._declared}
-            labels = [lookup.get(t) for t in texts]
-            for i, (t, v) in enumerate(zip(texts, labels)):
-                if v is None:
-                    if not t and unlabelled is not None:
-                        unlabelled[i] = True
-                    else:
-                        bad(i, pos, "missing label" if not t else "unknown label", self.label, t)
-            return labels, list(self._declared)
-        for i, t in enumerate(texts):
-            if not t:
-                if unlabelled is not None:
-                    unlabelled[i] = True
-                else:
-                    bad(i, pos, "missing label", self.label, t)
-        found = {t for t in texts if t}
-
-        def is_int(t):
-            try:
-                int(t)
-                return True
-            except ValueError:
-                return False
-
-        if found and all(is_int(t) for t in found):
-            as_int = {t: int(t) for t in found}
-            return [as_int.get(t) for t in texts], sorted(set(as_int.values()))
-        return texts, sorted(found)
+            values = [lookup.get(t) for t in distinct]
+            classes = list(self._declared)
+        else:
+            found = sorted(t for t in distinct if t)
+            if found and all(_is_int(t) for t in found):
+                values = [int(t) if t else None for t in distinct]
+                classes = sorted({v for v in values if v is not None})
+            else:
+                values, classes = list(distinct), found
+        for k, t in enumerate(distinct):
+            if (values[k] is not None) if self._declared is not None else t:
+                continue
+            rows = np.flatnonzero(codes == k).tolist()
+            if not t and unlabelled is not None:
+                unlabelled[rows] = True
+            else:
+                for i in rows:
+                    bad(i, pos, "missing label" if not t else "unknown label", self.label, t)
+        return codes, values, classes
 
     def _loaded(self) -> "_Parsed":
         if self._data is None:

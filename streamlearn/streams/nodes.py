@@ -3,6 +3,8 @@ values imputed or skipped per node (:class:`WithMissing`)."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from streamlearn.errors import ConfigError
@@ -17,6 +19,8 @@ __all__ = ["node_streams", "parse_schedule", "parse_split", "WithMissing", "MISS
 #: ``node_streams(on_missing=...)``: impute or skip per node stream, or keep NaN for a consumer downstream
 #: (the producer: the node service imputes or skips).
 MISSING_CHOICES = ("impute", "skip", "keep")
+# Blocks per MissingValues call when WithMissing only counts its rows (bounded memory, few calls).
+_COUNT_CHUNK = 64
 
 
 def parse_schedule(schedule: str, nodes: int) -> list:
@@ -230,8 +234,25 @@ class WithMissing(Stream):
         if self.inner.n_samples is None:
             return None
         if self._n is None:  # rows that cannot be imputed are skipped too: count them once
-            self._n = sum(len(y) for _, y in self._blocks(None))
+            self._n = self._count()
         return self._n
+
+    def _count(self) -> int:
+        """A full pass that only counts the rows kept: ``MissingValues`` over chunks of many blocks, not
+        block by block (its counts are integers, the same for any chunking; only the imputed numbers,
+        not needed here, depend on it)."""
+        from streamlearn.learners.preprocessing import MissingValues
+
+        mv = MissingValues(len(self.feature_names), self.policy)
+        self._last = mv
+        kept, chunk = 0, []
+        for X, _ in itertools.chain(self.inner._blocks(None), [(None, None)]):
+            if X is not None:
+                chunk.append(X)
+            if chunk and (X is None or len(chunk) == _COUNT_CHUNK):
+                kept += int(mv.apply(np.concatenate(chunk))[1].sum())
+                chunk = []
+        return kept
 
     def counts(self) -> dict:
         """What the last full pass imputed and skipped (a pass: ``to_arrays``, iteration, ``n_samples``)."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from streamlearn.errors import BadRecordError, ConfigError, StreamlearnError
 from streamlearn.records import is_int_key, node_of_key
-from streamlearn.streams.base import BLOCK, Stream, reblock
+from streamlearn.streams.base import BLOCK, Stream, factorize, reblock
 
 __all__ = ["Split", "SplitNode"]
 
@@ -167,8 +167,14 @@ class Split:
         if values.dtype.kind == "f" and np.isnan(values).any():
             i = int(np.flatnonzero(np.isnan(values))[0])
             raise BadRecordError("split key value is missing", row=start + i + 1, column=self.key, value=None)
-        distinct, first, inverse = np.unique(values, return_index=True, return_inverse=True)
-        for j in np.argsort(first, kind="stable").tolist():
+        if values.dtype.kind == "f":
+            distinct, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+            order = np.argsort(first, kind="stable").tolist()
+            distinct = distinct.tolist()
+        else:  # text: one dict pass, already in order of first appearance (np.unique would sort the strings)
+            inverse, distinct, first = factorize(values)
+            order = range(len(distinct))
+        for j in order:
             v = distinct[j]
             v = v if isinstance(v, str) else float(v)
             if v == "":
@@ -180,7 +186,7 @@ class Split:
                                          f"of {self.key!r}, but there are only {self.nodes} nodes (one per value)",
                                          row=start + int(first[j]) + 1, column=self.key, value=v)
                 self._first[v] = len(self._first)
-        table = np.asarray([self._first[v if isinstance(v, str) else float(v)] for v in distinct.tolist()],
+        table = np.asarray([self._first[v if isinstance(v, str) else float(v)] for v in distinct],
                            dtype=np.int64)
         return table[inverse.reshape(-1)]
 
@@ -234,9 +240,9 @@ class Split:
 
     def _assign_text(self, texts: np.ndarray, start: int) -> np.ndarray:
         """Node of each text key (-1 never returned: a key that cannot be placed raises); each distinct value once."""
-        distinct, inverse = np.unique(texts, return_inverse=True)
+        inverse, distinct, _ = factorize(texts)
         nodes, reasons = [], {}
-        for v in distinct.tolist():
+        for v in distinct:
             node = -1
             if v == "":
                 reasons[v] = "split key value is missing"

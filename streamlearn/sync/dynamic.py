@@ -148,6 +148,11 @@ class Dynamic(Protocol):
     def check_every(self) -> int:
         return self.b
 
+    @property
+    def divergence_threshold(self) -> float | None:
+        # with extrapolate the rule compares against the extrapolated reference, not r
+        return None if self.extrapolate else self.delta
+
     def _everyone(self) -> set[int]:
         return set(self.alive) - self._excluded
 

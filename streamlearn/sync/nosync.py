@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from streamlearn.sync.protocol import Protocol
@@ -33,3 +35,7 @@ class NoSync(Protocol):
 
     def node_rule(self, node: int, step: int, divergence: float) -> str | None:
         return None
+
+    @property
+    def divergence_threshold(self) -> float:
+        return math.inf  # the rule never answers

@@ -153,6 +153,13 @@ class Protocol:
         rule answers None whatever the divergence, so a node computes ``||w - r||^2`` only then."""
         return 1
 
+    @property
+    def divergence_threshold(self) -> float | None:
+        """A bound t: at any step, the node rule answers None for a node whose divergence ``||w - r||^2`` is
+        <= t (None: no such bound, the rule may answer whatever the divergence). A driver that holds many
+        nodes (the simulator's grid) consults the protocol only when some divergence exceeds it."""
+        return None
+
     # ---- coordinator side: state -----------------------------------------------------------
 
     @property

@@ -215,8 +215,11 @@ def test_node_publishes_one_prediction_per_learned_sample(broker, settings, pref
         node = pipe.start_node(0, detector=None)
         pipe.wait(lambda r: r.nodes.get(0, {}).get("joined"), what="node 0 joined")
         producer = KafkaProducer(**settings.producer_kwargs())
-        for value, key in records:
+        for i, (value, key) in enumerate(records):
             producer.send(samples_topic(prefix, 0), value, key=key, partition=0)
+            if i == n_json - 1:  # a sync reaches the node before the rest: their predictions carry it
+                producer.flush()
+                pipe.wait(lambda r: r.nodes.get(0, {}).get("syncs", 0) > 0, what="node 0 synced")
         producer.flush()
         producer.close()
         pipe.wait(pipe.learned({0: n}), what="every sample learned")

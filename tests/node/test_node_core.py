@@ -292,3 +292,43 @@ def test_a_sync_keeps_the_steps_the_node_learned_after_it_sent_its_model():
     feed(core, X[60:90], y[60:90], start=60)
     core.receive(Msg("send", reason="join", reference=True, epoch="e9", model=(average * 2).numpy()))
     assert torch.equal(core.learner.get_flat(), average * 2)
+
+
+@pytest.mark.parametrize("scale", [False, True])
+def test_the_divergence_follows_every_new_reference_and_equals_the_torch_sum(scale):
+    # On CPU the divergence is taken in numpy on a view of the reference kept between steps: it must follow a
+    # reference set by a sync or assigned whole (a checkpoint restore), and equal torch's sum of squares.
+    X, y = make_data(200, seed=5)
+    core = NodeCore(learner(scale=scale), CLASSES, "dynamic:delta=0.5,b=1", detector=None)
+    p = core.n_params
+
+    def torch_divergence():
+        x = core.learner.get_flat()[:p] - core.reference[:p]
+        return float((x.double() ** 2).sum())
+
+    feed(core, X[:100], y[:100])
+    assert core.divergence > 0 and core.divergence == pytest.approx(torch_divergence(), rel=1e-5)
+    target = torch.full_like(core.learner.get_flat(), 0.125)
+    # a full sync: the reference moves (the model keeps the steps learned since it went up)
+    core.receive(Msg("send", reference=True, model=target.numpy()))
+    assert torch.equal(core.reference, target)
+    assert core.divergence == core.model_divergence() == pytest.approx(torch_divergence(), rel=1e-5)
+    core.reference = torch.zeros_like(target)  # assigned whole, as a checkpoint restore does
+    assert core.model_divergence() == pytest.approx(torch_divergence(), rel=1e-6)
+    feed(core, X[100:], y[100:], start=100)
+    assert core.divergence == pytest.approx(torch_divergence(), rel=1e-5)
+
+
+def test_the_short_scoring_path_scores_as_score_step():
+    # A torch learner predicts in the declared class order: the core scores inline, as score_step would.
+    from streamlearn.node.scoring import score_step
+
+    X, y = make_data(100, seed=9)
+    core = NodeCore(learner(), CLASSES, "nosync", detector=None)
+    for i in range(0, 100, 7):  # uneven last batch: the row index is remade for a new size
+        yi = y[i:i + 7]
+        core.learn_many(X[i:i + 7], yi, np.arange(i, i + len(yi)))
+        correct, p_true, valid = score_step(core.step_proba, core.learner, CLASSES, yi)
+        assert np.array_equal(core.step_correct, correct) and valid.all()
+        np.testing.assert_array_equal(core.step_loss, clipped_log_loss(p_true))
+    assert core.preq.n == 100

@@ -78,3 +78,22 @@ def test_imputed_values_are_the_means_of_the_values_before(tmp_path):
     for i, j in zip(*np.nonzero(hole)):
         before = X[:i, j]
         assert got[i, j] == pytest.approx(np.nanmean(before))
+
+
+@pytest.mark.parametrize("policy", ["impute", "skip"])
+def test_counting_pass_equals_a_block_by_block_pass(policy, monkeypatch):
+    # n_samples counts with MissingValues over chunks of blocks: the same rows and counts as block by block
+    from streamlearn.learners.preprocessing import MissingValues
+    from streamlearn.streams import nodes
+
+    monkeypatch.setattr(nodes, "_COUNT_CHUNK", 3)  # several chunks, the last one partial
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(10 * BLOCK + 77, 4))
+    X[rng.random(X.shape) < 0.05] = np.nan
+    X[:BLOCK + 5, 3] = np.nan  # a feature first seen in the second block: its rows before cannot be imputed
+    y = rng.integers(0, 2, len(X))
+    mv = MissingValues(4, policy)
+    kept = sum(int(mv.apply(X[i:i + BLOCK])[1].sum()) for i in range(0, len(X), BLOCK))
+    s = WithMissing(ArrayStream(X, y), policy)
+    assert s.n_samples == kept and s.counts() == mv.counts() and mv.skipped > BLOCK
+    assert len(s.to_arrays(len(X))[1]) == kept and s.counts() == mv.counts()
