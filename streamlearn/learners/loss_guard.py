@@ -62,6 +62,7 @@ __all__ = ["GuardEvent", "LossGuard", "scale_lr"]
 log = logging.getLogger(__name__)
 
 _KEEP = 100  # events kept for the status and the evaluator's output
+_F64 = np.dtype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -200,13 +201,14 @@ class LossGuard:
     def observe(self, learner, loss) -> GuardEvent | None:
         """After ``learner`` took a step: ``loss``, the prequential losses of the step's samples (NaN: not
         scored). Returns the event when the guard fired (it damped or stopped the learner), else None."""
-        if type(loss) is not np.ndarray or loss.dtype != np.float64 or loss.ndim != 1:
+        if type(loss) is not np.ndarray or loss.dtype is not _F64 or loss.ndim != 1:
             loss = np.asarray(loss, dtype=np.float64).reshape(-1)
         self.position += len(loss)
         self.n_steps += 1
         if not self.learning:
             return None  # stopped: it said so once
-        total = float(loss.sum())
+        # (one sample, test-then-train at batch 1: its loss as it is, without a numpy reduction's microsecond)
+        total = loss.item() if len(loss) == 1 else float(loss.sum())
         if math.isfinite(total):
             finite, mean, n = None, total / max(len(loss), 1), len(loss)
         else:

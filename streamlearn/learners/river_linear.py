@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
 from river import base, linear_model, optim
 
 from streamlearn.errors import BadRecordError, ConfigError
-from streamlearn.learners.base import FeatureMixin, NotInitializedError, as_label_list, labels_array
+from streamlearn.learners.base import (
+    FeatureMixin,
+    NotInitializedError,
+    as_label_list,
+    labels_array,
+)
 
 __all__ = ["RiverLinear"]
+
+_F32 = np.dtype(np.float32)
 
 # Binary linear models: LogisticRegression and Perceptron keep weights in a VectorDict `_weights`
 # (GLM), PAClassifier in a dict `weights`; both have a float `intercept`.
@@ -189,8 +197,28 @@ class RiverLinear(FeatureMixin, base.MiniBatchClassifier):
                 m.learn_one(row, c == yi)
         self.n_samples_seen_ += 1
 
+    def _row_dict(self, X) -> dict | None:
+        """A numpy float row (1, f) of the fixed features as the dict river learns from, its values rounded
+        to float32 as the general path rounds them; None for anything else (or a value not finite), which
+        the general path converts, checks and names. A batch of one is what test-then-train at batch 1
+        passes: this spares it the batch machinery river itself does not have."""
+        names = self.feature_names_
+        if (type(X) is not np.ndarray or names is None or X.shape != (1, len(names)) or X.dtype.kind != "f"):
+            return None
+        row = (X if X.dtype is _F32 else X.astype(np.float32)).tolist()[0]
+        if not math.isfinite(sum(row)):  # one sum: all finite
+            return None
+        return dict(zip(names, row))
+
     def learn_many(self, X, y) -> None:
         """One mean-gradient step for LogisticRegression/Perceptron; row by row for PA (per class model)."""
+        if not self._ovr:
+            row = self._row_dict(X)
+            yi = None if row is None else self._row_label(y)
+            if yi is not None:  # one row: river's own step on its dict
+                self.model.learn_one(row, bool(yi))
+                self.n_samples_seen_ += 1
+                return
         M, names = self._to_matrix(X, fix=True)
         yi = self.encode_labels(y)
         if len(M) != len(yi):
@@ -203,6 +231,43 @@ class RiverLinear(FeatureMixin, base.MiniBatchClassifier):
             for c, m in enumerate(self.models_):
                 self._learn_binary(m, M, names, yi == c)
         self.n_samples_seen_ += len(M)
+
+    def _row_label(self, y) -> int | None:
+        """The class index of a batch of one label; None for anything else (the general path names it)."""
+        label = y.tolist() if type(y) is np.ndarray else y
+        if type(label) is not list or len(label) != 1:
+            return None
+        try:
+            return self._index.get(label[0])
+        except TypeError:  # unhashable
+            return None
+
+    def predict_proba_learn_many(self, X, y) -> np.ndarray:
+        """Test-then-train in one call: ``predict_proba_many(X)``, then ``learn_many(X, y)``; the
+        probabilities before the step. A binary model given one numpy row makes river's dict once and
+        predicts and learns on it, as river itself does.
+
+        >>> import numpy as np
+        >>> a, b = RiverLinear(n_features=2), RiverLinear(n_features=2)
+        >>> X = np.array([[1.0, -2.0]], dtype=np.float32)
+        >>> P = a.predict_proba_learn_many(X, [True])
+        >>> bool(np.array_equal(P, b.predict_proba_many(X))), P.tolist()
+        (True, [[0.5, 0.5]])
+        >>> b.learn_many(X, [True])
+        >>> bool(a.get_flat().equal(b.get_flat()))
+        True
+        """
+        if not self._ovr and self._glm:
+            row = self._row_dict(X)
+            yi = None if row is None else self._row_label(y)
+            if yi is not None:
+                p = self.model.predict_proba_one(row)[True]
+                self.model.learn_one(row, bool(yi))
+                self.n_samples_seen_ += 1
+                return np.array([[1.0 - p, p]])
+        P = self.predict_proba_many(X)
+        self.learn_many(X, y)
+        return P
 
     def _learn_binary(self, model, M: np.ndarray, names: list, yb: np.ndarray) -> None:
         if len(M) == 1:  # river's own per-sample step: the batch machinery costs more than the step here
@@ -225,6 +290,10 @@ class RiverLinear(FeatureMixin, base.MiniBatchClassifier):
     def _p_true(self, X, model=None) -> np.ndarray:
         """P(True) of a binary model (``model``, default ``self.model``) for every row of X."""
         model = self.model if model is None else model
+        if self._glm:
+            row = self._row_dict(X)
+            if row is not None:  # one row, as river predicts one sample
+                return np.array([model.predict_proba_one(row)[True]])
         M, names = self._to_matrix(X, fix=False)
         if self.feature_names_ is None:  # nothing learnt: all weights are zero
             raw = np.full(len(M), float(model.intercept))
@@ -246,6 +315,11 @@ class RiverLinear(FeatureMixin, base.MiniBatchClassifier):
         """(B, k) probabilities, columns in ``classes_`` order (k = 2 when binary)."""
         if self._ovr:
             return self._ovr_proba(X)
+        if self._glm:
+            row = self._row_dict(X)
+            if row is not None:  # one row, as river predicts one sample
+                p = self.model.predict_proba_one(row)[True]
+                return np.array([[1.0 - p, p]])
         p = self._p_true(X)
         P = np.empty((len(p), 2))
         P[:, 0], P[:, 1] = 1.0 - p, p

@@ -16,7 +16,8 @@ from streamlearn.learners.base import (
     resolve_device,
 )
 from streamlearn.learners.class_labels import ClassLabelsMixin
-from streamlearn.learners.fast import MAX_PARAMS as FAST_MAX_PARAMS, NumpyPath
+from streamlearn.learners.fast import MAX_PARAMS as FAST_MAX_PARAMS
+from streamlearn.learners.fast import NOT_A_ROW, NumpyPath
 from streamlearn.learners.losses import get_loss, is_regression_loss
 from streamlearn.learners.nets import ARCHITECTURES, build_net
 from streamlearn.learners.preprocessing import OnlineScaler
@@ -37,7 +38,9 @@ class TorchLearner(FeatureMixin, ClassLabelsMixin, base.MiniBatchClassifier):
     the learner trains through, so m learners equal one (m, d) tensor trained with
     ``torch.func.vmap`` (SGD and Adam act elementwise). For speed, logreg with cross-entropy
     computes its gradient in closed form instead of through autograd, and plain SGD steps
-    without torch.optim's per-call overhead: the same math, equal up to float rounding.
+    without torch.optim's per-call overhead: the same math, equal up to float rounding. Small
+    ``logreg``/``mlp`` models on CPU with plain SGD and cross-entropy learn in numpy instead, and a batch
+    of one row in a few microseconds (:mod:`streamlearn.learners.fast`), again equal up to float rounding.
     ``predict_proba_learn_many`` is test-then-train in one forward pass.
 
     Parameters
@@ -478,6 +481,11 @@ class TorchLearner(FeatureMixin, ClassLabelsMixin, base.MiniBatchClassifier):
         >>> bool(a.get_flat().equal(b.get_flat()))
         True
         """
+        fast = self._fast  # (only classifiers have one)
+        if fast is not None and fast.row_shape is not None:
+            P = fast.row_learn(X, y, True)  # the hot path at batch 1, as in _learn
+            if P is not NOT_A_ROW:
+                return P
         self._require_classifier("predict_proba_learn_many")
         return self._learn(X, y, want_proba=True)
 
@@ -486,6 +494,13 @@ class TorchLearner(FeatureMixin, ClassLabelsMixin, base.MiniBatchClassifier):
             raise ConfigError(f"{what}: a regression model (loss={self.loss!r}) gives no class probabilities")
 
     def _learn(self, X, y, want_proba: bool) -> np.ndarray | None:
+        fast = self._fast
+        if fast is not None and fast.row_shape is not None:
+            # The hot path of test-then-train at batch 1 (a float32 row of a known class): checks and
+            # conversions of a few hundred nanoseconds, else the general path below.
+            P = fast.row_learn(X, y, want_proba)
+            if P is not NOT_A_ROW:
+                return P
         # What predict_proba_many would give before this batch: nothing while unfitted, else
         # the softmax over the labels known so far (this batch may add one).
         known = len(self.classes_) if self._w is not None else 0
@@ -496,8 +511,10 @@ class TorchLearner(FeatureMixin, ClassLabelsMixin, base.MiniBatchClassifier):
         requested, want_proba = want_proba, want_proba and known > 0
         if not len(M):
             return np.zeros((0, known), dtype=np.float32) if requested else None
-        if self._fast is not None:
-            P = self._fast.learn(M, yi, want_proba, known, **self._step_settings())
+        if fast is not None and M.shape == fast.row_shape and known == self._n_out:
+            return self._step_one(M.tolist()[0], int(yi[0]), requested)  # as the hot path (dicts, lists)
+        if fast is not None:
+            P = fast.learn(M, yi, want_proba, known, **self._step_settings())
             self.n_samples_seen_ += len(M)
             self.n_steps_ += 1
             if not requested:
@@ -531,6 +548,16 @@ class TorchLearner(FeatureMixin, ClassLabelsMixin, base.MiniBatchClassifier):
         if not requested:
             return None
         return P.cpu().numpy() if want_proba else np.zeros((len(M), 0), dtype=np.float32)
+
+    def _step_one(self, x: list, yi: int, want_proba: bool) -> np.ndarray | None:
+        """One row through :meth:`NumpyPath.step_one` (a finite row, a class index, every class known)."""
+        group = self._opt.param_groups[0]
+        if self.lr_decay is not None:  # the schedule's step size for this step (t = n_steps_ before it)
+            group["lr"] = decayed_lr(self.lr, self.n_steps_, self.t_reset_, self.lr_decay)
+        P = self._fast.step_one(x, yi, want_proba, group["lr"], group["weight_decay"])
+        self.n_samples_seen_ += 1
+        self.n_steps_ += 1
+        return np.array([P], dtype=np.float32) if want_proba else None
 
     def _softmax(self, logits: torch.Tensor, known: int) -> torch.Tensor:
         return torch.softmax(logits[:, :known], dim=-1)
@@ -584,7 +611,10 @@ class TorchLearner(FeatureMixin, ClassLabelsMixin, base.MiniBatchClassifier):
         if self._w is None or not self.classes_:
             return None
         if self._fast is not None:
-            return self._fast.proba(self._to_matrix(X, fix=False)[0], len(self.classes_))
+            M = self._to_matrix(X, fix=False)[0]
+            if M.shape == self._fast.row_shape and len(self.classes_) == self._n_out:  # as step_one predicts
+                return np.array([self._fast.proba_one(M.tolist()[0])], dtype=np.float32)
+            return self._fast.proba(M, len(self.classes_))
         logits = self._forward_frozen(X)[:, : len(self.classes_)]
         return torch.softmax(logits, dim=-1).cpu().numpy()
 

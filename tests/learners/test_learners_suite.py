@@ -160,3 +160,34 @@ def test_signature_params_are_stored_under_their_names(name):
     for p in inspect.signature(type(model).__init__).parameters:
         if p != "self":
             assert hasattr(model, p)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_test_then_train_at_batch_one_on_every_path(name):
+    """Test-then-train one row at a time (``streamlearn evaluate``, a node at mini-batch 1): a learner's fused
+    ``predict_proba_learn_many`` (when it has one) gives what ``predict_proba_many`` then ``learn_many`` give,
+    and a learner with a numpy path for small models gives what its torch path gives, to float rounding."""
+    X, y = separable_stream(150, seed=8)
+    a, b = make(name), make(name)
+    torch_path = None
+    if getattr(a, "_fast", None) is not None:
+        torch_path = make(name)
+        torch_path._fast = None
+    fused = getattr(a, "predict_proba_learn_many", None)
+    for i in range(len(X)):
+        Xi, yi = X[i:i + 1], y[i:i + 1]
+        expected = b.predict_proba_many(Xi)
+        b.learn_many(Xi, yi)
+        if fused is not None:
+            P = fused(Xi, yi)
+        else:
+            P = a.predict_proba_many(Xi)
+            a.learn_many(Xi, yi)
+        np.testing.assert_array_equal(P, expected)
+        if torch_path is not None:
+            np.testing.assert_allclose(torch_path.predict_proba_learn_many(Xi, yi), P, atol=2e-5, rtol=1e-4)
+    assert a.n_samples_seen_ == b.n_samples_seen_ == len(X)
+    if name in AVERAGEABLE:
+        assert torch.equal(a.get_flat(), b.get_flat())
+    if torch_path is not None:
+        np.testing.assert_allclose(torch_path.get_flat().numpy(), a.get_flat().numpy(), atol=2e-5, rtol=1e-4)

@@ -182,3 +182,25 @@ def test_scale_lr_scales_every_class_model():
     assert all(m.optimizer.lr.learning_rate == pytest.approx(0.2) and m.intercept_lr.learning_rate == pytest.approx(0.2)
                for m in model.models_)
     assert RiverLinear(linear_model.PAClassifier(), features=FEATURES).scale_lr(0.5) is None
+
+
+def test_a_numpy_row_takes_river_s_own_step():
+    """A float row (1, f), float32 or float64, learns and predicts as river does on its dict (values rounded
+    to float32 as every path rounds them), also through predict_proba_learn_many; a bad row is still named."""
+    X, y = separable_stream(50, seed=3)
+    river_model = linear_model.LogisticRegression()
+    rows = [RiverLinear(features=FEATURES), RiverLinear(features=FEATURES), RiverLinear(features=FEATURES)]
+    for i, x in enumerate(as_dicts(X.astype(np.float32))):
+        p = river_model.predict_proba_one(x)[True]
+        for model, Xi in zip(rows, (X[i:i + 1].astype(np.float32), X[i:i + 1].astype(np.float64))):
+            assert model.predict_proba_many(Xi)[0, 1] == p
+            model.learn_many(Xi, y[i:i + 1])
+        assert rows[2].predict_proba_learn_many(X[i:i + 1], y[i:i + 1]).tolist() == [[1.0 - p, p]]  # fused
+        river_model.learn_one(x, bool(y[i]))
+    expected = np.append([river_model.weights[k] for k in FEATURES], river_model.intercept).astype(np.float32)
+    for model in rows:
+        assert np.array_equal(model.get_flat().numpy(), expected) and model.n_samples_seen_ == 50
+    bad = X[:1].astype(np.float32)
+    bad[0, 1] = np.inf
+    with pytest.raises(BadRecordError, match="not a finite number"):
+        rows[0].learn_many(bad, y[:1])
