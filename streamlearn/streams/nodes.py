@@ -277,7 +277,9 @@ class WithMissing(Stream):
         self._last = mv
 
         def kept():
-            for X, y in self.inner._blocks(None if self.policy == "skip" else n):
+            # no hint: rows may be skipped under either policy (impute skips a row missing a feature never
+            # seen yet), so the first n kept rows can lie past the inner stream's first n; reading stays lazy
+            for X, y in self.inner._blocks(None):
                 Xk, keep = mv.apply(X)
                 yield Xk, (y if keep.all() else y[keep])
 

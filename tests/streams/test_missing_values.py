@@ -67,6 +67,17 @@ def test_skipping_keeps_whole_blocks_and_replays_alike():
     assert np.array_equal([[x["x0"], x["x1"]] for x, _ in s], X[keep])
 
 
+@pytest.mark.parametrize("policy", ["impute", "skip"])
+def test_the_first_n_kept_rows_when_rows_before_them_were_skipped(policy):
+    X = np.arange(2 * BLOCK + 10, dtype=float).reshape(-1, 1).repeat(2, axis=1)
+    X[:5, 1] = np.nan  # the first rows miss a feature never seen yet: skipped under both policies
+    y = np.arange(len(X)) % 2
+    s = WithMissing(ArrayStream(X, y), policy)
+    n = BLOCK + 3
+    Xn, yn = s.to_arrays(n)
+    assert len(yn) == n and np.array_equal(Xn, X[5:5 + n]) and np.array_equal(yn, y[5:5 + n])
+
+
 def test_imputed_values_are_the_means_of_the_values_before(tmp_path):
     rng = np.random.default_rng(1)
     X = rng.normal(size=(2000, 3))
