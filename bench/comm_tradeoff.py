@@ -22,7 +22,8 @@ import time
 import torch
 
 from streamlearn.learners import TorchLearner
-from streamlearn.sim import build_node_data, matched_accuracy, simulate
+from streamlearn.sim import build_node_data, matched_accuracy
+from streamlearn.sim.grid import Setting, simulate_grid
 from streamlearn.sim.run import result_row, serial_baseline
 
 # name -> (source, source params, drifts, schedule, what regime it stands for)
@@ -55,8 +56,10 @@ def run_stream(key, args):
     specs = ["nosync"] + [f"periodic:b={b}" for b in PERIODIC] + \
         [f"dynamic:delta={d},b={b}" for b in DYNAMIC_B for d in DELTAS]
     rows = []
-    for spec in specs:
-        res = simulate(data, learner, spec, batch_size=args.batch_size, seed=args.seed, progress=False)
+    # every setting in one pass (one model bank; each result equals its run alone)
+    results = simulate_grid(data, [Setting(spec, learner, args.seed) for spec in specs], batch_size=args.batch_size,
+                            progress=False)
+    for spec, res in zip(specs, results):
         row = result_row(res, window=args.window)
         rows.append(row)
         print(f"  {key:14} {spec:24} acc {row['accuracy']:.4f}  loss {row['cumulative_loss']:9.1f}  "

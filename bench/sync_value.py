@@ -39,6 +39,7 @@ import torch
 
 from streamlearn.learners import TorchLearner
 from streamlearn.sim import build_node_data, simulate
+from streamlearn.sim.grid import Setting, simulate_grid
 from streamlearn.sim.run import result_row, serial_data
 from streamlearn.sim.simulator import NodeData, load_node_data
 from streamlearn.streams import DriftEvent
@@ -179,14 +180,29 @@ def label(spec: str, extra: dict) -> str:
     return spec + "".join(f" {k}={v}" for k, v in sorted(extra.items()))
 
 
-def run_one(data, spec, extra, lr, seed, args, batch_size=None) -> dict:
-    learner = TorchLearner("mlp", hidden=(32,), lr=lr, scale=True, seed=seed, **extra)
-    res = simulate(data, learner, spec, batch_size=batch_size or args.batch_size, seed=seed, progress=False,
-                   detector="adwin" if extra.get("lr_decay") else None)
+def _learner(extra, lr, seed) -> TorchLearner:
+    return TorchLearner("mlp", hidden=(32,), lr=lr, scale=True, seed=seed, **extra)
+
+
+def _row(res, args) -> dict:
     row = result_row(res, window=args.window)
     return {"accuracy": row["accuracy"], "cumulative_loss": row["cumulative_loss"], "transfers": row["transfers"],
             "bytes": row["bytes"], "full_syncs": row["full_syncs"], "partial_syncs": row["partial_syncs"],
             "recovery": row["recovery"], "seconds": row["seconds"]}
+
+
+def run_one(data, spec, extra, lr, seed, args, batch_size=None) -> dict:
+    res = simulate(data, _learner(extra, lr, seed), spec, batch_size=batch_size or args.batch_size, seed=seed,
+                   progress=False, detector="adwin" if extra.get("lr_decay") else None)
+    return _row(res, args)
+
+
+def run_grid(data, items, seed, args) -> list[dict]:
+    """``(spec, extra, lr)`` items in one pass (:func:`~streamlearn.sim.grid.simulate_grid`: one model bank per
+    learner shape; each row equals :func:`run_one`'s). The detector restarts only learners with ``lr_decay``."""
+    settings = [Setting(spec, _learner(extra, lr, seed), seed) for spec, extra, lr in items]
+    return [_row(res, args) for res in simulate_grid(data, settings, batch_size=args.batch_size, progress=False,
+                                                     detector="adwin")]
 
 
 def mean_rows(rows: list[dict]) -> dict:
@@ -226,11 +242,22 @@ def run_stream(key: str, args, quick: bool) -> dict:
               f"transfers {out['transfers']:9.0f}  MB {out['bytes'] / 1e6:8.3f}", flush=True)
         return out
 
+    # Every configuration at every rate on seed 0 in one pass, then the other seeds at each one's best rate.
+    seed0 = args.seeds[0]
+    first = run_grid(data_for(seed0), [(spec, extra, lr) for spec, extra in configs for lr in args.lrs], seed0, args)
+    first = [dict(zip(args.lrs, first[i * len(args.lrs):(i + 1) * len(args.lrs)])) for i in range(len(configs))]
+    best = [max(args.lrs, key=lambda lr, f=f: (f[lr]["accuracy"], -f[lr]["cumulative_loss"])) for f in first]
+    later = [run_grid(data_for(s), [(spec, extra, lr) for (spec, extra), lr in zip(configs, best)], s, args)
+             for s in args.seeds[1:]]
     rows = []
-    for spec, extra in configs:
-        rows.append(tune_and_repeat(label(spec, extra), lambda lr, s, spec=spec, extra=extra:
-                                    run_one(data_for(s), spec, extra, lr, s, args)))
-        rows[-1].update(spec=spec, extra=extra)
+    for i, (spec, extra) in enumerate(configs):
+        name = label(spec, extra)
+        runs = [first[i][best[i]]] + [seed_rows[i] for seed_rows in later]
+        out = {"config": name, "lr": best[i], **mean_rows(runs),
+               "seed0_by_lr": {str(lr): round(first[i][lr]["accuracy"], 5) for lr in args.lrs}}
+        print(f"  {key:9} {name:42} lr {best[i]:<5} acc {out['accuracy']:.4f} (+-{out['accuracy_std']:.4f})  "
+              f"transfers {out['transfers']:9.0f}  MB {out['bytes'] / 1e6:8.3f}", flush=True)
+        rows.append({**out, "spec": spec, "extra": extra})
     serial = tune_and_repeat("serial", lambda lr, s: run_one(serial_data(data_for(s)), "nosync", {}, lr, s, args))
     d0 = data_for(args.seeds[0])
     # The serial learner above updates after every B samples of the merged stream, m times as often
