@@ -233,40 +233,6 @@ class _HTTPServer(HTTPServer):
         return self.RequestHandlerClass(request, client_address, self)  # the handler: did it leave a body unread?
 
 
-class _SerialRouter:
-    """A router whose round-robin turn is taken under a lock: requests are ingested in parallel."""
-
-    def __init__(self, router: NodeRouter):
-        self._router = router
-        self._lock = threading.Lock()
-
-    def next_node(self) -> int:
-        with self._lock:
-            return self._router.next_node()
-
-    def __getattr__(self, name):
-        return getattr(self._router, name)
-
-
-class _LockedTable:
-    """The ingestor's key -> node table for late labels (a plain OrderedDict inside), under a lock."""
-
-    def __init__(self, table):
-        self._table = table
-        self._lock = threading.Lock()
-
-    def put(self, key, item):
-        with self._lock:
-            return self._table.put(key, item)
-
-    def pop(self, key):
-        with self._lock:
-            return self._table.pop(key)
-
-    def __len__(self) -> int:
-        return len(self._table)
-
-
 class IngestServer:
     """The HTTP ingest endpoint: :meth:`start` serves in threads, :meth:`run` until stopped.
 
@@ -316,11 +282,9 @@ class IngestServer:
         self.max_connections = max_connections
         self.publisher = Publisher("http", bootstrap=bootstrap, prefix=prefix, settings=settings,
                                    nodes=router.known_nodes(), progress=progress, metrics=metrics)
-        self._ingestor = Ingestor(schema, _SerialRouter(router), self.publisher, max_pending=max_pending,
+        self._ingestor = Ingestor(schema, router, self.publisher, max_pending=max_pending,
                                   max_batch_bytes=max_body)
-        # No lock around a whole request: only this table (and the router's turn, the publisher's counters)
-        # is shared state in the ingestor.
-        self._ingestor._label_nodes = _LockedTable(self._ingestor._label_nodes)
+        # No lock around a whole request: the ingestor locks what requests share (late labels, the turn).
         self._lock = threading.Lock()  # the counters below
         self._requests = 0
         self._counts = {"timeouts": 0, "hangups": 0}

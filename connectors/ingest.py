@@ -16,6 +16,7 @@ fixed node, the routing field, the MQTT topic level); otherwise it is a bad reco
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,6 +128,9 @@ class Ingestor:
         self.pacer = pacer
         self.max_batch_bytes = max(int(max_batch_bytes), schema.max_bytes)
         self._label_nodes = PendingByKey(max_pending)
+        # Requests may be ingested in parallel (the HTTP connector's workers): the late-label table and the
+        # router's round-robin turn are the state they share, each touched under this lock, briefly.
+        self._lock = threading.Lock()
         declare = getattr(publisher, "declare", None)  # a Kafka Publisher; the doctest's and fuzz's fakes have none
         if declare is not None:
             declare(schema.layout())  # stops here when a running node expects another layout
@@ -176,7 +180,8 @@ class Ingestor:
         try:
             checked = self.schema.check_text(obj) if text else self.schema.check(obj)
             if isinstance(checked, LabelRecord):
-                remembered = self._label_nodes.pop(checked.key)
+                with self._lock:
+                    remembered = self._label_nodes.pop(checked.key)
                 if node is None:
                     node = remembered if remembered is not None else \
                         self._route(obj, route_value, route_field, label=True)
@@ -189,7 +194,8 @@ class Ingestor:
                 self.pacer.wait(checked.ts)
             future = self.publisher.reading(node, checked)
             if checked.y is None and checked.key is not None:
-                self._label_nodes.put(checked.key, node)  # where its label must go
+                with self._lock:
+                    self._label_nodes.put(checked.key, node)  # where its label must go
             return future
         except RecordError as exc:
             if exc.row is None and offset is not None:
@@ -209,7 +215,8 @@ class Ingestor:
             key = self.schema.key
             raise RecordError("label for a key with no unlabelled reading seen by this connector "
                               "(round-robin cannot place it)", field=key, value=obj.get(key))
-        return r.next_node()
+        with self._lock:
+            return r.next_node()
 
     def _dead(self, raw, exc: RecordError, source: str, offset) -> None:
         if not isinstance(raw, (bytes, bytearray, memoryview)):
