@@ -49,10 +49,6 @@ class Setting:
     learner: TorchLearner
     seed: int = 0
 
-    @property
-    def name(self) -> str:
-        return getattr(self.protocol, "name", None) if not isinstance(self.protocol, str) else self.protocol
-
 
 def bank_key(learner: TorchLearner) -> tuple:
     """Settings whose learners have the same key share a bank: every hyperparameter but ``seed``, and
@@ -107,10 +103,16 @@ def simulate_grid(data, settings, batch_size: int = 10, progress: bool = True, d
     for s in settings:
         if not isinstance(s, Setting) or not isinstance(s.learner, TorchLearner):
             raise ConfigError(f"settings: need Setting(protocol, TorchLearner, seed) items, got {s!r}")
+    out: list = [None] * len(settings)
     banks: dict[tuple, list[int]] = {}
     for i, s in enumerate(settings):
+        if data.task == "regression" or getattr(s.learner, "task_", None) == "regression":
+            from streamlearn.sim.simulator import simulate  # a regression's own loop, one setting at a time
+
+            out[i] = simulate(data, s.learner, s.protocol, batch_size=batch_size, seed=s.seed, progress=progress,
+                              detector=detector, guard=guard)
+            continue
         banks.setdefault(bank_key(s.learner), []).append(i)
-    out: list = [None] * len(settings)
     for indices in banks.values():
         for i, res in zip(indices, _run_bank(data, [settings[i] for i in indices], batch_size, progress, detector,
                                              guard)):

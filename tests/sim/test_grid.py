@@ -67,3 +67,15 @@ def test_bad_settings_are_clear_errors(data):
         simulate_grid(data, [])
     with pytest.raises(ConfigError, match="Setting"):
         simulate_grid(data, [("nosync", TorchLearner())])
+
+
+def test_a_regression_setting_runs_its_own_loop():
+    rng = np.random.default_rng(0)
+    from streamlearn.sim.simulator import NodeData
+
+    X = rng.normal(size=(2, 300, 2)).astype(np.float32)
+    data = NodeData(X=X, y=X.sum(-1).astype(np.float32), classes=[], feature_names=["a", "b"], task="regression")
+    learner = TorchLearner("logreg", loss="squared", lr=0.05, seed=0)
+    [got] = simulate_grid(data, [Setting("periodic:b=5", learner)], progress=False)
+    alone = simulate(data, learner, "periodic:b=5", progress=False)
+    assert np.array_equal(got.losses, alone.losses) and got.transfers == alone.transfers > 0
