@@ -144,6 +144,7 @@ from streamlearn.kafka.topics import (
 from streamlearn.kafka.wire import (
     ID_RENEW_EVERY,
     SyncMessage,
+    addressed_to,
     connect,
     decode_sync,
     encode_sync,
@@ -661,6 +662,11 @@ class NodeService(Service):
         node, link = self.config.node, self._link
         if self._stop.is_set():
             return  # stopping (e.g. its id went to another node): a later join answer must not undo why
+        # Addressed to others: skipped on its header, before the signature check, model decode and CRC. The
+        # targets are in the signed value, so a forged "not for you" can only hide a record that was forged.
+        if isinstance(node, int) and not addressed_to(rec.value, node):
+            link.sync_skipped += 1
+            return
         if not link.authentic(rec):  # forged, replayed or not from the sync service: counted, never applied
             return
         try:
@@ -773,7 +779,7 @@ def _node_status(svc: NodeService) -> dict:
         "syncs": core.syncs, "sync_positions": list(core.sync_positions),
         "last_sync": core.last_sync, "last_sync_step": core.last_sync_step,
         "last_sync_kind": core.last_sync_kind,
-        "send_errors": link.send_errors, "bad_sync_records": link.bad_down,
+        "send_errors": link.send_errors, "bad_sync_records": link.bad_down, "sync_skipped": link.sync_skipped,
         "sync_signed": link.verifier is not None, "unauthenticated": link.unauth.total,
         "unauthenticated_by_reason": dict(link.unauth.by_reason),
         "reference_mismatches": core.reference_mismatches,
@@ -1084,6 +1090,7 @@ class _SyncLink:
         self.next_renew = 0.0
         self.models_sent = self.bytes_sent = self.bytes_received = 0
         self.send_errors = self.bad_down = 0
+        self.sync_skipped = 0  # sync.down records addressed to other nodes, skipped on their header
         # Signed sync records (streamlearn.kafka.signing): without a key, unsigned as before, said once here.
         key = load_key(svc.config.sync_key_file)
         self.signer = None if key is None else SyncSigner(key, "up")

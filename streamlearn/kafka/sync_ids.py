@@ -18,6 +18,9 @@ __all__ = ["IdLeases"]
 
 log = logging.getLogger("streamlearn.kafka.sync_service")  # the service's log: one place to read
 
+#: Fraction of the lease between two scans for expired ids.
+_SCAN = 0.02
+
 
 class IdLeases:
     """Assigned node ids and their leases.
@@ -43,6 +46,7 @@ class IdLeases:
         self.leases: dict[int, list] = {}  # assigned node id -> [token, monotonic time of the last renewal]
         self.early_claims: dict[str, None] = {}  # tokens that claimed during the grace period, in order
         self.grace_t0 = time.monotonic()
+        self._next_scan = 0.0  # the leases are scanned for expiry at most every _SCAN of a lease
 
     def start_grace(self) -> None:
         """Start the grace period now (once connected: connecting can be slow on a busy machine)."""
@@ -105,6 +109,9 @@ class IdLeases:
             for token in self.early_claims:
                 self.assign(token, alive)
             self.early_claims.clear()
+        if now < self._next_scan:
+            return []  # a scan is O(ids held): not after every poll; an expiry is noticed that much later
+        self._next_scan = now + _SCAN * self.lease
         expired = [n for n, (_, t) in self.leases.items() if now - t > self.lease]
         for node in expired:
             del self.leases[node]

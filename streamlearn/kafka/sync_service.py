@@ -95,6 +95,7 @@ references), :mod:`~streamlearn.kafka.sync_ids` (the node-id leases),
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -107,7 +108,7 @@ import torch
 
 from streamlearn.errors import BadRecordError, ConfigError
 from streamlearn.kafka.codecs import DecodeError, EncodeError, deadletter_headers
-from streamlearn.kafka.config import KafkaSettings, default_fetch_wait_ms
+from streamlearn.kafka.config import MAX_MESSAGE_BYTES, KafkaSettings, default_fetch_wait_ms
 from streamlearn.kafka.service import Service
 from streamlearn.kafka.signing import Refusals, SyncSigner, SyncVerifier, load_key, unsigned_warning, up_sender
 from streamlearn.kafka.status import encode_status, model_hash
@@ -115,9 +116,10 @@ from streamlearn.kafka.sync_actions import ActionWriter, is_full_sync
 from streamlearn.kafka.sync_ids import IdLeases
 from streamlearn.kafka.sync_models import KEEP_REFERENCES, ModelRefused, ModelScreen, _model_fault
 from streamlearn.kafka.topics import deadletter_topic, status_topic, sync_down_topic, sync_up_topic
-from streamlearn.kafka.wire import ID_RENEW_EVERY, SyncMessage, connect, decode_sync, encode_sync, positive
+from streamlearn.kafka.wire import ID_RENEW_EVERY, SyncMessage, connect, decode_sync, encode_sync_many, positive
 from streamlearn.metrics import REJECT_REASONS
 from streamlearn.sync.messages import Report, SendModel
+from streamlearn.sync.protocol import Protocol
 from streamlearn.sync.robust import (CLIP_COOLDOWN, CLIP_FACTOR, REPORT_BURST, REPORT_RATE, SILENCE_BEYOND, NormBound,
                                      TokenBucket, check_clip, check_rate)
 
@@ -226,6 +228,15 @@ class SyncConfig:
         positive("id_grace", self.id_grace)
         positive("max_norm", self.max_norm)
         positive("max_params", self.max_params, integer=True)
+        # The caps of the wire, checked here rather than met at the first big sync (issue 18): node ids are
+        # 31-bit, and a model must fit in one Kafka record with its envelope. Target lists have no cap: a sync
+        # to more nodes than a record names goes as several records (wire.encode_sync_many).
+        if self.max_nodes > _MAX_NODES:
+            raise ConfigError(f"max_nodes must be at most {_MAX_NODES} (node ids are 31-bit on the wire), "
+                              f"got {self.max_nodes!r}")
+        if self.max_params > _MAX_PARAMS:
+            raise ConfigError(f"max_params must be at most {_MAX_PARAMS}: a float32 model of {self.max_params} "
+                              f"entries does not fit in a Kafka record of {MAX_MESSAGE_BYTES} bytes with its envelope")
         if self.state_dir is not None and (not isinstance(self.state_dir, str) or not self.state_dir):
             raise ConfigError(f"state_dir must be a directory path, got {self.state_dir!r}")
         object.__setattr__(self, "clip", check_clip(self.clip))
@@ -502,8 +513,9 @@ class SyncService(Service):
         log.info("sync %s: node %d joined", self.epoch_, node)
         self._act(self.protocol_.on_join(node), joining=node)
 
-    def _alive(self) -> set:
-        return set(self.protocol_.alive) if self.protocol_ is not None else set()
+    def _alive(self) -> frozenset:
+        # the protocol's own frozenset, not a copy: this is looked at after every poll
+        return self.protocol_.alive if self.protocol_ is not None else frozenset()
 
     def _check_ids(self) -> None:
         """Answer the claims of the grace period once it is over; a registered holder of an expired id has left."""
@@ -538,6 +550,12 @@ class SyncService(Service):
         p = self.protocol_
         if p is None:
             return
+        # Listing the awaited nodes is O(m): done at most every _TIMEOUT_CHECK of the timeout (<= 50 ms), not
+        # after every poll, so a poll of one message does not cost O(m). A timeout is noticed that much later.
+        now = time.monotonic()
+        if now < getattr(self, "_next_timeout_check", 0.0):
+            return
+        self._next_timeout_check = now + min(0.05, _TIMEOUT_CHECK * self.config.timeout)
         for node in self._awaited.overdue(p.pending | p.waiting_reports, time.monotonic()):
             log.info("sync %s: node %d did not answer within %.3g s", self.epoch_, node, self.config.timeout)
             self._act(p.on_timeout(node))
@@ -555,20 +573,24 @@ class SyncService(Service):
             self._send(msg)
 
     def _send(self, msg: SyncMessage) -> None:
+        # More targets than a record may name (wire.MAX_TARGETS): one record per run of them, the model
+        # encoded once; each node finds itself in one record and skips the others by their header.
         try:
-            data = encode_sync(msg)
-            headers = None if self._signer is None else self._signer.sign(data)
-            self._producer.send(self._topics["down"], data, partition=0, headers=headers)
+            records = encode_sync_many(msg)
         except (EncodeError, BadRecordError) as exc:
             self._counts["send_errors"] += 1
             log.error("sync %s: cannot encode %s: %s", self.epoch_, msg.kind, exc)
             return
-        except Exception as exc:  # KafkaError, buffer full
-            self._counts["send_errors"] += 1
-            log.warning("sync %s: cannot send %s: %s", self.epoch_, msg.kind, exc)
-            return
-        self._counts["messages_down"] += 1
-        self._counts["bytes_down_wire"] += len(data)
+        for data in records:
+            try:
+                headers = None if self._signer is None else self._signer.sign(data)
+                self._producer.send(self._topics["down"], data, partition=0, headers=headers)
+            except Exception as exc:  # KafkaError, buffer full
+                self._counts["send_errors"] += 1
+                log.warning("sync %s: cannot send %s: %s", self.epoch_, msg.kind, exc)
+                continue
+            self._counts["messages_down"] += 1
+            self._counts["bytes_down_wire"] += len(data)
 
     def _authentic(self, rec):
         """The signer of ``rec`` (None when the service has no key), or False: refused, counted, dead-lettered."""
@@ -626,9 +648,13 @@ class SyncService(Service):
         if self.config.clip is None or not at:
             return out
         p = self.protocol_
-        n, refs, groups = p.n_params, p.references, p.node_groups
+        n, refs = p.n_params, p.references
         nodes = [items[i][0] for i in at]
-        R = torch.stack([refs.get(groups.get(node, 0), p.reference)[:n] for node in nodes])
+        if type(p).node_groups is Protocol.node_groups:  # one group: no O(m) table of groups per batch
+            R = p.reference[:n].expand(len(nodes), n)
+        else:
+            groups = p.node_groups
+            R = torch.stack([refs.get(groups.get(node, 0), p.reference)[:n] for node in nodes])
         W = torch.stack([out[i][:n] for i in at]).to(R.device, R.dtype)
         Wc, scale = self._bound.clip(nodes, W, R)
         clipped = scale < 1.0
@@ -713,7 +739,7 @@ class SyncService(Service):
         if self.metrics is not None:
             self.metrics.update_from_status(status)
         try:
-            self._producer.send(self._topics["status"], encode_status(status), key=b"sync", partition=0)
+            self._producer.send(self._topics["status"], _encode_bounded_status(status), key=b"sync", partition=0)
         except Exception as exc:
             self._counts["send_errors"] += 1
             log.warning("sync %s: cannot publish its status: %s", self.epoch_, exc)
@@ -744,6 +770,36 @@ def _sync_status(svc: SyncService) -> dict:
                   node_groups={str(n): g for n, g in groups.items()}, n_groups=len(set(groups.values())),
                   group_changes_by_kind=p.group_changes)
     return status
+
+
+#: Per-node lists of the status (node ids), shortened when the whole status would not fit in one record.
+_NODE_LISTS = ("alive", "pending", "assigned_ids", "node_groups")
+#: How many entries of each such list a shortened status keeps.
+STATUS_LIST_LIMIT = 256
+
+
+def _encode_bounded_status(status: dict) -> bytes:
+    """``status`` encoded; with thousands of nodes its per-node lists would pass the status size limit, so then
+    they keep their first :data:`STATUS_LIST_LIMIT` entries and ``lists_truncated`` says so (the counts, such
+    as ``nodes_alive`` and ``n_groups``, stay whole). :meth:`SyncService.status` keeps the whole lists.
+
+    >>> status = {"role": "sync", "ts": 1.0, "alive": list(range(20_000)), "nodes_alive": 20_000}
+    >>> from streamlearn.kafka.status import decode_status
+    >>> out = decode_status(_encode_bounded_status(status))
+    >>> len(out["alive"]), out["nodes_alive"], out["lists_truncated"]
+    (256, 20000, True)
+    """
+    try:
+        return encode_status(status)
+    except EncodeError:
+        short = dict(status, lists_truncated=True)
+        for name in _NODE_LISTS:
+            value = short.get(name)
+            if isinstance(value, list):
+                short[name] = value[:STATUS_LIST_LIMIT]
+            elif isinstance(value, dict):
+                short[name] = dict(list(value.items())[:STATUS_LIST_LIMIT])
+        return encode_status(short)
 
 
 def _join_refusal(msg: SyncMessage, protocol, cfg: SyncConfig, d: int | None, layout: str | None) -> tuple:
@@ -795,6 +851,16 @@ class _Overdue:
         return late
 
 
+#: Largest ``max_nodes``: node ids on the wire are below 2**31.
+_MAX_NODES = 1 << 31
+#: Largest ``max_params``: a float32 model and its envelope (a JSON header of at most 64 KiB, the model
+#: message's own header) in one record of MAX_MESSAGE_BYTES; 1 MiB is left for them.
+_MAX_PARAMS = (MAX_MESSAGE_BYTES - (1 << 20)) // 4
+
+#: Fraction of ``timeout`` between two looks for overdue nodes (at most 50 ms).
+_TIMEOUT_CHECK = 0.1
+
+
 def _tensor(model) -> torch.Tensor:
     """A decoded (read-only) model as a torch tensor of its own."""
     return torch.from_numpy(np.array(model, dtype=np.float32))
@@ -804,6 +870,19 @@ def _tensor(model) -> torch.Tensor:
 _SERVICE_ONLY = ("server_lr", "server_momentum")
 
 
+@functools.lru_cache(maxsize=64)
+def _spec_protocol(spec: str):
+    """A one-node protocol made from a joining node's spec (None: not a valid spec), for its settings only.
+
+    Kept per spec: every join carries one, and nodes mostly share it (a protocol costs a model bank to make)."""
+    from streamlearn.sync.spec import make_protocol
+
+    try:
+        return make_protocol(spec, m=1, d=1, seed=0, device="cpu")
+    except ConfigError:
+        return None
+
+
 def _node_spec_conflict(spec: str, protocol) -> tuple[str | None, bool]:
     """``(reason to reject, node rule differs)`` of a joining node's protocol spec against the service's.
 
@@ -811,11 +890,8 @@ def _node_spec_conflict(spec: str, protocol) -> tuple[str | None, bool]:
     Another node rule (protocol or its thresholds) is only warned about, and settings of the
     service alone (the server step) are not compared.
     """
-    from streamlearn.sync.spec import make_protocol
-
-    try:
-        other = make_protocol(spec, m=1, d=1, seed=0, device="cpu")
-    except ConfigError:
+    other = _spec_protocol(spec)
+    if other is None:
         return None, True
     ours, theirs = getattr(protocol, "codec", None), getattr(other, "codec", None)
     if ours is not None and theirs is not None and ours != theirs:

@@ -32,6 +32,13 @@ Nodes write ``join``, ``leave``, ``report``, ``model`` (an answer to a request) 
 ``reject`` on ``<prefix>.sync.down``, addressed to ``targets`` (None: every node). The
 fields each kind needs are in :data:`REQUIRED`; docs/schemas.md has the table.
 
+Addressing: a record names at most :data:`MAX_TARGETS` nodes (what every reader accepts). A message to
+more (a full sync to thousands of nodes) goes as several records, each naming a disjoint run of the
+targets and carrying the same model part (:func:`encode_sync_many`); the model part is encoded once.
+A node looks at :func:`addressed_to` first: it reads the header only, so a record for other nodes
+costs it no decode, no CRC and no signature check. The targets are in the record value, which the
+HMAC of :mod:`~streamlearn.kafka.signing` covers.
+
 Node ids can be given out by the sync service (``streamlearn node --id auto``): a node
 without an id writes ``claim`` with a random ``token``; the service answers ``assign`` with
 that token and the lowest free id in ``node`` (or no ``node`` and a ``reason`` when every id
@@ -46,8 +53,10 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
+
+import numpy as np
 
 from streamlearn.kafka.codecs import (
     DecodeError,
@@ -76,7 +85,9 @@ __all__ = [
     "REQUIRED",
     "SyncMessage",
     "encode_sync",
+    "encode_sync_many",
     "decode_sync",
+    "addressed_to",
     "split_envelope",
     "envelope_bytes",
     "MAX_SYNC_HEADER_BYTES",
@@ -324,6 +335,53 @@ def encode_sync(msg: SyncMessage) -> bytes:
     >>> len(data), data[4]
     (71, 1)
     """
+    head, delta = _encode_head(msg)
+    parts = [head]
+    if delta is not None:
+        parts.append(delta)
+    elif msg.model is not None:
+        parts.append(encode_model(msg.model, node=msg.node, version=msg.step, is_reference=msg.reference,
+                                  samples=msg.n_samples))
+    return b"".join(parts)
+
+
+def encode_sync_many(msg: SyncMessage, max_targets: int = MAX_TARGETS) -> list[bytes]:
+    """``msg`` as records of at most ``max_targets`` targets each: one record, or one per chunk of its targets.
+
+    A message to more nodes than a record may name (:data:`MAX_TARGETS`, what every reader accepts)
+    goes as several records, each naming a disjoint run of the targets and carrying the same model
+    part, encoded once; every target is in exactly one of them. A message to every node
+    (``targets`` None) or to few is one record, the bytes :func:`encode_sync` gives.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> msg = SyncMessage("send", targets=tuple(range(10_000)), epoch="5f0c2a9e13d4", reference=True,
+    ...                   reason="sync", model=np.ones(3, np.float32))
+    >>> records = encode_sync_many(msg)
+    >>> [len(decode_sync(r).targets) for r in records]
+    [4096, 4096, 1808]
+    >>> sorted(t for r in records for t in decode_sync(r).targets) == list(range(10_000))
+    True
+    >>> encode_sync_many(SyncMessage("request", targets=(0, 3), epoch="e1", request=7)) == [
+    ...     encode_sync(SyncMessage("request", targets=(0, 3), epoch="e1", request=7))]
+    True
+    """
+    if isinstance(max_targets, bool) or not isinstance(max_targets, int) or not 1 <= max_targets <= MAX_TARGETS:
+        raise EncodeError(f"max_targets must be an integer in [1, {MAX_TARGETS}]", field="max_targets",
+                          value=max_targets)
+    targets = msg.targets if isinstance(msg, SyncMessage) else None
+    if targets is None or len(targets) <= max_targets:
+        return [encode_sync(msg)]
+    targets = tuple(targets)
+    chunks = [targets[i:i + max_targets] for i in range(0, len(targets), max_targets)]
+    first = encode_sync(replace(msg, targets=chunks[0]))
+    body = memoryview(first)[envelope_bytes(first):]  # the model part, shared by every chunk
+    return [first] + [_encode_head(replace(msg, targets=chunk))[0] + body for chunk in chunks[1:]]
+
+
+def _encode_head(msg: SyncMessage) -> tuple[bytes, bytes | None]:
+    """The envelope of ``msg`` (validated) and its delta bytes (None: no delta)."""
     if not isinstance(msg, SyncMessage):
         raise EncodeError("expected a SyncMessage", field="<root>", value=type(msg).__name__)
     delta = None
@@ -345,13 +403,7 @@ def encode_sync(msg: SyncMessage) -> bytes:
         if len(header) > MAX_SYNC_HEADER_BYTES:
             raise EncodeError("sync message header too large", field="<header>", value=f"{len(header)} bytes")
         head = _HEAD.pack(SYNC_MAGIC, SYNC_VERSION, 0 if delta is None else FLAG_DELTA, len(header)) + header
-    parts = [head]
-    if delta is not None:
-        parts.append(delta)
-    elif msg.model is not None:
-        parts.append(encode_model(msg.model, node=msg.node, version=msg.step, is_reference=msg.reference,
-                                  samples=msg.n_samples))
-    return b"".join(parts)
+    return head, delta
 
 
 def decode_sync(data: bytes, *, expected_d: int | None = None) -> SyncMessage:
@@ -378,6 +430,49 @@ def decode_sync(data: bytes, *, expected_d: int | None = None) -> SyncMessage:
             raise DecodeError(f"model must have {expected_d} entries", field="shape", value=mm.shape)
         model = mm.array
     return SyncMessage(model=model, **clean)
+
+
+def addressed_to(data, node: int) -> bool:
+    """Whether the sync record ``data`` may be for ``node``, from its envelope alone: False only when it names
+    targets and ``node`` is not one of them.
+
+    Reads the header and nothing after it: the model part is neither decoded nor CRC-checked, so a node
+    skips a record addressed to others at the cost of its header (a version-2 target list is compared
+    without building a tuple). A record it cannot read is "may be" (True): the full decode says why. The
+    targets are in the record value, which the HMAC signature covers (:mod:`~streamlearn.kafka.signing`).
+
+    >>> import numpy as np
+    >>> data = encode_sync(SyncMessage("send", targets=(1, 4), epoch="5f0c2a9e13d4", reference=True,
+    ...                                reason="sync", model=np.ones(3, np.float32)))
+    >>> addressed_to(data, 4), addressed_to(data, 2), addressed_to(data[:12], 2)  # cut in its targets
+    (True, False, True)
+    >>> addressed_to(encode_sync(SyncMessage("hello", epoch="e1")), 2)  # no targets: every node
+    True
+    """
+    try:
+        view = _as_bytes_view(data, "sync message")
+        if view.nbytes >= _HEAD2.size and bytes(view[:4]) == SYNC_MAGIC:
+            version, flags = struct.unpack_from("<HH", view, 4)
+            if version == SYNC_VERSION_BINARY and not flags & ~_FLAGS2:
+                if not flags & _F_TARGETS:
+                    return True
+                cc = "Q" if flags & _F_WIDE else "I"
+                fmt = "<" + "".join(c for bit, c in (
+                    (_F_NODE, "I" if flags & _F_IDS32 else "H"), (_F_STEP, cc), (_F_SAMPLES, cc), (_F_REQUEST, cc),
+                    (_F_LOSS, "d" if flags & _F_LOSS64 else "f")) if flags & bit)
+                off = _HEAD2.size + struct.calcsize(fmt)
+                (count,) = struct.unpack_from("<H", view, off)
+                if count > MAX_TARGETS or not 0 <= node <= _U32:
+                    return True  # unsound, or a node no list can name: the full decode judges
+                ids = np.frombuffer(view, dtype="<u4" if flags & _F_IDS32 else "<u2", count=count, offset=off + 2)
+                return bool((ids == node).any())
+        _, obj, _ = split_envelope(view)
+        targets = obj.get("targets") if isinstance(obj, dict) else None
+        if not isinstance(targets, list):
+            return True
+        return node in targets
+    except (DecodeError, struct.error, ValueError, TypeError):
+        return True
 
 
 def split_envelope(data) -> tuple[int, dict, memoryview]:

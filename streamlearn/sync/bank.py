@@ -80,6 +80,14 @@ class ModelBank:
         self.step = torch.zeros(self.m, dtype=torch.int64, **kw)
         self.alive = torch.ones(self.m, dtype=torch.bool, **kw)
         self.version = torch.zeros(self.m, dtype=torch.int64, **kw)
+        # ``alive`` and ``have`` as Python sets, kept in step incrementally by the methods below so that a
+        # message costs O(1), not O(m). A write to the tensors from outside (a checkpoint load, a test)
+        # bumps their version counter, and the sets are rebuilt from the tensors on the next read.
+        self._alive_set: set[int] = set()
+        self._have_set: set[int] = set()
+        self._both: set[int] = set()  # have & alive
+        self._alive_frozen: frozenset | None = None
+        self._seen: tuple = (None, None, None, None)  # (alive, its version, have, its version) the sets match
 
     @property
     def itemsize(self) -> int:
@@ -107,11 +115,82 @@ class ModelBank:
             raise BadRecordError(f"node must be in [0, {self.m})", column="node", value=node)
         return node
 
+    # ---- the masks as sets, kept incrementally ---------------------------------------------------
+
+    def _sync_sets(self) -> None:
+        """Rebuild the sets from the tensors if something else wrote to them since they were last in step."""
+        a, av, h, hv = self._seen
+        alive_ok = a is self.alive and av is not None and av == _version(self.alive)
+        have_ok = h is self.have and hv is not None and hv == _version(self.have)
+        if not alive_ok:
+            self._alive_set = set(self.alive.nonzero().flatten().tolist())
+            self._alive_frozen = None
+        if not have_ok:
+            self._have_set = set(self.have.nonzero().flatten().tolist())
+        if not (alive_ok and have_ok):
+            self._both = self._have_set & self._alive_set
+        self._mark()
+
+    def _mark(self) -> None:
+        self._seen = (self.alive, _version(self.alive), self.have, _version(self.have))
+
+    def alive_nodes(self) -> frozenset:
+        """The alive nodes (O(1) while nobody joins or leaves: the same frozenset is handed out again).
+
+        >>> bank = ModelBank(4, 1, device="cpu")
+        >>> bank.set_alive([1, 3], False)
+        >>> sorted(bank.alive_nodes()), bank.alive.tolist()
+        ([0, 2], [True, False, True, False])
+        """
+        self._sync_sets()
+        if self._alive_frozen is None:
+            self._alive_frozen = frozenset(self._alive_set)
+        return self._alive_frozen
+
+    def alive_set(self) -> set[int]:
+        """The alive nodes as the bank's own set (read it, never change it; O(1))."""
+        self._sync_sets()
+        return self._alive_set
+
+    def have_alive(self) -> set[int]:
+        """The alive nodes that hold a current model (``have & alive``), the bank's own set (read only; O(1)).
+
+        >>> bank = ModelBank(3, 1, device="cpu")
+        >>> bank.put(0, [1.0]); bank.put(2, [2.0]); bank.set_alive([2], False)
+        >>> sorted(bank.have_alive())
+        [0]
+        """
+        self._sync_sets()
+        return self._both
+
+    def set_alive(self, nodes: Iterable[int], flag: bool) -> None:
+        """Mark ``nodes`` alive (``flag`` True) or gone."""
+        nodes = [self.check_node(n) for n in nodes]
+        if not nodes:
+            return
+        self._sync_sets()
+        self.alive[nodes] = bool(flag)
+        if flag:
+            self._alive_set.update(nodes)
+            self._both.update(n for n in nodes if n in self._have_set)
+        else:
+            self._alive_set.difference_update(nodes)
+            self._both.difference_update(nodes)
+        self._alive_frozen = None
+        self._mark()
+
+    def _have_added(self, nodes) -> None:
+        self._have_set.update(nodes)
+        self._both.update(n for n in nodes if n in self._alive_set)
+        self._mark()
+
     def put(self, node: int, w) -> None:
         """Store node ``node``'s model ``w`` (d,)."""
         node = self.check_node(node)
+        self._sync_sets()
         self.W[node] = self.as_model(w)
         self.have[node] = True
+        self._have_added((node,))
 
     def put_many(self, nodes: Iterable[int], W) -> None:
         """Store one model per node: row ``k`` of ``W`` belongs to ``nodes[k]`` (one tensor op)."""
@@ -120,8 +199,10 @@ class ModelBank:
         if W.shape != (len(idx), self.d):
             raise BadRecordError(f"need one model row per node ({len(idx)} x {self.d})", column="W",
                                  value=tuple(W.shape))
+        self._sync_sets()
         self.W[idx] = W
         self.have[idx] = True
+        self._have_added(idx.tolist())
 
     def set_reference(self, r) -> None:
         """Replace the reference model (copied in place)."""
@@ -151,4 +232,23 @@ class ModelBank:
 
     def clear(self, nodes=None) -> None:
         """Forget the current models of ``nodes`` (all when None): they are stale once a sync is done."""
-        self.have[self._index(nodes)] = False
+        self._sync_sets()
+        if nodes is None:
+            self.have[:] = False
+            self._have_set.clear()
+            self._both.clear()
+        else:
+            idx = self._index(nodes)
+            self.have[idx] = False
+            gone = idx.tolist()
+            self._have_set.difference_update(gone)
+            self._both.difference_update(gone)
+        self._mark()
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """The in-place write counter of ``t`` (None for an inference tensor, which keeps none: never trusted)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None

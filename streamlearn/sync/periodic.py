@@ -66,18 +66,29 @@ class Periodic(Protocol):
         return self.b
 
     def _contributors(self) -> set[int]:
-        return set((self.bank.have & self.bank.alive).nonzero().flatten().tolist()) - self._excluded
+        return self.bank.have_alive() - self._excluded
+
+    def _round(self) -> tuple[int, int]:
+        """``(contributors, awaited)``: how many alive nodes sent a model this round and how many have not
+        (nodes given up on left out). Counted from the bank's incremental sets in O(len(excluded)), so a
+        message costs the same whatever m (the sets themselves are O(m) to list)."""
+        alive, both, excluded = self.bank.alive_set(), self.bank.have_alive(), self._excluded
+        gave = sum(1 for n in excluded if n in both)
+        missed = sum(1 for n in excluded if n in alive and n not in both)
+        return len(both) - gave, len(alive) - len(both) - missed
 
     @property
     def pending(self) -> set[int]:
-        if not self._contributors():
+        if not self._round()[0]:
             return set()  # no round open
-        return set((self.bank.alive & ~self.bank.have).nonzero().flatten().tolist()) - self._excluded
+        both, excluded = self.bank.have_alive(), self._excluded
+        return {n for n in self.bank.alive_set() if n not in both and n not in excluded}
 
     def _advance(self) -> list[Action]:
-        contributors = sorted(self._contributors())
-        if not contributors or self.pending:
+        contributors, awaited = self._round()
+        if not contributors or awaited:
             return []
+        contributors = sorted(self._contributors())
         mean = self.bank.mean(contributors)
         self.stats.full_syncs += 1
         action = self._send(self._alive_list(), mean, reference=True)

@@ -164,8 +164,8 @@ class Protocol:
 
     @property
     def alive(self) -> frozenset[int]:
-        """Nodes currently part of the system."""
-        return frozenset(self.bank.alive.nonzero().flatten().tolist())
+        """Nodes currently part of the system (kept by the bank as nodes join and leave: O(1) per call)."""
+        return self.bank.alive_nodes()
 
     @property
     def pending(self) -> set[int]:
@@ -240,8 +240,8 @@ class Protocol:
         A rejoining node is dropped from the sync in progress (it restarted and will not answer).
         """
         node = self.bank.check_node(node)
-        self.bank.alive[node] = True
-        self.bank.have[node] = False
+        self.bank.set_alive((node,), True)
+        self.bank.clear((node,))
         self.bank.samples[node] = 0
         self.bank.loss[node] = float("nan")
         self._excluded.discard(node)
@@ -255,8 +255,8 @@ class Protocol:
         node = self.bank.check_node(node)
         if not bool(self.bank.alive[node]):
             return []
-        self.bank.alive[node] = False
-        self.bank.have[node] = False
+        self.bank.set_alive((node,), False)
+        self.bank.clear((node,))
         self._pending.discard(node)
         self._excluded.discard(node)
         self._forget(node)
@@ -360,8 +360,8 @@ class Protocol:
         self.stats.bytes_down += n * (self._dense_bytes if dense else (self._msg_bytes if buffers else self._lean_bytes))
 
     def _targets(self, nodes) -> tuple[int, ...]:
-        alive = self.bank.alive
-        return tuple(sorted(int(n) for n in set(nodes) if bool(alive[int(n)])))
+        alive = self.bank.alive_set()  # a set lookup per node: a full sync costs O(m), not m tensor reads
+        return tuple(sorted(n for n in {int(n) for n in nodes} if n in alive))
 
     def _send(self, nodes, model: torch.Tensor, reference: bool, exact: bool = False) -> SendModel | None:
         """Send ``model`` to ``nodes``; a full sync (``reference``) takes the server step first, and
