@@ -316,7 +316,6 @@ def run_comparison(specs, *, source: str, nodes: int | None, learner, drifts=(),
     for res in results:
         row = result_row(res, window)
         row["detection"] = detect(res, detector, one_sided=one_sided)
-        results.append(res)
         rows.append(row)
     if serial:
         rows.append(serial_baseline(data, learner, batch_size, window))
