@@ -262,6 +262,9 @@ _NODE_FIELDS = (
            "topic_resets"),
     _Field("streamlearn_node_bad_sync_records", "counter", "Undecodable records on the sync topic.",
            "bad_sync_records"),
+    _Field("streamlearn_node_sync_skipped", "counter",
+           "Records on sync.down addressed to other nodes, skipped from their header without decoding.",
+           "sync_skipped"),
     _Field("streamlearn_node_sync_unauthenticated", "counter",
            "Records on sync.down refused by their signature (--sync-key-file): forged, replayed, unknown_sender.",
            lambda status: None if not status.get("sync_signed") else

@@ -38,7 +38,7 @@ NODE_STATUS = {
     "divergence": 0.31, "delta": 0.5, "models_sent": 5, "models_received": 6, "bytes_sent": 5000,
     "bytes_received": 6100, "reports_sent": 5, "violations": 5, "suppressed": 1, "awaiting_sync": False,
     "syncs": 6, "sync_positions": [600, 700], "last_sync": 1.7e9 - 3, "last_sync_step": 110,
-    "last_sync_kind": "partial", "send_errors": 0, "bad_sync_records": 1, "lag": 42,
+    "last_sync_kind": "partial", "send_errors": 0, "bad_sync_records": 1, "sync_skipped": 9, "lag": 42,
 }
 # The keys of a sync status (SyncService._snapshot) once the protocol exists.
 SYNC_STATUS = {
@@ -83,6 +83,7 @@ def test_node_metrics_mirror_the_status():
     assert value(reg, "streamlearn_node_received_bytes_total", **n) == 6100
     assert value(reg, "streamlearn_node_deadletters_total", **n) == 2
     assert value(reg, "streamlearn_node_consumer_lag_records", **n) == 42
+    assert value(reg, "streamlearn_node_sync_skipped_total", **n) == 9
     assert value(reg, "streamlearn_node_joined", **n) == 1
     assert value(reg, "streamlearn_node_awaiting_sync", **n) == 0
     # periodic averaging with b=2: one sync (1 up, 1 down) every 2 of the 120 updates
