@@ -631,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("json", "binary"), default="json", help="record format")
     p.add_argument("--batch", type=int, default=100, help="samples per binary batch / per send round")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
-    p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
+    p.add_argument("--max-seconds", type=float, help="stop after this many seconds of publishing (counted once connected to the broker)")
     _add_kafka_args(p)
     add_metrics_args(p)
     p.set_defaults(func=cmd_produce)

@@ -566,7 +566,8 @@ class Producer:
 
     def run(self, stop_event: threading.Event | None = None, max_seconds: float | None = None, *,
             handle_signals: bool | None = None) -> ProduceStats:
-        """Publish until every stream is done, ``stop_event`` is set, ``max_seconds`` pass or SIGINT/SIGTERM.
+        """Publish until every stream is done, ``stop_event`` is set, ``max_seconds`` of publishing pass (counted
+        once connected to the broker) or SIGINT/SIGTERM.
 
         ``handle_signals`` (default: when called in the main thread) installs SIGINT and SIGTERM
         handlers for the duration of the run, so Ctrl-C stops cleanly with a final flush.
@@ -588,7 +589,7 @@ class Producer:
         try:
             self._connect()
             self.ready.set()
-            reason = self._loop(stop_event, max_seconds, t0)
+            reason = self._loop(stop_event, max_seconds, time.monotonic())  # a slow connect takes no publishing time
         finally:
             try:
                 self._close()

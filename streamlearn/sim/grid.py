@@ -244,7 +244,7 @@ def _run_bank(data, settings: list, batch_size: int, progress: bool, detector, g
                     configs[i // m].restarts.append((r + 1, i % m))
         since_sync += batch_size
         step_no = r + 1
-        due = [c for c in configs if step_no % c.every == 0 and not c.threshold == math.inf]
+        due = [c for c in configs if step_no % c.every == 0 and c.threshold != math.inf]
         if watched and due:
             # One op for the whole bank: which settings have a node near or past its threshold.
             near = (sq_dist(Wd, R[:, :p]).double().view(K, m) > (thresholds * (1 - _MARGIN))[:, None]).any(1).tolist()

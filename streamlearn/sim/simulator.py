@@ -224,11 +224,9 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
         raise ConfigError(f"learner: the simulator trains TorchLearner models, got {type(learner).__name__}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size: need an int >= 1, got {batch_size!r}")
-    m, n, f = data.X.shape
-    rounds = n // batch_size
-    if rounds == 0:
+    n = data.X.shape[1]
+    if n // batch_size == 0:
         raise ConfigError(f"batch_size: {batch_size} is more than the {n} samples per node")
-    n = rounds * batch_size
     if getattr(learner, "task_", None) == "regression" or data.task == "regression":
         from streamlearn.sim.regression import simulate_regression  # float targets: MAE/RMSE, same protocols
 
