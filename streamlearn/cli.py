@@ -92,15 +92,8 @@ def _add_task_args(g) -> None:
 
 def _add_pipeline_task_arg(p) -> None:
     p.add_argument("--task", choices=("classification", "regression"), default="classification",
-                   help="regression (a float label) is not yet supported by the demo: use node, evaluate or simulate")
-
-
-def _refuse_regression(args) -> None:
-    """The demo's terminal view and live page show classification scores only, for now: say so at the edge."""
-    if _task(args) == "regression":
-        raise StreamlearnError("--task regression: regression is not yet supported by the demo (its views show "
-                               "accuracy); `streamlearn node --task regression` learns float targets over Kafka, and "
-                               "`streamlearn evaluate` and `streamlearn simulate` take --task regression")
+                   help="regression: a csv file's --label is a number, learnt by torch learners with the Huber loss "
+                        "(target standardised online) and shown as MAE (default: classification)")
 
 
 def _task(args) -> str:
@@ -507,7 +500,6 @@ def cmd_drift(args) -> int:
 def cmd_demo(args) -> int:
     from streamlearn.kafka.demo import DemoConfig, run_demo
 
-    _refuse_regression(args)
     params = _source_params(args)  # a csv file's label, features, classes, categories (validated here)
     params.pop("missing", None)  # the demo's --missing: the producer keeps them missing, the nodes impute or skip
     run_demo(DemoConfig(nodes=_nodes(args, 4), source=args.source, drifts=args.drift or None,
@@ -516,7 +508,8 @@ def cmd_demo(args) -> int:
                         duration=args.duration or None, out=args.out,
                         seed=args.seed, view_port=None if args.view_port < 0 else args.view_port,
                         view_host=args.view_host, guard=args.guard, guard_margin=args.guard_margin,
-                        split=args.split, source_params=params, missing=args.missing, schema=args.schema))
+                        split=args.split, source_params=params, missing=args.missing, schema=args.schema,
+                        task=_task(args)))
     return 0
 
 

@@ -62,11 +62,17 @@ class DemoConfig:
     missing: str = "impute"  # impute | skip (at the nodes) | error (a bad record, at the producer)
     schema: str | None = None  # the schema file of a connector source (jsonl:, mqtt:, http:; demo_sources.py)
     checkpoints: bool = True  # nodes keep checkpoints under <out>/checkpoints/<prefix> (for `streamlearn export`)
+    task: str = "classification"  # or "regression": a csv file's float label, scored by MAE
+
+    @property
+    def regression(self) -> bool:
+        return self.task == "regression"
 
     def check(self) -> "DemoConfig":
         from streamlearn.kafka.demo_sources import connector_kind
         from streamlearn.streams.registry import is_finite_source
 
+        self._check_task()
         if connector_kind(self.source) is not None:
             return self._check_connector()
         if self.schema is not None:
@@ -115,6 +121,28 @@ class DemoConfig:
         return self
 
 
+    def _check_task(self) -> None:
+        """Regression reads a float label from a csv file and needs a torch learner (one output, Huber loss)."""
+        if self.task not in ("classification", "regression"):
+            raise ConfigError(f"--task: classification or regression, got {self.task!r}")
+        if not self.regression:
+            return
+        from streamlearn.kafka.demo_sources import connector_kind
+
+        if connector_kind(self.source) is not None:
+            return  # the schema's label (type = "float") decides; the nodes take the connector's layout
+        if self.source.partition(":")[0].strip().lower() != "csv":
+            raise ConfigError(f"--task regression: the demo reads a float label from a csv file (--source csv:PATH "
+                              f"--label COLUMN) or a connector whose schema says type = \"float\", not {self.source!r}")
+        from streamlearn.learners.registry import learner_family
+
+        if learner_family(self.learner) != "torch":
+            raise ConfigError(f"--task regression: needs a torch learner (logreg, mlp, cnn or your own torch "
+                              f"factory), got {self.learner!r}")
+        if self.source_params.get("classes"):
+            raise ConfigError("--classes: a regression label is a number, it has no classes")
+        self.source_params["task"] = "regression"  # the file's label read as a float
+
     def _check_connector(self) -> "DemoConfig":
         """A source read by ``streamlearn connect``: a schema, no drift injection, the node count known at start."""
         from streamlearn.kafka.demo_sources import distinct_keys
@@ -155,7 +183,7 @@ class _Layout:
 
     nodes: int
     features: list
-    classes: list
+    classes: list | None  # None: a float label (regression)
     unlabelled: int = 0  # records of the file left out for an empty label
     keys: dict | None = None  # key value -> node of a first-seen split
 
@@ -167,7 +195,7 @@ def _layout(cfg: DemoConfig) -> _Layout:
     streams = node_streams(cfg.source, cfg.nodes, [], "all", cfg.split, cfg.seed,
                            on_missing=None if cfg.missing == "error" else "keep", **cfg.source_params)
     first = streams[0]
-    if first.classes is None:
+    if first.classes is None and not cfg.regression:
         raise ConfigError(f"--source {cfg.source}: the stream has no known classes for the nodes' models")
     nodes = len(streams)
     if not 1 <= nodes <= 64:
@@ -180,7 +208,7 @@ def _layout(cfg: DemoConfig) -> _Layout:
         inner = inner.split.source if hasattr(inner, "split") else inner.inner
     split = getattr(first, "split", None)
     keys = split.key_nodes() if split is not None and getattr(split, "how", None) == "first" else None
-    return _Layout(nodes, list(first.feature_names), list(first.classes), int(getattr(inner, "unlabelled", 0) or 0),
+    return _Layout(nodes, list(first.feature_names), None if first.classes is None else list(first.classes), int(getattr(inner, "unlabelled", 0) or 0),
                    keys)
 
 
@@ -341,13 +369,16 @@ def _view(cfg: DemoConfig, nodes: dict, sync: dict | None, drifts: list, elapsed
              f"{'  (Ctrl-C stops)' if status == 'running' or status.startswith('starting') else ''}", ""]
     skip = any(s.get("missing_policy") == "skip" for s in nodes.values())
     missing_head = "skipped" if skip else "imputed"  # missing values imputed, or rows skipped, at each node
-    lines.append(f"{'node':>4} {'samples':>8} {'rate/s':>7} {'rolling acc':>11} {'accuracy':>8} {'detected':>8} "
+    regression = _regression(cfg, nodes)
+    rolling, overall = _score_keys(regression)
+    heads = ("rolling MAE", "MAE") if regression else ("rolling acc", "accuracy")
+    lines.append(f"{'node':>4} {'samples':>8} {'rate/s':>7} {heads[0]:>11} {heads[1]:>8} {'detected':>8} "
                  f"{'divergence':>10} {'Δ':>6} {'models up':>9} {'syncs':>5} {'dead':>5} {missing_head:>7}")
     for node in sorted(nodes):
         s = nodes[node]
         missing = s.get("missing_skipped" if skip else "missing_imputed")
         lines.append(f"{node:>4} {s.get('samples', 0):>8} {_fmt(s.get('rate'), '.0f'):>7} "
-                     f"{_fmt(s.get('rolling_accuracy')):>11} {_fmt(s.get('accuracy')):>8} "
+                     f"{_fmt(s.get(rolling)):>11} {_fmt(s.get(overall)):>8} "
                      f"{s.get('n_drifts', 0):>8} {_fmt(s.get('divergence'), '.3g'):>10} "
                      f"{_fmt(s.get('delta'), '.3g'):>6} {s.get('models_sent', 0):>9} {s.get('syncs', 0):>5} "
                      f"{s.get('deadletters', 0):>5} {'-' if missing is None else missing:>7}")
@@ -371,6 +402,16 @@ def _view(cfg: DemoConfig, nodes: dict, sync: dict | None, drifts: list, elapsed
     if groups:
         lines.append(groups)
     return "\n".join(lines)
+
+
+def _regression(cfg: DemoConfig, nodes: dict) -> bool:
+    """A regression run: asked for, or said by the nodes (a connector's schema with a float label)."""
+    return cfg.regression or any(s.get("task") == "regression" for s in nodes.values())
+
+
+def _score_keys(regression: bool) -> tuple[str, str]:
+    """The node status keys the views show: rolling and overall accuracy, or MAE for a regression."""
+    return ("rolling_mae", "mae") if regression else ("rolling_accuracy", "accuracy")
 
 
 def _groups_line(sync: dict | None) -> str | None:
@@ -401,20 +442,23 @@ class _Watch:
 
     def __init__(self, cfg: DemoConfig, b: int, view=None):
         self.cfg, self.b, self.view = cfg, b, view
-        self.history: list = []  # (seconds, {node: {samples, rolling_accuracy}}), for the plot
+        self.history: list = []  # (seconds, {node: {samples, score, group}}), for the plot
         self.series: dict = {}  # node -> points of the live page
         self.sync_history: list = []
         self.status = "starting …"
         self.drift_command = None
+        self.regression = cfg.regression
 
     def snapshot(self, elapsed: float, nodes: dict, sync: dict | None, drifts: list) -> None:
         groups = (sync or {}).get("node_groups") or {}  # node -> group averaged in (split=N)
-        self.history.append((elapsed, {k: {"samples": v.get("samples", 0), "rolling_accuracy": v.get("rolling_accuracy"),
+        self.regression = self.regression or _regression(self.cfg, nodes)
+        rolling = _score_keys(self.regression)[0]  # rolling accuracy, or rolling MAE of a regression
+        self.history.append((elapsed, {k: {"samples": v.get("samples", 0), "score": v.get(rolling),
                                            "group": groups.get(str(k))} for k, v in nodes.items()}))
         _thin(self.history, 3600)
         for node, st in nodes.items():
             pts = self.series.setdefault(str(node), [])
-            pts.append({**{k: st.get(k) for k in ("samples", "rolling_accuracy", "divergence")},
+            pts.append({**{k: st.get(k) for k in ("samples", rolling, "divergence")},
                         "group": groups.get(str(node))})
             _thin(pts)
         if sync:
@@ -435,6 +479,8 @@ class _Watch:
         self.view.update({"title": f"{cfg.nodes} nodes, {cfg.source}, {cfg.protocol}", "status": self.status,
                           "summary": _sync_line(nodes, sync, self.b), "drift_command": self.drift_command,
                           "protocol": cfg.protocol, "baseline": _baseline(self.b), "history": self.series,
+                          "score": _score_keys(self.regression)[0],
+                          "score_title": "Rolling MAE per node" if self.regression else "Rolling accuracy per node",
                           "drifts": sorted({e.seq for e in drifts if e.seq is not None}), "detected": detected,
                           "false_alarms": false_alarms, "max_delay": DETECTION_MAX_DELAY, "delta": delta, "sync_history": self.sync_history})
 
@@ -482,7 +528,7 @@ def _runs(points: list) -> list:
     return out
 
 
-def _plot(history: list, nodes: dict, drifts: list, path: str, title: str) -> None:
+def _plot(history: list, nodes: dict, drifts: list, path: str, title: str, regression: bool = False) -> None:
     from streamlearn.extras import require
 
     matplotlib = require("matplotlib", "demo", "the demo's plot")  # optional: the "demo" (or "plots") extra
@@ -495,8 +541,8 @@ def _plot(history: list, nodes: dict, drifts: list, path: str, title: str) -> No
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     labelled = set()
     for k, node in enumerate(sorted({node for _, snap in history for node in snap}, key=str)):
-        pts = [(snap[node]["samples"], snap[node]["rolling_accuracy"], snap[node].get("group") or 0)
-               for _, snap in history if node in snap and snap[node].get("rolling_accuracy") is not None]
+        pts = [(snap[node]["samples"], snap[node]["score"], snap[node].get("group") or 0)
+               for _, snap in history if node in snap and snap[node].get("score") is not None]
         if not grouped:
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1, label=f"node {node}")
@@ -508,24 +554,26 @@ def _plot(history: list, nodes: dict, drifts: list, path: str, title: str) -> No
                     label=label)
     from streamlearn.evaluation.plot import DETECTED_STYLE, FALSE_ALARM_STYLE
 
+    top = 1.0 if not regression else max([p["score"] for _, snap in history for p in snap.values()
+                                          if p.get("score") is not None] or [1.0])  # MAE in the label's units
     true, false = _split_detected(nodes, drifts)
     for xs, style, label in ((true, DETECTED_STYLE, f"detected drift (within {DETECTION_MAX_DELAY})"),
                              (false, FALSE_ALARM_STYLE, "false alarm")):
         for pos in xs:
             ax.axvline(pos, color=style["color"], linestyle=":", linewidth=0.8)
         if xs:  # a marker on top of each line: orange triangle, grey x
-            ax.plot(xs, [1.0] * len(xs), **style, label=label, clip_on=False)
+            ax.plot(xs, [top] * len(xs), **style, label=label, clip_on=False)
     for status in nodes.values():
         for pos in status.get("sync_positions", [])[-200:]:
-            ax.plot([pos], [0.02], "|", color="green", markersize=6)
+            ax.plot([pos], [0.02 * top], "|", color="green", markersize=6)
     for e in drifts:
         if e.seq is not None:
             ax.axvline(e.seq, color="red", linestyle="--", linewidth=1)
     ax.set_xlim(left=0)
-    ax.set_ylim(0, 1.02)
+    ax.set_ylim(0, 1.02 * top)
     ax.set_xlabel("samples learned per node (red dashed: injected drift; orange ▲: detected drift; gray x: false alarm; "
                   "green ticks: syncs)" + ("\ncolour: the group a node is averaged in" if grouped else ""))
-    ax.set_ylabel("rolling accuracy")
+    ax.set_ylabel("rolling MAE" if regression else "rolling accuracy")
     ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="lower right", ncol=2)
@@ -612,7 +660,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         if fed is not None:
             layout_args = []  # the nodes take the layout the connector announces (streamlearn.kafka.layout)
         elif cfg.source.partition(":")[0].strip().lower() == "csv":  # the layout read from the file, typed as there
-            layout_args = ["--features", ",".join(layout.features), "--classes", ",".join(map(str, layout.classes))]
+            layout_args = ["--features", ",".join(layout.features)]
+            layout_args += (["--task", "regression"] if cfg.regression else
+                            ["--classes", ",".join(map(str, layout.classes))])
         else:
             layout_args = ["--source", cfg.source]
         if cfg.missing != "error":
@@ -685,7 +735,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         watch.publish(nodes, sync, drifts)
         print(_view(cfg, nodes, sync, drifts, elapsed, b, watch.status))
         plot_path = os.path.join(cfg.out, "demo.png")
-        _plot(watch.history, nodes, drifts, plot_path, f"{cfg.nodes} nodes, {cfg.source}, {cfg.protocol}")
+        _plot(watch.history, nodes, drifts, plot_path, f"{cfg.nodes} nodes, {cfg.source}, {cfg.protocol}",
+              watch.regression)
         print(f"\nwrote {plot_path}", flush=True)
         if ckpt is not None and not failed:
             print(f"take a node's model away: streamlearn export --checkpoint-dir {ckpt} --node 0 "

@@ -12,7 +12,9 @@ State keys (all optional): ``title``, ``status``, ``summary``, ``drift_command``
 ``baseline`` (legend of the periodic curve), ``history`` (node id to a list of ``{samples,
 rolling_accuracy, divergence, group}``: with groups, ``split=N``, a node's accuracy takes the colour of the
 group it is averaged in and the legend lists each group's nodes), ``drifts``, ``detected`` and ``false_alarms`` (sample positions), ``max_delay``, ``delta``,
-``sync_history`` (list of ``{t, full_syncs, partial_syncs, bytes, periodic_bytes}``). Each chart's
+``sync_history`` (list of ``{t, full_syncs, partial_syncs, bytes, periodic_bytes}``), ``score`` (the
+history key the first chart draws: ``rolling_accuracy``, from 0 to 1, by default; ``rolling_mae`` for a
+regression, from 0 in the label's units) and ``score_title`` (that chart's title). Each chart's
 svg records what it drew in ``data-series``, ``data-points``, ``data-markers`` and ``data-xmax``,
 and ``<body data-updates>`` counts the redraws, for tests and scripts.
 """
@@ -46,7 +48,7 @@ PAGE = """<!doctype html>
 <div id="meta">waiting for data …</div>
 <div id="inject"></div>
 <div class="grid">
- <div class="card"><h2>Rolling accuracy per node</h2><svg id="acc"></svg>
+ <div class="card"><h2 id="acc-title">Rolling accuracy per node</h2><svg id="acc"></svg>
   <div class="legend" id="acc-legend"></div></div>
  <div class="card"><h2>Divergence ‖w − r‖² per node against Δ</h2><svg id="div"></svg>
   <div class="legend" id="div-legend"></div></div>
@@ -109,14 +111,18 @@ async function refresh() {
   const color = i => COLORS[i % COLORS.length];
   // With groups (split=N) each node's accuracy line takes the colour of the group it is averaged in, run by run.
   const grouped = nodes.some(n => hist[n].some(p => p.group));
+  // The score drawn: rolling accuracy in [0, 1], or a regression's rolling MAE (label units, from 0).
+  const key = st.score || "rolling_accuracy", bounded = key === "rolling_accuracy";
+  document.getElementById("acc-title").textContent = st.score_title || "Rolling accuracy per node";
+  const score = p => (p[key] === undefined ? null : p[key]);
   let acc = nodes.map((n, i) => ({color: color(i),
-    points: hist[n].map(p => [p.samples, p.rolling_accuracy]).filter(p => p[1] !== null)}));
+    points: hist[n].map(p => [p.samples, score(p)]).filter(p => p[1] !== null)}));
   const groupsSeen = new Set();
   if (grouped) {
     acc = [];
     nodes.forEach(n => { let run = null;
-      hist[n].filter(p => p.rolling_accuracy !== null).forEach(p => { const g = p.group || 0; groupsSeen.add(g);
-        const pt = [p.samples, p.rolling_accuracy];
+      hist[n].filter(p => score(p) !== null).forEach(p => { const g = p.group || 0; groupsSeen.add(g);
+        const pt = [p.samples, score(p)];
         if (run && run.group === g) { run.points.push(pt); return; }
         if (run) run.points.push(pt);
         run = {group: g, color: color(g), points: [pt]}; acc.push(run); }); });
@@ -127,7 +133,8 @@ async function refresh() {
     .concat((st.detected || []).map(x => ({x: x, color: "#ff7f0e", dash: "", glyph: "▲"})))
     .concat((st.false_alarms || []).map(x => ({x: x, color: "#888", dash: "2 2", glyph: "×"})));
   const empty = st.status && st.status.startsWith("starting") ? st.status : "no data yet";
-  let drawn = chart("acc", acc, {xmin: 0, ymin: 0, ymax: 1, vlines: vl, xlabel: "samples per node", empty: empty});
+  let drawn = chart("acc", acc, {xmin: 0, ymin: 0, ymax: bounded ? 1 : undefined, vlines: vl,
+                                 xlabel: "samples per node", empty: empty});
   drawn += chart("div", div, {xmin: 0, ymin: 0, hlines: st.delta ? [st.delta] : [], xlabel: "samples per node",
                               empty: empty});
   const nodeItems = nodes.map((n, i) => [color(i), "node " + n]);

@@ -270,3 +270,17 @@ def test_groups_colour_the_accuracy_lines_and_the_legend_lists_their_nodes(tmp_p
     assert strokes == ["#1f77b4", "#1f77b4", "#2ca02c"], strokes  # group 0's colour twice, then group 2's
     legend = dom[dom.index('id="acc-legend"'):][:2000]
     assert "group 0: nodes 0" in legend and "group 2: nodes 1" in legend, legend
+
+
+def test_a_regression_draws_rolling_mae_in_the_labels_units(tmp_path):
+    history = {"0": [{"samples": 100 * i, "rolling_mae": 30.0 - 0.1 * i, "divergence": 0.1} for i in range(50)]}
+    with LiveView(port=0) as view:
+        view.update({"title": "t", "status": "running", "history": history, "score": "rolling_mae",
+                     "score_title": "Rolling MAE per node"})
+        dom = _dump_dom(tmp_path, view.url)
+    assert '<h2 id="acc-title">Rolling MAE per node</h2>' in dom, dom[-2000:]
+    svg = re.search(r'<svg id="acc"[^>]*>', dom)
+    assert svg and 'data-series="1"' in svg.group(0) and 'data-points="50"' in svg.group(0), dom[-2000:]
+    acc = dom[svg.start():dom.index("</svg>", svg.start())]
+    ticks = re.findall(r'font-size="10">([\d.]+)</text>', acc)
+    assert "30.0" in ticks, ticks  # the y axis reaches the largest MAE, not 1

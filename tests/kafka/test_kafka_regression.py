@@ -34,9 +34,17 @@ def _data(seed: int):
     return X, y
 
 
-def test_the_demo_still_refuses_regression_at_start(capsys):
-    assert main(["demo", "--task", "regression", "--duration", "1"]) == 2
-    assert "regression is not yet supported" in capsys.readouterr().err
+def test_a_regression_demo_without_a_float_label_or_torch_learner_fails_at_start(capsys, tmp_path):
+    assert main(["demo", "--task", "regression", "--duration", "1"]) == 2  # sea: classes, no float label
+    assert "the demo reads a float label from a csv file" in capsys.readouterr().err
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,y\n1,2,3.5\n")
+    assert main(["demo", "--task", "regression", "--source", f"csv:{path}", "--label", "y", "--learner",
+                 "river-logreg", "--duration", "1"]) == 2
+    assert "needs a torch learner" in capsys.readouterr().err
+    assert main(["demo", "--task", "regression", "--source", f"csv:{path}", "--label", "y", "--classes", "0,1",
+                 "--duration", "1"]) == 2
+    assert "it has no classes" in capsys.readouterr().err
 
 
 def test_bad_regression_node_settings_are_config_errors(capsys):
