@@ -447,13 +447,30 @@ def cmd_sync(args) -> int:
     from streamlearn.metrics import SyncMetrics
 
     _setup_logging(args.verbose)
-    cfg = sync_config_from_options(_options(args, (
-        "protocol", "delta", "b", "C", "tau", "strength", "max_nodes", "timeout", "seed", "device", "max_norm",
-        "state_dir", "id_lease", "id_grace", "bootstrap", "prefix", "max_params", "clip", "max_reports_per_second",
-        "report_burst", "sync_key_file")))
+    names = ("protocol", "delta", "b", "C", "tau", "strength", "max_nodes", "timeout", "seed", "device", "max_norm",
+             "state_dir", "id_lease", "id_grace", "bootstrap", "prefix", "max_params", "clip", "max_reports_per_second",
+             "report_burst", "sync_key_file")
+    if args.shard is not None and args.shard.strip().lower() == "group":
+        return _sync_group(args, _options(args, names))
+    cfg = sync_config_from_options(_options(args, names + ("shard",)))
     final = _run_service(args, SyncService, cfg, SyncMetrics)
     print(f"sync: {final.get('full_syncs', 0)} full and {final.get('partial_syncs', 0)} partial syncs, "
           f"{final.get('models', 0)} models transferred")
+    return 0
+
+
+def _sync_group(args, options: dict) -> int:
+    """``sync --shard group``: this member runs the shards Kafka's consumer group assigns it."""
+    from streamlearn.kafka.sync_group import ShardGroup
+    from streamlearn.kafka.sync_service import sync_config_from_options
+
+    first = sync_config_from_options({**options, "shard": 0})  # the settings checked here, at the edge
+    if args.metrics_port is not None:
+        raise StreamlearnError("--metrics-port: not yet with --shard group (each shard's status is on the status "
+                               "topic); run one service per shard (--shard K) for a metrics endpoint each")
+    group = ShardGroup(lambda k: sync_config_from_options({**options, "shard": k}), first.shards)
+    group.run(max_seconds=args.max_seconds)
+    print(f"sync group: stopped; {group.rebalances} assignments")
     return 0
 
 
@@ -702,6 +719,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(--max-nodes rows of that size), so a larger one is rejected, not allocated")
     p.add_argument("--state-dir", help="keep the reference and protocol state here and resume from it on restart "
                                          "(default: none, a restart starts from the first join)")
+    p.add_argument("--shard", metavar="K|group",
+                   help="with a sharded protocol (e.g. periodic:b=8,shards=4,root=2): run shard K (0..shards-1) "
+                        "alone, or group: join the services that share the shards through a Kafka consumer group "
+                        "(each runs the shards Kafka assigns it and takes over a stopped member's from "
+                        "--state-dir/shard-K; give them a shared --state-dir). The service of shard 0 hosts the "
+                        "root (default: one service for every node, an unsharded protocol)")
     _add_sync_key_arg(p)
     p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
     p.add_argument("--verbose", action="store_true", help="debug logging")

@@ -309,6 +309,30 @@ class _DriftReader:
         self._consumer.close()
 
 
+#: Counts of the sync status that add up over the shards of a sharded layer (one sync service per shard).
+_SHARD_SUMS = ("full_syncs", "partial_syncs", "models", "models_up", "models_down", "bytes", "nodes_alive")
+
+
+def _sync_of(reader, shards: int) -> dict | None:
+    """The sync status the views show: the service's, or with ``shards`` > 1 the shards' added up (None until
+    every shard has reported).
+
+    >>> class R: shards = {0: {"full_syncs": 2, "models": 5, "d": 3}, 1: {"full_syncs": 1, "models": 4, "d": 3}}
+    >>> s = _sync_of(R(), 2); s["full_syncs"], s["models"], s["d"], s["shards_reporting"]
+    (3, 9, 3, 2)
+    """
+    if shards == 1:
+        return reader.sync
+    parts = [reader.shards[k] for k in sorted(reader.shards) if k < shards]
+    if len(parts) < shards:
+        return None
+    out = dict(parts[0])
+    for key in _SHARD_SUMS:
+        out[key] = sum(int(p.get(key) or 0) for p in parts)
+    out["shards_reporting"] = len(parts)
+    return out
+
+
 def _periodic_bytes(nodes: dict, sync: dict | None, b: int) -> int:
     """What plain periodic averaging with the same b would have sent over the steps the nodes took:
     every b steps each node's model up and the mean back down, as dense fp32 model messages (header
@@ -608,6 +632,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         print(f"{layout.unlabelled} records without a label left out of {cfg.source}", flush=True)
     name, params = parse_spec(cfg.protocol)
     b = int(params.get("b", params.get("tau", 1)) or 1)
+    shards = int(params.get("shards", 1) or 1)
+    if shards > cfg.nodes:
+        raise ConfigError(f"--protocol {cfg.protocol}: shards={shards} is more than the {cfg.nodes} nodes")
     prefix = cfg.prefix or f"streamlearn-demo-{int(time.time())}"
     log_dir = os.path.join(cfg.out, "logs")
     os.makedirs(log_dir, exist_ok=True)
@@ -636,7 +663,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             watch.drift_command = None
         print(f"the nodes' predictions: streamlearn tail predictions --bootstrap {broker.bootstrap} --prefix {prefix}",
               flush=True)
-        ensure_topics(broker.bootstrap, prefix, list(range(cfg.nodes)))
+        ensure_topics(broker.bootstrap, prefix, list(range(cfg.nodes)), shards=shards)
         env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, KAFKA_TOPIC_PREFIX=prefix)
         procs = _Processes(log_dir, env)
         stack.callback(procs.stop)  # on an error below; a no-op after the orderly stop
@@ -656,7 +683,11 @@ def run_demo(cfg: DemoConfig) -> dict:
         stack.callback(drift_reader.close)
 
         t0 = time.monotonic()  # --duration counts from here: the pipeline's run, not the broker's start
-        procs.start("sync", _cli("sync", "--protocol", cfg.protocol))
+        if shards == 1:
+            procs.start("sync", _cli("sync", "--protocol", cfg.protocol))
+        else:  # a sharded layer (shards=S): one sync service per shard, shard 0's hosts the root
+            for k in range(shards):
+                procs.start(f"sync-{k}", _cli("sync", "--protocol", cfg.protocol, "--shard", k))
         if fed is not None:
             layout_args = []  # the nodes take the layout the connector announces (streamlearn.kafka.layout)
         elif cfg.source.partition(":")[0].strip().lower() == "csv":  # the layout read from the file, typed as there
@@ -696,17 +727,18 @@ def run_demo(cfg: DemoConfig) -> dict:
                 reader.poll(0.2 if left is None else max(0.0, min(0.2, left)))
                 drift_reader.poll()
                 now = time.monotonic()
-                if len(reader.nodes) < cfg.nodes or reader.sync is None:
+                sync_now = _sync_of(reader, shards)
+                if len(reader.nodes) < cfg.nodes or sync_now is None:
                     watch.status = (f"starting: {len(reader.nodes)} of {cfg.nodes} nodes and "
-                                    f"{'the' if reader.sync else 'no'} sync service reporting …")
+                                    f"{'the' if sync_now else 'no'} sync service reporting …")
                 else:
                     watch.status = "running"
                 # The page and the plot get a snapshot every refresh; a log (not a terminal) a table every 5 s.
                 if now >= next_snapshot:
-                    watch.snapshot(now - t0, reader.nodes, reader.sync, drift_reader.events)
+                    watch.snapshot(now - t0, reader.nodes, sync_now, drift_reader.events)
                     next_snapshot = now + cfg.refresh
                 if now >= next_print:
-                    text = _view(cfg, reader.nodes, reader.sync, drift_reader.events, now - (clock or now), b,
+                    text = _view(cfg, reader.nodes, sync_now, drift_reader.events, now - (clock or now), b,
                                  watch.status, watch.drift_command)
                     print(("\x1b[H\x1b[2J" + text) if tty else text + "\n", flush=True)
                     next_print = now + (cfg.refresh if tty else max(cfg.refresh, 5.0))
@@ -719,7 +751,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             stopped_by = "Ctrl-C"
         elapsed = time.monotonic() - (clock or t0)
         watch.status = f"stopping ({stopped_by}) …"
-        watch.publish(reader.nodes, reader.sync, drift_reader.events)
+        watch.publish(reader.nodes, _sync_of(reader, shards), drift_reader.events)
         print(f"\nstopping after {elapsed:.0f} s ({stopped_by}) …", flush=True)
         # Producer first (no new samples), then the nodes (they leave), then the sync service.
         procs.stop(["producer", "connector"])
@@ -728,7 +760,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         for _ in range(5):
             reader.poll(0.2)
         drift_reader.poll()
-        nodes, sync, drifts = reader.nodes, reader.sync, drift_reader.events
+        nodes, sync, drifts = reader.nodes, _sync_of(reader, shards), drift_reader.events
         watch.snapshot(elapsed, nodes, sync, drifts)
         watch.status = f"stopped after {elapsed:.0f} s ({stopped_by})" if not failed else \
             f"failed: {', '.join(failed)} died; see {log_dir}"

@@ -81,7 +81,8 @@ pickle; it restarts fresh, with the sample count going on) and the sync in progr
 node registers again and asks again). Learners that are not averageable cannot be checkpointed.
 
 Broker restart: every record goes to partition 0 (a broker that auto-creates a lost topic may
-give it several partitions). A memory-only broker (the embedded Tansu) that restarts has lost
+give it several partitions; under a sharded protocol, ``shards=S``, the node's sync records go to
+and come from partition ``node % S`` of ``sync.up`` and ``sync.down``, its shard's). A memory-only broker (the embedded Tansu) that restarts has lost
 every topic and counts offsets from 0 again: a topic made anew (its id changed, or the broker's
 end offset is below what the node has read; a high-water mark that merely lags, as Tansu's does,
 is not a loss: see :class:`TopicWatch`) is read again from its start, once (``topic_resets`` in
@@ -319,6 +320,11 @@ class NodeConfig:
                 raise ConfigError(f"learner {self.learner!r}: a river classifier takes none of {extra} "
                                   f"(set its hyperparameters in the factory)")
         parse_spec(self.protocol)
+        from streamlearn.sync.spec import shard_layout
+
+        if shard_layout(self.protocol)[1] > 1 and self.node == "auto":
+            raise ConfigError(f"node 'auto': a node of a sharded sync layer ({self.protocol}) needs its id "
+                              f"(--id N) to know its shard (N % shards)")
         if self.fetch_wait_ms is None:
             object.__setattr__(self, "fetch_wait_ms", default_fetch_wait_ms())
         for name in ("batch_size", "window", "max_poll_records", "fetch_wait_ms", "max_pending"):
@@ -464,8 +470,15 @@ class NodeService(Service):
         cfg = self.config
         node = cfg.node
         auto = node == "auto"
+        from streamlearn.sync.hierarchy import shard_of
+        from streamlearn.sync.spec import shard_layout
+
+        shards = shard_layout(cfg.protocol)[1]
+        # A sharded sync layer: this node's shard is the partition of sync.up and sync.down it uses.
+        self._sync_partition = 0 if auto else shard_of(node, shards)
         self.settings_, self.bootstrap_, self.prefix_ = connect(cfg.settings, cfg.bootstrap, cfg.prefix,
-                                                                [] if auto else [node], stop=self._stop)
+                                                                [] if auto else [node], stop=self._stop,
+                                                                shards=shards)
         self._board = LayoutBoard(self.settings_, self.bootstrap_, self.prefix_)
         self.features_, self.classes_ = self._agreed_layout()
         if self.features_ is None:
@@ -498,7 +511,7 @@ class NodeService(Service):
         # sync.down has a consumer of its own: with both partitions on one consumer, a paused
         # and resumed samples partition was never fetched again (kafka-python 3.0.12 on Tansu).
         self._down = KafkaConsumer(**s.consumer_kwargs(self.bootstrap_, fetch_max_wait_ms=cfg.fetch_wait_ms))
-        down_tp = self._down_tp = TopicPartition(self._topics["down"], 0)
+        down_tp = self._down_tp = TopicPartition(self._topics["down"], self._sync_partition)
         # Only what the sync service says from now on concerns us; seek before claiming an id or
         # joining so the answer is seen.
         self._down.assign([down_tp])
@@ -1141,7 +1154,7 @@ class _SyncLink:
             return False
         try:
             key = str(node).encode()
-            self.svc._producer.send(self.svc._topics["up"], data, key=key, partition=0,
+            self.svc._producer.send(self.svc._topics["up"], data, key=key, partition=self.svc._sync_partition,
                                     headers=self.sign(msg, data, key))
         except Exception as exc:
             self.send_errors += 1
@@ -1195,7 +1208,7 @@ class _SyncLink:
         try:
             msg = SyncMessage("claim", node=node, token=token)
             data, key = encode_sync(msg), None if node is None else str(node).encode()
-            self.svc._producer.send(self.svc._topics["up"], data, key=key, partition=0,
+            self.svc._producer.send(self.svc._topics["up"], data, key=key, partition=self.svc._sync_partition,
                                     headers=self.sign(msg, data, key))
         except Exception as exc:  # KafkaError, buffer full: asked again later
             self.send_errors += 1

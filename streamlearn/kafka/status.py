@@ -146,7 +146,8 @@ class StatusReader:
 
         settings = KafkaSettings.from_env() if settings is None else settings
         self.nodes: dict[int, dict] = {}
-        self.sync: dict | None = None
+        self.sync: dict | None = None  # the latest sync status (of any shard)
+        self.shards: dict[int, dict] = {}  # shard -> its service's latest status (protocol shards=S)
         self.bad = 0
         self._consumer = KafkaConsumer(**settings.consumer_kwargs(bootstrap, fetch_max_wait_ms=100))
         tp = TopicPartition(status_topic(prefix), 0)
@@ -171,6 +172,8 @@ class StatusReader:
                     self.nodes[status["node"]] = status
                 else:
                     self.sync = status
+                    if isinstance(status.get("shard"), int):  # one service per shard of a sharded layer
+                        self.shards[status["shard"]] = status
         return n
 
     def wait_for(self, condition: Callable[["StatusReader"], bool], timeout: float) -> bool:

@@ -86,6 +86,15 @@ give it several partitions). A memory-only broker (the embedded Tansu) that rest
 every topic and counts offsets from 0 again: when ``sync.up`` holds fewer records than the
 service has read, it reads the topic from its start (``topic_resets`` in the status).
 
+Shards. With a sharded spec (``shards=S,root=R``, :mod:`streamlearn.sync.hierarchy`) each sync
+service runs one shard K (``shard``): partition K of ``sync.up`` and ``sync.down`` (the topics have S
+partitions), the protocol over the nodes n with ``n % S == K`` only (a join of another node is rejected,
+naming both shards), exactly as the simulator's shard K (its seed ``seed + SEED_STRIDE * K``), its state
+in ``state_dir/shard-K``. With ``root`` >= 1 it reports each full sync to the root and adopts the root's
+averages (:mod:`~streamlearn.kafka.sync_root`; shard 0's service is the root). Which service runs which
+shard is fixed (``--shard K``) or left to a Kafka consumer group (``--shard group``,
+:mod:`~streamlearn.kafka.sync_group`), which moves a stopped member's shards to the others.
+
 The service does the I/O and drives the protocol; the parts with a job of their own are apart:
 :mod:`~streamlearn.kafka.sync_models` (which models are refused, deltas expanded against the kept
 references), :mod:`~streamlearn.kafka.sync_ids` (the node-id leases),
@@ -97,6 +106,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 import uuid
@@ -114,8 +124,10 @@ from streamlearn.kafka.signing import Refusals, SyncSigner, SyncVerifier, load_k
 from streamlearn.kafka.status import encode_status, model_hash
 from streamlearn.kafka.sync_actions import ActionWriter, is_full_sync
 from streamlearn.kafka.sync_ids import IdLeases
+from streamlearn.kafka.sync_root import RootLink
 from streamlearn.kafka.sync_models import KEEP_REFERENCES, ModelRefused, ModelScreen, _model_fault
-from streamlearn.kafka.topics import deadletter_topic, status_topic, sync_down_topic, sync_up_topic
+from streamlearn.kafka.topics import (deadletter_topic, status_topic, sync_down_topic, sync_root_down_topic,
+                                     sync_root_up_topic, sync_up_topic)
 from streamlearn.kafka.wire import ID_RENEW_EVERY, SyncMessage, connect, decode_sync, encode_sync_many, positive
 from streamlearn.metrics import REJECT_REASONS
 from streamlearn.sync.messages import Report, SendModel
@@ -181,6 +193,11 @@ class SyncConfig:
     sync_key_file
         A file holding the shared secret that signs and verifies sync records
         (:mod:`streamlearn.kafka.signing`); None: the ``STREAMLEARN_SYNC_KEY`` environment variable, else unsigned.
+    shard
+        With a sharded protocol spec (``"periodic:b=8,shards=3,root=2"``, :mod:`streamlearn.sync.hierarchy`):
+        the one shard this service runs (see "Shards" in the module doc). The spec's ``shards`` and ``root``
+        then move to the fields of the same name, ``protocol`` and ``params`` keep the shard's own protocol,
+        and ``state_dir`` becomes its ``shard-<k>`` subfolder. None: one service for every node.
     prefix, bootstrap, settings
         As for :class:`~streamlearn.kafka.node.NodeConfig`.
 
@@ -191,7 +208,7 @@ class SyncConfig:
     >>> SyncConfig(protocol="dynamic", params={"tau": 3})
     Traceback (most recent call last):
     ...
-    streamlearn.errors.ConfigError: protocol 'dynamic' has no parameter 'tau' (parameters: delta, b, extrapolate, server_lr, server_momentum, codec, buffers_every, split)
+    streamlearn.errors.ConfigError: protocol 'dynamic' has no parameter 'tau' (parameters: delta, b, extrapolate, server_lr, server_momentum, codec, buffers_every, split, shards, root)
     """
 
     protocol: str = "dynamic"
@@ -211,6 +228,9 @@ class SyncConfig:
     max_reports_per_second: float | None = REPORT_RATE
     report_burst: int = REPORT_BURST
     sync_key_file: str | None = None
+    shard: int | None = None
+    shards: int = 1  # set from the spec when ``shard`` is given
+    root: int = 0  # idem: the root averages after root * shards full syncs of the shards
     prefix: str | None = None
     bootstrap: str | None = None
     settings: KafkaSettings | None = None
@@ -219,6 +239,16 @@ class SyncConfig:
         from streamlearn.sync.spec import make_protocol
 
         object.__setattr__(self, "params", dict(self.params or {}))
+        if self.shard is not None:
+            self._take_shard()
+        else:
+            from streamlearn.sync.spec import shard_layout
+
+            shards = shard_layout(self.protocol)[1] if "shards" not in self.params else self.params["shards"]
+            if shards != 1:
+                raise ConfigError(f"protocol {self.protocol!r} has shards={shards}: run one sync service per shard "
+                                  f"(--shard K, K in 0..{shards - 1}) or services that share the shards "
+                                  f"(--shard group)")
         positive("max_nodes", self.max_nodes, integer=True)
         if self.fetch_wait_ms is None:
             object.__setattr__(self, "fetch_wait_ms", default_fetch_wait_ms())
@@ -252,6 +282,39 @@ class SyncConfig:
         if self.settings is not None and not isinstance(self.settings, KafkaSettings):
             raise ConfigError(f"settings must be a KafkaSettings, got {type(self.settings).__name__}")
         make_protocol(self.protocol, m=1, d=1, seed=0, device="cpu", **self.params)  # checks names and values
+
+    def _take_shard(self) -> None:
+        """One shard of a sharded spec: the shard's own protocol here, ``shards`` and ``root`` apart."""
+        from streamlearn.sync.spec import parse_spec
+
+        name, parsed = parse_spec(self.protocol)
+        parsed.update(self.params)
+        shards, root = parsed.pop("shards", None), parsed.pop("root", 0)
+        if shards is None:
+            raise ConfigError(f"shard={self.shard!r}: the protocol {self.protocol!r} names no shards "
+                              f"(e.g. {name}:shards=2,root=1)")
+        if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+            raise ConfigError(f"shards must be an integer >= 1, got {shards!r}")
+        if isinstance(root, bool) or not isinstance(root, int) or root < 0:
+            raise ConfigError(f"root must be an integer >= 0, got {root!r}")
+        if isinstance(self.shard, bool) or not isinstance(self.shard, int) or not 0 <= self.shard < shards:
+            raise ConfigError(f"shard must be an integer in [0, {shards - 1}] (shards={shards}), got {self.shard!r}")
+        if "split" in parsed:
+            raise ConfigError("split= and shards= cannot be combined")
+        if shards > self.max_nodes:
+            raise ConfigError(f"shards={shards} is more than max_nodes={self.max_nodes}: every shard needs a node")
+        object.__setattr__(self, "protocol", name)
+        object.__setattr__(self, "params", parsed)
+        object.__setattr__(self, "shards", shards)
+        object.__setattr__(self, "root", root)
+        from streamlearn.sync.hierarchy import SEED_STRIDE
+
+        if isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.shard:
+            object.__setattr__(self, "seed", self.seed + SEED_STRIDE * self.shard)  # as the simulator's shard
+        if self.state_dir is not None and isinstance(self.state_dir, str) and self.state_dir:
+            import os
+
+            object.__setattr__(self, "state_dir", os.path.join(self.state_dir, f"shard-{self.shard}"))
 
     @property
     def spec(self) -> str:
@@ -328,16 +391,23 @@ class SyncService(Service):
         self._state = "starting"
         self._t0 = time.monotonic()
         self.settings_, self.bootstrap_, self.prefix_ = connect(cfg.settings, cfg.bootstrap, cfg.prefix, [],
-                                                                stop=self._stop)
+                                                                stop=self._stop, shards=cfg.shards)
         s = self.settings_
         self._topics = {"up": sync_up_topic(self.prefix_), "down": sync_down_topic(self.prefix_),
-                        "dead": deadletter_topic(self.prefix_), "status": status_topic(self.prefix_)}
+                        "dead": deadletter_topic(self.prefix_), "status": status_topic(self.prefix_),
+                        "root_up": sync_root_up_topic(self.prefix_), "root_down": sync_root_down_topic(self.prefix_)}
+        self._part = cfg.shard or 0  # this shard's partition of sync.up and sync.down
         self._producer = KafkaProducer(**s.producer_kwargs(self.bootstrap_, max_block_ms=_BROKER_WAIT_MS))
         self._consumer = KafkaConsumer(**s.consumer_kwargs(self.bootstrap_, fetch_max_wait_ms=cfg.fetch_wait_ms))
-        tp = self._up_tp = TopicPartition(self._topics["up"], 0)
-        self._consumer.assign([tp])
+        tp = self._up_tp = TopicPartition(self._topics["up"], self._part)
+        # A root of shards (protocol root=R): every shard reads the root's averages; shard 0 is the root.
+        self._root = RootLink(self) if cfg.root else None
+        tps = [tp] + ([] if self._root is None else self._root.partitions())
+        self._consumer.assign(tps)
         # A new epoch: what nodes sent to an earlier instance is not for this protocol.
-        self._consumer.seek(tp, self._consumer.end_offsets([tp], timeout_ms=_BROKER_WAIT_MS)[tp])
+        ends = self._consumer.end_offsets(tps, timeout_ms=_BROKER_WAIT_MS)
+        for t in tps:
+            self._consumer.seek(t, ends[t])
         self._send(SyncMessage("hello", epoch=self.epoch_))
         self._ids.start_grace()  # connecting can be slow on a busy machine: it must not eat the grace
         self._state = "running"
@@ -353,7 +423,10 @@ class SyncService(Service):
             if deadline is not None and time.monotonic() >= deadline:
                 break
             messages = []
-            for records in self._consumer.poll(timeout_ms=50).values():
+            for part, records in self._consumer.poll(timeout_ms=50).items():
+                if part.topic != self._topics["up"]:
+                    self._root.on_records(part.topic, records)
+                    continue
                 for rec in records:
                     self._counts["bytes_up_wire"] += len(rec.value)
                     sender = self._authentic(rec)  # None: unsigned service; False: refused
@@ -395,6 +468,8 @@ class SyncService(Service):
                     self.metrics.observe_averaging(time.perf_counter() - t0)
             for msg in claims:  # after the leaves of this poll: an id freed there can be given out
                 self._ids.on_claim(msg, self._alive())
+            if self._root is not None:
+                self._root.adopt_if_free()
             self._check_topic_reset()
             self._check_timeouts()
             self._check_ids()
@@ -495,6 +570,9 @@ class SyncService(Service):
         node = msg.node
         # before anything of the node is taken (its w0 may start the protocol)
         refusal, differs = _join_refusal(msg, self.protocol_, cfg, self._d, self._layout)
+        if refusal is None and cfg.shard is not None and msg.node % cfg.shards != cfg.shard:
+            refusal = (f"node {node} is in shard {msg.node % cfg.shards} of {cfg.shards} (node % shards); this "
+                       f"sync service runs shard {cfg.shard}: give the node the same protocol spec (shards=)")
         if refusal is not None:
             return self._reject(node, refusal)
         if self.protocol_ is None:
@@ -565,12 +643,15 @@ class SyncService(Service):
     def _act(self, actions: list, joining: int | None = None) -> None:
         if self.metrics is not None:
             self.metrics.observe_actions(actions, joining=joining)
-        if self._store is not None and is_full_sync(actions, joining):
+        full = is_full_sync(actions, joining)
+        if self._store is not None and full:
             self._save_state()  # a full sync: kept before any node holds the new reference
         if any(isinstance(a, SendModel) and a.reference for a in actions):
             self._models.note_reference(self.protocol_)
         for msg in self._writer.messages(actions, self.protocol_.n_params, joining=joining):
             self._send(msg)
+        if full and self._root is not None:
+            self._root.report()  # after the nodes' sync: the root averages references the nodes hold
 
     def _send(self, msg: SyncMessage) -> None:
         # More targets than a record may name (wire.MAX_TARGETS): one record per run of them, the model
@@ -584,7 +665,7 @@ class SyncService(Service):
         for data in records:
             try:
                 headers = None if self._signer is None else self._signer.sign(data)
-                self._producer.send(self._topics["down"], data, partition=0, headers=headers)
+                self._producer.send(self._topics["down"], data, partition=self._part, headers=headers)
             except Exception as exc:  # KafkaError, buffer full
                 self._counts["send_errors"] += 1
                 log.warning("sync %s: cannot send %s: %s", self.epoch_, msg.kind, exc)
@@ -757,7 +838,10 @@ def _sync_status(svc: SyncService) -> dict:
               "clip": svc.config.clip, "clip_bound": svc._bound.tau,
               # signed sync records (streamlearn.kafka.signing): what the signature check refused
               "sync_signed": svc._verifier is not None, "unauthenticated": svc._unauth.total,
-              "unauthenticated_by_reason": dict(svc._unauth.by_reason)}
+              "unauthenticated_by_reason": dict(svc._unauth.by_reason),
+              # a sharded layer (protocol shards=S,root=R): this service's shard and the root's work
+              "shard": svc.config.shard, "shards": svc.config.shards, "root": svc.config.root, "pid": os.getpid(),
+              **(svc._root.counts() if getattr(svc, "_root", None) is not None else {})}
     if p is None:
         status.update(nodes_alive=0, alive=[], pending=[], device=None, reference_hash=None)
         return status
@@ -907,7 +991,7 @@ def _node_spec_conflict(spec: str, protocol) -> tuple[str | None, bool]:
 _HYPER = ("delta", "b", "C", "tau", "strength")
 _SYNC_OPTIONS = {"protocol", *_HYPER, "max_nodes", "timeout", "seed", "device", "status_interval", "fetch_wait_ms",
                  "id_lease", "id_grace", "max_norm", "max_params", "state_dir", "prefix", "bootstrap", "max_seconds",
-                 "params", "sync_key_file", "clip", "max_reports_per_second", "report_burst"}
+                 "params", "sync_key_file", "clip", "max_reports_per_second", "report_burst", "shard"}
 
 
 def sync_config_from_options(options: Mapping[str, Any]) -> SyncConfig:
@@ -929,7 +1013,8 @@ def sync_config_from_options(options: Mapping[str, Any]) -> SyncConfig:
     opts.pop("max_seconds", None)
     params = dict(opts.pop("params", {}) or {})
     params.update({k: opts.pop(k) for k in _HYPER if k in opts})
-    for key, kind in (("max_nodes", int), ("max_params", int), ("seed", int), ("fetch_wait_ms", int), ("timeout", float),
+    for key, kind in (("max_nodes", int), ("max_params", int), ("seed", int), ("fetch_wait_ms", int), ("shard", int),
+                      ("timeout", float),
                       ("status_interval", float), ("id_lease", float), ("id_grace", float), ("max_norm", float)):
         if key in opts and isinstance(opts[key], str):
             try:

@@ -102,6 +102,16 @@ def sync_down_topic(prefix: str) -> str:
     return f"{validate_topic_prefix(prefix, 'prefix')}.sync.down"
 
 
+def sync_root_up_topic(prefix: str) -> str:
+    """Topic of the shards' references, read by the root of a sharded sync layer (protocol ``shards=S,root=R``)."""
+    return f"{validate_topic_prefix(prefix, 'prefix')}.sync.root.up"
+
+
+def sync_root_down_topic(prefix: str) -> str:
+    """Topic of the root's averages, read by every shard's sync service."""
+    return f"{validate_topic_prefix(prefix, 'prefix')}.sync.root.down"
+
+
 def drift_topic(prefix: str) -> str:
     """Topic of drift events."""
     return f"{validate_topic_prefix(prefix, 'prefix')}.drift"
@@ -159,20 +169,27 @@ def _nodes(nodes) -> list:
     return sorted({_node(n) for n in nodes})
 
 
-def topic_specs(prefix: str, nodes: Iterable[int] | int) -> list:
+def topic_specs(prefix: str, nodes: Iterable[int] | int, shards: int = 1) -> list:
     """Every topic of a run with ``nodes`` (ids, or a count m for nodes 0..m-1).
+
+    With ``shards`` > 1 (a sharded sync layer, protocol ``shards=S``) ``sync.up`` and ``sync.down`` have
+    one partition per shard (shard s: partition s) and the root's two topics are added.
 
     Examples
     --------
     >>> [s.name for s in topic_specs("sl", 2)]
     ['sl.samples.0', 'sl.samples.1', 'sl.sync.up', 'sl.sync.down', 'sl.drift', 'sl.control', 'sl.deadletter', 'sl.status', 'sl.predictions', 'sl.schema']
+    >>> [(s.name, s.partitions) for s in topic_specs("sl", [], shards=3) if ".sync." in s.name]
+    [('sl.sync.up', 3), ('sl.sync.down', 3), ('sl.sync.root.up', 1), ('sl.sync.root.down', 1)]
     """
     samples = {"max.message.bytes": str(SAMPLES_MAX_MESSAGE_BYTES)}
     models = {"max.message.bytes": str(MODEL_MAX_MESSAGE_BYTES), "retention.ms": str(MODEL_RETENTION_MS)}
     specs = [TopicSpec(samples_topic(prefix, n), 1, dict(samples)) for n in _nodes(nodes)]
     specs += [
-        TopicSpec(sync_up_topic(prefix), 1, dict(models)),
-        TopicSpec(sync_down_topic(prefix), 1, dict(models)),
+        TopicSpec(sync_up_topic(prefix), int(shards), dict(models)),
+        TopicSpec(sync_down_topic(prefix), int(shards), dict(models)),
+        *([TopicSpec(sync_root_up_topic(prefix), 1, dict(models)), TopicSpec(sync_root_down_topic(prefix), 1,
+                                                                            dict(models))] if shards > 1 else []),
         TopicSpec(drift_topic(prefix)),
         TopicSpec(control_topic(prefix)),
         TopicSpec(deadletter_topic(prefix), 1, {"max.message.bytes": str(MODEL_MAX_MESSAGE_BYTES)}),
@@ -184,7 +201,7 @@ def topic_specs(prefix: str, nodes: Iterable[int] | int) -> list:
 
 
 def ensure_topics(admin_or_bootstrap, prefix: str, nodes: Iterable[int] | int, *,
-                  settings: KafkaSettings | None = None, timeout_ms: int = 30_000) -> dict:
+                  settings: KafkaSettings | None = None, timeout_ms: int = 30_000, shards: int = 1) -> dict:
     """Create the missing topics of a run; existing ones are left as they are.
 
     Parameters
@@ -196,6 +213,9 @@ def ensure_topics(admin_or_bootstrap, prefix: str, nodes: Iterable[int] | int, *
         Topic prefix, e.g. ``settings.topic_prefix``.
     nodes
         Node ids, or a count m for nodes 0..m-1.
+    shards
+        Shards of the sync layer: ``sync.up`` and ``sync.down`` need that many partitions (an existing
+        topic with fewer is a :class:`TopicError`).
 
     Returns
     -------
@@ -204,7 +224,7 @@ def ensure_topics(admin_or_bootstrap, prefix: str, nodes: Iterable[int] | int, *
         partition count differs from the spec is logged as a warning (Tansu
         auto-creates topics with 4 partitions).
     """
-    specs = topic_specs(prefix, nodes)
+    specs = topic_specs(prefix, nodes, shards)
     own_admin = isinstance(admin_or_bootstrap, str)
     if own_admin:
         from kafka import KafkaAdminClient
@@ -231,19 +251,22 @@ def ensure_topics(admin_or_bootstrap, prefix: str, nodes: Iterable[int] | int, *
                 else:
                     raise TopicError(f"cannot create topic {item['name']!r}: Kafka error {code} "
                                      f"({item.get('error_message')})")
-        _warn_on_partition_mismatch(admin, [s for s in specs if result.get(s.name) == "exists"])
+        _warn_on_partition_mismatch(admin, [s for s in specs if result.get(s.name) == "exists"], shards)
         return {s.name: result[s.name] for s in specs}
     finally:
         if own_admin:
             admin.close()
 
 
-def _warn_on_partition_mismatch(admin, specs) -> None:
+def _warn_on_partition_mismatch(admin, specs, shards: int = 1) -> None:
     if not specs:
         return
     want = {s.name: s.partitions for s in specs}
     for desc in admin.describe_topics(list(want)):
         got = len(desc.get("partitions") or [])
+        if shards > 1 and got < want.get(desc.get("name"), 0):  # a shard without its partition cannot sync
+            raise TopicError(f"topic {desc['name']} has {got} partitions, a sync layer of {shards} shards needs "
+                             f"{want[desc['name']]}: delete it, or use a new --prefix")
         if got != want.get(desc.get("name"), got):
             log.warning("topic %s has %d partitions, expected %d (auto-created before ensure_topics?); "
                         "only partition 0 keeps the order streamlearn relies on", desc["name"], got,

@@ -648,7 +648,7 @@ def _check_delta(data, expected_d: int | None, err) -> bytes:
 
 # ------------------------------------------------- plumbing both services share
 def connect(settings=None, bootstrap: str | None = None, prefix: str | None = None, nodes=(), *,
-            timeout_ms: int = 30_000, stop=None) -> tuple:
+            timeout_ms: int = 30_000, stop=None, shards: int = 1) -> tuple:
     """``(settings, bootstrap, prefix)`` of a service, with its topics created.
 
     ``settings`` defaults to :meth:`KafkaSettings.from_env`; ``bootstrap`` to
@@ -672,7 +672,7 @@ def connect(settings=None, bootstrap: str | None = None, prefix: str | None = No
     from streamlearn.kafka.broker import BrokerError
 
     try:
-        ensure_topics(bootstrap, prefix, list(nodes), settings=settings, timeout_ms=timeout_ms)
+        ensure_topics(bootstrap, prefix, list(nodes), settings=settings, timeout_ms=timeout_ms, shards=shards)
     except KafkaError as exc:
         raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc!r}") from None
     return settings, bootstrap, prefix

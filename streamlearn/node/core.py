@@ -155,15 +155,16 @@ class NodeCore:
         self._rows = np.arange(0)  # 0..B-1 of the last mini-batch size (indexes each sample's true class)
         if self.averageable:
             from streamlearn.sync.driver import ReferenceMotion
-            from streamlearn.sync.spec import make_protocol
+            from streamlearn.sync.spec import make_protocol, shard_layout
 
             w0 = learner.get_flat().float()
             self.d = int(w0.numel())
             # the parameters lead the flat vector; buffers after them (scaler statistics) are not in ||w - r||^2
             self.n_params = int(getattr(learner, "n_params", self.d))
             self.reference = w0.clone()
-            self.protocol = make_protocol(protocol, m=1, d=self.d, w0=w0.cpu(), seed=seed, device="cpu",
-                                          n_params=self.n_params)
+            # a node of a sharded layer runs its shard's protocol (its rule is the plain protocol's)
+            self.protocol = make_protocol(shard_layout(protocol)[0], m=1, d=self.d, w0=w0.cpu(), seed=seed,
+                                          device="cpu", n_params=self.n_params)
             self._check_every = self.protocol.check_every
             # dynamic averaging against an extrapolated reference: the reference's velocity between the
             # last two full syncs this node received, and the step of the last one

@@ -27,6 +27,7 @@ from streamlearn.sync.codec import Uplink
 from streamlearn.sync.driver import ReferenceMotion, lockstep
 from streamlearn.sync.groups import Grouped
 from streamlearn.sync.guard import accepts, check_guard, regression_window_loss
+from streamlearn.sync.hierarchy import Hierarchy
 from streamlearn.sync.protocol import Protocol
 
 __all__ = ["RegressionSimResult", "regression_data", "simulate_regression", "regression_table"]
@@ -293,7 +294,7 @@ def simulate_regression(data: NodeData, learner: TorchLearner, protocol="nosync"
                             models=proto.stats.models_up + proto.stats.models_down)
     bar.close()
     return RegressionSimResult(
-        protocol=proto.name if isinstance(protocol, (Protocol, Grouped)) else str(protocol),
+        protocol=proto.name if isinstance(protocol, (Protocol, Grouped, Hierarchy)) else str(protocol),
         m=m, n=n, batch_size=batch_size, d=d, correct=None, losses=losses.cpu().numpy(),
         comm=proto.stats.as_dict(), syncs=syncs, events=[ev for ev in data.events if ev.position < n],
         final_models=stats.flat(Wd).cpu().clone(), seconds=time.perf_counter() - t0, restarts=restarts,

@@ -20,6 +20,7 @@ from streamlearn.learners.torch_learner import TorchLearner
 from streamlearn.sync.driver import settle
 from streamlearn.sync.groups import Grouped
 from streamlearn.sync.guard import accepts, window_loss
+from streamlearn.sync.hierarchy import Hierarchy
 from streamlearn.sync.messages import PullToward, SendModel
 from streamlearn.sync.protocol import Protocol
 from streamlearn.sync.spec import make_protocol
@@ -156,7 +157,7 @@ class SimResult:
 
 
 def _as_protocol(protocol, m: int, d: int, w0: torch.Tensor, seed: int, n_params: int) -> Protocol:
-    if isinstance(protocol, (Protocol, Grouped)):
+    if isinstance(protocol, (Protocol, Grouped, Hierarchy)):
         if (protocol.m, protocol.d, protocol.n_params) != (m, d, n_params):
             raise ConfigError(f"protocol: built for m={protocol.m}, d={protocol.d}, n_params={protocol.n_params}; "
                               f"the simulation has m={m}, d={d}, n_params={n_params}")

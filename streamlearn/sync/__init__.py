@@ -7,6 +7,7 @@ from streamlearn.sync.aggregate import sq_dist, weighted_mean
 from streamlearn.sync.bank import ModelBank
 from streamlearn.sync.dynamic import Dynamic
 from streamlearn.sync.fedavg import FedAvg
+from streamlearn.sync.hierarchy import Hierarchy
 from streamlearn.sync.lsgd import LSGD
 from streamlearn.sync.messages import Action, CommStats, PullToward, Report, RequestModels, SendModel
 from streamlearn.sync.nosync import NoSync
@@ -17,6 +18,6 @@ from streamlearn.sync.spec import PROTOCOLS, make_protocol, parse_spec
 __all__ = [
     "Protocol", "NoSync", "Continuous", "Periodic", "FedAvg", "Dynamic", "LSGD",
     "Report", "RequestModels", "SendModel", "PullToward", "Action", "CommStats",
-    "ModelBank", "weighted_mean", "sq_dist",
+    "ModelBank", "weighted_mean", "sq_dist", "Hierarchy",
     "PROTOCOLS", "make_protocol", "parse_spec",
 ]

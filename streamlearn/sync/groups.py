@@ -58,7 +58,7 @@ from streamlearn.sync.aggregate import sq_dist
 from streamlearn.sync.messages import Action, CommStats, PullToward, Report, SendModel
 from streamlearn.sync.protocol import Protocol, int_param
 
-__all__ = ["Grouped", "MERGE", "MIN_AGE", "GROUP_EVENTS"]
+__all__ = ["Grouped", "MERGE", "MIN_AGE", "GROUP_EVENTS", "add_stats"]
 #: A group merges only once it made this many full syncs per ``split`` on its own: a young group's reference is
 #: still near where it came from, which says nothing yet (at b=1 younger merges made the nodes churn).
 MIN_AGE = 10
@@ -68,6 +68,19 @@ MIN_AGE = 10
 MERGE = 0.1
 #: Kinds of group events.
 GROUP_EVENTS = ("split", "join", "merge")
+
+
+def add_stats(*stats: CommStats) -> CommStats:
+    """The field-wise sum of communication counts, as a new CommStats (of the copies a wrapper runs).
+
+    >>> add_stats(CommStats(models_up=2), CommStats(models_up=1, full_syncs=1)).as_dict()["models_up"]
+    3
+    """
+    total = CommStats()
+    for s in stats:
+        for key, value in s.as_dict().items():
+            setattr(total, key, getattr(total, key) + value)
+    return total
 
 
 class Grouped:
@@ -150,11 +163,7 @@ class Grouped:
 
     @property
     def stats(self) -> CommStats:
-        total = CommStats(**self._retired.as_dict())
-        for p in self.parts.values():
-            for key, value in p.stats.as_dict().items():
-                setattr(total, key, getattr(total, key) + value)
-        return total
+        return add_stats(self._retired, *(p.stats for p in self.parts.values()))
 
     @stats.setter
     def stats(self, value: CommStats) -> None:  # a restored service: the whole's counts
@@ -286,8 +295,7 @@ class Grouped:
         part = self.parts.pop(g)
         self._far.pop(g, None)
         self.group[self.group == g] = 0  # its nodes that left join the whole when they come back
-        for key, value in part.stats.as_dict().items():
-            setattr(self._retired, key, getattr(self._retired, key) + value)
+        self._retired = add_stats(self._retired, part.stats)
 
     def _after(self, g: int, actions: list[Action], echo: bool = True) -> list[Action]:
         """Count the models sent; after a full sync, merge the groups that came close. The full sync of a

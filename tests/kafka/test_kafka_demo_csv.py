@@ -140,3 +140,22 @@ def test_demo_learns_a_float_label_and_shows_mae(tmp_path):
     assert all(m < 0.95 * b for m, b in zip(mae, baseline)), (mae, baseline)  # the nodes learned
     # the simulator stops every node at the shortest stream (1,400 rows here); the nodes learn all of theirs
     assert float(np.mean(mae)) == pytest.approx(sim_mae, rel=0.15), (mae, sim_mae)
+
+
+def test_demo_with_a_sharded_sync_layer_runs_one_sync_service_per_shard(tmp_path):
+    """--protocol ...,shards=3,root=1: three sync processes, one station each, a root averaging them."""
+    path = tmp_path / "air.csv.gz"
+    _slice(path)
+    streams = node_streams(f"csv:{path}", None, split="key:station", label="pm25_high", on_missing="impute")
+    expected = [s.n_samples for s in streams]
+    text = _run_demo(tmp_path, path, expected, "--label", "pm25_high", "--protocol", "periodic:b=4,shards=3,root=1")
+    logs = tmp_path / "demo" / "logs"
+    assert sorted(f.name for f in logs.glob("sync*.log")) == ["sync-0.log", "sync-1.log", "sync-2.log"]
+    assert all("Traceback" not in f.read_text() for f in logs.glob("sync*.log"))
+    final = text[text.rindex("streamlearn demo"):]
+    full = int(re.search(r"sync: (\d+) full", final).group(1))
+    assert full >= 3, final  # the shards' own full syncs, added up: each shard synced its node
+    rows = _final_rows(text)
+    assert all(int(rows[k][-4]) >= 1 for k in range(3)), final  # every node got its shard's syncs
+    # shard 0's service is the root: it averaged the shards once they made 3 full syncs between them
+    assert "root average 1 of 3 shards" in (logs / "sync-0.log").read_text()
