@@ -298,6 +298,13 @@ class TorchLearner(FeatureMixin, ClassLabelsMixin, base.MiniBatchClassifier):
         self._require_built()
         return self._net.views(self._w.detach())
 
+    @property
+    def live_params(self) -> torch.Tensor | None:
+        """The live flat parameter tensor (no copy; None before the model is built), which steps and
+        :meth:`set_flat` write in place: for readers that keep a view on it (a node's divergence check).
+        Never write to it."""
+        return getattr(self, "_w", None)
+
     def get_flat(self, copy: bool = True) -> torch.Tensor:
         """A copy of the flat vector (float32, shape (n_flat,), on the learner's device): the
         parameters, then the scaler's statistics when ``scale=True``.

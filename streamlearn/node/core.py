@@ -151,7 +151,7 @@ class NodeCore:
         self._w_np: tuple = (None, None, None)  # (learner tensor, its data pointer, a numpy view): _params_view's
         from streamlearn.learners import TorchLearner
 
-        self._flat_w = isinstance(learner, TorchLearner)  # its parameters are one flat tensor, _w
+        self._flat_w = isinstance(learner, TorchLearner)  # its parameters are one flat tensor, live_params
         self._rows = np.arange(0)  # 0..B-1 of the last mini-batch size (indexes each sample's true class)
         if self.averageable:
             from streamlearn.sync.driver import ReferenceMotion
@@ -370,12 +370,12 @@ class NodeCore:
     def _params_view(self) -> np.ndarray | None:
         """A numpy view of the learner's live parameters, kept between steps, or None (not a CPU TorchLearner).
 
-        A TorchLearner keeps its parameters in one flat float32 tensor ``_w`` that steps and ``set_flat`` write
-        in place; the view follows it until the tensor is replaced. Why not ``get_flat``: every torch call
+        A TorchLearner keeps its parameters in one flat float32 tensor (``live_params``) that steps and
+        ``set_flat`` write in place; the view follows it until the tensor is replaced. Why not ``get_flat``: every torch call
         releases the GIL, and in a node, whose Kafka clients run I/O threads, taking it back after each step's
         call cost more than the rest of the node rule (measured: bench/pipeline.py).
         """
-        w = self.learner._w if self._flat_w else None
+        w = self.learner.live_params if self._flat_w else None
         if w is None:  # not a TorchLearner, or not built yet
             return None
         cached = self._w_np

@@ -31,6 +31,7 @@ from streamlearn.sync.aggregate import sq_dist
 from streamlearn.sync.codec import Uplink
 from streamlearn.sync.driver import ReferenceMotion, lockstep
 from streamlearn.sync.groups import Grouped
+from streamlearn.sim.syncing import MAX_LOSS, classifier_declines, guard_syncs, note_syncs
 from streamlearn.sync.guard import check_guard
 
 __all__ = ["Setting", "simulate_grid", "bank_key"]
@@ -134,7 +135,7 @@ class _Config:
 
 
 def _run_bank(data, settings: list, batch_size: int, progress: bool, detector, guard) -> list:
-    from streamlearn.sim.simulator import _MAX_LOSS, SimResult, _as_protocol, _declines, guard_syncs, note_syncs
+    from streamlearn.sim.simulator import SimResult, _as_protocol
 
     m, n, f = data.X.shape
     rounds = n // batch_size
@@ -216,7 +217,7 @@ def _run_bank(data, settings: list, batch_size: int, progress: bool, detector, g
             logp = torch.log_softmax(test_logits.detach(), dim=-1)
             correct[:, sl] = logp.argmax(-1) == yb
             # Log loss clipped as the evaluator clips it (p >= 1e-15), so one wild logit cannot swamp the sum.
-            losses[:, sl] = (-logp.gather(-1, yb.unsqueeze(-1)).squeeze(-1)).clamp_max(_MAX_LOSS)
+            losses[:, sl] = (-logp.gather(-1, yb.unsqueeze(-1)).squeeze(-1)).clamp_max(MAX_LOSS)
         # Every row has B samples: rows * (mean over all) = the sum of the rows' mean losses.
         k = logits.shape[-1]
         opt.zero_grad(set_to_none=True)
@@ -256,9 +257,8 @@ def _run_bank(data, settings: list, batch_size: int, progress: bool, detector, g
                 flat = None if scaler is None else scaler.get_flat(f, lead=(rows,))
                 for c in due:
                     _round(c, step_no, Wd, R, flat, scaler, p, batch_loss, since_sync, window, sl.stop,
-                           lambda got, lo, end, full, before: _declines(got, full, before, X, Y, lo, end, forward,
-                                                                        scaler, p, margin),
-                           guard_syncs, note_syncs)
+                           lambda got, lo, end, full, before: classifier_declines(got, full, before, X, Y, lo, end,
+                                                                                  forward, scaler, p, margin))
         bar.update()
         if progress and (r % 50 == 0 or r == rounds - 1):
             bar.set_postfix(acc=f"{correct[:, : sl.stop].float().mean().item():.3f}",
@@ -283,8 +283,8 @@ def _run_bank(data, settings: list, batch_size: int, progress: bool, detector, g
     return results
 
 
-def _round(c: _Config, step: int, Wd, R, flat, scaler, p: int, batch_loss, since_sync, window, end: int, declines,
-           guard_syncs, note_syncs) -> None:
+def _round(c: _Config, step: int, Wd, R, flat, scaler, p: int, batch_loss, since_sync, window, end: int,
+           declines) -> None:
     """One setting's lockstep round on its rows (the protocol sees whole models: parameters, then the
     scaler's statistics); what the syncs wrote goes back into the bank and the setting's scaler rows."""
     rows = c.rows

@@ -22,7 +22,8 @@ from streamlearn.evaluation.detectors import TargetScale, check_regression_detec
 from streamlearn.learners.preprocessing import OnlineScaler
 from streamlearn.learners.schedule import decayed_lr
 from streamlearn.learners.torch_learner import TorchLearner
-from streamlearn.sim.simulator import NodeData, SimResult, _as_protocol, guard_syncs, note_syncs
+from streamlearn.sim.simulator import NodeData, SimResult, _as_protocol
+from streamlearn.sim.syncing import guard_syncs, note_syncs
 from streamlearn.sync.codec import Uplink
 from streamlearn.sync.driver import ReferenceMotion, lockstep
 from streamlearn.sync.groups import Grouped
@@ -304,7 +305,7 @@ def simulate_regression(data: NodeData, learner: TorchLearner, protocol="nosync"
 
 def _declines(got, lo, end, full, before, X, Y, forward, stats, margin) -> list:
     """The nodes of ``got`` whose arriving model (``full``) fits their window worse than their own (``before``):
-    the simulator's guard (:func:`streamlearn.sim.simulator.guard_syncs`) with a regression's loss."""
+    the simulator's guard (:func:`streamlearn.sim.syncing.guard_syncs`) with a regression's loss."""
     Xw, yw = X[got, lo:end], Y[got, lo:end]
     ok = accepts(regression_window_loss(stats.predict(forward, full[got], Xw), yw),
                  regression_window_loss(stats.predict(forward, before[got], Xw), yw), margin).tolist()

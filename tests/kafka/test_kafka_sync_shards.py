@@ -34,9 +34,10 @@ def test_two_shards_sync_apart_and_the_root_averages_them(broker, settings, pref
     ensure_topics(broker.bootstrap, prefix, 4, settings=settings, shards=2)
     data = {n: make_data(N, seed=n) for n in range(4)}
     with Pipeline(broker, settings, prefix, spec=SPEC, timeout=2.0) as p:
-        shards = [p._start(SyncService(SyncConfig(
-            protocol=SPEC, shard=k, max_nodes=8, timeout=2.0, device="cpu", status_interval=0.3,
-            bootstrap=broker.bootstrap, prefix=prefix, settings=settings))) for k in range(2)]
+        for k in range(2):  # one sync service per shard
+            p._start(SyncService(SyncConfig(protocol=SPEC, shard=k, max_nodes=8, timeout=2.0, device="cpu",
+                                            status_interval=0.3, bootstrap=broker.bootstrap, prefix=prefix,
+                                            settings=settings)))
         p.wait(lambda r: len(r.shards) == 2, what="both shards running")
         for n in data:
             p.start_node(n)
