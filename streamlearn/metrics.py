@@ -469,17 +469,18 @@ class SyncMetrics:
             raise ConfigError(f"nodes must be an integer >= 1, got {nodes!r}")
         self._nodes[kind].observe(nodes)
 
-    def observe_actions(self, actions, joining: int | None = None) -> None:
+    def observe_actions(self, actions, joining=None) -> None:
         """Observe the syncs among a protocol's actions (``SendModel``, ``PullToward``).
 
-        The answer to a joining node (the first action, a reference sent to ``joining`` alone)
-        is not a sync and is skipped; model requests are not syncs either.
+        The answer to joining nodes (the first action, a reference sent to ``joining``: a node id, or the
+        ids of the joins answered together) is not a sync and is skipped; model requests are not syncs either.
         """
         from streamlearn.sync.messages import PullToward, SendModel
 
         for i, action in enumerate(actions):
             if isinstance(action, SendModel):
-                if i == 0 and joining is not None and tuple(action.nodes) == (joining,):
+                if i == 0 and joining is not None and tuple(action.nodes) == (
+                        (joining,) if isinstance(joining, int) else tuple(joining)):
                     continue
                 self.observe_sync("full" if action.reference else "partial", len(action.nodes))
             elif isinstance(action, PullToward):

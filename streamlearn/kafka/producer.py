@@ -601,7 +601,10 @@ class Producer:
             sent={f.node: f.sent for f in self._feeds}, records={f.node: f.records for f in self._feeds},
             bytes=self._bytes, drift_events=list(self._events_out), live_drifts=sum(len(f.live) for f in self._feeds),
             rejected_commands=self._rejected, elapsed=time.monotonic() - t0, reason=reason, errors=self._errors,
-            failed_samples=self._failed_samples, outage_seconds=self._outage,
+            failed_samples=self._failed_samples,
+            # an outage still going on at exit counts too (the broker never answered again before the stop)
+            outage_seconds=self._outage + (0.0 if self._unreachable_since is None
+                                           else time.monotonic() - self._unreachable_since),
         )
         if c.progress:
             print(f"produce: {stats.summary()}", file=sys.stderr, flush=True)

@@ -17,13 +17,22 @@ from streamlearn.sync.messages import PullToward, RequestModels, SendModel
 __all__ = ["ActionWriter", "answers_join", "is_full_sync"]
 
 
-def answers_join(i: int, action, joining: int | None) -> bool:
-    """Whether ``action``, the ``i``-th of an ``on_join``'s answer, is the reference for the joining node
+def join_targets(joining) -> tuple:
+    """The nodes a join answer goes to: ``joining`` is one node id, several (the joins of one poll answered
+    with one message), or None."""
+    if joining is None:
+        return ()
+    return (int(joining),) if isinstance(joining, int) else tuple(joining)
+
+
+def answers_join(i: int, action, joining) -> bool:
+    """Whether ``action``, the ``i``-th of an ``on_join``'s answer, is the reference for the joining node(s)
     (on_join answers the joining node first, with the reference)."""
-    return i == 0 and joining is not None and isinstance(action, SendModel) and action.nodes == (joining,)
+    return i == 0 and joining is not None and isinstance(action, SendModel) and \
+        tuple(action.nodes) == join_targets(joining)
 
 
-def is_full_sync(actions: list, joining: int | None) -> bool:
+def is_full_sync(actions: list, joining) -> bool:
     """Whether ``actions`` send a new reference to the nodes (not only the current one to a joining node)."""
     return any(isinstance(a, SendModel) and a.reference and not answers_join(i, a, joining)
                for i, a in enumerate(actions))
@@ -36,7 +45,7 @@ class ActionWriter:
         self.epoch = epoch
         self.request_id = 0
 
-    def messages(self, actions: list, n_params: int, joining: int | None = None) -> Iterator[SyncMessage]:
+    def messages(self, actions: list, n_params: int, joining=None) -> Iterator[SyncMessage]:
         """The messages for ``actions``, one at a time (``joining``: the node an ``on_join`` answers;
         ``n_params``: the protocol's parameter count, where a compressed model's buffers start)."""
         for i, action in enumerate(actions):
