@@ -464,12 +464,18 @@ def _sync_group(args, options: dict) -> int:
     from streamlearn.kafka.sync_group import ShardGroup
     from streamlearn.kafka.sync_service import sync_config_from_options
 
+    from streamlearn.metrics import ShardRegistries
+
     first = sync_config_from_options({**options, "shard": 0})  # the settings checked here, at the edge
-    if args.metrics_port is not None:
-        raise StreamlearnError("--metrics-port: not yet with --shard group (each shard's status is on the status "
-                               "topic); run one service per shard (--shard K) for a metrics endpoint each")
-    group = ShardGroup(lambda k: sync_config_from_options({**options, "shard": k}), first.shards)
-    group.run(max_seconds=args.max_seconds)
+    # one endpoint for the shards this member runs, their samples labelled shard="K"
+    shard_metrics, server = start_metrics(args, ShardRegistries)
+    group = ShardGroup(lambda k: sync_config_from_options({**options, "shard": k}), first.shards,
+                       metrics=shard_metrics)
+    try:
+        group.run(max_seconds=args.max_seconds)
+    finally:
+        if server is not None:
+            server.stop()
     print(f"sync group: stopped; {group.rebalances} assignments")
     return 0
 

@@ -681,6 +681,59 @@ class ConnectorMetrics:
 
 # ---- registry and server --------------------------------------------------------------------------
 
+class ShardRegistries:
+    """One endpoint for the sync services of several shards in one process (``sync --shard group``): each
+    shard's :class:`SyncMetrics` lives in a registry of its own (:meth:`registry`), and this collector,
+    registered in the served registry, gives their samples with a ``shard`` label (at most ``shards``
+    values). A shard handed over to another member is dropped (:meth:`drop`).
+
+    Examples
+    --------
+    >>> reg = new_registry(process=False)
+    >>> shards = ShardRegistries(reg)
+    >>> SyncMetrics(shards.registry(1)).update_from_status({"full_syncs": 3, "nodes_alive": 2})
+    >>> reg.get_sample_value("streamlearn_sync_syncs_total", {"kind": "full", "shard": "1"})
+    3.0
+    >>> shards.drop(1); reg.get_sample_value("streamlearn_sync_syncs_total", {"kind": "full", "shard": "1"}) is None
+    True
+    """
+
+    def __init__(self, served: CollectorRegistry):
+        _check_registry(served)
+        self._registries: dict[int, CollectorRegistry] = {}
+        self._lock = threading.Lock()
+        served.register(self)
+
+    def registry(self, shard: int) -> CollectorRegistry:
+        """A fresh registry for ``shard``'s metrics (replacing an earlier one)."""
+        reg = CollectorRegistry()
+        with self._lock:
+            self._registries[int(shard)] = reg
+        return reg
+
+    def drop(self, shard: int) -> None:
+        with self._lock:
+            self._registries.pop(int(shard), None)
+
+    def describe(self):
+        return []  # samples only at scrape time: the shards come and go
+
+    def collect(self):
+        from prometheus_client.metrics_core import Metric
+
+        with self._lock:
+            registries = sorted(self._registries.items())
+        merged: dict[str, Metric] = {}
+        for shard, reg in registries:
+            for family in reg.collect():
+                out = merged.get(family.name)
+                if out is None:
+                    out = merged[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+                for sample in family.samples:
+                    out.samples.append(sample._replace(labels={**sample.labels, "shard": str(shard)}))
+        yield from merged.values()
+
+
 def new_registry(process: bool = True) -> CollectorRegistry:
     """A fresh registry; with ``process``, also the process, platform and GC metrics
     (``process_cpu_seconds_total``, ``process_resident_memory_bytes``, ``python_info``, ...).

@@ -48,16 +48,20 @@ class ShardGroup:
     shards
         Number of shards (the protocol's ``shards``).
     make_service
-        ``SyncConfig -> service`` (default :class:`~streamlearn.kafka.sync_service.SyncService`).
+        ``(SyncConfig, metrics or None) -> service`` (default :class:`~streamlearn.kafka.sync_service.SyncService`).
+    metrics
+        A :class:`~streamlearn.metrics.ShardRegistries` on the served registry: each shard's service gets
+        :class:`~streamlearn.metrics.SyncMetrics` there, labelled with its shard; None: no metrics.
     """
 
-    def __init__(self, config_for: Callable[[int], object], shards: int, make_service=None):
+    def __init__(self, config_for: Callable[[int], object], shards: int, make_service=None, metrics=None):
         from streamlearn.kafka.sync_service import SyncService
 
         if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
             raise ConfigError(f"shards must be an integer >= 1, got {shards!r}")
         self.config_for, self.shards = config_for, shards
-        self.make_service = make_service or SyncService
+        self.make_service = make_service or (lambda config, metrics: SyncService(config, metrics=metrics))
+        self.metrics = metrics
         self.first = config_for(0)  # checks the settings once, before joining a group
         self.services: dict[int, tuple] = {}  # shard -> (service, thread, errors)
         self._stop = threading.Event()
@@ -114,7 +118,12 @@ class ShardGroup:
         for k in shards:
             if k in self.services:
                 continue
-            svc = self.make_service(self.config_for(k))
+            metrics = None
+            if self.metrics is not None:
+                from streamlearn.metrics import SyncMetrics
+
+                metrics = SyncMetrics(self.metrics.registry(k))
+            svc = self.make_service(self.config_for(k), metrics)
             errors: list = []
 
             def target(svc=svc, errors=errors):
@@ -137,6 +146,8 @@ class ShardGroup:
             svc, t, _ = entry
             svc.stop()
             t.join(timeout=30)  # its state is kept before the next owner starts
+            if self.metrics is not None:
+                self.metrics.drop(k)
             log.info("sync group: shard %d handed over", k)
 
     def _check_services(self) -> None:

@@ -2,16 +2,20 @@
 averaging the shards (protocol ``shards=S,root=R``; streamlearn.sync.hierarchy, streamlearn.kafka.sync_root)."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamlearn.errors import ConfigError
 from streamlearn.kafka.sync_service import SyncConfig, SyncService
 from streamlearn.kafka.topics import ensure_topics
 from test_kafka_pipeline import Pipeline, encode, make_data, publish
+from waiting import wait_until
 
 SPEC = "periodic:b=4,shards=2,root=1"
 N = 400  # samples per node: 40 steps of 10, 10 rounds per shard
@@ -69,13 +73,21 @@ def test_two_shards_sync_apart_and_the_root_averages_them(broker, settings, pref
         assert len(hashes) == 1, hashes
 
 
-def _member(broker, prefix, state_dir, log_path):
+def _member(broker, prefix, state_dir, log_path, *extra):
     """``streamlearn sync --shard group`` as a user starts it: a process of its own."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "streamlearn.cli", "sync", "--protocol", SPEC, "--shard", "group", "--max-nodes", "8",
-         "--timeout", "2", "--state-dir", str(state_dir), "--bootstrap", broker.bootstrap, "--prefix", prefix],
-        stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
+         "--timeout", "2", "--state-dir", str(state_dir), "--bootstrap", broker.bootstrap, "--prefix", prefix,
+         *extra], stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
+
+
+def _scrape(log_path) -> dict:
+    """The samples of the member's metrics endpoint (its URL is in its log): (name, labels) -> value."""
+    url = re.search(r"metrics: (http://\S+)", log_path.read_text()).group(1)
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def test_a_group_member_that_dies_has_its_shard_taken_over_from_its_state(broker, settings, prefix, tmp_path):
@@ -83,7 +95,7 @@ def test_a_group_member_that_dies_has_its_shard_taken_over_from_its_state(broker
     ensure_topics(broker.bootstrap, prefix, 4, settings=settings, shards=2)
     data = {n: make_data(2 * N, seed=n) for n in range(4)}
     state = tmp_path / "state"
-    a = _member(broker, prefix, state, tmp_path / "a.log")
+    a = _member(broker, prefix, state, tmp_path / "a.log", "--metrics-port", "0")
     b = None
     try:
         with Pipeline(broker, settings, prefix, spec=SPEC, timeout=2.0) as p:
@@ -92,6 +104,10 @@ def test_a_group_member_that_dies_has_its_shard_taken_over_from_its_state(broker
             for n in data:
                 p.start_node(n)
             p.wait(lambda r: all(r.shards[k].get("nodes_alive") == 2 for k in range(2)), what="joins")
+            # one endpoint for the member's shards, each sample labelled with its shard
+            wait_until(lambda: all(_scrape(tmp_path / "a.log").get(("streamlearn_sync_nodes_alive",
+                                                                      (("shard", str(k)),))) == 2 for k in range(2)),
+                       "the first member's metrics of both shards", timeout=30)
             b = _member(broker, prefix, state, tmp_path / "b.log")
             # the group gives the second member one shard; it resumes from the state the first one kept
             p.wait(lambda r: sorted(r.shards[k].get("pid") for k in range(2)) == sorted([a.pid, b.pid])
