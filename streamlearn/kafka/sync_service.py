@@ -1054,7 +1054,9 @@ def sync_config_from_options(options: Mapping[str, Any]) -> SyncConfig:
             try:
                 opts[key] = kind(opts[key])
             except ValueError:
-                raise ConfigError(f"{key} must be a {kind.__name__}, got {opts[key]!r}") from None
+                what = "an integer" + (" (or group, on the command line)" if key == "shard" else "") \
+                    if kind is int else "a number"
+                raise ConfigError(f"{key} must be {what}, got {opts[key]!r}") from None
     return SyncConfig(params=params, **opts)
 
 
