@@ -528,8 +528,16 @@ class SyncService(Service):
                 Report(node=m.node, step=m.step, loss=float("nan") if m.loss is None else m.loss,
                        n_samples=m.n_samples, model=w)
                 for m, w in zip(reports, carried)]))
-        models = {m.node: _tensor(m.model) for m in (self._expand(m) for m in by_kind["model"] if self._known(m))
-                  if m is not None}
+        # One on_models call per run of answers from distinct nodes: a node that answered twice in one poll (a
+        # request repeated after a timeout) sent two models, and both count as transfers, as on the wire.
+        models: dict = {}
+        for m in (self._expand(m) for m in by_kind["model"] if self._known(m)):
+            if m is None:
+                continue
+            if m.node in models:
+                self._act(p.on_models(dict(zip(models, self._clip(list(models.items()))))))
+                models = {}
+            models[m.node] = _tensor(m.model)
         if models:
             self._act(p.on_models(dict(zip(models, self._clip(list(models.items()))))))
         declined = [m.node for m in by_kind["decline"] if self._known(m)]

@@ -708,5 +708,6 @@ def test_buffers_every_sends_the_scaler_statistics_with_every_fourth_model_only(
     sends = [m for m in (decode_sync(r.value) for r in got["down"]) if m.kind == "send"]
     syncs = [m for m in sends if m.reason == "sync"]
     assert [len(m.delta) for m in syncs] == [whole if i % 4 == 0 else lean for i in range(len(syncs))]
-    joins = [m for m in sends if m.reason == "join"]  # the reference whole: 52 + 4 d bytes each
-    assert st["bytes_down"] == sum(len(m.targets) * len(m.delta) for m in syncs) + len(joins) * (52 + 4 * d)
+    joins = [m for m in sends if m.reason == "join"]  # the reference whole: 52 + 4 d bytes to each joiner
+    assert st["bytes_down"] == sum(len(m.targets) * len(m.delta) for m in syncs) + \
+        sum(len(m.targets) for m in joins) * (52 + 4 * d)
