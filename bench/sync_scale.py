@@ -447,6 +447,9 @@ def main():
               "command": " ".join(["python", "bench/sync_scale.py"] + sys.argv[1:]), "protocol": SPEC,
               "rows": [], "profile": {}, "knee": {}}
     t_start = time.perf_counter()
+    if args.profile and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "py-spy")):
+        print("no profile: py-spy is not installed beside this python (pip install py-spy)", flush=True)
+        args.profile = False
     for d, sweep in ((args.d, args.nodes), (BIG_D, args.big_nodes)):
         rows = []
         for i, m in enumerate(sweep):
