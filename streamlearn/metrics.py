@@ -475,12 +475,12 @@ class SyncMetrics:
         The answer to joining nodes (the first action, a reference sent to ``joining``: a node id, or the
         ids of the joins answered together) is not a sync and is skipped; model requests are not syncs either.
         """
+        from streamlearn.kafka.sync_actions import answers_join
         from streamlearn.sync.messages import PullToward, SendModel
 
         for i, action in enumerate(actions):
             if isinstance(action, SendModel):
-                if i == 0 and joining is not None and tuple(action.nodes) == (
-                        (joining,) if isinstance(joining, int) else tuple(joining)):
+                if answers_join(i, action, joining):
                     continue
                 self.observe_sync("full" if action.reference else "partial", len(action.nodes))
             elif isinstance(action, PullToward):

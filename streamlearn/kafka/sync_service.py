@@ -244,7 +244,7 @@ class SyncConfig:
         else:
             from streamlearn.sync.spec import shard_layout
 
-            shards = shard_layout(self.protocol)[1] if "shards" not in self.params else self.params["shards"]
+            shards = shard_layout(self.spec)[1]
             if shards != 1:
                 raise ConfigError(f"protocol {self.protocol!r} has shards={shards}: run one sync service per shard "
                                   f"(--shard K, K in 0..{shards - 1}) or services that share the shards "
@@ -285,35 +285,27 @@ class SyncConfig:
 
     def _take_shard(self) -> None:
         """One shard of a sharded spec: the shard's own protocol here, ``shards`` and ``root`` apart."""
-        from streamlearn.sync.spec import parse_spec
+        from streamlearn.sync.hierarchy import SEED_STRIDE
+        from streamlearn.sync.spec import make_protocol, parse_spec, shard_layout
 
-        name, parsed = parse_spec(self.protocol)
-        parsed.update(self.params)
-        shards, root = parsed.pop("shards", None), parsed.pop("root", 0)
-        if shards is None:
+        name, parsed = parse_spec(self.spec)
+        if "shards" not in parsed:
             raise ConfigError(f"shard={self.shard!r}: the protocol {self.protocol!r} names no shards "
                               f"(e.g. {name}:shards=2,root=1)")
-        if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
-            raise ConfigError(f"shards must be an integer >= 1, got {shards!r}")
-        if isinstance(root, bool) or not isinstance(root, int) or root < 0:
-            raise ConfigError(f"root must be an integer >= 0, got {root!r}")
+        base, shards, root = shard_layout(self.spec)
         if isinstance(self.shard, bool) or not isinstance(self.shard, int) or not 0 <= self.shard < shards:
             raise ConfigError(f"shard must be an integer in [0, {shards - 1}] (shards={shards}), got {self.shard!r}")
-        if "split" in parsed:
-            raise ConfigError("split= and shards= cannot be combined")
         if shards > self.max_nodes:
             raise ConfigError(f"shards={shards} is more than max_nodes={self.max_nodes}: every shard needs a node")
+        make_protocol(self.spec, m=shards, d=1, seed=0, device="cpu")  # what the hierarchy refuses (split=, ...)
+        name, params = parse_spec(base)
         object.__setattr__(self, "protocol", name)
-        object.__setattr__(self, "params", parsed)
+        object.__setattr__(self, "params", params)
         object.__setattr__(self, "shards", shards)
         object.__setattr__(self, "root", root)
-        from streamlearn.sync.hierarchy import SEED_STRIDE
-
         if isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.shard:
             object.__setattr__(self, "seed", self.seed + SEED_STRIDE * self.shard)  # as the simulator's shard
-        if self.state_dir is not None and isinstance(self.state_dir, str) and self.state_dir:
-            import os
-
+        if isinstance(self.state_dir, str) and self.state_dir:
             object.__setattr__(self, "state_dir", os.path.join(self.state_dir, f"shard-{self.shard}"))
 
     @property
@@ -530,15 +522,13 @@ class SyncService(Service):
                 for m, w in zip(reports, carried)]))
         # One on_models call per run of answers from distinct nodes: a node that answered twice in one poll (a
         # request repeated after a timeout) sent two models, and both count as transfers, as on the wire.
-        models: dict = {}
+        runs: list[dict] = [{}]
         for m in (self._expand(m) for m in by_kind["model"] if self._known(m)):
-            if m is None:
-                continue
-            if m.node in models:
-                self._act(p.on_models(dict(zip(models, self._clip(list(models.items()))))))
-                models = {}
-            models[m.node] = _tensor(m.model)
-        if models:
+            if m is not None:
+                if m.node in runs[-1]:
+                    runs.append({})
+                runs[-1][m.node] = _tensor(m.model)
+        for models in filter(None, runs):
             self._act(p.on_models(dict(zip(models, self._clip(list(models.items()))))))
         declined = [m.node for m in by_kind["decline"] if self._known(m)]
         if declined:  # guarded nodes kept their own model (counted in the status as `declines`)
@@ -599,9 +589,10 @@ class SyncService(Service):
         return self.protocol_.on_join(node)
 
     def _join_all(self, joins: list) -> None:
-        """The joins of one poll. Their answers carry the same reference (whole), so consecutive ones go as
-        one ``send`` naming every joiner: a wave of m joins (every node registers again after a restart of
-        the service) costs the broker one model per poll to each reader, not m (bench/sync_scale.py)."""
+        """The joins of one poll. A join answered with the reference alone changes no reference, so consecutive
+        such answers carry the same model and go as one ``send`` naming every joiner: a wave of m joins (every
+        node registers again after a restart of the service) costs each reader one model per poll, not m
+        (bench/sync_scale.py). A join that also completed a sync goes as it comes, after the ones before it."""
         nodes: list[int] = []
         model = None
 
@@ -615,16 +606,12 @@ class SyncService(Service):
             if not actions:
                 continue  # rejected
             first = actions[0]
-            alone = len(actions) == 1 and answers_join(0, first, msg.node) and first.compressed is None
-            if alone and model is not None and nodes and torch.equal(first.model, model):
+            if len(actions) == 1 and answers_join(0, first, msg.node) and first.compressed is None:
+                model = first.model if not nodes else model
                 nodes.append(msg.node)
                 continue
             flush()
-            if alone:
-                nodes.append(msg.node)
-                model = first.model
-            else:  # the join also completed a sync (a round that waited for it): as it comes
-                self._act(actions, joining=msg.node)
+            self._act(actions, joining=msg.node)
         flush()
 
     def _alive(self) -> frozenset:
@@ -913,19 +900,19 @@ def _encode_bounded_status(status: dict) -> bytes:
     # Each entry of a list takes at least 3 bytes ("7, "): lists that surely do not fit are cut before the
     # first encoding (encoding 65,536 ids once a second only to find them too long cost the service 25 %).
     entries = sum(len(v) for v in (status.get(name) for name in _NODE_LISTS) if isinstance(v, (list, dict)))
-    try:
-        if 3 * entries > MAX_STATUS_BYTES:
-            raise EncodeError("too long")
-        return encode_status(status)
-    except EncodeError:
-        short = dict(status, lists_truncated=True)
-        for name in _NODE_LISTS:
-            value = short.get(name)
-            if isinstance(value, list):
-                short[name] = value[:STATUS_LIST_LIMIT]
-            elif isinstance(value, dict):
-                short[name] = dict(list(value.items())[:STATUS_LIST_LIMIT])
-        return encode_status(short)
+    if 3 * entries <= MAX_STATUS_BYTES:
+        try:
+            return encode_status(status)
+        except EncodeError:
+            pass
+    short = dict(status, lists_truncated=True)
+    for name in _NODE_LISTS:
+        value = short.get(name)
+        if isinstance(value, list):
+            short[name] = value[:STATUS_LIST_LIMIT]
+        elif isinstance(value, dict):
+            short[name] = dict(list(value.items())[:STATUS_LIST_LIMIT])
+    return encode_status(short)
 
 
 def _join_refusal(msg: SyncMessage, protocol, cfg: SyncConfig, d: int | None, layout: str | None) -> tuple:

@@ -251,14 +251,14 @@ def ensure_topics(admin_or_bootstrap, prefix: str, nodes: Iterable[int] | int, *
                 else:
                     raise TopicError(f"cannot create topic {item['name']!r}: Kafka error {code} "
                                      f"({item.get('error_message')})")
-        _warn_on_partition_mismatch(admin, [s for s in specs if result.get(s.name) == "exists"], shards)
+        _check_partitions(admin, [s for s in specs if result.get(s.name) == "exists"], shards)
         return {s.name: result[s.name] for s in specs}
     finally:
         if own_admin:
             admin.close()
 
 
-def _warn_on_partition_mismatch(admin, specs, shards: int = 1) -> None:
+def _check_partitions(admin, specs, shards: int = 1) -> None:
     if not specs:
         return
     want = {s.name: s.partitions for s in specs}

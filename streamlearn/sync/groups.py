@@ -55,10 +55,10 @@ import torch
 
 from streamlearn.errors import ConfigError
 from streamlearn.sync.aggregate import sq_dist
-from streamlearn.sync.messages import Action, CommStats, PullToward, Report, SendModel
+from streamlearn.sync.messages import Action, CommStats, PullToward, Report, SendModel, add_stats
 from streamlearn.sync.protocol import Protocol, int_param
 
-__all__ = ["Grouped", "MERGE", "MIN_AGE", "GROUP_EVENTS", "add_stats"]
+__all__ = ["Grouped", "MERGE", "MIN_AGE", "GROUP_EVENTS"]
 #: A group merges only once it made this many full syncs per ``split`` on its own: a young group's reference is
 #: still near where it came from, which says nothing yet (at b=1 younger merges made the nodes churn).
 MIN_AGE = 10
@@ -68,19 +68,6 @@ MIN_AGE = 10
 MERGE = 0.1
 #: Kinds of group events.
 GROUP_EVENTS = ("split", "join", "merge")
-
-
-def add_stats(*stats: CommStats) -> CommStats:
-    """The field-wise sum of communication counts, as a new CommStats (of the copies a wrapper runs).
-
-    >>> add_stats(CommStats(models_up=2), CommStats(models_up=1, full_syncs=1)).as_dict()["models_up"]
-    3
-    """
-    total = CommStats()
-    for s in stats:
-        for key, value in s.as_dict().items():
-            setattr(total, key, getattr(total, key) + value)
-    return total
 
 
 class Grouped:

@@ -70,8 +70,7 @@ import torch
 from streamlearn.errors import ConfigError
 from streamlearn.sync.aggregate import weighted_mean
 from streamlearn.sync.codec import FP32_HEADER_BYTES
-from streamlearn.sync.groups import add_stats
-from streamlearn.sync.messages import Action, CommStats, Report, SendModel
+from streamlearn.sync.messages import Action, CommStats, Report, SendModel, add_stats
 from streamlearn.sync.protocol import Protocol, int_param
 
 __all__ = ["SEED_STRIDE", "Hierarchy", "root_average", "shard_of"]

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-__all__ = ["Report", "RequestModels", "SendModel", "PullToward", "Action", "CommStats", "Compressed"]
+__all__ = ["Report", "RequestModels", "SendModel", "PullToward", "Action", "CommStats", "Compressed", "add_stats"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,3 +100,16 @@ class CommStats:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+def add_stats(*stats: CommStats) -> CommStats:
+    """The field-wise sum of communication counts, as a new CommStats (of the copies a wrapper runs).
+
+    >>> add_stats(CommStats(models_up=2), CommStats(models_up=1, full_syncs=1)).as_dict()["models_up"]
+    3
+    """
+    total = CommStats()
+    for s in stats:
+        for key, value in s.as_dict().items():
+            setattr(total, key, getattr(total, key) + value)
+    return total
