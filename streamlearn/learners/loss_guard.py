@@ -100,7 +100,7 @@ def scale_lr(learner, factor: float) -> float | None:
         return own(factor)
     opt = getattr(learner, "optimizer_", None)
     lr = getattr(learner, "lr", None)
-    if not isinstance(opt, torch.optim.Optimizer) or not isinstance(lr, (int, float)) or isinstance(lr, bool):
+    if getattr(opt, "param_groups", None) is None or not isinstance(lr, (int, float)) or isinstance(lr, bool):
         return None
     learner.lr = lr * factor  # the schedule (lr_decay) starts from it
     for group in opt.param_groups:

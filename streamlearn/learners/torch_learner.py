@@ -20,6 +20,7 @@ from streamlearn.learners.fast import MAX_PARAMS as FAST_MAX_PARAMS
 from streamlearn.learners.fast import NOT_A_ROW, NumpyPath
 from streamlearn.learners.losses import get_loss, is_regression_loss
 from streamlearn.learners.nets import ARCHITECTURES, build_net
+from streamlearn.learners.optim import make_optimizer
 from streamlearn.learners.preprocessing import OnlineScaler
 from streamlearn.learners.schedule import check_lr_decay, decayed_lr
 
@@ -190,7 +191,7 @@ class TorchLearner(FeatureMixin, ClassLabelsMixin, base.MiniBatchClassifier):
         self._scaler = OnlineScaler(device=self.device_) if scale else None
         self._net = None
         self._w: torch.Tensor | None = None
-        self._opt: torch.optim.Optimizer | None = None
+        self._opt = None  # torch.optim's, or PlainSGD
         self._closed_form = self._plain_sgd = False
         self._fast: NumpyPath | None = None
         self.n_samples_seen_ = 0
@@ -270,9 +271,10 @@ class TorchLearner(FeatureMixin, ClassLabelsMixin, base.MiniBatchClassifier):
         return self._target_scaler
 
     @property
-    def optimizer_(self) -> torch.optim.Optimizer | None:
-        """The torch optimizer over the flat parameter tensor (None before the parameters exist);
-        its ``state_dict()`` holds momentum and Adam's moments for checkpoints."""
+    def optimizer_(self):
+        """The optimizer over the flat parameter tensor (None before the parameters exist): torch.optim's,
+        whose ``state_dict()`` holds momentum and Adam's moments for checkpoints, or for plain SGD a
+        :class:`~streamlearn.learners.optim.PlainSGD` (no state)."""
         return self._opt
 
     @property
@@ -375,11 +377,10 @@ class TorchLearner(FeatureMixin, ClassLabelsMixin, base.MiniBatchClassifier):
         """
         self.t_reset_ = self.n_steps_
 
-    def make_optimizer(self, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-        """A fresh ``torch.optim`` optimizer over ``params`` with this learner's hyperparameters."""
-        if self.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+    def make_optimizer(self, params: list[torch.Tensor]):
+        """A fresh optimizer over ``params`` with this learner's hyperparameters: ``torch.optim``'s, or for
+        plain SGD :class:`~streamlearn.learners.optim.PlainSGD` (same steps, without importing torch._dynamo)."""
+        return make_optimizer(params, self.optimizer, self.lr, self.momentum, self.weight_decay)
 
     # -- learning ------------------------------------------------------------------------------------
 
