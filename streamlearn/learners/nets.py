@@ -100,6 +100,47 @@ class Net:
             return h
         return self._forward_one(w, X)
 
+    @property
+    def closed_form(self) -> bool:
+        """Whether :meth:`cross_entropy_grad` can give this net's gradient (logreg, mlp)."""
+        return self.arch in ("logreg", "mlp")
+
+    def cross_entropy_grad(self, W: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> tuple:
+        """``(logits, G)`` of m models at once, without autograd: the logits (m, B, k) of ``W`` (m, d) on
+        ``X`` (m, B, f), as :meth:`forward` computes them, and G (m, d), row i the gradient of row i's
+        mean cross-entropy on its B samples of class indices ``y`` (m, B).
+
+        The backward pass written out (one batched matmul per layer and parameter): autograd's graph
+        bookkeeping costs more than the arithmetic for models this small (measured: bench/sim_speed.py).
+
+        >>> net = build_net("mlp", n_features=3, n_classes=2, hidden=(4,))
+        >>> W = torch.stack([net.init(torch.Generator().manual_seed(s)) for s in range(2)]).requires_grad_(True)
+        >>> X, y = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([[0, 1, 1, 0, 1]] * 2)
+        >>> F.cross_entropy(net.forward(W, X).reshape(-1, 2), y.reshape(-1), reduction="sum").div(5).backward()
+        >>> torch.allclose(net.cross_entropy_grad(W.detach(), X, y)[1], W.grad, atol=1e-6)
+        True
+        """
+        m, B = X.shape[0], X.shape[1]
+        ps = [t.reshape(m, *p.shape) for p, t in zip(self.params, torch.split(W, self._sizes, dim=1))]
+        hs, zs = [X], []  # each layer's input, and the pre-activations of the hidden layers
+        for i in range(0, len(ps), 2):
+            if i:
+                zs.append(hs[-1])
+                hs[-1] = F.relu(hs[-1])
+            hs.append(torch.baddbmm(ps[i + 1].unsqueeze(1), hs[-1], ps[i].transpose(1, 2)))
+        logits = hs.pop()
+        dz = torch.softmax(logits, dim=-1)
+        dz.scatter_add_(-1, y.unsqueeze(-1), torch.full(y.shape + (1,), -1.0, dtype=dz.dtype, device=dz.device))
+        dz.div_(B)  # d(mean loss)/d logits
+        grads = []
+        for i in range(len(ps) - 2, -1, -2):
+            h = hs[i // 2]
+            grads.append(dz.sum(1))  # bias
+            grads.append(torch.bmm(dz.transpose(1, 2), h).reshape(m, -1))  # weight (out, in)
+            if i:
+                dz = torch.bmm(dz, ps[i]).mul_(zs[i // 2 - 1] > 0)
+        return logits, torch.cat(grads[::-1], dim=1)
+
     def _forward_one(self, w: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
         ps = self._unflatten(w)
         if self.arch == "cnn":

@@ -352,6 +352,14 @@ class TorchLearner(FeatureMixin, ClassLabelsMixin, base.MiniBatchClassifier):
         self._require_built()
         return self._net.forward, self._loss_fn
 
+    def bank_gradient(self):
+        """``grad(W[m, d], X[m, B, f], y[m, B]) -> (logits, G[m, d])``: the row-wise gradients of the mean
+        cross-entropy written out (:meth:`Net.cross_entropy_grad <streamlearn.learners.nets.Net.cross_entropy_grad>`),
+        for a simulator's bank; None where autograd is needed (another loss, a cnn, a custom module)."""
+        self._require_built()
+        closed = self.loss == "cross_entropy" and getattr(self._net, "closed_form", False)
+        return self._net.cross_entropy_grad if closed else None
+
     @property
     def lr_(self) -> float:
         """The step size of the next step: ``lr``, or with ``lr_decay`` the decayed one."""

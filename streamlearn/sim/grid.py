@@ -146,6 +146,7 @@ def _run_bank(data, settings: list, batch_size: int, progress: bool, detector, g
                                   "classes": list(data.classes)}) for s in settings]
     template = templates[0]
     forward, loss_fn = template.functional()
+    gradient = template.bank_gradient()
     device = template.device_
     w0s = [t.get_flat() for t in templates]  # the parameters, then the scaler's statistics (scale=True)
     d, p = w0s[0].numel(), template.n_params
@@ -209,25 +210,32 @@ def _run_bank(data, settings: list, batch_size: int, progress: bool, detector, g
             with torch.no_grad():
                 test_logits = forward(Wd, scaler.transform(Xb))
             Xb = scaler.update(Xb).transform(Xb)
-            logits = forward(W, Xb)
+        if gradient is not None:  # the backward pass written out: no autograd graph
+            logits, grad = gradient(Wd, Xb, yb)
         else:
-            logits = test_logits = forward(W, Xb)
+            logits = forward(W, Xb)
+        if scaler is None:
+            test_logits = logits
         with torch.no_grad():
             # Test before train: score the predictions of the models as they were.
             logp = torch.log_softmax(test_logits.detach(), dim=-1)
             correct[:, sl] = logp.argmax(-1) == yb
             # Log loss clipped as the evaluator clips it (p >= 1e-15), so one wild logit cannot swamp the sum.
             losses[:, sl] = (-logp.gather(-1, yb.unsqueeze(-1)).squeeze(-1)).clamp_max(MAX_LOSS)
-        # Every row has B samples: rows * (mean over all) = the sum of the rows' mean losses.
-        k = logits.shape[-1]
-        opt.zero_grad(set_to_none=True)
-        (loss_fn(logits.reshape(-1, k), yb.reshape(-1)) * rows).backward()
+        if gradient is None:
+            # Every row has B samples: rows * (mean over all) = the sum of the rows' mean losses.
+            k = logits.shape[-1]
+            opt.zero_grad(set_to_none=True)
+            (loss_fn(logits.reshape(-1, k), yb.reshape(-1)) * rows).backward()
+            grad = W.grad
+        elif not plain:
+            W.grad = grad
         factor = None if tau is None else decayed_lr(1.0, r, t_reset.double(), tau).to(device=device,
                                                                                           dtype=W.dtype)[:, None]
         with torch.no_grad():
             if plain:
                 step = lr_rows if factor is None else lr_rows * factor
-                Wd.sub_(W.grad.mul_(step))
+                Wd.sub_(grad.mul_(step))
             elif factor is None:
                 opt.step()
             else:
