@@ -147,6 +147,23 @@ def error_rose(errors, window: int = RISE_WINDOW, history: int = RISE_HISTORY, z
     return bool(a - b > z * np.sqrt(var * (1 / h + 1 / before.size)))
 
 
+def _rose_at(P: np.ndarray, ends: np.ndarray, window: int, history: int, z: float) -> np.ndarray:
+    """:func:`error_rose` of ``e[max(0, end - span):end]`` for every ``end`` of ``ends``, where ``P`` holds
+    the prefix sums of 0/1 errors ``e`` (``P[i] = e[:i].sum()``, exact integers in float64): the means,
+    pooled variance and test of error_rose in the same float operations, so the same answers."""
+    span = (1 + history) * window
+    size = np.minimum(span, ends)
+    h = np.minimum(window, size // 2)
+    hs = np.maximum(h, 1)
+    start = ends - size + np.maximum(0, size - hs - history * window)
+    nb = ends - hs - start  # >= 1 wherever h >= 1
+    a = (P[ends] - P[ends - hs]) / hs
+    b = (P[ends - hs] - P[start]) / nb
+    p = (a * hs + b * nb) / (hs + nb)
+    var = p * (1 - p)
+    return (h >= 1) & (a - b > z * np.sqrt(var * (1 / hs + 1 / nb)))
+
+
 class RiseFilter:
     """Keeps a node's last ``(1 + history) * window`` errors and says whether a detection in a batch is a rise.
 
@@ -191,14 +208,17 @@ class RiseFilter:
         keep = None if valid is None else np.asarray(valid, dtype=bool).ravel()
         fed = e if keep is None else e[keep]
         out = []
+        seen = np.concatenate([self._recent, fed])
         if len(detections):
             counts = None if keep is None else np.cumsum(keep)  # fed samples up to each index
-            span, recent = self._span, self._recent
-            for k in detections:
-                c = k + 1 if counts is None else int(counts[k])
-                upto = fed[max(0, c - span):c]  # error_rose looks at the last `span` errors only
-                need = span - upto.size
-                head = recent[max(0, recent.size - need):] if need > 0 else recent[:0]
-                out.append(error_rose(np.concatenate([head, upto]), self.window, self.history, self.z))
-        self._recent = np.concatenate([self._recent, fed])[-self._span:]
+            # where each detection's errors end in `seen`; error_rose looks at the last `span` before it
+            ends = self._recent.size + (np.asarray(detections, dtype=np.int64) + 1 if counts is None
+                                        else counts[np.asarray(detections, dtype=np.int64)])
+            if ((seen == 0) | (seen == 1)).all():  # 0/1 errors: all at once, the same sums exactly
+                out = _rose_at(np.concatenate([[0.0], np.cumsum(seen)]), ends, self.window, self.history,
+                               self.z).tolist()
+            else:
+                out = [error_rose(seen[max(0, e - self._span):e], self.window, self.history, self.z)
+                       for e in ends.tolist()]
+        self._recent = seen[-self._span:]
         return out

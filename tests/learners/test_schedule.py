@@ -161,3 +161,28 @@ def test_checkpoint_keeps_the_schedule_clock(optimizer):
     for bad in ([5, 7], [3], "x", [1.5, 0]):
         with pytest.raises(CheckpointError, match="schedule"):
             restore_learner_state(b, arrays, {**meta, "schedule": bad})
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_rise_filter_answers_as_error_rose_on_the_last_errors(binary):
+    # RiseFilter answers every detection of a batch at once (0/1 errors: from prefix sums); the answer must be
+    # error_rose's on the last (1 + history) * window errors fed up to the detection, exactly
+    rng = np.random.default_rng(7)
+    rise = RiseFilter(window=20, history=2, z=1.0)
+    fed_so_far: list[float] = []
+    answers = []
+    for step in range(60):
+        n = int(rng.integers(1, 40))
+        p = 0.2 if step < 30 else 0.6
+        errors = (rng.random(n) < p).astype(float) if binary else np.abs(rng.normal(p, 0.3, n))
+        valid = rng.random(n) < 0.9 if step % 3 == 0 else None
+        detections = sorted(rng.choice(n, size=min(n, int(rng.integers(0, 6))), replace=False).tolist())
+        got = rise.rises(errors, detections, valid)
+        kept = errors if valid is None else errors[valid]
+        for k, ans in zip(detections, got):
+            c = k + 1 if valid is None else int(valid[:k + 1].sum())
+            want = error_rose(np.array(fed_so_far + kept[:c].tolist())[-60:], 20, 2, 1.0)
+            assert ans == want, (step, k)
+            answers.append(ans)
+        fed_so_far += kept.tolist()
+    assert any(answers) and not all(answers)  # both answers were exercised
