@@ -223,8 +223,10 @@ class ModelBank:
         idx = self._index(nodes)
         if idx.numel() == 0:
             raise ConfigError("mean: no nodes given")
-        w = torch.ones(idx.numel(), dtype=self.dtype, device=self.device) if weights is None else \
-            torch.as_tensor(weights, dtype=self.dtype, device=self.device)
+        if weights is None:  # ones: valid by construction, so weighted_mean's arithmetic without its checks
+            full = torch.zeros(self.m, dtype=self.dtype, device=self.device).index_fill_(0, idx, 1.0)
+            return (full @ self.W) / full.sum()
+        w = torch.as_tensor(weights, dtype=self.dtype, device=self.device)
         if w.shape != idx.shape:
             raise ConfigError(f"weights: need shape ({idx.numel()},), got {tuple(w.shape)}")
         full = torch.zeros(self.m, dtype=self.dtype, device=self.device).index_add_(0, idx, w)

@@ -117,17 +117,19 @@ def collect_reports(protocol: Protocol, step, W: torch.Tensor, R: torch.Tensor, 
     codes = protocol.node_rule_many(steps, sq_dist(W[idx, :p], ref).cpu()).tolist()
     senders = [node for k, node in enumerate(idx) if codes[k] == MODEL]
     sent = dict(zip(senders, _models_up(senders, W, R, uplink))) if senders else {}
-    reports = []
-    for k, node in enumerate(idx):
-        if codes[k] == NONE:
-            continue
-        reports.append(Report(
-            node=node, step=int(steps[k]),
-            loss=float("nan") if loss is None else float(loss[node]),
-            n_samples=0 if n_samples is None else int(n_samples[node]),
-            model=sent.get(node),
-        ))
-    return reports
+    # Python numbers once, not a tensor read per node and field (most of a round's cost for small models)
+    steps = steps.tolist()
+    losses = [float("nan")] * (max(idx) + 1) if loss is None else _floats(loss)
+    samples = [0] * (max(idx) + 1) if n_samples is None else _floats(n_samples, int)
+    return [Report(node=node, step=int(steps[k]), loss=float(losses[node]), n_samples=int(samples[node]),
+                   model=sent.get(node)) for k, node in enumerate(idx) if codes[k] != NONE]
+
+
+def _floats(values, kind=float) -> list:
+    """``values`` (a tensor, array or sequence, one per node) as a list of Python numbers."""
+    if hasattr(values, "tolist"):
+        return values.tolist()
+    return [kind(v) for v in values]
 
 
 def lockstep(protocol: Protocol, step, W: torch.Tensor, R: torch.Tensor, loss=None, n_samples=None,
