@@ -373,6 +373,7 @@ def _nodes(args, default: int) -> int | None:
 
 def cmd_simulate(args) -> int:
     from streamlearn.sim import run_comparison, simulate_once
+    from streamlearn.sync.robust import check_clip
 
     common = dict(source=args.source, nodes=_nodes(args, 16), drifts=args.drift, schedule=args.schedule,
                   split=args.split, n=args.n, batch_size=args.batch_size, seed=args.seed,
@@ -380,6 +381,7 @@ def cmd_simulate(args) -> int:
                   progress=not args.no_progress, missing=_missing_policy(args))
     if args.guard is not None:  # guarded averaging (streamlearn.sync.guard)
         common["guard"] = (args.guard, args.guard_margin)
+    common["clip"] = check_clip(args.clip)
     if args.compare:
         report = run_comparison(args.compare, out=args.out, window=args.window, detector=args.detector,
                                 one_sided=not args.two_sided, **common)
@@ -634,6 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   "matched accuracy and verdict)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_guard_args(g)
+    g.add_argument("--clip", metavar="FACTOR", default=4.0,
+                   help="robust aggregation as the sync service's --clip (centered clipping of a model whose move "
+                        "is longer than FACTOR times the nodes' typical long move); none: off")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("produce", help="publish per-node streams (with drift injection) into Kafka")

@@ -330,6 +330,19 @@ def test_evaluate_elec2_river_logreg(capsys):
 # ---- streamlearn simulate --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("clip, ok", [("none", True), ("2.5", True), ("0.5", False), ("abc", False)])
+def test_simulate_clip_as_the_sync_service(tmp_path, capsys, clip, ok):
+    js = tmp_path / "sim.json"
+    code, out, err = _run(capsys, "simulate", "--source", "sea", "--nodes", "3", "--n", "300", "--learner", "logreg",
+                          "--protocol", "periodic:b=2", "--clip", clip, "--detector", "none", "--no-progress",
+                          "--json", js)
+    if ok:
+        assert code == 0, err
+        assert json.loads(js.read_text())["clipped_models"] >= 0
+    else:
+        assert code == 2 and "clip" in err and clip in err and out == ""
+
+
 def test_simulate_dynamic(tmp_path, capsys):
     js = tmp_path / "sim.json"
     code, out, err = _run(capsys, "simulate", "--source", "sea", "--drift", "sudden@1000", "--nodes", "4",

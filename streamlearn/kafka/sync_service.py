@@ -131,9 +131,8 @@ from streamlearn.kafka.topics import (deadletter_topic, status_topic, sync_down_
 from streamlearn.kafka.wire import ID_RENEW_EVERY, SyncMessage, connect, decode_sync, encode_sync_many, positive
 from streamlearn.metrics import REJECT_REASONS
 from streamlearn.sync.messages import Report, SendModel
-from streamlearn.sync.protocol import Protocol
 from streamlearn.sync.robust import (CLIP_COOLDOWN, CLIP_FACTOR, REPORT_BURST, REPORT_RATE, SILENCE_BEYOND, NormBound,
-                                     TokenBucket, check_clip, check_rate)
+                                     TokenBucket, check_clip, check_rate, clip_to_references)
 
 __all__ = ["SyncConfig", "SyncService", "sync_config_from_options", "run_sync", "KEEP_REFERENCES"]
 
@@ -748,25 +747,8 @@ class SyncService(Service):
     def _clip(self, items: list) -> list:
         """The models of ``items`` (``(node, model or None)``) clipped around their nodes' references: centered
         clipping with the bound of :class:`~streamlearn.sync.robust.NormBound`, one batch; counted."""
-        out = [w for _, w in items]
-        at = [i for i, w in enumerate(out) if w is not None]
-        if self.config.clip is None or not at:
-            return out
-        p = self.protocol_
-        n, refs = p.n_params, p.references
-        nodes = [items[i][0] for i in at]
-        if type(p).node_groups is Protocol.node_groups:  # one group: no O(m) table of groups per batch
-            R = p.reference[:n].expand(len(nodes), n)
-        else:
-            groups = p.node_groups
-            R = torch.stack([refs.get(groups.get(node, 0), p.reference)[:n] for node in nodes])
-        W = torch.stack([out[i][:n] for i in at]).to(R.device, R.dtype)
-        Wc, scale = self._bound.clip(nodes, W, R)
+        out, nodes, scale = clip_to_references(self._bound, self.protocol_, items)
         clipped = scale < 1.0
-        for j in torch.nonzero(clipped).flatten().tolist():
-            i = at[j]
-            out[i] = out[i].clone()  # a lean model (no buffers) stays lean; the buffers are not clipped
-            out[i][:n] = Wc[j].to("cpu", out[i].dtype)
         if clipped.any():
             k = int(clipped.sum())
             self._counts["clipped_models"] += k

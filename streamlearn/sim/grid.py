@@ -33,6 +33,7 @@ from streamlearn.sync.driver import ReferenceMotion, lockstep
 from streamlearn.sync.groups import Grouped
 from streamlearn.sim.syncing import MAX_LOSS, classifier_declines, guard_syncs, note_syncs
 from streamlearn.sync.guard import check_guard
+from streamlearn.sync.robust import CLIP_FACTOR, NormBound
 
 __all__ = ["Setting", "simulate_grid", "bank_key"]
 
@@ -74,11 +75,11 @@ def _plain_sgd(learner: TorchLearner) -> bool:
 
 
 def simulate_grid(data, settings, batch_size: int = 10, progress: bool = True, detector=None,
-                  guard: tuple | None = None) -> list:
+                  guard: tuple | None = None, clip=CLIP_FACTOR) -> list:
     """Simulate every :class:`Setting` on ``data``; one :class:`~streamlearn.sim.simulator.SimResult` per
     setting, in order. Settings that can share a bank (:func:`bank_key`) run in one pass.
 
-    ``batch_size``, ``detector`` and ``guard`` are as in :func:`~streamlearn.sim.simulator.simulate`
+    ``batch_size``, ``detector``, ``guard`` and ``clip`` are as in :func:`~streamlearn.sim.simulator.simulate`
     and the same for every setting. A result's ``seconds`` is the wall time of the pass that computed
     it, shared by the settings of its bank (``summary()["bank_settings"]`` says how many).
 
@@ -111,12 +112,12 @@ def simulate_grid(data, settings, batch_size: int = 10, progress: bool = True, d
             from streamlearn.sim.simulator import simulate  # a regression's own loop, one setting at a time
 
             out[i] = simulate(data, s.learner, s.protocol, batch_size=batch_size, seed=s.seed, progress=progress,
-                              detector=detector, guard=guard)
+                              detector=detector, guard=guard, clip=clip)
             continue
         banks.setdefault(bank_key(s.learner), []).append(i)
     for indices in banks.values():
         for i, res in zip(indices, _run_bank(data, [settings[i] for i in indices], batch_size, progress, detector,
-                                             guard)):
+                                             guard, clip)):
             out[i] = res
     return out
 
@@ -124,8 +125,9 @@ def simulate_grid(data, settings, batch_size: int = 10, progress: bool = True, d
 class _Config:
     """What one setting keeps of its own in a bank: its rows, protocol, codec memories and records."""
 
-    def __init__(self, k: int, m: int, setting: Setting, proto, uplink, motion):
+    def __init__(self, k: int, m: int, setting: Setting, proto, uplink, motion, clip):
         self.rows = slice(k * m, (k + 1) * m)
+        self.bound = NormBound(m, clip)  # robust aggregation as the sync service's --clip (None: off)
         self.setting, self.proto, self.uplink, self.motion = setting, proto, uplink, motion
         self.every = max(1, int(getattr(proto, "check_every", 1)))
         thr = None if motion is not None else getattr(proto, "divergence_threshold", None)
@@ -134,7 +136,7 @@ class _Config:
         self.restarts: list = []
 
 
-def _run_bank(data, settings: list, batch_size: int, progress: bool, detector, guard) -> list:
+def _run_bank(data, settings: list, batch_size: int, progress: bool, detector, guard, clip) -> list:
     from streamlearn.sim.simulator import SimResult, _as_protocol
 
     m, n, f = data.X.shape
@@ -164,7 +166,7 @@ def _run_bank(data, settings: list, batch_size: int, progress: bool, detector, g
 
             warnings.warn(f"protocol {s.protocol!s}: split=N groups nodes that decline, but without a guard (--guard) "
                           f"no node declines, so every node stays in the whole", UserWarning, stacklevel=3)
-        configs.append(_Config(k, m, s, proto, uplink, motion))
+        configs.append(_Config(k, m, s, proto, uplink, motion, clip))
 
     W0 = torch.stack(w0s)  # (K, d)
     W = W0[:, :p].repeat_interleave(m, dim=0).requires_grad_(True)
@@ -284,7 +286,7 @@ def _run_bank(data, settings: list, batch_size: int, progress: bool, detector, g
             correct=correct[c.rows].copy(), losses=losses[c.rows].copy(),
             comm=proto.stats.as_dict(), syncs=c.syncs, events=[ev for ev in data.events if ev.position < n],
             final_models=final[c.rows].clone(), seconds=seconds, restarts=c.restarts,
-            groups=list(getattr(proto, "events", [])),
+            groups=list(getattr(proto, "events", [])), clipped=c.bound.clipped,
         )
         res.bank_settings = K
         results.append(res)
@@ -300,7 +302,7 @@ def _round(c: _Config, step: int, Wd, R, flat, scaler, p: int, batch_loss, since
     R_k = R[rows]
     before = full.clone() if window is not None else None
     actions = lockstep(c.proto, step, full, R_k, loss=batch_loss[rows], n_samples=since_sync[rows], uplink=c.uplink,
-                       motion=c.motion)
+                       motion=c.motion, bound=c.bound)
     if before is not None and actions:
         guard_syncs(c.proto, actions, full, before, R_k, end, window, step, c.uplink, c.motion, declines)
     if actions and flat is not None:

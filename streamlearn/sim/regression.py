@@ -26,6 +26,7 @@ from streamlearn.sim.simulator import NodeData, SimResult, _as_protocol
 from streamlearn.sim.syncing import guard_syncs, note_syncs
 from streamlearn.sync.codec import Uplink
 from streamlearn.sync.driver import ReferenceMotion, lockstep
+from streamlearn.sync.robust import CLIP_FACTOR, NormBound
 from streamlearn.sync.groups import Grouped
 from streamlearn.sync.guard import accepts, check_guard, regression_window_loss
 from streamlearn.sync.hierarchy import Hierarchy
@@ -164,7 +165,7 @@ class _Stats:
 
 def simulate_regression(data: NodeData, learner: TorchLearner, protocol="nosync", batch_size: int = 10,
                         seed: int = 0, progress: bool = True, detector=None,
-                        guard: tuple | None = None) -> RegressionSimResult:
+                        guard: tuple | None = None, clip=CLIP_FACTOR) -> RegressionSimResult:
     """:func:`~streamlearn.sim.simulator.simulate` for float targets (a learner with a regression loss).
 
     The parameters mean what they mean there. ``detector`` (with ``lr_decay``) watches each node's
@@ -208,6 +209,7 @@ def simulate_regression(data: NodeData, learner: TorchLearner, protocol="nosync"
         warnings.warn(f"protocol {protocol!s}: split=N groups nodes that decline, but without a guard (--guard) no node "
                       f"declines, so every node stays in the whole", UserWarning, stacklevel=3)
     motion = ReferenceMotion(m, p, device=device) if getattr(proto, "extrapolate", 0) else None
+    bound = NormBound(m, clip)  # robust aggregation as the sync service's --clip (None: off)
 
     W = w0[:p].repeat(m, 1).requires_grad_(True)
     Wd = W.detach()
@@ -280,7 +282,7 @@ def simulate_regression(data: NodeData, learner: TorchLearner, protocol="nosync"
             full = stats.flat(Wd)
             before = full.clone() if window is not None else None
             actions = lockstep(proto, r + 1, full, R, loss=batch_loss, n_samples=since_sync, uplink=uplink,
-                               motion=motion)
+                               motion=motion, bound=bound)
             if before is not None and actions:
                 guard_syncs(proto, actions, full, before, R, sl.stop, window, r + 1, uplink, motion,
                             lambda got, lo, end, full, before: _declines(got, lo, end, full, before, X, Y, forward,
@@ -300,6 +302,7 @@ def simulate_regression(data: NodeData, learner: TorchLearner, protocol="nosync"
         comm=proto.stats.as_dict(), syncs=syncs, events=[ev for ev in data.events if ev.position < n],
         final_models=stats.flat(Wd).cpu().clone(), seconds=time.perf_counter() - t0, restarts=restarts,
         groups=list(getattr(proto, "events", [])), errors=errors.cpu().numpy(), scaled_errors=scaled,
+        clipped=bound.clipped,
     )
 
 

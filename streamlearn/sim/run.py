@@ -18,6 +18,7 @@ from streamlearn.evaluation.scoring import split_detections
 from streamlearn.sim.compare import expand_grid, matched_accuracy, recovery_after_drifts, sync_verdict
 from streamlearn.sim.plots import plot_timeline, plot_tradeoff
 from streamlearn.sim.simulator import NodeData, SimResult, load_node_data, simulate
+from streamlearn.sync.robust import CLIP_FACTOR
 
 __all__ = ["build_node_data", "detect", "simulate_once", "run_comparison", "serial_baseline", "serial_data", "serial_run",
            "result_row"]
@@ -240,17 +241,18 @@ def _verdict_lines(verdict: dict, matched: dict) -> list[str]:
 
 def simulate_once(protocol: str, *, source: str, nodes: int | None, learner, drifts=(), schedule="all", split=None,
                   n=None, batch_size=10, seed=0, source_params=None, window=500, detector="adwin", progress=True,
-                  one_sided=True, guard=None, missing=None) -> dict:
+                  one_sided=True, guard=None, missing=None, clip=CLIP_FACTOR) -> dict:
     """One simulation, summarised: the figures and a printable table.
 
-    ``guard=(window, margin)`` turns on guarded averaging (:func:`~streamlearn.sim.simulator.simulate`).
+    ``guard=(window, margin)`` turns on guarded averaging, ``clip`` the sync service's robust aggregation
+    (:func:`~streamlearn.sim.simulator.simulate`).
 
     Detections are scored one-sided (only rises of the error) unless ``one_sided=False``; the
     step-size restarts of a learner with ``lr_decay`` are one-sided either way.
     """
     data = build_node_data(source, nodes, drifts, schedule, split, n, seed, source_params, missing)
     res = simulate(data, learner, protocol, batch_size=batch_size, seed=seed, progress=progress,
-                   detector=detector, guard=guard)  # detector: restarts the step size of a learner with lr_decay
+                   detector=detector, guard=guard, clip=clip)  # detector: restarts the step size of a learner with lr_decay
     row = result_row(res, window)
     row["detection"] = detect(res, detector, one_sided=one_sided)
     if getattr(data, "missing", None) is not None:
@@ -305,7 +307,7 @@ def groups_line(events: list, m: int) -> str:
             + " | ".join(f"{g}: nodes {', '.join(ns)}" for g, ns in sorted(members.items())))
 
 
-def _simulate_settings(data, settings, learner, batch_size, seed, progress, detector, guard) -> list:
+def _simulate_settings(data, settings, learner, batch_size, seed, progress, detector, guard, clip) -> list:
     """Every protocol setting on ``data``: a torch learner's settings in one pass (one model bank,
     :mod:`streamlearn.sim.grid`), any other learner's one by one. ``detector`` restarts the step size
     of a learner with ``lr_decay``."""
@@ -316,21 +318,21 @@ def _simulate_settings(data, settings, learner, batch_size, seed, progress, dete
         if progress:
             print(f"{len(settings)} settings in one pass: {', '.join(settings)}", flush=True)
         return simulate_grid(data, [Setting(spec, learner, seed) for spec in settings], batch_size=batch_size,
-                             progress=progress, detector=detector, guard=guard)
+                             progress=progress, detector=detector, guard=guard, clip=clip)
     out = []
     for i, spec in enumerate(settings):
         if progress:
             print(f"[{i + 1}/{len(settings)}] {spec}", flush=True)
         out.append(simulate(data, learner, spec, batch_size=batch_size, seed=seed, progress=progress,
-                            detector=detector, guard=guard))
+                            detector=detector, guard=guard, clip=clip))
     return out
 
 
 def run_comparison(specs, *, source: str, nodes: int | None, learner, drifts=(), schedule="all", split=None, n=None,
                    batch_size=10, seed=0, source_params=None, out="simulate-out", window=500, detector="adwin",
-                   progress=True, serial=True, one_sided=True, guard=None, missing=None) -> dict:
-    """Run every protocol setting of ``specs`` (grids expanded) on the same node data (``guard``: as in
-    :func:`simulate_once`, for every setting).
+                   progress=True, serial=True, one_sided=True, guard=None, missing=None, clip=CLIP_FACTOR) -> dict:
+    """Run every protocol setting of ``specs`` (grids expanded) on the same node data (``guard`` and ``clip``: as
+    in :func:`simulate_once`, for every setting).
 
     Detections are scored as in :func:`simulate_once` (``one_sided``).
 
@@ -349,7 +351,8 @@ def run_comparison(specs, *, source: str, nodes: int | None, learner, drifts=(),
     settings = [s for spec in specs for s in expand_grid(spec)]
     data = build_node_data(source, nodes, drifts, schedule, split, n, seed, source_params, missing)
     nodes = data.X.shape[0]
-    results, rows = _simulate_settings(data, settings, learner, batch_size, seed, progress, detector, guard), []
+    results, rows = _simulate_settings(data, settings, learner, batch_size, seed, progress, detector, guard,
+                                       clip), []
     for res in results:
         row = result_row(res, window)
         row["detection"] = detect(res, detector, one_sided=one_sided)

@@ -19,6 +19,7 @@ from streamlearn.learners.torch_learner import TorchLearner
 from streamlearn.sync.groups import Grouped
 from streamlearn.sync.hierarchy import Hierarchy
 from streamlearn.sync.protocol import Protocol
+from streamlearn.sync.robust import CLIP_FACTOR
 from streamlearn.sync.spec import make_protocol
 
 __all__ = ["NodeData", "SimResult", "load_node_data", "simulate"]
@@ -98,6 +99,8 @@ class SimResult:
     # (step, kind, node, from_group, to_group) per group change (a protocol with ``split``,
     # :mod:`streamlearn.sync.groups`); the step is the round, sample position step * batch_size
     groups: list = field(default_factory=list)
+    # models clipped by robust aggregation (``clip``), as the sync service counts them (clipped_models)
+    clipped: int = 0
 
     @property
     def accuracy(self) -> float:
@@ -144,6 +147,7 @@ class SimResult:
             "partial_syncs": int(self.comm["partial_syncs"]),
             "restarts": len(self.restarts),
             "group_changes": len(self.groups),
+            "clipped_models": self.clipped,
             "comm": dict(self.comm),
             "seconds": self.seconds,
         }
@@ -159,7 +163,7 @@ def _as_protocol(protocol, m: int, d: int, w0: torch.Tensor, seed: int, n_params
 
 
 def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_size: int = 10, seed: int = 0,
-             progress: bool = True, detector=None, guard: tuple | None = None) -> SimResult:
+             progress: bool = True, detector=None, guard: tuple | None = None, clip=CLIP_FACTOR) -> SimResult:
     """Run ``data.m`` nodes in lockstep: test-then-train on mini-batches, the protocol syncs.
 
     Parameters
@@ -187,6 +191,11 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
         model from the sync compares its mean log loss on the node's last ``window`` learned samples
         with its own model's, and keeps its own (taking the new reference) when the arriving one is
         worse by more than ``margin`` nats; the protocol hears of it (``on_declined``). None: off.
+    clip
+        Robust aggregation as the sync service does it (its ``--clip``, default 4): every model that comes
+        up is clipped around its node's reference when its move is longer than ``clip`` times the nodes'
+        typical long move (:class:`~streamlearn.sync.robust.NormBound`; counted in ``SimResult.clipped``).
+        None: off.
 
     Examples
     --------
@@ -215,9 +224,9 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
         from streamlearn.sim.regression import simulate_regression  # float targets: MAE/RMSE, same protocols
 
         return simulate_regression(data, learner, protocol, batch_size=batch_size, seed=seed, progress=progress,
-                                   detector=detector, guard=guard)
+                                   detector=detector, guard=guard, clip=clip)
     from streamlearn.sim.grid import Setting, simulate_grid  # the loop, for one setting or a whole grid
 
     [result] = simulate_grid(data, [Setting(protocol, learner, seed)], batch_size=batch_size, progress=progress,
-                             detector=detector, guard=guard)
+                             detector=detector, guard=guard, clip=clip)
     return result

@@ -68,21 +68,30 @@ def apply_action(action: Action, W: torch.Tensor, R: torch.Tensor, motion: Refer
         raise TypeError(f"not an action: {action!r}")
 
 
-def _models_up(nodes: list[int], W: torch.Tensor, R: torch.Tensor, uplink) -> list[torch.Tensor]:
+def _models_up(nodes: list[int], W: torch.Tensor, R: torch.Tensor, uplink, protocol=None,
+               bound=None) -> list[torch.Tensor]:
     """The rows of ``nodes`` as the coordinator receives them: whole, or through the nodes' codec
-    (without the buffers, ``n_params`` long, when the uplink says they are not due)."""
+    (without the buffers, ``n_params`` long, when the uplink says they are not due), then clipped as the
+    sync service clips them when ``bound`` (a :class:`~streamlearn.sync.robust.NormBound`) is given."""
     if uplink is None:
-        return list(W[nodes].clone())
-    rows = uplink.send(nodes, W[nodes], R[nodes])
-    due = uplink.with_buffers(nodes)
-    return [row if whole else row[: uplink.n_params] for row, whole in zip(rows, due)]
+        rows = list(W[nodes].clone())
+    else:
+        due = uplink.with_buffers(nodes)
+        rows = [row if whole else row[: uplink.n_params]
+                for row, whole in zip(uplink.send(nodes, W[nodes], R[nodes]), due)]
+    if bound is not None and rows:
+        from streamlearn.sync.robust import clip_to_references
+
+        rows = clip_to_references(bound, protocol, list(zip(nodes, rows)))[0]
+    return rows
 
 
 def settle(protocol: Protocol, actions: list[Action], W: torch.Tensor, R: torch.Tensor, uplink=None,
-           motion: ReferenceMotion | None = None, step: int = 0) -> list[Action]:
+           motion: ReferenceMotion | None = None, step: int = 0, bound=None) -> list[Action]:
     """Apply ``actions`` in order, answering each RequestModels with rows of ``W`` right away.
 
-    ``uplink`` (a :class:`~streamlearn.sync.codec.Uplink`) compresses what nodes send.
+    ``uplink`` (a :class:`~streamlearn.sync.codec.Uplink`) compresses what nodes send; ``bound`` (a
+    :class:`~streamlearn.sync.robust.NormBound`, or None) clips it as the sync service does.
     Returns every action applied, including those the answers produced.
     """
     done: list[Action] = []
@@ -92,7 +101,7 @@ def settle(protocol: Protocol, actions: list[Action], W: torch.Tensor, R: torch.
         done.append(action)
         if isinstance(action, RequestModels):
             nodes = list(action.nodes)
-            rows = _models_up(nodes, W, R, uplink)
+            rows = _models_up(nodes, W, R, uplink, protocol, bound)
             queue.extend(protocol.on_models({n: rows[k] for k, n in enumerate(nodes)}))
         else:
             apply_action(action, W, R, motion, step)
@@ -100,7 +109,7 @@ def settle(protocol: Protocol, actions: list[Action], W: torch.Tensor, R: torch.
 
 
 def collect_reports(protocol: Protocol, step, W: torch.Tensor, R: torch.Tensor, loss=None, n_samples=None,
-                    nodes=None, uplink=None, motion: ReferenceMotion | None = None) -> list[Report]:
+                    nodes=None, uplink=None, motion: ReferenceMotion | None = None, bound=None) -> list[Report]:
     """The reports the node rule produces after local update ``step`` (an int or one per node).
 
     ``nodes`` defaults to the protocol's alive nodes; ``loss`` and ``n_samples`` are per
@@ -116,7 +125,7 @@ def collect_reports(protocol: Protocol, step, W: torch.Tensor, R: torch.Tensor, 
     ref = R[idx, :p] if motion is None else motion.reference(idx, R[idx], steps)
     codes = protocol.node_rule_many(steps, sq_dist(W[idx, :p], ref).cpu()).tolist()
     senders = [node for k, node in enumerate(idx) if codes[k] == MODEL]
-    sent = dict(zip(senders, _models_up(senders, W, R, uplink))) if senders else {}
+    sent = dict(zip(senders, _models_up(senders, W, R, uplink, protocol, bound))) if senders else {}
     # Python numbers once, not a tensor read per node and field (most of a round's cost for small models)
     steps = steps.tolist()
     losses = [float("nan")] * (max(idx) + 1) if loss is None else _floats(loss)
@@ -133,8 +142,11 @@ def _floats(values, kind=float) -> list:
 
 
 def lockstep(protocol: Protocol, step, W: torch.Tensor, R: torch.Tensor, loss=None, n_samples=None,
-             uplink=None, motion: ReferenceMotion | None = None) -> list[Action]:
+             uplink=None, motion: ReferenceMotion | None = None, bound=None) -> list[Action]:
     """One lockstep round after every alive node's local update ``step``: report, deliver, settle.
+
+    ``bound`` (a :class:`~streamlearn.sync.robust.NormBound`, or None): every model that comes up is clipped
+    around its node's reference as the sync service clips it (robust aggregation).
 
     Examples
     --------
@@ -146,7 +158,9 @@ def lockstep(protocol: Protocol, step, W: torch.Tensor, R: torch.Tensor, loss=No
     >>> W.tolist(), R.tolist()
     ([[2.0, 1.0], [2.0, 1.0]], [[2.0, 1.0], [2.0, 1.0]])
     """
-    reports = collect_reports(protocol, step, W, R, loss=loss, n_samples=n_samples, uplink=uplink, motion=motion)
+    reports = collect_reports(protocol, step, W, R, loss=loss, n_samples=n_samples, uplink=uplink, motion=motion,
+                              bound=bound)
     if not reports:
         return []
-    return settle(protocol, protocol.on_reports(reports), W, R, uplink=uplink, motion=motion, step=int(step))
+    return settle(protocol, protocol.on_reports(reports), W, R, uplink=uplink, motion=motion, step=int(step),
+                  bound=bound)

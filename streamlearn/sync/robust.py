@@ -59,6 +59,7 @@ __all__ = [
     "centered_clip",
     "check_clip",
     "check_rate",
+    "clip_to_references",
     "median_bound",
     "move_lengths",
 ]
@@ -254,6 +255,34 @@ class NormBound:
         if 0 <= node < self.m:
             self.lengths[node] = float("nan")
             self._at[node] = 0
+
+
+def clip_to_references(bound: NormBound, protocol, items: list) -> tuple[list, list, torch.Tensor]:
+    """The models of ``items`` (``(node, model or None)``, as they arrived) clipped around their nodes'
+    references in ``protocol`` (each node's group's, under groups or shards), one batch of ``bound``.
+
+    What the sync service and the simulator both do to the models that come up. Returns the models (a
+    clipped one is a copy; a lean one, without buffers, stays lean, and buffers are never clipped), the
+    nodes that sent one, and the scale of each of their moves (1: not clipped).
+    """
+    out = [w for _, w in items]
+    at = [i for i, w in enumerate(out) if w is not None]
+    if bound.factor is None or not at:
+        return out, [], torch.ones(0)
+    n, refs = protocol.n_params, protocol.references
+    nodes = [items[i][0] for i in at]
+    if len(refs) <= 1:  # one group: no O(m) table of groups per batch
+        R = protocol.reference[:n].expand(len(nodes), n)
+    else:
+        groups = protocol.node_groups
+        R = torch.stack([refs.get(groups.get(node, 0), protocol.reference)[:n] for node in nodes])
+    W = torch.stack([out[i][:n] for i in at]).to(R.device, R.dtype)
+    Wc, scale = bound.clip(nodes, W, R)
+    for j in torch.nonzero(scale < 1.0).flatten().tolist():
+        i = at[j]
+        out[i] = out[i].clone()
+        out[i][:n] = Wc[j].to(out[i].device, out[i].dtype)
+    return out, nodes, scale
 
 
 class TokenBucket:

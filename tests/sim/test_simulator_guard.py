@@ -54,8 +54,10 @@ def test_bad_guard_settings_name_the_field(data, guard, field):
 def test_with_split_the_drifted_nodes_form_a_group_of_their_own(data):
     learner = TorchLearner("mlp", hidden=(8,), lr=0.5, scale=True, seed=0)
     alone = after(simulate(data, learner, "nosync", progress=False))
-    guarded = simulate(data, learner, "periodic:b=2", progress=False, guard=(200, 0.05))
-    grouped = simulate(data, learner, "periodic:b=2,split=3", progress=False, guard=(200, 0.05))
+    # without robust aggregation: clipping the flipped nodes' far models toward the whole's reference leaves the
+    # two forks of one step equally near, and on this short stream they stay apart (test_kafka_groups runs clipped)
+    guarded = simulate(data, learner, "periodic:b=2", progress=False, guard=(200, 0.05), clip=None)
+    grouped = simulate(data, learner, "periodic:b=2,split=3", progress=False, guard=(200, 0.05), clip=None)
     # the flipped nodes leave the whole and end up averaged together, apart from the others
     final = {}
     for _, kind, node, _, to in grouped.groups:

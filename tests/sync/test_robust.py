@@ -217,3 +217,44 @@ def test_clipping_on_cuda_matches_cpu():
     cpu, _ = centered_clip(W, R, 1.5)
     gpu, _ = centered_clip(W.cuda(), R.cuda(), 1.5)
     assert torch.allclose(cpu, gpu.cpu(), atol=1e-5)
+
+
+def test_lockstep_clips_what_comes_up_as_the_sync_service_does():
+    # The simulator's driver and the sync service clip through the same function (clip_to_references): warm the
+    # bound with honest rounds, then one node's model is far: the full sync moves by at most tau / m.
+    from streamlearn.sync.driver import lockstep
+    from streamlearn.sync.periodic import Periodic
+
+    m, d = 4, 5
+    W0 = torch.zeros(m, d)
+    runs = {}
+    for factor in (4.0, None):
+        p, bound = Periodic(m=m, d=d, b=1, seed=0, device="cpu", w0=W0[0]), NormBound(m, factor)
+        W, R = W0.clone(), W0.clone()
+        gg = _gen(5)
+        for step in range(1, 12):
+            W += 0.1 * torch.nn.functional.normalize(torch.randn(m, d, generator=gg), dim=-1)
+            if step == 11:
+                W[2] = 1e4  # far beyond every honest move
+            lockstep(p, step, W, R, bound=bound)
+        runs[factor] = (W.clone(), bound.clipped, bound.tau)
+    (clipped_W, n_clipped, _), (bare_W, n_bare, _) = runs[4.0], runs[None]
+    assert n_clipped == 1 and n_bare == 0
+    assert float(clipped_W[0].norm()) < 2.0 and float(bare_W[0].norm()) > 1e3  # the average stayed near
+    assert all(torch.equal(clipped_W[0], row) for row in clipped_W)  # a full sync: every node got it
+
+
+def test_clip_to_references_under_a_grouping_protocol_clips_far_moves_only():
+    from streamlearn.sync.groups import Grouped
+    from streamlearn.sync.robust import clip_to_references
+    from streamlearn.sync.spec import make_protocol
+
+    p = make_protocol("periodic:b=1,split=2", m=4, d=3, w0=torch.zeros(3), seed=0, device="cpu")
+    assert isinstance(p, Grouped)
+    bound = NormBound(4, factor=1.0, warmup=0)
+    bound.note([0, 1, 2, 3], torch.ones(4))  # typical move 1: tau = 1
+    items = [(0, torch.tensor([10.0, 0.0, 0.0])), (1, None), (3, torch.tensor([0.5, 0.0, 0.0]))]
+    out, nodes, scale = clip_to_references(bound, p, items)
+    assert nodes == [0, 3] and out[1] is None
+    assert out[0].tolist() == [1.0, 0.0, 0.0] and out[2] is items[2][1]  # clipped to tau; a short move untouched
+    assert scale.tolist() == pytest.approx([0.1, 1.0])
