@@ -587,7 +587,7 @@ class NodeService(Service):
                 self._step(len(buf))
                 progress.after_step(h0)
             buf.compact()
-            if self._predictions is not None:  # one record per 0.1 s or 1000 predictions, not one per step
+            if self._predictions is not None:  # sent per 0.1 s or max_pending predictions, not per step
                 self._predictions.flush_due()
                 self._predictions.forget_before(progress.learned_offset())
             now = time.monotonic()

@@ -5,8 +5,10 @@ docs/schemas.md, "Prediction record"; JSON Schema: docs/prediction.schema.json).
 record (key: the node id, decimal; gzip-compressed by the node's producer) carries a list of
 predictions: those of the mini-batches learned within :data:`LINGER` seconds (0.1), at most
 :attr:`PredictionPublisher.max_rows` (1000). kafka-python's cost is per record (compression,
-CRC-32C, which is pure Python without the ``crc32c`` module), so fewer, larger records keep the
-node fast::
+CRC-32C, which is pure Python without the ``crc32c`` module, and per produce request), so fewer,
+larger records keep the node fast: the node sends what it kept once per :data:`LINGER` (or per
+:attr:`PredictionPublisher.max_pending` predictions), as records of at most ``max_rows`` sent
+back to back, which its producer puts in one request::
 
     {"type": "predictions", "node": 0, "classes": [0, 1], "predictions": [
       {"seq": 1042, "key": "nsw", "ts": 1700000000.0, "prediction": 1, "proba": [0.2, 0.8],
@@ -50,6 +52,7 @@ import json
 import math
 import time
 from collections import deque
+from itertools import chain, repeat
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -74,6 +77,7 @@ MAX_PREDICTION_RECORD_BYTES = 900_000
 PROBA_DIGITS = 6
 _PROBA_FORMAT = f"%.{PROBA_DIGITS}g"
 _MAX_ROWS = 1000  # predictions per record at most
+_RECORDS_PER_FLUSH = 8  # default max_pending: at most so many full records kept (see PredictionPublisher)
 #: Seconds a prediction may wait to be sent with others (kafka-python's cost is per record: gzip, CRC-32C).
 LINGER = 0.1
 _FIELDS = ("seq", "key", "ts", "prediction", "proba", "epoch", "syncs", "step", "late")
@@ -174,12 +178,18 @@ def producer_overrides() -> dict:
     """Settings of the producer a node sends its predictions with: gzip unless kafka-python has the ``crc32c``
     C module. kafka-python checksums every record batch with CRC-32C, in pure Python without that module
     (about 0.3 µs per byte here): gzip first shrinks a prediction from ~100 to ~14 bytes to checksum, at
-    kafka-python's fixed level 9 (~7 µs per prediction); with the C module, sending them plain is cheaper."""
+    kafka-python's fixed level 9 (~7 µs per prediction); with the C module, sending them plain is cheaper.
+
+    The records of one :meth:`PredictionPublisher.flush` go back to back: ``linger_ms`` (5) and a
+    ``batch_size`` of :data:`MAX_PREDICTION_RECORD_BYTES` let the producer put them in one record batch
+    and one request (each request and each wake-up of its I/O thread costs the node ~1 ms of Python time
+    on a busy machine; records stay what they are, and a batch stays under the broker's 1 MiB)."""
     try:
         from kafka.record.util import crc32c_c
     except ImportError:  # another kafka-python layout: be safe
         crc32c_c = None
-    return {"compression_type": None if crc32c_c is not None else "gzip"}
+    return {"compression_type": None if crc32c_c is not None else "gzip", "batch_size": MAX_PREDICTION_RECORD_BYTES,
+            "linger_ms": 5}
 
 
 class PredictionPublisher:
@@ -196,9 +206,14 @@ class PredictionPublisher:
     classes
         The declared classes, in order (``proba`` columns follow them); None for a regression node.
     max_rows
-        Predictions per record at most: that many are sent at once.
+        Predictions per record at most.
     linger
         Seconds the oldest prediction kept may wait for others (:meth:`flush_due`).
+    max_pending
+        Predictions kept at most: that many are sent at once, as records of ``max_rows`` (``max_rows``
+        sends each record as soon as it is full). Default: about what one producer batch holds
+        (:data:`MAX_PREDICTION_RECORD_BYTES`, ~10 bytes per class and 64 more per prediction), between
+        ``max_rows`` and ``8 * max_rows`` (8000 predictions of 2 classes).
 
     The node calls :meth:`note_source` for each record with a key or an event time, :meth:`add`
     after each step (and for readings held for their late label), :meth:`flush_due` once per
@@ -207,21 +222,27 @@ class PredictionPublisher:
     """
 
     def __init__(self, producer, topic: str, node: int, classes: Sequence | None, *, max_rows: int = _MAX_ROWS,
-                 linger: float = LINGER):
+                 linger: float = LINGER, max_pending: int | None = None):
         if not _is_int(max_rows) or max_rows < 1:
             raise ConfigError(f"max_rows must be an integer >= 1, got {max_rows!r}")
+        if max_pending is None:  # one producer batch's worth: fewer requests, and no huge text at once
+            per_batch = MAX_PREDICTION_RECORD_BYTES // (64 + 10 * (1 if classes is None else len(classes)))
+            max_pending = max(max_rows, min(_RECORDS_PER_FLUSH * max_rows, per_batch))
+        if not _is_int(max_pending) or max_pending < 1:
+            raise ConfigError(f"max_pending must be an integer >= 1, got {max_pending!r}")
         if isinstance(linger, bool) or not isinstance(linger, (int, float)) or not linger >= 0:
             raise ConfigError(f"linger must be a number of seconds >= 0, got {linger!r}")
         self.linger, self._since = float(linger), 0.0
         self.producer, self.topic, self.node = producer, topic, node
         self.classes = None if classes is None else [c.item() if isinstance(c, np.generic) else c for c in classes]
-        self.max_rows = max_rows
+        self.max_rows, self.max_pending = max_rows, max_pending
         self.key = str(node).encode()
         # JSON texts: each class label (a prediction), and the start of every record
         self._label_json = None if self.classes is None else [_dump(c).decode() for c in self.classes]
         self._head = _dump({"type": "predictions", "node": node, "classes": self.classes})[:-1].decode() \
             + ',"predictions":['
         self._chunks: list = []  # what add() kept since the last flush
+        self._epoch: tuple = (None, "")  # the last epoch and its JSON field
         self.pending = 0  # predictions in it
         self.published = self.records = self.send_errors = 0
         self.last_error: str | None = None
@@ -258,26 +279,34 @@ class PredictionPublisher:
 
         Called once per mini-batch: it only keeps copies; :meth:`flush` writes the JSON of all of them at once.
         """
-        keep = None if skip is None or not skip.any() else ~skip
-        pick = (lambda a: None if a is None else np.array(a if keep is None else np.asarray(a)[keep]))
-        seqs = pick(seqs)
-        if len(seqs) == 0:
+        if keys is not None and ts is None:
+            ts = [None] * len(keys)
+        if skip is not None and skip.any():
+            keep = ~skip
+            pick = (lambda a: None if a is None else np.asarray(a)[keep])  # fancy indexing: a copy
+            seqs, proba, values, offsets = pick(seqs), pick(proba), pick(values), pick(offsets)
+            if keys is not None:
+                keys, ts = [k for k, s in zip(keys, skip) if not s], [t for t, s in zip(ts, skip) if not s]
+        else:  # copies: the caller's arrays may change before the flush
+            seqs = np.array(seqs)
+            proba = None if proba is None else np.array(proba)
+            values = None if values is None else np.array(values)
+        n = len(seqs)
+        if n == 0:
             return
         if keys is not None:
-            ts = [None] * len(keys) if ts is None else ts
-            if keep is not None:
-                keys, ts = [k for k, s in zip(keys, skip) if not s], [t for t, s in zip(ts, skip) if not s]
             keys, ts = [_key_field(k) for k in keys], [_ts_field(t) for t in ts]
         else:  # looked up now: the source notes of these offsets may be forgotten before the flush
-            keys, ts = self._sources(pick(offsets), len(seqs))
+            keys, ts = self._sources(offsets, n)
         # null key, ts and epoch and a false late are left out (fewer bytes to compress and checksum)
-        tail = ('' if epoch is None else ',"epoch":' + json.dumps(epoch)) + ',"syncs":%d,"step":%d' % (syncs, step) \
-            + (',"late":true}' if late else '}')
+        if epoch != self._epoch[0]:  # the epoch's JSON once per epoch, not per mini-batch
+            self._epoch = (epoch, '' if epoch is None else ',"epoch":' + json.dumps(epoch))
+        tail = '%s,"syncs":%d,"step":%d%s' % (self._epoch[1], syncs, step, ',"late":true}' if late else '}')
         if not self._chunks:
             self._since = time.monotonic()
-        self._chunks.append((seqs, pick(proba), pick(values), keys, ts, tail))
-        self.pending += len(seqs)
-        if self.pending >= self.max_rows:
+        self._chunks.append((seqs, proba, values, keys, ts, tail))
+        self.pending += n
+        if self.pending >= self.max_pending:
             self.flush()
 
     def _rows(self) -> list:
@@ -288,9 +317,11 @@ class PredictionPublisher:
             preds, probs = self._classify(np.concatenate([c[1] for c in chunks]))
         else:
             preds, probs = self._regress(np.concatenate([c[2] for c in chunks]))
-        keys = [k for c in chunks for k in c[3]]
-        ts = [t for c in chunks for t in c[4]]
-        tails = [c[5] for c in chunks for _ in range(len(c[0]))]
+        tails = list(chain.from_iterable(repeat(c[5], len(c[0])) for c in chunks))
+        if all(c[3] is None for c in chunks):  # no key nor event time anywhere (see _sources): nothing to write
+            return [f'{{"seq":{s},"prediction":{p},"proba":{q}{e}' for s, p, q, e in zip(seqs, preds, probs, tails)]
+        keys = [k for c in chunks for k in (c[3] or repeat("", len(c[0])))]
+        ts = [t for c in chunks for t in (c[4] or repeat("", len(c[0])))]
         return [f'{{"seq":{s}{k}{t},"prediction":{p},"proba":{q}{e}'
                 for s, k, t, p, q, e in zip(seqs, keys, ts, preds, probs, tails)]
 
@@ -319,8 +350,9 @@ class PredictionPublisher:
         return [_number(x) for x in v], [_NULL] * len(v)
 
     def _sources(self, offsets, n: int) -> tuple:
+        """JSON fields of the keys and event times of readings at ``offsets`` (None, None: none noted)."""
         if offsets is None or not self._source:
-            return [""] * n, [""] * n
+            return None, None
         get, none = self._source.get, ("", "")
         pairs = [get(o, none) for o in offsets.tolist()]
         return [p[0] for p in pairs], [p[1] for p in pairs]

@@ -114,7 +114,7 @@ def test_no_prediction_yet_is_null_and_regression_has_no_proba():
 
 def test_sources_skips_splits_and_send_errors():
     prod = _Producer()
-    pub = PredictionPublisher(prod, "p.predictions", node=0, classes=[0, 1], max_rows=4)
+    pub = PredictionPublisher(prod, "p.predictions", node=0, classes=[0, 1], max_rows=4, max_pending=4)
     pub.note_source(10, "k10", 100.0)
     pub.note_source(12, None, 102.0)
     P = np.tile([0.3, 0.7], (6, 1))
@@ -139,6 +139,100 @@ def test_sources_skips_splits_and_send_errors():
     assert failing.flush() == 0 and failing.send_errors == 1 and failing.published == 0
     with pytest.raises(ConfigError, match="max_rows"):
         PredictionPublisher(prod, "t", node=0, classes=[0, 1], max_rows=0)
+    with pytest.raises(ConfigError, match="max_pending"):
+        PredictionPublisher(prod, "t", node=0, classes=[0, 1], max_pending=0)
+
+
+def test_kept_until_max_pending_then_sent_as_records_of_max_rows():
+    prod = _Producer()
+    pub = PredictionPublisher(prod, "p.predictions", node=0, classes=[0, 1], max_rows=4)  # max_pending 8 * 4
+    P = np.tile([0.3, 0.7], (3, 1))
+    for i in range(10):  # 30 rows: nothing sent yet
+        pub.add(np.arange(3 * i, 3 * i + 3), P)
+    assert prod.sent == [] and pub.pending == 30
+    pub.add(np.arange(30, 33), P)  # 33 >= 32: all of them, in records of 4 (the last of 1)
+    assert [len(rec["predictions"]) for rec in _records(prod)] == [4] * 8 + [1] and pub.pending == 0
+    assert [p["seq"] for rec in _records(prod) for p in rec["predictions"]] == list(range(33))
+
+
+def _reference_rows(classes, batches) -> list:
+    """The JSON text of each prediction as the publisher wrote it row by row before its bulk formatting
+    (the reference the publisher's output must equal, byte for byte)."""
+    def number(x):
+        return repr(float(x)) if x is not None and np.isfinite(x) else "null"
+
+    rows = []
+    for b in batches:
+        tail = ("" if b["epoch"] is None else ',"epoch":' + json.dumps(b["epoch"])) \
+            + ',"syncs":%d,"step":%d' % (b["syncs"], b["step"]) + (',"late":true}' if b["late"] else "}")
+        for i, seq in enumerate(b["seqs"]):
+            if b["skip"] is not None and b["skip"][i]:
+                continue
+            key, ts = b["keys"][i], b["ts"][i]
+            k = "" if key is None else ',"key":' + json.dumps(key, ensure_ascii=False)
+            t = "" if ts is None or not np.isfinite(ts) else ',"ts":' + repr(float(ts))
+            if classes is None:
+                pred, proba = number(b["values"][i]), "null"
+            elif not np.isfinite(b["proba"][i]).all():
+                pred = proba = "null"
+            else:
+                row = b["proba"][i]
+                pred = json.dumps(classes[int(np.argmax(row))], ensure_ascii=False, separators=(",", ":"))
+                proba = "[" + ",".join("%.6g" % v for v in row.tolist()) + "]"
+            rows.append(f'{{"seq":{int(seq)}{k}{t},"prediction":{pred},"proba":{proba}{tail}')
+    return rows
+
+
+@pytest.mark.parametrize("classes", [["DOWN", "UP", "ünï"], [0, 1], None])
+def test_bulk_formatting_equals_the_row_by_row_reference(classes):
+    """Random mini-batches (NaN rows, tiny and huge probabilities, late-labelled readings with string keys and
+    event times, source notes by offset, skipped rows, epochs): the records hold exactly the reference's rows."""
+    rng = np.random.default_rng(7)
+    prod = _Producer()
+    pub = PredictionPublisher(prod, "p.predictions", node=3, classes=classes, max_rows=7)
+    k = 0 if classes is None else len(classes)
+    sources, batches, seq = {}, [], 0
+    for step in range(60):
+        n = int(rng.integers(1, 12))
+        proba = rng.dirichlet(np.full(max(k, 1), 0.3), size=n)[:, :k] if k else None
+        if k:
+            proba[rng.random(n) < 0.15] = np.nan  # no prediction possible
+            proba[rng.random(n) < 0.1, 0] = 1e-9  # exponent notation in %.6g
+        values = rng.normal(0, 1e3, n) if classes is None else None
+        if values is not None:
+            values[rng.random(n) < 0.15] = np.nan
+        b = {"seqs": np.arange(seq, seq + n), "proba": proba, "values": values, "step": step, "syncs": step // 7,
+             "epoch": None if step < 20 else f"ep\"{step // 25}", "late": bool(rng.random() < 0.3),
+             "skip": None}
+        seq += n
+        if b["late"]:  # held readings: keys and event times of their own
+            b["keys"] = [None if rng.random() < 0.3 else f"k{j}\u00e9\n" for j in range(n)]
+            b["ts"] = [None if rng.random() < 0.3 else float(rng.uniform(0, 2e9)) for _ in range(n)]
+            pub.add(b["seqs"], proba, values=values, keys=b["keys"], ts=b["ts"], step=step, syncs=b["syncs"],
+                    epoch=b["epoch"], late=True)
+        else:  # labelled on arrival: keys and event times noted by offset (some offsets noted, some not)
+            offsets = np.arange(n) + 1000 * step
+            for off in offsets.tolist():
+                if rng.random() < 0.5:
+                    sources[off] = (f"s{off}", None if rng.random() < 0.5 else float(rng.uniform(0, 1e9)))
+                    pub.note_source(off, *sources[off])
+            b["keys"] = [sources.get(o, (None, None))[0] for o in offsets.tolist()]
+            b["ts"] = [sources.get(o, (None, None))[1] for o in offsets.tolist()]
+            b["skip"] = rng.random(n) < 0.2 if rng.random() < 0.5 else None
+            pub.add(b["seqs"], proba, values=values, offsets=offsets, step=step, syncs=b["syncs"], epoch=b["epoch"],
+                    skip=b["skip"])
+        batches.append(b)
+    pub.flush()
+    expected = _reference_rows(None if classes is None else list(classes), batches)
+    head = encode_predictions(3, classes, [])[:-2]  # the record up to its list of predictions
+    got = []
+    for _, key, _, value in prod.sent:
+        assert key == b"3" and value.startswith(head) and value.endswith(b"]}")
+        record = decode_predictions(value)
+        validate(record)
+        assert len(record["predictions"]) <= 7
+        got.append(value[len(head):-2].decode())
+    assert ",".join(got) == ",".join(expected) and len(expected) > 200
 
 
 @pytest.mark.parametrize("record, field", [
