@@ -16,8 +16,10 @@ two topics of one partition each:
 
 Both are signed like ``sync.down`` when the services have a key (sender ``shard-K``; a node never
 accepts that sender). A record that does not decode, has the wrong model size or shard, or is not
-finite is dead-lettered and counted in ``root_bad``. The root keeps no state across a restart: a new
-root starts counting from the next reports (the shards' references are sent with every full sync).
+finite is dead-lettered and counted in ``root_bad``. With a ``--state-dir`` the root's state (the shards'
+latest references and its counts) is kept with shard 0's state at each of its full syncs, and a restarted
+root goes on from there; reports that came after that save are not read again (a new instance starts at
+the end of the root topics), so the root counts from the next ones.
 """
 
 from __future__ import annotations

@@ -373,6 +373,7 @@ class SyncService(Service):
         self._leases = self._ids.leases  # assigned node id -> [token, monotonic time of the last renewal]
         self._records: dict = {}  # id of a decoded message of this poll -> its record (to refuse it)
         self._resumed: int | None = None
+        self._resumed_root: tuple | None = None  # the root's state kept by an earlier instance (shard 0)
         self._store = None
         if cfg.state_dir is not None:
             from streamlearn.kafka.sync_state import SyncStateStore
@@ -393,6 +394,8 @@ class SyncService(Service):
         tp = self._up_tp = TopicPartition(self._topics["up"], self._part)
         # A root of shards (protocol root=R): every shard reads the root's averages; shard 0 is the root.
         self._root = RootLink(self) if cfg.root else None
+        if self._root is not None and self._root.averager is not None and self._resumed_root is not None:
+            self._root.averager.set_state(*self._resumed_root)  # the root counts on where it was
         tps = [tp] + ([] if self._root is None else self._root.partitions())
         self._consumer.assign(tps)
         # A new epoch: what nodes sent to an earlier instance is not for this protocol.
@@ -794,6 +797,7 @@ class SyncService(Service):
         if got is None:
             return
         self.protocol_, self._d, self._layout, self._resumed = got.protocol, got.d, got.layout, got.seq
+        self._resumed_root = got.root
         self._models.note_reference(self.protocol_)
         self._counts.update({k: int(v) for k, v in got.counts.items() if k in self._counts})
         self._rejected_by.update({k: int(v) for k, v in got.rejected_by.items() if k in self._rejected_by})
@@ -808,8 +812,9 @@ class SyncService(Service):
             return
         self._counts["state_saves"] += 1  # the state kept counts itself
         try:
+            root = self._root.averager if getattr(self, "_root", None) is not None else None
             self._store.save(self.protocol_, d=self._d, layout=self._layout, epoch=self.epoch_, counts=self._counts,
-                             rejected_by=self._rejected_by)
+                             rejected_by=self._rejected_by, root=None if root is None else root.get_state())
         except (OSError, CheckpointError) as exc:
             self._counts["state_saves"] -= 1
             self._counts["state_errors"] += 1

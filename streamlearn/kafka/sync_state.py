@@ -22,6 +22,8 @@ from streamlearn.kafka.checkpoint import (
 
 __all__ = ["ResumedSync", "SyncStateStore"]
 
+_ROOT = "root."  # the hosted root's arrays, beside the protocol's
+
 
 @dataclass
 class ResumedSync:
@@ -34,6 +36,7 @@ class ResumedSync:
     rejected_by: dict
     seq: int
     path: str
+    root: tuple | None = None  # (arrays, meta) of the root this service hosted (shard 0), or None
 
 
 class SyncStateStore:
@@ -69,13 +72,18 @@ class SyncStateStore:
                                  seed=cfg.seed, initial_nodes=[], device=cfg.device,
                                  n_params=meta.get("n_params"), **cfg.params)
         restore_protocol_state(protocol, ck.arrays, meta["protocol"])
+        root = None
+        if isinstance(meta.get("root"), dict):
+            root = ({k[len(_ROOT):]: v for k, v in ck.arrays.items() if k.startswith(_ROOT)}, meta["root"])
         return ResumedSync(protocol=protocol, d=d, layout=meta.get("layout"),
                            counts=dict(meta.get("counts") or {}),
-                           rejected_by=dict(meta.get("rejected_models_by_reason") or {}), seq=ck.seq, path=ck.path)
+                           rejected_by=dict(meta.get("rejected_models_by_reason") or {}), seq=ck.seq, path=ck.path,
+                           root=root)
 
     def save(self, protocol, *, d: int | None, layout: str | None, epoch: str, counts: dict,
-             rejected_by: dict) -> None:
-        """Keep ``protocol``'s state and the service's counters (atomically).
+             rejected_by: dict, root: tuple | None = None) -> None:
+        """Keep ``protocol``'s state and the service's counters (atomically); ``root``: the ``(arrays, meta)``
+        of the root this service hosts (:meth:`RootAverager.get_state <streamlearn.sync.root.RootAverager.get_state>`).
 
         Raises OSError or :class:`~streamlearn.kafka.checkpoint.CheckpointError` when it cannot."""
         arrays, pmeta = protocol_state(protocol)
@@ -83,6 +91,9 @@ class SyncStateStore:
                 "n_params": protocol.n_params, "layout": layout,
                 "epoch": epoch, "protocol": pmeta, "counts": dict(counts),
                 "rejected_models_by_reason": dict(rejected_by)}
+        if root is not None:
+            arrays = {**arrays, **{_ROOT + k: v for k, v in root[0].items()}}
+            meta["root"] = root[1]
         self.store.save(arrays, meta)
 
 

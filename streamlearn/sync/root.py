@@ -76,3 +76,38 @@ class RootAverager:
         self.root_syncs += 1
         shards = sorted(self._refs)
         return root_average([self._refs[s] for s in shards], [self._alive[s] for s in shards])
+
+    def get_state(self) -> tuple[dict, dict]:
+        """``(arrays, meta)`` to keep across a restart: the shards' latest references (``ref.<shard>``) and the
+        counts (JSON-ready). :meth:`set_state` puts them back into a root of the same shards and root.
+
+        >>> import torch
+        >>> a = RootAverager(shards=2, root=2)
+        >>> _ = a.on_shard(1, full_syncs=3, alive=2, reference=torch.tensor([1.0]))
+        >>> b = RootAverager(shards=2, root=2)
+        >>> b.set_state(*a.get_state())
+        >>> b.on_shard(0, full_syncs=1, alive=2, reference=torch.tensor([3.0])) is None  # 2 of 4 full syncs
+        True
+        >>> b.on_shard(1, full_syncs=5, alive=2, reference=torch.tensor([1.0])).tolist()  # 3 -> 5: two more
+        [2.0]
+        """
+        arrays = {f"ref.{s}": r.detach().to("cpu", torch.float32) for s, r in self._refs.items()}
+        meta = {"shards": self.shards, "root": self.root, "root_syncs": self.root_syncs, "since": self._since,
+                "alive": sorted(self._alive.items()), "seen": sorted(self._seen.items())}
+        return arrays, meta
+
+    def set_state(self, arrays: dict, meta: dict) -> None:
+        """Put back what :meth:`get_state` gave (ConfigError: another layout of shards, or a damaged state)."""
+        if (meta.get("shards"), meta.get("root")) != (self.shards, self.root):
+            raise ConfigError(f"root state of shards={meta.get('shards')}, root={meta.get('root')}; this root has "
+                              f"shards={self.shards}, root={self.root}")
+        try:
+            alive = {int(s): int(n) for s, n in meta["alive"]}
+            seen = {int(s): int(n) for s, n in meta["seen"]}
+            refs = {int(s): torch.as_tensor(arrays[f"ref.{s}"], dtype=torch.float32) for s in alive}
+            since, root_syncs = int(meta["since"]), int(meta["root_syncs"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"root state: damaged ({exc!r})") from None
+        if any(not 0 <= s < self.shards for s in (*alive, *seen)):
+            raise ConfigError(f"root state: shards {sorted({*alive, *seen})} outside [0, {self.shards - 1}]")
+        self._alive, self._seen, self._refs, self._since, self.root_syncs = alive, seen, refs, since, root_syncs

@@ -98,3 +98,27 @@ def test_a_state_of_other_settings_is_refused_and_the_same_settings_resume(broke
     assert st["resumed_from"] == 1 and st["d"] == 3 and st["reference_hash"] == model_hash(np.ones(3))
     assert st["full_syncs"] == 7 and st["joins"] == 5 and st["nodes_alive"] == 0
     assert CheckpointStore(tmp_path, "sync").sequence() == [1, 2]  # the shutdown kept it again
+
+
+def test_the_root_of_shards_resumes_from_shard_0s_state(broker, settings, prefix, tmp_path):
+    # shard 0's service hosts the root: its counts and the shards' references are kept with shard 0's state
+    from streamlearn.kafka.sync_state import SyncStateStore
+    from streamlearn.sync.root import RootAverager
+
+    spec = "periodic:b=4,shards=2,root=1"
+    cfg = SyncConfig(protocol=spec, shard=0, max_nodes=4, device="cpu", state_dir=str(tmp_path),
+                     bootstrap=broker.bootstrap, prefix=prefix, settings=settings)
+    root = RootAverager(shards=2, root=1)
+    for shard, syncs, ref in ((0, 1, 1.0), (1, 1, 3.0), (0, 2, 1.0), (1, 2, 5.0), (1, 3, 5.0)):
+        root.on_shard(shard, full_syncs=syncs, alive=2, reference=torch.full((3,), ref))
+    assert root.root_syncs == 2 and root._since == 1
+    p = make_protocol("periodic:b=4", m=4, d=3, w0=torch.ones(3), seed=0, device="cpu")
+    SyncStateStore(cfg).save(p, d=3, layout=None, epoch="e0", counts={}, rejected_by={}, root=root.get_state())
+
+    st = SyncService(cfg).run(max_seconds=0.5)
+    assert st["resumed_from"] == 1 and st["root_syncs"] == 2  # a root without its state would count from 0
+    kept = RootAverager(shards=2, root=1)
+    kept.set_state(*SyncStateStore(cfg).load().root)  # what the shutdown kept again
+    assert (kept.root_syncs, kept._since, kept._seen) == (2, 1, {0: 2, 1: 3})
+    # one more full sync of shard 0 and the average is due, over both shards' kept references
+    assert kept.on_shard(0, full_syncs=3, alive=2, reference=torch.full((3,), 1.0)).tolist() == [3.0] * 3
