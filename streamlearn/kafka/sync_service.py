@@ -609,6 +609,8 @@ class SyncService(Service):
                 continue  # rejected
             first = actions[0]
             if len(actions) == 1 and answers_join(0, first, msg.node) and first.compressed is None:
+                if msg.node in nodes:  # a node that joined twice in one poll (a start racing the hello) gets two
+                    flush()            # answers, as the protocol counts two models down
                 model = first.model if not nodes else model
                 nodes.append(msg.node)
                 continue

@@ -36,6 +36,26 @@ def _join(node, d=2, layout="L", model=None):
                        model=np.zeros(d, dtype=np.float32) if model is None else model)
 
 
+def test_a_node_that_joins_twice_in_one_poll_gets_two_answers_as_counted(nodes):
+    # a node's start can race the service's hello: it joins, sees the hello and registers again. The joins of one
+    # poll go out together, but a node named twice gets a record per join, as models_down counts them.
+    from streamlearn.kafka.topics import sync_up_topic
+    from streamlearn.kafka.wire import encode_sync
+
+    f = nodes(protocol="dynamic", params={"delta": 1.0, "b": 1})
+    for node in (0, 0, 1):
+        f.producer.send(sync_up_topic(f.prefix), encode_sync(_join(node)), partition=0)
+    f.producer.flush()  # one batch: most likely one poll of the service
+    answers = [f.expect(lambda m: m.kind == "send" and m.reason == "join", "a join answer") for _ in range(2)]
+    named = sorted(t for m in answers for t in m.targets)
+    if named != [0, 0, 1]:  # the three joins came in two polls or three
+        named += [t for t in f.expect(lambda m: m.kind == "send" and m.reason == "join", "the last join answer").targets]
+    assert sorted(named) == [0, 0, 1] and all(len(set(m.targets)) == len(m.targets) for m in answers)
+    f.service.stop()
+    f.thread.join(timeout=10)
+    assert f.service.status()["models_down"] == 3
+
+
 def test_requests_are_sent_and_a_node_that_does_not_answer_times_out(nodes):
     f = nodes(protocol="dynamic", params={"delta": 1.0, "b": 1})
     for node in range(4):
