@@ -129,7 +129,9 @@ class Net:
                 hs[-1] = F.relu(hs[-1])
             hs.append(torch.baddbmm(ps[i + 1].unsqueeze(1), hs[-1], ps[i].transpose(1, 2)))
         logits = hs.pop()
-        dz = torch.softmax(logits, dim=-1)
+        # softmax by hand: torch.softmax over a last dimension of 2-3 classes is 3x slower on CPU
+        dz = (logits - logits.amax(dim=-1, keepdim=True)).exp_()
+        dz.div_(dz.sum(dim=-1, keepdim=True))
         dz.scatter_add_(-1, y.unsqueeze(-1), torch.full(y.shape + (1,), -1.0, dtype=dz.dtype, device=dz.device))
         dz.div_(B)  # d(mean loss)/d logits
         grads = []
