@@ -455,7 +455,12 @@ def cmd_sync(args) -> int:
     if args.shard is not None and args.shard.strip().lower() == "group":
         return _sync_group(args, _options(args, names))
     cfg = sync_config_from_options(_options(args, names + ("shard",)))
-    final = _run_service(args, SyncService, cfg, SyncMetrics)
+    make = SyncMetrics
+    if cfg.shard is not None:  # one shard's service: its samples labelled shard="K", as under --shard group
+        from streamlearn.metrics import ShardRegistries
+
+        make = lambda reg: SyncMetrics(ShardRegistries(reg).registry(cfg.shard))  # noqa: E731
+    final = _run_service(args, SyncService, cfg, make)
     print(f"sync: {final.get('full_syncs', 0)} full and {final.get('partial_syncs', 0)} partial syncs, "
           f"{final.get('models', 0)} models transferred")
     return 0

@@ -147,3 +147,23 @@ def test_a_group_member_that_dies_has_its_shard_taken_over_from_its_state(broker
     assert taken["resumed_from"] is not None and taken["full_syncs"] >= before[moved]["full_syncs"] - 1
     assert all(s["samples"] == 2 * N and s["accuracy"] > 0.8 for s in nodes.values()), nodes
     assert all("Traceback" not in (tmp_path / f).read_text() for f in ("a.log",)), (tmp_path / "a.log").read_text()
+
+
+def test_a_static_shard_service_labels_its_metrics_with_its_shard(broker, settings, prefix, tmp_path):
+    # `streamlearn sync --shard K`: the same shard="K" label as the shards of a --shard group member, so one
+    # dashboard query covers both ways of running shards
+    ensure_topics(broker.bootstrap, prefix, 4, settings=settings, shards=2)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log_path = tmp_path / "s1.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlearn.cli", "sync", "--protocol", SPEC, "--shard", "1", "--max-nodes", "8",
+         "--bootstrap", broker.bootstrap, "--prefix", prefix, "--metrics-port", "0"],
+        stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_until(lambda: "metrics: http" in log_path.read_text(), "the metrics endpoint", timeout=60)
+        wait_until(lambda: ("streamlearn_sync_nodes_alive", (("shard", "1"),)) in _scrape(log_path),
+                   "a sample labelled shard=1", timeout=30)
+        assert not any(name == "streamlearn_sync_nodes_alive" and not labels for name, labels in _scrape(log_path))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
