@@ -396,7 +396,11 @@ def restore_learner_state(learner, arrays: Mapping[str, np.ndarray], meta: Mappi
             state.setdefault(int(pid), {})[key] = value
         sd = opt.state_dict()
         sd["state"] = state
-        opt.load_state_dict(sd)
+        try:
+            opt.load_state_dict(sd)
+        except (ValueError, KeyError, TypeError) as exc:  # e.g. momentum kept for a learner with plain SGD
+            raise CheckpointError(f"the checkpoint's optimizer state does not fit this learner's optimizer: "
+                                  f"{exc}") from None
     scaler = getattr(learner, "scaler_", None)
     if meta.get("scaler_n") is not None and scaler is not None:
         scaler.set_state({"n": meta["scaler_n"], "mean": arrays[prefix + "scaler.mean"],

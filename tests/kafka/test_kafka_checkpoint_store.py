@@ -101,7 +101,7 @@ def test_protocol_state_round_trip_keeps_reference_counts_rng_and_v():
         restore_protocol_state(make_protocol("dynamic", m=2, d=2, device="cpu"), arrays, meta)
 
 
-@pytest.mark.parametrize("name,params", [("logreg", {"optimizer": "sgd", "momentum": 0.9}),
+@pytest.mark.parametrize("name,params", [("logreg", {"optimizer": "sgd", "momentum": 0.9}), ("mlp", {"hidden": (4,)}),
                                          ("mlp", {"optimizer": "adam", "hidden": (4,)}),
                                          ("river-logreg", {})])
 def test_learner_state_round_trip_continues_the_same_training(name, params):
@@ -127,3 +127,16 @@ def test_learner_state_round_trip_continues_the_same_training(name, params):
     with pytest.raises(CheckpointError):
         restore_learner_state(make_learner("logreg", features=["a", "b", "c"], classes=[0, 1], device="cpu"),
                               arrays, meta)
+
+
+def test_optimizer_state_that_does_not_fit_is_a_checkpoint_error():
+    # momentum kept by a learner with momentum, restored into one with plain SGD (which keeps no state)
+    from streamlearn.kafka.checkpoint import learner_state, restore_learner_state
+    from streamlearn.learners import make_learner
+
+    a = make_learner("logreg", features=["a", "b"], classes=[0, 1], device="cpu", momentum=0.9)
+    a.learn_many(np.ones((4, 2), np.float32), [0, 1, 0, 1])
+    arrays, meta = learner_state(a)
+    with pytest.raises(CheckpointError, match="optimizer state"):
+        restore_learner_state(make_learner("logreg", features=["a", "b"], classes=[0, 1], device="cpu"),
+                              {k: np.asarray(v) for k, v in arrays.items()}, meta)
