@@ -60,7 +60,9 @@ prediction the node makes goes to ``<prefix>.predictions`` through a
 :class:`~streamlearn.kafka.predictions.PredictionPublisher` (the core gives the probabilities of
 each step, :meth:`NodeCore.step_predictions`; the publisher encodes and sends), a list per record,
 about one record per 0.1 s. A late-labelled reading's prediction is published on arrival, not
-again when it is learned.
+again when it is learned. The predictions of the samples below a committed position are sent and
+acknowledged before the commit, so a crash loses none of them (those after it are made again when
+the samples are learned again: at least once).
 
 Checkpoints (``checkpoint_dir``, ``checkpoint_every``): every ``checkpoint_every`` learned
 samples and at shutdown the node writes, in one atomic step
@@ -636,9 +638,9 @@ class NodeService(Service):
                                                    token=self._link.token))
                 if self._progress.store is not None:
                     self._progress.checkpoint()
-                self._progress.commit(BROKER_WAIT_MS)
+                self._progress.commit(BROKER_WAIT_MS)  # sends the predictions first
                 if self._predictions is not None:
-                    self._predictions.flush()
+                    self._predictions.flush()  # those of readings held for their labels, not committed yet
                     self._pred_producer.flush(timeout=BROKER_WAIT_MS / 1000)
                 self._publish_status()
                 self._producer.flush(timeout=BROKER_WAIT_MS / 1000)
@@ -1469,6 +1471,11 @@ class _Progress:
         try:
             if intake.deadletters:
                 svc._producer.flush(timeout=wait_ms / 1000)  # dead letters stored before their position goes
+            if svc._predictions is not None and offset > self.committed:
+                # the predictions of what was learned are stored before its position goes: a crash after the
+                # commit loses none (a flush that times out leaves the position where it was)
+                svc._predictions.flush()
+                svc._pred_producer.flush(timeout=wait_ms / 1000)
             if seen > self.committed_seen:
                 svc._seen.commit({svc._samples_tp: OffsetAndMetadata(seen, "", -1)}, timeout_ms=wait_ms)
                 self.committed_seen = seen
