@@ -13,6 +13,7 @@ import torch
 from streamlearn.sync.aggregate import sq_dist
 from streamlearn.sync.messages import Action, PullToward, Report, RequestModels, SendModel
 from streamlearn.sync.protocol import MODEL, NONE, Protocol
+from streamlearn.sync.robust import clip_to_references
 
 __all__ = ["apply_action", "collect_reports", "settle", "lockstep", "ReferenceMotion"]
 
@@ -80,8 +81,6 @@ def _models_up(nodes: list[int], W: torch.Tensor, R: torch.Tensor, uplink, proto
         rows = [row if whole else row[: uplink.n_params]
                 for row, whole in zip(uplink.send(nodes, W[nodes], R[nodes]), due)]
     if bound is not None and rows:
-        from streamlearn.sync.robust import clip_to_references
-
         rows = clip_to_references(bound, protocol, list(zip(nodes, rows)))[0]
     return rows
 
@@ -128,13 +127,13 @@ def collect_reports(protocol: Protocol, step, W: torch.Tensor, R: torch.Tensor, 
     sent = dict(zip(senders, _models_up(senders, W, R, uplink, protocol, bound))) if senders else {}
     # Python numbers once, not a tensor read per node and field (most of a round's cost for small models)
     steps = steps.tolist()
-    losses = [float("nan")] * (max(idx) + 1) if loss is None else _floats(loss)
-    samples = [0] * (max(idx) + 1) if n_samples is None else _floats(n_samples, int)
+    losses = [float("nan")] * (max(idx) + 1) if loss is None else _numbers(loss)
+    samples = [0] * (max(idx) + 1) if n_samples is None else _numbers(n_samples, int)
     return [Report(node=node, step=int(steps[k]), loss=float(losses[node]), n_samples=int(samples[node]),
                    model=sent.get(node)) for k, node in enumerate(idx) if codes[k] != NONE]
 
 
-def _floats(values, kind=float) -> list:
+def _numbers(values, kind=float) -> list:
     """``values`` (a tensor, array or sequence, one per node) as a list of Python numbers."""
     if hasattr(values, "tolist"):
         return values.tolist()
