@@ -459,7 +459,8 @@ def cmd_sync(args) -> int:
     if cfg.shard is not None:  # one shard's service: its samples labelled shard="K", as under --shard group
         from streamlearn.metrics import ShardRegistries
 
-        make = lambda reg: SyncMetrics(ShardRegistries(reg).registry(cfg.shard))  # noqa: E731
+        def make(reg):
+            return SyncMetrics(ShardRegistries(reg).registry(cfg.shard))
     final = _run_service(args, SyncService, cfg, make)
     print(f"sync: {final.get('full_syncs', 0)} full and {final.get('partial_syncs', 0)} partial syncs, "
           f"{final.get('models', 0)} models transferred")

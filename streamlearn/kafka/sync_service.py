@@ -336,6 +336,7 @@ class SyncService(Service):
         super().__init__(config, metrics)  # metrics: a streamlearn.metrics.SyncMetrics, or None
         self.protocol_ = None
         self.epoch_ = uuid.uuid4().hex[:12]
+        self._root: RootLink | None = None  # with a root of shards: its side of this service (set up in _setup)
 
     # ---- setup and loop ------------------------------------------------------------------------
 
@@ -814,7 +815,7 @@ class SyncService(Service):
             return
         self._counts["state_saves"] += 1  # the state kept counts itself
         try:
-            root = self._root.averager if getattr(self, "_root", None) is not None else None
+            root = self._root.averager if self._root is not None else None
             self._store.save(self.protocol_, d=self._d, layout=self._layout, epoch=self.epoch_, counts=self._counts,
                              rejected_by=self._rejected_by, root=None if root is None else root.get_state())
         except (OSError, CheckpointError) as exc:
@@ -854,7 +855,7 @@ def _sync_status(svc: SyncService) -> dict:
               "unauthenticated_by_reason": dict(svc._unauth.by_reason),
               # a sharded layer (protocol shards=S,root=R): this service's shard and the root's work
               "shard": svc.config.shard, "shards": svc.config.shards, "root": svc.config.root, "pid": os.getpid(),
-              **(svc._root.counts() if getattr(svc, "_root", None) is not None else {})}
+              **(svc._root.counts() if svc._root is not None else {})}
     if p is None:
         status.update(nodes_alive=0, alive=[], pending=[], device=None, reference_hash=None)
         return status

@@ -192,7 +192,7 @@ class TorchLearner(FeatureMixin, ClassLabelsMixin, base.MiniBatchClassifier):
         self._net = None
         self._w: torch.Tensor | None = None
         self._opt = None  # torch.optim's, or PlainSGD
-        self._closed_form = self._plain_sgd = False
+        self._closed_form = False
         self._fast: NumpyPath | None = None
         self.n_samples_seen_ = 0
         self.n_steps_ = 0
@@ -244,7 +244,6 @@ class TorchLearner(FeatureMixin, ClassLabelsMixin, base.MiniBatchClassifier):
             views = self._net.views(self._w.detach())  # live: steps and set_flat write in place
             self._linear = (views["linear.weight"], views["linear.bias"])
             self._eye = torch.eye(self._n_out, device=self.device_)  # row i: one-hot label i
-        self._plain_sgd = self.optimizer == "sgd"
         self._fast = NumpyPath(self) if self._numpy_path_fits() else None
 
     def _numpy_path_fits(self) -> bool:
@@ -586,16 +585,9 @@ class TorchLearner(FeatureMixin, ClassLabelsMixin, base.MiniBatchClassifier):
         return {"lr": group["lr"], "weight_decay": group["weight_decay"]}
 
     def _apply_step(self, grad: torch.Tensor) -> None:
-        """``self._opt.step()`` with ``grad``; plain SGD is done here, the same arithmetic as
-        torch.optim.SGD without its per-call overhead (hooks, profiler records: ~15 us)."""
-        group = self._opt.param_groups[0]
+        """``self._opt.step()`` with ``grad`` (plain SGD: :class:`~streamlearn.learners.optim.PlainSGD`, the same
+        arithmetic as torch.optim.SGD without its per-call overhead)."""
         self._step_settings()
-        if self._plain_sgd and group["momentum"] == 0 and not group.get("maximize", False):
-            w = self._w.detach()
-            if group["weight_decay"]:
-                grad = grad.add(w, alpha=group["weight_decay"])
-            w.add_(grad, alpha=-group["lr"])
-            return
         self._w.grad = grad
         self._opt.step()
 

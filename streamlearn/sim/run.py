@@ -158,8 +158,9 @@ def serial_run(data: NodeData, learner, batch_size: int) -> SimResult:
     """
     import time
 
+    from streamlearn.evaluation import clipped_log_loss
     from streamlearn.learners import TorchLearner
-    from streamlearn.sim.syncing import MAX_LOSS
+    from streamlearn.learners.base import labels_array
     from streamlearn.sync.messages import CommStats
 
     one = serial_data(data)
@@ -168,8 +169,7 @@ def serial_run(data: NodeData, learner, batch_size: int) -> SimResult:
     model = learner.clone({"features": list(data.feature_names), "n_features": None, "classes": list(data.classes)})
     X, y = one.X[0], one.y[0]
     n = len(y) - len(y) % batch_size
-    labels = np.asarray(data.classes, dtype=object)[y[:n]].tolist() if list(data.classes) != list(range(
-        len(data.classes))) else y[:n]
+    labels = labels_array(data.classes)[y[:n]]  # the learner learns labels, the data holds their indices
     p_true = np.empty(n, dtype=np.float64)
     correct = np.empty(n, dtype=bool)
     t0 = time.perf_counter()
@@ -178,7 +178,7 @@ def serial_run(data: NodeData, learner, batch_size: int) -> SimResult:
         yi = y[i:i + batch_size]
         correct[i:i + batch_size] = P.argmax(axis=1) == yi
         p_true[i:i + batch_size] = P[np.arange(len(yi)), yi]
-    losses = np.minimum(-np.log(np.maximum(p_true, 1e-300)), MAX_LOSS).astype(np.float32)  # clipped as simulate's
+    losses = clipped_log_loss(p_true).astype(np.float32)  # clipped as the evaluator and simulate clip it
     return SimResult(protocol="nosync", m=1, n=n, batch_size=batch_size, d=int(model.get_flat().numel()),
                      correct=correct[None], losses=losses[None], comm=CommStats().as_dict(), syncs=[], events=[],
                      final_models=model.get_flat().detach().cpu()[None], seconds=time.perf_counter() - t0)
