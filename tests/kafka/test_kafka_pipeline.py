@@ -217,12 +217,15 @@ def test_three_nodes_with_a_drift_learn_every_sample_once_and_sync_after_it(brok
         assert st["accuracy"] > 0.9
     # A sync follows the drift: the swapped labels drive every model away from the reference, so
     # the part after the drift has many more syncs than as many samples before it, and than the
-    # same part of the run without a drift.
+    # same part of the run without a drift. Both of those may hold the calm run's own next sync
+    # (once or twice per node, anywhere from about 2,550 to 3,100 samples, as the nodes' timing
+    # falls), so the drift's syncs are counted on top of them: at least two more per node. Over 9
+    # runs on a loaded machine: 15 to 27 after the drift, 0 to 5 before it, 0 to 7 without a drift.
     window = N - FLIP
     after = syncs_between(learned, FLIP, N)
     before = syncs_between(learned, FLIP - window, FLIP)
     control = syncs_between(calm, FLIP, N)
-    assert after >= 12 and after >= 3 * max(before, control, 1), (after, before, control)
+    assert after >= 12 and after >= max(before, control) + 2 * 3, (after, before, control)
     assert all(syncs_between({0: st}, FLIP, N) >= 2 for st in learned.values()), learned  # at every node
 
     assert final["full_syncs"] >= 1 and final["leaves"] == 3 and final["nodes_alive"] == 0
