@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from streamlearn.errors import ConfigError
@@ -138,19 +139,19 @@ def centered_clip(W: torch.Tensor, R: torch.Tensor, tau: float | None,
         return out, torch.ones(W.shape[:-1], dtype=W.dtype, device=W.device)
     R = R.to(W.device, W.dtype)
     move = W[..., :p] - R[..., :p]
-    length = torch.linalg.vector_norm(move, dim=-1)
     # tau / 0 is inf: min(1, inf) = 1, a model at its reference stays
-    scale = torch.clamp(tau / length, max=1.0)
-    out[..., :p] = R[..., :p] + move * scale.unsqueeze(-1)
+    scale = torch.clamp(tau / torch.linalg.vector_norm(move, dim=-1), max=1.0)
+    far = scale < 1.0  # the others stay as they are (r + (w - r) need not round back to w)
+    out[far, :p] = R.expand_as(W)[far, :p] + move[far] * scale[far].unsqueeze(-1)
     return out, scale
 
 
-def median_bound(lengths: torch.Tensor, factor: float) -> float:
+def median_bound(lengths, factor: float) -> float:
     """``factor`` times the median over nodes of each node's longest recent move (NaN: not known).
 
-    ``lengths`` is nodes x window, NaN where nothing is known. A node's longest move is its typical
-    large one (under dynamic averaging a violation, ``>= sqrt(delta)``; the models a sync requests move
-    less). The median over nodes is the lower median (:func:`torch.median`), so of two nodes the smaller
+    ``lengths`` (a tensor or array) is nodes x window, NaN where nothing is known. A node's longest move
+    is its typical large one (under dynamic averaging a violation, ``>= sqrt(delta)``; the models a sync
+    requests move less). The median over nodes is the lower median (as :func:`torch.median`), so of two nodes the smaller
     counts, and one node out of three or more cannot raise the bound. NaN when nothing is known.
 
     Examples
@@ -163,11 +164,16 @@ def median_bound(lengths: torch.Tensor, factor: float) -> float:
     >>> median_bound(L[1:2], 4.0), math.isnan(median_bound(L[3:], 4.0))
     (3600000.0, True)
     """
-    per_node = torch.nan_to_num(lengths, nan=-math.inf).amax(dim=-1)
-    known = per_node[per_node > -math.inf]
-    if known.numel() == 0:
+    return _lower_median_bound(np.fmax.reduce(np.asarray(lengths, dtype=np.float32), axis=-1), factor)
+
+
+def _lower_median_bound(longest: np.ndarray, factor: float) -> float:
+    """``factor`` times the lower median of the known (not NaN) ``longest`` moves, in float32 as the lengths."""
+    known = longest[~np.isnan(longest)]
+    if known.size == 0:
         return float("nan")
-    return float(factor * torch.median(known).item())
+    k = (known.size - 1) // 2
+    return float(np.float32(factor) * np.partition(known, k)[k])
 
 
 class NormBound:
@@ -209,8 +215,10 @@ class NormBound:
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
             raise ConfigError(f"clip warmup must be an integer >= 0, got {warmup!r}")
         self.window, self.warmup = window, warmup
-        self.lengths = torch.full((self.m, window), float("nan"))  # node x ring of lengths (cpu: tiny)
-        self._at = torch.zeros(self.m, dtype=torch.int64)  # next slot of each node's ring
+        # numpy, not torch: a few nodes' lengths per sync, where a torch op's overhead is the whole cost
+        self.lengths = np.full((self.m, window), np.nan, dtype=np.float32)  # node x ring of lengths
+        self._longest = np.full(self.m, np.nan, dtype=np.float32)  # each node's longest in its ring
+        self._at = [0] * self.m  # next slot of each node's ring
         self.seen = 0      # lengths noted
         self.clipped = 0   # models clipped
         self.tau: float | None = None
@@ -219,7 +227,7 @@ class NormBound:
         if self.factor is None or self.seen < self.warmup:
             self.tau = None
             return
-        tau = median_bound(self.lengths, self.factor)
+        tau = _lower_median_bound(self._longest, self.factor)
         self.tau = None if math.isnan(tau) else tau
 
     def clip(self, nodes, W: torch.Tensor, R: torch.Tensor,
@@ -229,32 +237,62 @@ class NormBound:
 
         Returns the clipped models and the scale of each row's move (1: not clipped; see :func:`centered_clip`).
         """
-        self._update_tau()
-        out, scale = centered_clip(W, R, self.tau, n_params)
-        self.clipped += int((scale < 1.0).sum())
-        lengths = move_lengths(W, R.to(W.device, W.dtype), n_params)  # before clipping
-        if self.tau is not None:  # a drift raises the bound fast; one node's 9e5 does not own its ring either
-            lengths = lengths.clamp(max=self.factor * self.tau)
-        self.note(nodes, lengths)
+        p = W.shape[-1] if n_params is None else int(n_params)
+        R = R.to(W.device, W.dtype)
+        move = W[..., :p] - R[..., :p]
+        scale = self._scales(nodes, torch.linalg.vector_norm(move, dim=-1))
+        out = W.clone()
+        if scale is None:
+            return out, torch.ones(W.shape[:-1], dtype=W.dtype, device=W.device)
+        far = scale < 1.0
+        out[far, :p] = R.expand_as(W)[far, :p] + move[far] * scale[far].unsqueeze(-1)
         return out, scale
+
+    def _scales(self, nodes, length: torch.Tensor) -> torch.Tensor | None:
+        """The scale of each move of ``length`` under the bound from before this batch (None: every one is
+        within it, the usual case, told from the lengths as floats without another tensor op), then the
+        lengths noted, capped at ``factor * tau``."""
+        tau, lengths = self.tau, length.reshape(-1).tolist()
+        scale = None
+        if tau is not None and not math.isinf(tau):
+            # Below this, tau / length rounds to more than 1 in float32 too: scale 1. Else (and for NaN) torch decides.
+            near = tau * (1.0 - 1e-6)
+            if not all(x < near for x in lengths):
+                scale = torch.clamp(tau / length, max=1.0)
+                k = int((scale < 1.0).sum())
+                self.clipped += k
+                scale = scale if k else None
+            cap = self.factor * tau  # a drift raises the bound fast; one node's 9e5 does not own its ring either
+            lengths = [min(x, cap) for x in lengths]
+        self._note(nodes, lengths)
+        return scale
 
     def note(self, nodes, lengths: torch.Tensor) -> None:
         """Remember the move ``lengths`` of ``nodes`` (one per node). Ids outside ``0..m-1`` are ignored, and so
         are models at their reference (length 0: a node that has not learned since says nothing of the scale)."""
-        lengths = torch.as_tensor(lengths, dtype=torch.float32).detach().cpu().reshape(-1)
-        for node, length in zip(nodes, lengths.tolist()):
+        self._note(nodes, torch.as_tensor(lengths, dtype=torch.float32).detach().cpu().reshape(-1).tolist())
+
+    def _note(self, nodes, lengths: list) -> None:
+        touched = set()
+        for node, length in zip(nodes, lengths):
             if 0 <= node < self.m and math.isfinite(length) and length > 0:
-                at = int(self._at[node])
+                at = self._at[node]
                 self.lengths[node, at] = length
                 self._at[node] = (at + 1) % self.window
                 self.seen += 1
+                touched.add(node)
+        if touched:
+            rows = list(touched)
+            self._longest[rows] = np.fmax.reduce(self.lengths[rows], axis=-1)
         self._update_tau()
 
     def forget(self, node: int) -> None:
         """Drop what is known of ``node`` (it left: its id may come back as another node)."""
         if 0 <= node < self.m:
-            self.lengths[node] = float("nan")
+            self.lengths[node] = np.nan
+            self._longest[node] = np.nan
             self._at[node] = 0
+            self._update_tau()
 
 
 def clip_to_references(bound: NormBound, protocol, items: list) -> tuple[list, list, torch.Tensor]:
@@ -276,12 +314,14 @@ def clip_to_references(bound: NormBound, protocol, items: list) -> tuple[list, l
     else:
         groups = protocol.node_groups
         R = torch.stack([refs.get(groups.get(node, 0), protocol.reference)[:n] for node in nodes])
-    W = torch.stack([out[i][:n] for i in at]).to(R.device, R.dtype)
-    Wc, scale = bound.clip(nodes, W, R)
+    move = torch.stack([out[i][:n] for i in at]).to(R.device, R.dtype) - R
+    scale = bound._scales(nodes, torch.linalg.vector_norm(move, dim=-1))
+    if scale is None:  # nothing clipped: no copies
+        return out, nodes, torch.ones(len(nodes))
     for j in torch.nonzero(scale < 1.0).flatten().tolist():
         i = at[j]
         out[i] = out[i].clone()
-        out[i][:n] = Wc[j].to(out[i].device, out[i].dtype)
+        out[i][:n] = (R[j] + move[j] * scale[j]).to(out[i].device, out[i].dtype)
     return out, nodes, scale
 
 

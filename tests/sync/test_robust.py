@@ -54,6 +54,31 @@ def test_centered_clip_leaves_short_moves_a_model_at_its_reference_and_no_bound_
         assert torch.equal(out, W * 100) and bool((scale == 1).all())
 
 
+def test_the_bound_clips_as_centered_clip_and_keeps_models_within_it_as_they_are():
+    # The bound tells most batches "nothing to clip" from the lengths as floats, without the tensor math:
+    # moves at the bound to a few float32 ulps either side must be decided as centered_clip decides them.
+    g = _gen(7)
+    m, d = 8, 6
+    for trial in range(40):
+        bound = NormBound(m=m, factor=2.0, warmup=1)
+        bound.note(list(range(m)), torch.rand(m, generator=g) + 0.5)
+        tau = bound.tau
+        R = torch.randn(m, d, generator=g)
+        direction = torch.nn.functional.normalize(torch.randn(m, d, generator=g), dim=-1)
+        if trial % 2:  # lengths within 3e-7 of tau
+            length = tau * (1.0 + 1e-7 * torch.arange(-3, 5, dtype=torch.float32))
+        else:  # lengths around tau
+            length = tau * 2.0 * torch.rand(m, generator=g)
+        W = R + direction * length.unsqueeze(-1)
+        expect, expect_scale = centered_clip(W, R, tau)
+        clipped_before = bound.clipped
+        out, scale = bound.clip(list(range(m)), W, R)
+        assert torch.equal(scale, expect_scale) and torch.equal(out, expect)
+        within = scale >= 1.0
+        assert torch.equal(out[within], W[within])  # not r + (w - r): the very model
+        assert bound.clipped - clipped_before == int((scale < 1.0).sum())
+
+
 def test_median_bound_ignores_one_node_out_of_three_and_takes_the_lower_of_two():
     honest = torch.tensor([[1.0, 1.2, 0.8], [0.9, 1.1, NAN]])
     for attacker in (1e3, 1e9):
