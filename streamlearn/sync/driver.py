@@ -75,7 +75,7 @@ def _models_up(nodes: list[int], W: torch.Tensor, R: torch.Tensor, uplink, proto
     (without the buffers, ``n_params`` long, when the uplink says they are not due), then clipped as the
     sync service clips them when ``bound`` (a :class:`~streamlearn.sync.robust.NormBound`) is given."""
     if uplink is None:
-        rows = list(W[nodes].clone())
+        rows = list(W[nodes].clone().unbind(0))
     else:
         due = uplink.with_buffers(nodes)
         rows = [row if whole else row[: uplink.n_params]

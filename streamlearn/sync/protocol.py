@@ -287,7 +287,8 @@ class Protocol:
         self.stats.reports += len(reports)
         self._count_up([whole for _, whole in models.values()])
         models = {k: w for k, (w, _) in models.items()}
-        latest = {int(rep.node): rep for rep in reports if bool(self.bank.alive[int(rep.node)])}
+        alive = self.bank.alive_set()  # a set lookup, not a tensor read per report
+        latest = {int(rep.node): rep for rep in reports if int(rep.node) in alive}
         accepted = list(latest.values())  # one report per node: its last in the batch
         if not accepted:
             return []
@@ -385,8 +386,9 @@ class Protocol:
                     model = model[: self.n_params]  # nodes keep their own buffers
             self._full_sends += reference
         self._count_down(len(nodes), dense=exact or self._downlink is None, buffers=buffers)
-        self.bank.version[list(nodes)] += 1
-        self.bank.samples[list(nodes)] = 0
+        idx = self.bank._index(nodes)
+        self.bank.version[idx] += 1
+        self.bank.samples[idx] = 0
         if reference:
             if buffers:
                 self.bank.set_reference(model)
