@@ -382,6 +382,7 @@ def cmd_simulate(args) -> int:
     if args.guard is not None:  # guarded averaging (streamlearn.sync.guard)
         common["guard"] = (args.guard, args.guard_margin)
     common["clip"] = check_clip(args.clip)
+    common["loss_guard"] = not args.no_loss_guard
     if args.compare:
         report = run_comparison(args.compare, out=args.out, window=args.window, detector=args.detector,
                                 one_sided=not args.two_sided, **common)
@@ -645,6 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip", metavar="FACTOR", default=4.0,
                    help="robust aggregation as the sync service's --clip (centered clipping of a model whose move "
                         "is longer than FACTOR times the nodes' typical long move); none: off")
+    g.add_argument("--no-loss-guard", action="store_true",
+                   help="no loss guard (default: as on a node, a classifier whose loss explodes gets its last good "
+                        "model back and half its learning rate; the serial learner too)")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("produce", help="publish per-node streams (with drift injection) into Kafka")

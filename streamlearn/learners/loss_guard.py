@@ -21,7 +21,8 @@ skips ``learn_many``): the model keeps predicting as it is.
 
 The evaluator (``streamlearn evaluate``) and the node (:class:`~streamlearn.node.NodeCore`, its status
 and ``streamlearn_node_divergences_total``) use this class; any averageable learner works
-(``get_flat``/``set_flat``).
+(``get_flat``/``set_flat``). :class:`LossGuardBank` is the same rule for every row of the simulator's
+model bank at once (``streamlearn simulate`` guards its nodes as the node service does).
 
 Examples
 --------
@@ -49,7 +50,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ import torch
 from streamlearn.errors import ConfigError
 from streamlearn.learners.base import NotInitializedError
 
-__all__ = ["GuardEvent", "LossGuard", "scale_lr"]
+__all__ = ["GuardEvent", "LossGuard", "LossGuardBank", "scale_lr"]
 
 log = logging.getLogger(__name__)
 
@@ -298,3 +299,173 @@ class LossGuard:
         after the last damping, None: never damped), ``last_divergence`` (the last event as a dict, or None)."""
         return {"divergences": self.n_events, "learning_stopped": not self.learning, "guard_lr": self.lr,
                 "last_divergence": self.events[-1].to_dict() if self.events else None}
+
+
+class LossGuardBank:
+    """One :class:`LossGuard` per row of a model bank, in array operations: the simulator's nodes guarded as
+    the node service guards each node.
+
+    The rows step in lockstep (every row sees a batch of the same size per step). Each row keeps its own
+    averages, snapshots, dampings and events, and fires when a :class:`LossGuard` with the same parameters
+    would, on the same losses and models. The caller owns the models and step sizes: :meth:`observe` takes
+    the step's losses, ``current`` (a callable giving every row's flat model, parameters then buffers; called
+    only when a snapshot is due or a row may fire) and the rows' step sizes, and returns what to do
+    (:class:`BankGuardActions`): rows to restore, rows whose step size is multiplied by ``damp`` (their
+    optimizer state cleared), rows that learn no more.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> bank = LossGuardBank(rows=2, warmup=20, every=20)
+    >>> W, lrs = torch.ones(2, 3), np.array([0.1, 0.1])
+    >>> for _ in range(5):
+    ...     act = bank.observe(np.full((2, 10), 0.3), lambda: W, lrs)
+    >>> broken = W * torch.tensor([[1.0], [float("nan")]])  # row 1's step went wrong
+    >>> act = bank.observe(np.array([[0.3] * 10, [np.nan] * 10]), lambda: broken, lrs)
+    >>> act.restore, act.damped, act.stopped, [(i, e.reason, e.lr) for i, e in act.events]
+    ([1], [1], [], [(1, 'parameters not finite', 0.05)])
+    """
+
+    def __init__(self, rows: int, n_params: int | None = None, names=None, **params):
+        unknown = sorted(set(params) - _GUARD_PARAMS)
+        if unknown:
+            raise ConfigError(f"loss guard: unknown setting {unknown[0]!r} (it takes {sorted(_GUARD_PARAMS)})")
+        self.rule = LossGuard(**params)  # the parameters, validated once, and the averages' rates
+        self.rows = int(rows)
+        self.n_params = n_params  # entries of a flat model that are parameters (None: all)
+        self.names = names  # row -> name in the log (default "row i")
+        self.recent = np.full(self.rows, np.nan)
+        self.level = np.full(self.rows, np.nan)
+        self.n_seen = np.zeros(self.rows, dtype=np.int64)
+        self.learning = np.ones(self.rows, dtype=bool)
+        self.n_damps = np.zeros(self.rows, dtype=np.int64)
+        self.position = 0
+        self.events: list = []  # (row, GuardEvent), in order
+        self._next = np.zeros(self.rows, dtype=np.int64)  # position of each row's next snapshot
+        # per row: (position, flat, norm) of the snapshot restored and of the newer one (None: none yet)
+        self._good: list = [None] * self.rows
+        self._newer: list = [None] * self.rows
+
+    def observe(self, losses, current, lrs) -> "BankGuardActions":
+        """After a step: ``losses`` (rows x B, NaN: not scored), ``current()`` the rows' flat models (rows x D)
+        and ``lrs`` the rows' step sizes. Returns the :class:`BankGuardActions` to apply."""
+        losses = np.asarray(losses, dtype=np.float64)
+        n_b = losses.shape[1]
+        self.position += n_b
+        act = BankGuardActions()
+        on = self.learning
+        if not on.any():
+            return act
+        flats = None
+
+        def flat(i: int) -> torch.Tensor:
+            nonlocal flats
+            if flats is None:
+                flats = current().detach().to("cpu", torch.float32)
+            return flats[i]
+
+        mean, n = losses.sum(axis=1) / max(n_b, 1), np.full(self.rows, n_b, dtype=np.int64)
+        fire: dict[int, str] = {}
+        for i in np.flatnonzero(on & ~np.isfinite(mean)).tolist():  # a NaN loss (rare): broken parameters?
+            ok = np.isfinite(losses[i])
+            n[i] = int(ok.sum())
+            mean[i] = float(losses[i][ok].mean()) if n[i] else math.nan
+            if n_b and not bool(torch.isfinite(flat(i)).all()):
+                fire[i] = "parameters not finite"
+        seen = on & (n > 0)
+        seen[list(fire)] = False
+        self._average(seen, mean, n)
+        self.n_seen[seen] += n[seen]
+        floor = np.maximum(np.where(np.isfinite(self.level), self.level, self.rule.min_loss), self.rule.min_loss)
+        for i in np.flatnonzero(seen & (self.n_seen >= self.rule.warmup) & (self.recent > self.rule.factor * floor)):
+            norm = self._norm(flat(i))
+            good = self._good[i][2] if self._good[i] is not None else math.inf
+            if not math.isfinite(norm) or norm >= self.rule.norm_growth * good:
+                fire[int(i)] = "loss exploded" if math.isfinite(norm) else "parameters not finite"
+        due = on & (self.position >= self._next) & ~(self.recent > 2.0 * floor)  # healthy, as LossGuard.healthy
+        due |= on & np.array([g is None for g in self._good])
+        due[list(fire)] = False
+        for i in np.flatnonzero(due).tolist():
+            self._snapshot(i, flat(i))
+        for i in sorted(fire):
+            self._fire(i, fire[i], float(lrs[i]), act)
+        return act
+
+    def _average(self, rows: np.ndarray, mean: np.ndarray, n: np.ndarray) -> None:
+        """:meth:`LossGuard._average` on the rows of the mask ``rows``, each with its own ``n``."""
+        first = rows & ~np.isfinite(self.recent)
+        self.recent[first] = self.level[first] = mean[first]
+        go = rows & ~first
+        if not go.any():
+            return
+        r0, r1, r2 = np.zeros(self.rows), np.zeros(self.rows), np.zeros(self.rows)
+        for k in np.unique(n[go]).tolist():
+            rates = self.rule._rates.get(k)
+            if rates is None:
+                rates = self.rule._rates[k] = tuple(1.0 - 0.5 ** (k / h) for h in
+                                                    (self.rule.fast, self.rule.slow, 10 * self.rule.slow))
+            at = go & (n == k)
+            r0[at], r1[at], r2[at] = rates
+        self.recent[go] += r0[go] * (mean[go] - self.recent[go])
+        floor = np.maximum(self.level, self.rule.min_loss)
+        low = go & (self.recent <= 2.0 * floor)
+        mid = go & ~low & (self.recent <= self.rule.factor * floor)
+        self.level[low] += r1[low] * (mean[low] - self.level[low])
+        self.level[mid] += r2[mid] * (mean[mid] - self.level[mid])
+
+    def _norm(self, flat: torch.Tensor) -> float:
+        p = flat.numel() if self.n_params is None else int(self.n_params)
+        return float(torch.linalg.vector_norm(flat[:p].double()))
+
+    def _snapshot(self, i: int, flat: torch.Tensor) -> None:
+        norm = self._norm(flat)
+        if not math.isfinite(norm):
+            return  # never keep a broken model
+        snap = (self.position, flat.clone(), max(norm, 1e-12))
+        self._next[i] = self.position + self.rule.every
+        self._good[i], self._newer[i] = (snap, snap) if self._good[i] is None else (self._newer[i], snap)
+
+    def _fire(self, i: int, reason: str, lr: float, act: "BankGuardActions") -> None:
+        restored = -1
+        if self._good[i] is not None:
+            act.restore.append(i)
+            act.models.append(self._good[i][1])
+            restored = self._good[i][0]
+            self._newer[i] = self._good[i]
+        stop = self.n_damps[i] >= self.rule.max_damps
+        if stop:
+            self.learning[i] = False
+            act.stopped.append(i)
+        else:
+            self.n_damps[i] += 1
+            act.damped.append(i)
+        event = GuardEvent(position=self.position, reason=reason, loss=float(self.recent[i]),
+                           level=float(self.level[i]), action="stopped" if stop else "damped",
+                           lr=None if stop else lr * self.rule.damp, restored=restored)
+        act.events.append((i, event))
+        self.events.append((i, event))
+        self.recent[i] = self.level[i]  # the restored model starts from the earlier level again
+        name = self.names(i) if callable(self.names) else f"row {i}"
+        where = f"the model of sample {restored}" if restored >= 0 else "no earlier model (none kept yet)"
+        log.warning("%s: %s at sample %d (recent mean loss %.3g, earlier %.3g); restored %s and %s", name, reason,
+                    self.position, event.loss, event.level, where, "stopped its learning" if stop else
+                    f"damped its learning rate to {event.lr:.4g} ({self.n_damps[i]} of {self.rule.max_damps})")
+
+
+_GUARD_PARAMS = {"factor", "min_loss", "norm_growth", "fast", "slow", "warmup", "every", "damp", "max_damps", "name"}
+
+
+@dataclass
+class BankGuardActions:
+    """What :meth:`LossGuardBank.observe` asks of the caller: ``restore`` rows get ``models`` (flat: parameters
+    then buffers), ``damped`` rows have their step size multiplied by the guard's ``damp`` and their optimizer
+    state cleared, ``stopped`` rows learn no more; ``events``: ``(row, GuardEvent)``."""
+
+    restore: list = field(default_factory=list)
+    models: list = field(default_factory=list)
+    damped: list = field(default_factory=list)
+    stopped: list = field(default_factory=list)
+    events: list = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.events)

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from streamlearn.errors import ConfigError
+from streamlearn.learners.loss_guard import LossGuardBank
 from streamlearn.learners.schedule import decayed_lr
 from streamlearn.learners.torch_learner import TorchLearner
 from streamlearn.sync.aggregate import sq_dist
@@ -75,13 +76,14 @@ def _plain_sgd(learner: TorchLearner) -> bool:
 
 
 def simulate_grid(data, settings, batch_size: int = 10, progress: bool = True, detector=None,
-                  guard: tuple | None = None, clip=CLIP_FACTOR) -> list:
+                  guard: tuple | None = None, clip=CLIP_FACTOR, loss_guard: bool | dict = True) -> list:
     """Simulate every :class:`Setting` on ``data``; one :class:`~streamlearn.sim.simulator.SimResult` per
     setting, in order. Settings that can share a bank (:func:`bank_key`) run in one pass.
 
-    ``batch_size``, ``detector``, ``guard`` and ``clip`` are as in :func:`~streamlearn.sim.simulator.simulate`
-    and the same for every setting. A result's ``seconds`` is the wall time of the pass that computed
-    it, shared by the settings of its bank (``summary()["bank_settings"]`` says how many).
+    ``batch_size``, ``detector``, ``guard``, ``clip`` and ``loss_guard`` are as in
+    :func:`~streamlearn.sim.simulator.simulate` and the same for every setting. A result's ``seconds`` is the
+    wall time of the pass that computed it, shared by the settings of its bank (``summary()["bank_settings"]``
+    says how many).
 
     Examples
     --------
@@ -117,7 +119,7 @@ def simulate_grid(data, settings, batch_size: int = 10, progress: bool = True, d
         banks.setdefault(bank_key(s.learner), []).append(i)
     for indices in banks.values():
         for i, res in zip(indices, _run_bank(data, [settings[i] for i in indices], batch_size, progress, detector,
-                                             guard, clip)):
+                                             guard, clip, loss_guard)):
             out[i] = res
     return out
 
@@ -136,7 +138,7 @@ class _Config:
         self.restarts: list = []
 
 
-def _run_bank(data, settings: list, batch_size: int, progress: bool, detector, guard, clip) -> list:
+def _run_bank(data, settings: list, batch_size: int, progress: bool, detector, guard, clip, loss_guard) -> list:
     from streamlearn.sim.simulator import SimResult, _as_protocol
 
     m, n, f = data.X.shape
@@ -196,6 +198,15 @@ def _run_bank(data, settings: list, batch_size: int, progress: bool, detector, g
     correct = torch.empty(rows, n, dtype=torch.bool, device=device)
     losses = torch.empty(rows, n, dtype=torch.float32, device=device)
     since_sync = torch.zeros(rows, dtype=torch.int64)
+    lguard = None
+    if loss_guard:  # each node guarded as the node service guards it
+        lguard = LossGuardBank(rows, n_params=p, names=lambda i: f"simulate {configs[i // m].proto.name} node {i % m}",
+                               **(loss_guard if isinstance(loss_guard, dict) else {}))
+    # rows the guard stopped: they keep their model and scaler statistics through the step (as a stopped node
+    # does not learn); without plain SGD, a per-row multiplier of the update for the rows it damped
+    frozen: list = []
+    damp_rows = None
+    lr_now = [float(t.lr) for t in templates for _ in range(m)]  # each row's step size, as its learner's lr
     thresholds = torch.tensor([c.threshold if c.threshold is not None else -1.0 for c in configs],
                               dtype=torch.float64)
     watched = [c for c in configs if c.threshold is not None and math.isfinite(c.threshold)]
@@ -208,6 +219,8 @@ def _run_bank(data, settings: list, batch_size: int, progress: bool, detector, g
         Xb, yb = X[:, sl], Y[:, sl]
         if K > 1:
             Xb, yb = Xb.repeat(K, 1, 1), yb.repeat(K, 1)
+        if frozen:
+            kept = (Wd[frozen].clone(), None if scaler is None else scaler.get_flat(f, lead=(rows,))[frozen])
         if scaler is not None:
             with torch.no_grad():
                 test_logits = forward(Wd, scaler.transform(Xb))
@@ -234,6 +247,8 @@ def _run_bank(data, settings: list, batch_size: int, progress: bool, detector, g
             W.grad = grad
         factor = None if tau is None else decayed_lr(1.0, r, t_reset.double(), tau).to(device=device,
                                                                                           dtype=W.dtype)[:, None]
+        if damp_rows is not None:
+            factor = damp_rows if factor is None else factor * damp_rows
         with torch.no_grad():
             if plain:
                 step = lr_rows if factor is None else lr_rows * factor
@@ -253,6 +268,17 @@ def _run_bank(data, settings: list, batch_size: int, progress: bool, detector, g
                 if positions:
                     t_reset[i] = r + 1
                     configs[i // m].restarts.append((r + 1, i % m))
+        if frozen:
+            with torch.no_grad():
+                Wd[frozen] = kept[0]
+            if scaler is not None:
+                scaler.set_flat_rows(frozen, kept[1])
+        if lguard is not None:
+            act = lguard.observe(losses[:, sl].cpu().numpy(), lambda: _flat_rows(Wd, scaler, f, rows), lr_now)
+            if act:
+                damp_rows = _apply_guard(act, lguard.rule.damp, Wd, scaler, p, lr_rows, plain, opt, damp_rows, frozen)
+                for i in act.damped:
+                    lr_now[i] *= lguard.rule.damp
         since_sync += batch_size
         step_no = r + 1
         due = [c for c in configs if step_no % c.every == 0 and c.threshold != math.inf]
@@ -275,7 +301,7 @@ def _run_bank(data, settings: list, batch_size: int, progress: bool, detector, g
                             models=sum(c.proto.stats.models_up + c.proto.stats.models_down for c in configs))
     bar.close()
     seconds = time.perf_counter() - t0
-    final = Wd if scaler is None else torch.cat([Wd, scaler.get_flat(f, lead=(rows,))], dim=1)
+    final = _flat_rows(Wd, scaler, f, rows)
     correct, losses, final = correct.cpu().numpy(), losses.cpu().numpy(), final.cpu()
     results = []
     for c in configs:
@@ -287,10 +313,42 @@ def _run_bank(data, settings: list, batch_size: int, progress: bool, detector, g
             comm=proto.stats.as_dict(), syncs=c.syncs, events=[ev for ev in data.events if ev.position < n],
             final_models=final[c.rows].clone(), seconds=seconds, restarts=c.restarts,
             groups=list(getattr(proto, "events", [])), clipped=c.bound.clipped,
+            divergences=[] if lguard is None else [{**e.to_dict(), "node": i - c.rows.start}
+                                                   for i, e in lguard.events if c.rows.start <= i < c.rows.stop],
         )
         res.bank_settings = K
         results.append(res)
     return results
+
+
+def _flat_rows(Wd, scaler, f: int, rows: int) -> torch.Tensor:
+    """The bank's flat models: parameters, then the scaler's statistics."""
+    return Wd if scaler is None else torch.cat([Wd, scaler.get_flat(f, lead=(rows,))], dim=1)
+
+
+def _apply_guard(act, damp: float, Wd, scaler, p: int, lr_rows, plain: bool, opt, damp_rows, frozen: list):
+    """Do what the loss guard asked (:class:`~streamlearn.learners.loss_guard.BankGuardActions`), as a node's
+    guard does to its learner: restore rows, damp their step sizes (and clear their optimizer state), stop
+    them. Returns the per-row update multiplier (None while plain SGD's per-row step sizes do it)."""
+    with torch.no_grad():
+        if act.restore:
+            M = torch.stack(act.models).to(Wd.device)
+            Wd[act.restore] = M[:, :p].to(Wd.dtype)
+            if scaler is not None:
+                scaler.set_flat_rows(act.restore, M[:, p:])
+        if act.damped:
+            if plain:
+                lr_rows[act.damped] *= damp
+            else:
+                if damp_rows is None:
+                    damp_rows = torch.ones_like(lr_rows)
+                damp_rows[act.damped] *= damp
+                for state in opt.state.values():  # a fresh optimizer state for those rows (LossGuard clears it)
+                    for v in state.values():
+                        if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == Wd.shape[0]:
+                            v[act.damped] = 0
+    frozen.extend(act.stopped)
+    return damp_rows
 
 
 def _round(c: _Config, step: int, Wd, R, flat, scaler, p: int, batch_loss, since_sync, window, end: int,

@@ -148,13 +148,14 @@ def serial_data(data: NodeData) -> NodeData:
                     classes=data.classes, feature_names=data.feature_names)
 
 
-def serial_run(data: NodeData, learner, batch_size: int) -> SimResult:
+def serial_run(data: NodeData, learner, batch_size: int, loss_guard: bool | dict = True) -> SimResult:
     """One learner on every node's samples interleaved round-robin (:func:`serial_data`), test-then-train.
 
     A TorchLearner classifier steps as itself (``predict_proba_learn_many``, on CPU its numpy fast path): the
     simulator's arithmetic up to float rounding, but without a model bank's per-round cost, which for one
     model over m times the rounds is most of a comparison's time (the whole Beijing file: 8.4 -> 2.6 s).
-    Others (river learners, regression) run through :func:`~streamlearn.sim.simulator.simulate`.
+    Others (river learners, regression) run through :func:`~streamlearn.sim.simulator.simulate`. ``loss_guard``
+    as in :func:`~streamlearn.sim.simulator.simulate`: the learner watched as the evaluator watches it.
     """
     import time
 
@@ -165,28 +166,39 @@ def serial_run(data: NodeData, learner, batch_size: int) -> SimResult:
 
     one = serial_data(data)
     if not isinstance(learner, TorchLearner) or data.task == "regression" or learner.task_ == "regression":
-        return simulate(one, learner, "nosync", batch_size=batch_size, progress=False)
+        return simulate(one, learner, "nosync", batch_size=batch_size, progress=False, loss_guard=loss_guard)
+    from streamlearn.learners.loss_guard import LossGuard
+
     model = learner.clone({"features": list(data.feature_names), "n_features": None, "classes": list(data.classes)})
+    guard = None
+    if loss_guard:
+        guard = LossGuard(**{"name": "simulate serial", **(loss_guard if isinstance(loss_guard, dict) else {})})
     X, y = one.X[0], one.y[0]
     n = len(y) - len(y) % batch_size
     labels = labels_array(data.classes)[y[:n]]  # the learner learns labels, the data holds their indices
     p_true = np.empty(n, dtype=np.float64)
     correct = np.empty(n, dtype=bool)
     t0 = time.perf_counter()
+    rows = np.arange(batch_size)
     for i in range(0, n, batch_size):
-        P = model.predict_proba_learn_many(X[i:i + batch_size], labels[i:i + batch_size])
-        yi = y[i:i + batch_size]
+        learns = guard is None or guard.learning  # the loss guard may have stopped it
+        Xb, yi = X[i:i + batch_size], y[i:i + batch_size]
+        P = model.predict_proba_learn_many(Xb, labels[i:i + batch_size]) if learns else model.predict_proba_many(Xb)
         correct[i:i + batch_size] = P.argmax(axis=1) == yi
-        p_true[i:i + batch_size] = P[np.arange(len(yi)), yi]
+        p_true[i:i + batch_size] = P[rows, yi]
+        if learns and guard is not None:
+            guard.observe(model, clipped_log_loss(p_true[i:i + batch_size]))
     losses = clipped_log_loss(p_true).astype(np.float32)  # clipped as the evaluator and simulate clip it
     return SimResult(protocol="nosync", m=1, n=n, batch_size=batch_size, d=int(model.get_flat().numel()),
                      correct=correct[None], losses=losses[None], comm=CommStats().as_dict(), syncs=[], events=[],
-                     final_models=model.get_flat().detach().cpu()[None], seconds=time.perf_counter() - t0)
+                     final_models=model.get_flat().detach().cpu()[None], seconds=time.perf_counter() - t0,
+                     divergences=[] if guard is None else [{**e.to_dict(), "node": 0} for e in guard.events])
 
 
-def serial_baseline(data: NodeData, learner, batch_size: int, window: int = 500) -> dict:
+def serial_baseline(data: NodeData, learner, batch_size: int, window: int = 500,
+                    loss_guard: bool | dict = True) -> dict:
     """One learner on the whole stream: every node's samples interleaved round-robin, one node (:func:`serial_run`)."""
-    res = serial_run(data, learner, batch_size)
+    res = serial_run(data, learner, batch_size, loss_guard)
     row = res.summary()
     row["protocol"] = "serial"
     # The serial learner sees m times more samples: its loss is over the same samples as the nodes'.
@@ -241,18 +253,18 @@ def _verdict_lines(verdict: dict, matched: dict) -> list[str]:
 
 def simulate_once(protocol: str, *, source: str, nodes: int | None, learner, drifts=(), schedule="all", split=None,
                   n=None, batch_size=10, seed=0, source_params=None, window=500, detector="adwin", progress=True,
-                  one_sided=True, guard=None, missing=None, clip=CLIP_FACTOR) -> dict:
+                  one_sided=True, guard=None, missing=None, clip=CLIP_FACTOR, loss_guard=True) -> dict:
     """One simulation, summarised: the figures and a printable table.
 
-    ``guard=(window, margin)`` turns on guarded averaging, ``clip`` the sync service's robust aggregation
-    (:func:`~streamlearn.sim.simulator.simulate`).
+    ``guard=(window, margin)`` turns on guarded averaging, ``clip`` the sync service's robust aggregation,
+    ``loss_guard`` each node's loss guard (:func:`~streamlearn.sim.simulator.simulate`).
 
     Detections are scored one-sided (only rises of the error) unless ``one_sided=False``; the
     step-size restarts of a learner with ``lr_decay`` are one-sided either way.
     """
     data = build_node_data(source, nodes, drifts, schedule, split, n, seed, source_params, missing)
     res = simulate(data, learner, protocol, batch_size=batch_size, seed=seed, progress=progress,
-                   detector=detector, guard=guard, clip=clip)  # detector: restarts the step size of a learner with lr_decay
+                   detector=detector, guard=guard, clip=clip, loss_guard=loss_guard)  # detector: restarts lr_decay
     row = result_row(res, window)
     row["detection"] = detect(res, detector, one_sided=one_sided)
     if getattr(data, "missing", None) is not None:
@@ -274,6 +286,8 @@ def simulate_once(protocol: str, *, source: str, nodes: int | None, learner, dri
         lines.append(said)
     if res.groups:
         lines.append(groups_line(res.groups, res.m))
+    if res.divergences:
+        lines.append(guard_line(res.divergences))
     if getattr(learner, "lr_decay", None) is not None:
         said = ("never restarted (no detector)" if detector in (None, "none") else
                 f"restarted {len(res.restarts)} times at {len({node for _, node in res.restarts})} nodes where "
@@ -307,7 +321,21 @@ def groups_line(events: list, m: int) -> str:
             + " | ".join(f"{g}: nodes {', '.join(ns)}" for g, ns in sorted(members.items())))
 
 
-def _simulate_settings(data, settings, learner, batch_size, seed, progress, detector, guard, clip) -> list:
+def guard_line(divergences: list) -> str:
+    """What the loss guard did in a run (``SimResult.divergences``).
+
+    >>> events = [{"node": 2, "action": "damped"}, {"node": 2, "action": "damped"}, {"node": 5, "action": "stopped"}]
+    >>> print(guard_line(events)[:60])
+    loss guard: 3 events at nodes 2, 5, each restored the node's
+    """
+    nodes = ", ".join(str(n) for n in sorted({d["node"] for d in divergences}))
+    damped = sum(d["action"] == "damped" for d in divergences)
+    return (f"loss guard: {len(divergences)} events at nodes {nodes}, each restored the node's last good model; "
+            f"{damped} damped its step size, {len(divergences) - damped} stopped its learning")
+
+
+def _simulate_settings(data, settings, learner, batch_size, seed, progress, detector, guard, clip,
+                       loss_guard=True) -> list:
     """Every protocol setting on ``data``: a torch learner's settings in one pass (one model bank,
     :mod:`streamlearn.sim.grid`), any other learner's one by one. ``detector`` restarts the step size
     of a learner with ``lr_decay``."""
@@ -318,21 +346,22 @@ def _simulate_settings(data, settings, learner, batch_size, seed, progress, dete
         if progress:
             print(f"{len(settings)} settings in one pass: {', '.join(settings)}", flush=True)
         return simulate_grid(data, [Setting(spec, learner, seed) for spec in settings], batch_size=batch_size,
-                             progress=progress, detector=detector, guard=guard, clip=clip)
+                             progress=progress, detector=detector, guard=guard, clip=clip, loss_guard=loss_guard)
     out = []
     for i, spec in enumerate(settings):
         if progress:
             print(f"[{i + 1}/{len(settings)}] {spec}", flush=True)
         out.append(simulate(data, learner, spec, batch_size=batch_size, seed=seed, progress=progress,
-                            detector=detector, guard=guard, clip=clip))
+                            detector=detector, guard=guard, clip=clip, loss_guard=loss_guard))
     return out
 
 
 def run_comparison(specs, *, source: str, nodes: int | None, learner, drifts=(), schedule="all", split=None, n=None,
                    batch_size=10, seed=0, source_params=None, out="simulate-out", window=500, detector="adwin",
-                   progress=True, serial=True, one_sided=True, guard=None, missing=None, clip=CLIP_FACTOR) -> dict:
-    """Run every protocol setting of ``specs`` (grids expanded) on the same node data (``guard`` and ``clip``: as
-    in :func:`simulate_once`, for every setting).
+                   progress=True, serial=True, one_sided=True, guard=None, missing=None, clip=CLIP_FACTOR,
+                   loss_guard=True) -> dict:
+    """Run every protocol setting of ``specs`` (grids expanded) on the same node data (``guard``, ``clip`` and
+    ``loss_guard``: as in :func:`simulate_once`, for every setting; the loss guard watches the serial learner too).
 
     Detections are scored as in :func:`simulate_once` (``one_sided``).
 
@@ -352,13 +381,13 @@ def run_comparison(specs, *, source: str, nodes: int | None, learner, drifts=(),
     data = build_node_data(source, nodes, drifts, schedule, split, n, seed, source_params, missing)
     nodes = data.X.shape[0]
     results, rows = _simulate_settings(data, settings, learner, batch_size, seed, progress, detector, guard,
-                                       clip), []
+                                       clip, loss_guard), []
     for res in results:
         row = result_row(res, window)
         row["detection"] = detect(res, detector, one_sided=one_sided)
         rows.append(row)
     if serial:
-        rows.append(serial_baseline(data, learner, batch_size, window))
+        rows.append(serial_baseline(data, learner, batch_size, window, loss_guard))
     matched = matched_accuracy(rows, MATCH_TOLERANCE)
     verdict = sync_verdict(rows, MATCH_TOLERANCE)
     os.makedirs(out, exist_ok=True)
@@ -375,6 +404,10 @@ def run_comparison(specs, *, source: str, nodes: int | None, learner, drifts=(),
     plot_timeline(results, os.path.join(out, "timeline.png"), window=window, title=f"{source}, {nodes} nodes",
                   detections=[row.get("detection") for row in rows[:len(results)]])
     table = _table(rows)
+    fired = [f"{r['protocol']} ({r['divergences']})" for r in rows if r.get("divergences")]
+    if fired:
+        table += ("\n\nloss guard events (a node's loss exploded: its last good model restored, its step size "
+                  "damped): " + ", ".join(fired))
     said = _verdict_lines(verdict, matched)
     if said:
         table += "\n\n" + "\n".join(said)

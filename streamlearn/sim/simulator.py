@@ -101,6 +101,8 @@ class SimResult:
     groups: list = field(default_factory=list)
     # models clipped by robust aggregation (``clip``), as the sync service counts them (clipped_models)
     clipped: int = 0
+    # what the loss guard did (``loss_guard``): one dict per event, a GuardEvent's fields and its ``node``
+    divergences: list = field(default_factory=list)
 
     @property
     def accuracy(self) -> float:
@@ -148,6 +150,7 @@ class SimResult:
             "restarts": len(self.restarts),
             "group_changes": len(self.groups),
             "clipped_models": self.clipped,
+            "divergences": len(self.divergences),
             "comm": dict(self.comm),
             "seconds": self.seconds,
         }
@@ -163,7 +166,8 @@ def _as_protocol(protocol, m: int, d: int, w0: torch.Tensor, seed: int, n_params
 
 
 def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_size: int = 10, seed: int = 0,
-             progress: bool = True, detector=None, guard: tuple | None = None, clip=CLIP_FACTOR) -> SimResult:
+             progress: bool = True, detector=None, guard: tuple | None = None, clip=CLIP_FACTOR,
+             loss_guard: bool | dict = True) -> SimResult:
     """Run ``data.m`` nodes in lockstep: test-then-train on mini-batches, the protocol syncs.
 
     Parameters
@@ -196,6 +200,12 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
         up is clipped around its node's reference when its move is longer than ``clip`` times the nodes'
         typical long move (:class:`~streamlearn.sync.robust.NormBound`; counted in ``SimResult.clipped``).
         None: off.
+    loss_guard
+        Each node of a classifier watched by a loss guard, as the node service watches it (on by default
+        there too): a node whose loss explodes gets its last good model back and half its step size
+        (:class:`~streamlearn.learners.loss_guard.LossGuardBank`; its events in ``SimResult.divergences``).
+        A dict: the guard's parameters (as :class:`~streamlearn.learners.loss_guard.LossGuard` takes them).
+        False: off.
 
     Examples
     --------
@@ -228,5 +238,5 @@ def simulate(data: NodeData, learner: TorchLearner, protocol="nosync", batch_siz
     from streamlearn.sim.grid import Setting, simulate_grid  # the loop, for one setting or a whole grid
 
     [result] = simulate_grid(data, [Setting(protocol, learner, seed)], batch_size=batch_size, progress=progress,
-                             detector=detector, guard=guard, clip=clip)
+                             detector=detector, guard=guard, clip=clip, loss_guard=loss_guard)
     return result

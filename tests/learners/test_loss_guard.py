@@ -14,7 +14,7 @@ from river import linear_model
 from streamlearn.errors import ConfigError
 from streamlearn.evaluation import evaluate
 from streamlearn.learners import RiverLinear, TorchLearner
-from streamlearn.learners.loss_guard import LossGuard, scale_lr
+from streamlearn.learners.loss_guard import LossGuard, LossGuardBank, scale_lr
 
 FEATURES = ["x0", "x1", "x2", "x3"]
 
@@ -155,3 +155,62 @@ def test_evaluate_rejects_a_guard_it_cannot_use():
         evaluate(glitch_stream(50), naive_bayes.GaussianNB(), detector=None, progress=False, loss_guard=LossGuard())
     with pytest.raises(ConfigError, match="loss_guard"):
         evaluate(glitch_stream(50), RiverLinear(features=FEATURES, classes=[0, 1]), progress=False, loss_guard="on")
+
+
+def test_the_bank_guard_fires_as_one_loss_guard_per_row():
+    # Rows that have a hard stretch then blow up, drift (loss up, weights not grown), blow up (loss and weights),
+    # break (NaN) and blow up again and again (damped, then stopped): each row of LossGuardBank must do what a LossGuard
+    # does on the same losses and models.
+    rng = np.random.default_rng(5)
+    rows, steps, B, d = 6, 700, 10, 4
+    kwargs = dict(warmup=100, every=100, max_damps=2)
+    loss = np.full((rows, steps, B), 0.3) + 0.05 * rng.random((rows, steps, B))
+    grow = np.ones((rows, steps))
+    loss[0, 200:440] = 1.7  # a harder stretch (no snapshot once the loss is above twice its level) ...
+    loss[0, 440:460] = 9.0
+    grow[0, 440:460] = 1.4  # ... then an explosion: the model restored is from before the stretch
+    loss[1, 300:] += 4.0  # a drift: loss up, weights as they were
+    loss[2, 300:320] = 8.0
+    grow[2, 300:320] = 1.3  # an explosion
+    loss[3, 250, :3] = np.nan  # a few unscored samples, parameters fine
+    for start in (200, 350, 500):  # again and again: damped, damped, stopped
+        loss[4, start:start + 20] = 9.0
+        grow[4, start:start + 20] = 1.5
+    broken = {(5, 400), (5, 401)}  # non-finite parameters
+    guards, learners = [LossGuard(**kwargs) for _ in range(rows)], [Flat(d) for _ in range(rows)]
+    bank, W, lrs = LossGuardBank(rows, **kwargs), torch.ones(rows, d), np.full(rows, 0.4)
+    scalar_events, bank_events = [], []
+    for t in range(steps):
+        for i in range(rows):
+            if not guards[i].learning:
+                continue
+            learners[i].w = learners[i].w * float(grow[i, t])
+            if (i, t) in broken:
+                learners[i].w[0] = float("nan")
+            step_loss = np.full(B, np.nan) if torch.isnan(learners[i].w).any() else loss[i, t]
+            e = guards[i].observe(learners[i], step_loss)
+            if e is not None:
+                scalar_events.append((i, e))
+        live = torch.as_tensor(bank.learning)
+        W[live] = W[live] * torch.as_tensor(grow[:, t], dtype=torch.float32)[live, None]
+        for i, tt in broken:
+            if tt == t and bank.learning[i]:
+                W[i, 0] = float("nan")
+        step_loss = np.where(torch.isnan(W).any(1).numpy()[:, None], np.nan, loss[:, t])
+        act = bank.observe(step_loss, lambda: W, lrs)
+        for i, model in zip(act.restore, act.models):
+            W[i] = model
+        lrs[act.damped] *= bank.rule.damp
+        bank_events += act.events
+    assert [(i, e.position, e.reason, e.action, e.restored) for i, e in bank_events] == \
+        [(i, e.position, e.reason, e.action, e.restored) for i, e in sorted(scalar_events, key=lambda x: x[1].position)]
+    for (_, a), (_, b) in zip(bank_events, sorted(scalar_events, key=lambda x: x[1].position)):
+        assert a.lr == pytest.approx(b.lr) and a.loss == pytest.approx(b.loss) and a.level == pytest.approx(b.level)
+    assert {i for i, _ in bank_events} == {0, 2, 4, 5}  # the drifting and the half-scored rows never fired
+    # restored: a model from while the recent loss was within twice its level, early in the stretch
+    assert all(2000 < e.restored < 2500 for i, e in bank_events if i == 0)
+    assert [e.action for i, e in bank_events if i == 4] == ["damped", "damped", "stopped"]
+    assert bank.learning.tolist() == [g.learning for g in guards]
+    for i in range(rows):
+        torch.testing.assert_close(W[i], learners[i].w)
+        assert bank.recent[i] == pytest.approx(guards[i].recent) and bank.level[i] == pytest.approx(guards[i].level)
