@@ -200,7 +200,10 @@ def _run_bank(data, settings: list, batch_size: int, progress: bool, detector, g
     since_sync = torch.zeros(rows, dtype=torch.int64)
     lguard = None
     if loss_guard:  # each node guarded as the node service guards it
-        lguard = LossGuardBank(rows, n_params=p, names=lambda i: f"simulate {configs[i // m].proto.name} node {i % m}",
+        several_lrs = len({float(t.lr) for t in templates}) > 1
+        labels = [f"{s.protocol if isinstance(s.protocol, str) else c.proto.name}"
+                  + (f" lr={float(s.learner.lr):g}" if several_lrs else "") for s, c in zip(settings, configs)]
+        lguard = LossGuardBank(rows, n_params=p, names=lambda i: f"simulate {labels[i // m]} node {i % m}",
                                **(loss_guard if isinstance(loss_guard, dict) else {}))
     # rows the guard stopped: they keep their model and scaler statistics through the step (as a stopped node
     # does not learn); without plain SGD, a per-row multiplier of the update for the rows it damped
