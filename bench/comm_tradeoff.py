@@ -58,13 +58,13 @@ def run_stream(key, args):
     rows = []
     # every setting in one pass (one model bank; each result equals its run alone)
     results = simulate_grid(data, [Setting(spec, learner, args.seed) for spec in specs], batch_size=args.batch_size,
-                            progress=False)
+                            progress=False, loss_guard=not args.no_loss_guard)
     for spec, res in zip(specs, results):
         row = result_row(res, window=args.window)
         rows.append(row)
         print(f"  {key:14} {spec:24} acc {row['accuracy']:.4f}  loss {row['cumulative_loss']:9.1f}  "
               f"transfers {row['transfers']:6d}", flush=True)
-    rows.append(serial_baseline(data, learner, args.batch_size, args.window))
+    rows.append(serial_baseline(data, learner, args.batch_size, args.window, loss_guard=not args.no_loss_guard))
     matched = matched_accuracy(rows)
     nosync = rows[0]["accuracy"]
     return {
@@ -84,6 +84,8 @@ def main():
     ap.add_argument("--lr", type=float, default=0.5)
     ap.add_argument("--window", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-loss-guard", action="store_true",
+                    help="nodes and the serial learner without the loss guard (default: guarded, as nodes are)")
     ap.add_argument("--streams", default=",".join(STREAMS))
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "comm_tradeoff.json"))
     args = ap.parse_args()

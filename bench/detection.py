@@ -40,7 +40,7 @@ TARGET_RATE = 1.0  # false alarms per 10,000 samples per node
 def demo_data(args):
     from streamlearn.kafka.demo import DemoConfig
 
-    cfg = DemoConfig()
+    cfg = DemoConfig().check()  # its defaults filled in (drifts, nodes), as `streamlearn demo` runs it
     data = build_node_data(cfg.source, cfg.nodes, cfg.drifts, cfg.schedule, n=args.demo_n, seed=cfg.seed)
     return data, cfg.batch_size, f"demo: {cfg.source}, {cfg.nodes} nodes, {', '.join(cfg.drifts)}"
 

@@ -67,9 +67,9 @@ def beijing_local(args):
 STREAMS = {"sea-local": sea_local, "beijing-local": beijing_local, "sea-global": sea_global}
 
 
-def run(data, spec, lr, batch, guard):
+def run(data, spec, lr, batch, guard, loss_guard=True):
     learner = TorchLearner("mlp", hidden=(32,), lr=lr, scale=True, seed=0)
-    return simulate(data, learner, spec, batch_size=batch, progress=False, guard=guard)
+    return simulate(data, learner, spec, batch_size=batch, progress=False, guard=guard, loss_guard=loss_guard)
 
 
 def recovery(res, drifted, at, alone_post, window: int = 500):
@@ -112,6 +112,8 @@ def main():
     ap.add_argument("--lrs", default="0.15,0.5")
     ap.add_argument("--beijing", default=os.path.join(HERE, "..", "..", "shared", "data", "beijing_air.csv.gz"))
     ap.add_argument("--out", default=os.path.join(HERE, "results", "local_drift.json"))
+    ap.add_argument("--no-loss-guard", action="store_true",
+                    help="nodes without the loss guard (default: guarded, as nodes are)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     lrs = [float(x) for x in args.lrs.split(",")]
@@ -124,7 +126,8 @@ def main():
         for spec in ["nosync"] + PROTOCOLS:
             for suffix, guard in ({"": None} if spec == "nosync" else VARIANTS).items():
                 full_spec = spec + (f",split={SPLIT}" if suffix == " grouped" else "")
-                best = max((run(data, full_spec, lr, batch, guard) for lr in lrs), key=lambda r: r.accuracy)
+                best = max((run(data, full_spec, lr, batch, guard, not args.no_loss_guard) for lr in lrs),
+                           key=lambda r: r.accuracy)
                 post = best.correct[:, at:].mean(axis=1)
                 alone_post = post if spec == "nosync" else alone_post
                 name = spec + suffix

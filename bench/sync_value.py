@@ -188,12 +188,13 @@ def _row(res, args) -> dict:
     row = result_row(res, window=args.window)
     return {"accuracy": row["accuracy"], "cumulative_loss": row["cumulative_loss"], "transfers": row["transfers"],
             "bytes": row["bytes"], "full_syncs": row["full_syncs"], "partial_syncs": row["partial_syncs"],
-            "recovery": row["recovery"], "seconds": row["seconds"]}
+            "recovery": row["recovery"], "divergences": row["divergences"], "seconds": row["seconds"]}
 
 
 def run_one(data, spec, extra, lr, seed, args, batch_size=None) -> dict:
     res = simulate(data, _learner(extra, lr, seed), spec, batch_size=batch_size or args.batch_size, seed=seed,
-                   progress=False, detector="adwin" if extra.get("lr_decay") else None)
+                   progress=False, detector="adwin" if extra.get("lr_decay") else None,
+                   loss_guard=not args.no_loss_guard)
     return _row(res, args)
 
 
@@ -202,7 +203,7 @@ def run_grid(data, items, seed, args) -> list[dict]:
     learner shape; each row equals :func:`run_one`'s). The detector restarts only learners with ``lr_decay``."""
     settings = [Setting(spec, _learner(extra, lr, seed), seed) for spec, extra, lr in items]
     return [_row(res, args) for res in simulate_grid(data, settings, batch_size=args.batch_size, progress=False,
-                                                     detector="adwin")]
+                                                     detector="adwin", loss_guard=not args.no_loss_guard)]
 
 
 def mean_rows(rows: list[dict]) -> dict:
@@ -361,6 +362,8 @@ def main():
     ap.add_argument("--combine", nargs="+", metavar="JSON",
                     help="merge the streams of earlier runs' JSON files (e.g. streams run in parallel) into --out")
     ap.add_argument("--quick", action="store_true", help="a few configurations only (a smoke run)")
+    ap.add_argument("--no-loss-guard", action="store_true",
+                    help="nodes and the serial learner without the loss guard (default: guarded, as nodes are)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "sync_value.json"))
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]

@@ -181,9 +181,7 @@ class LossGuard:
         if not math.isfinite(self.recent):
             self.recent = self.level = mean
             return
-        rates = self._rates.get(n)
-        if rates is None:
-            rates = self._rates[n] = tuple(1.0 - 0.5 ** (n / h) for h in (self.fast, self.slow, 10 * self.slow))
+        rates = self._rates.get(n) or self.rates_for(n)
         self.recent += rates[0] * (mean - self.recent)
         # the level follows while all is well, ten times slower while the loss is high (a rise that stays, as
         # a harder concept, is taken in) and not at all past the threshold
@@ -192,6 +190,11 @@ class LossGuard:
             self.level += rates[1] * (mean - self.level)
         elif self.recent <= self.factor * floor:
             self.level += rates[2] * (mean - self.level)
+
+    def rates_for(self, n: int) -> tuple:
+        """The rates the recent, the earlier and the slow level move by in a step of ``n`` samples (kept)."""
+        rates = self._rates[n] = tuple(1.0 - 0.5 ** (n / h) for h in (self.fast, self.slow, 10 * self.slow))
+        return rates
 
     def exploding(self) -> bool:
         """Whether the loss alone says "exploded" (past the warm-up); the parameters' norm is checked after."""
@@ -345,6 +348,8 @@ class LossGuardBank:
         # per row: (position, flat, norm) of the snapshot restored and of the newer one (None: none yet)
         self._good: list = [None] * self.rows
         self._newer: list = [None] * self.rows
+        self._has_good = np.zeros(self.rows, dtype=bool)
+        self._steady = False  # every row learning, averaged and with a snapshot: the fast path of observe
 
     def observe(self, losses, current, lrs) -> "BankGuardActions":
         """After a step: ``losses`` (rows x B, NaN: not scored), ``current()`` the rows' flat models (rows x D)
@@ -353,6 +358,11 @@ class LossGuardBank:
         n_b = losses.shape[1]
         self.position += n_b
         act = BankGuardActions()
+        if self._steady and n_b:
+            mean = losses.sum(axis=1) / n_b
+            if np.isfinite(mean).all() and self._steady_step(mean, n_b):
+                return act  # every row learning, scored, averaged as usual: nothing else to do this step
+            # a row may fire, is due a snapshot or has an unscored sample: the step taken below, row by row
         on = self.learning
         if not on.any():
             return act
@@ -383,13 +393,33 @@ class LossGuardBank:
             if not math.isfinite(norm) or norm >= self.rule.norm_growth * good:
                 fire[int(i)] = "loss exploded" if math.isfinite(norm) else "parameters not finite"
         due = on & (self.position >= self._next) & ~(self.recent > 2.0 * floor)  # healthy, as LossGuard.healthy
-        due |= on & np.array([g is None for g in self._good])
+        due |= on & ~self._has_good
         due[list(fire)] = False
         for i in np.flatnonzero(due).tolist():
             self._snapshot(i, flat(i))
         for i in sorted(fire):
             self._fire(i, fire[i], float(lrs[i]), act)
+        self._steady = bool(self.learning.all() and np.isfinite(self.recent).all() and self._has_good.all())
         return act
+
+    def _steady_step(self, mean: np.ndarray, n_b: int) -> bool:
+        """The usual step in a few array operations (every row learning, with a snapshot, all losses scored):
+        :meth:`_average` for one batch size, kept only when no row may fire and none is due a snapshot (False:
+        nothing changed, the general path decides)."""
+        r0, r1, r2 = self._rates(n_b)
+        recent = self.recent + r0 * (mean - self.recent)
+        floor = np.maximum(self.level, self.rule.min_loss)
+        low = recent <= 2.0 * floor
+        mid = ~low & (recent <= self.rule.factor * floor)
+        level = self.level + np.where(low, r1, np.where(mid, r2, 0.0)) * (mean - self.level)
+        floor = np.maximum(level, self.rule.min_loss)
+        if (recent > self.rule.factor * floor).any():
+            return False  # past the threshold somewhere: the norm decides
+        if self.position >= self._next.min() and (~(recent > 2.0 * floor) & (self.position >= self._next)).any():
+            return False  # a snapshot is due
+        self.recent, self.level = recent, level
+        self.n_seen += n_b
+        return True
 
     def _average(self, rows: np.ndarray, mean: np.ndarray, n: np.ndarray) -> None:
         """:meth:`LossGuard._average` on the rows of the mask ``rows``, each with its own ``n``."""
@@ -400,18 +430,17 @@ class LossGuardBank:
             return
         r0, r1, r2 = np.zeros(self.rows), np.zeros(self.rows), np.zeros(self.rows)
         for k in np.unique(n[go]).tolist():
-            rates = self.rule._rates.get(k)
-            if rates is None:
-                rates = self.rule._rates[k] = tuple(1.0 - 0.5 ** (k / h) for h in
-                                                    (self.rule.fast, self.rule.slow, 10 * self.rule.slow))
             at = go & (n == k)
-            r0[at], r1[at], r2[at] = rates
+            r0[at], r1[at], r2[at] = self._rates(k)
         self.recent[go] += r0[go] * (mean[go] - self.recent[go])
         floor = np.maximum(self.level, self.rule.min_loss)
         low = go & (self.recent <= 2.0 * floor)
         mid = go & ~low & (self.recent <= self.rule.factor * floor)
         self.level[low] += r1[low] * (mean[low] - self.level[low])
         self.level[mid] += r2[mid] * (mean[mid] - self.level[mid])
+
+    def _rates(self, n: int) -> tuple:
+        return self.rule._rates.get(n) or self.rule.rates_for(n)
 
     def _norm(self, flat: torch.Tensor) -> float:
         p = flat.numel() if self.n_params is None else int(self.n_params)
@@ -424,6 +453,7 @@ class LossGuardBank:
         snap = (self.position, flat.clone(), max(norm, 1e-12))
         self._next[i] = self.position + self.rule.every
         self._good[i], self._newer[i] = (snap, snap) if self._good[i] is None else (self._newer[i], snap)
+        self._has_good[i] = True
 
     def _fire(self, i: int, reason: str, lr: float, act: "BankGuardActions") -> None:
         restored = -1
