@@ -8,6 +8,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from river import linear_model
 
@@ -214,3 +216,55 @@ def test_the_bank_guard_fires_as_one_loss_guard_per_row():
     for i in range(rows):
         torch.testing.assert_close(W[i], learners[i].w)
         assert bank.recent[i] == pytest.approx(guards[i].recent) and bank.level[i] == pytest.approx(guards[i].level)
+
+
+_STEP = st.tuples(st.sampled_from(["calm", "high", "nan", "some_nan", "inf"]), st.sampled_from([1.0, 1.0, 1.3, 3.0]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(_STEP, min_size=1, max_size=4), min_size=2, max_size=3), st.integers(0, 2 ** 16))
+def test_the_bank_guard_agrees_with_loss_guards_on_random_streams(phases, seed):
+    # Random phases of calm, high, unscored and infinite losses, with the weights growing or not, at every row:
+    # the bank's fast and general paths together must do what one LossGuard per row does.
+    rng = np.random.default_rng(seed)
+    rows, B, d = len(phases), 5, 3
+    kwargs = dict(warmup=20, every=20, max_damps=1, fast=20, slow=200)
+    plan = [[kind_grow for kind_grow in row for _ in range(15)] for row in phases]
+    steps = max(len(p) for p in plan)
+    guards, learners = [LossGuard(**kwargs) for _ in range(rows)], [Flat(d) for _ in range(rows)]
+    bank, W, lrs = LossGuardBank(rows, **kwargs), torch.ones(rows, d), np.full(rows, 0.4)
+    scalar_events, bank_events = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for t in range(steps):
+            loss = np.empty((rows, B))
+            grow = np.ones(rows)
+            for i in range(rows):
+                kind, g = plan[i][t] if t < len(plan[i]) else ("calm", 1.0)
+                loss[i] = {"calm": 0.3, "high": 6.0, "nan": np.nan, "some_nan": 0.4, "inf": np.inf}[kind] \
+                    + 0.05 * rng.random(B)
+                if kind == "some_nan":
+                    loss[i, : B // 2] = np.nan
+                grow[i] = g
+            for i in range(rows):
+                if guards[i].learning:
+                    learners[i].w = learners[i].w * float(grow[i])
+                    e = guards[i].observe(learners[i], loss[i])
+                    if e is not None:
+                        scalar_events.append((i, e))
+            live = torch.as_tensor(bank.learning)
+            W[live] = W[live] * torch.as_tensor(grow, dtype=torch.float32)[live, None]
+            act = bank.observe(np.where(bank.learning[:, None], loss, np.nan), lambda: W, lrs)
+            for i, model in zip(act.restore, act.models):
+                W[i] = model
+            lrs[act.damped] *= bank.rule.damp
+            bank_events += act.events
+    key = lambda ev: (ev[1].position, ev[0])  # noqa: E731
+    assert [(i, e.position, e.reason, e.action, e.restored) for i, e in sorted(bank_events, key=key)] == \
+        [(i, e.position, e.reason, e.action, e.restored) for i, e in sorted(scalar_events, key=key)]
+    assert bank.learning.tolist() == [g.learning for g in guards]
+    for i in range(rows):
+        torch.testing.assert_close(W[i], learners[i].w, equal_nan=True)
+        if guards[i].learning:
+            assert bank.n_seen[i] == guards[i].n_seen
+            np.testing.assert_allclose([bank.recent[i], bank.level[i]], [guards[i].recent, guards[i].level])
