@@ -47,6 +47,7 @@ True
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections import deque
@@ -58,7 +59,7 @@ import torch
 from streamlearn.errors import ConfigError
 from streamlearn.learners.base import NotInitializedError
 
-__all__ = ["GuardEvent", "LossGuard", "LossGuardBank", "scale_lr"]
+__all__ = ["GuardEvent", "LossGuard", "LossGuardBank", "guard_params", "scale_lr"]
 
 log = logging.getLogger(__name__)
 
@@ -330,10 +331,7 @@ class LossGuardBank:
     """
 
     def __init__(self, rows: int, n_params: int | None = None, names=None, **params):
-        unknown = sorted(set(params) - _GUARD_PARAMS)
-        if unknown:
-            raise ConfigError(f"loss guard: unknown setting {unknown[0]!r} (it takes {sorted(_GUARD_PARAMS)})")
-        self.rule = LossGuard(**params)  # the parameters, validated once, and the averages' rates
+        self.rule = LossGuard(**guard_params(params))  # the parameters, validated once, and the averages' rates
         self.rows = int(rows)
         self.n_params = n_params  # entries of a flat model that are parameters (None: all)
         self.names = names  # row -> name in the log (default "row i")
@@ -406,12 +404,7 @@ class LossGuardBank:
         """The usual step in a few array operations (every row learning, with a snapshot, all losses scored):
         :meth:`_average` for one batch size, kept only when no row may fire and none is due a snapshot (False:
         nothing changed, the general path decides)."""
-        r0, r1, r2 = self._rates(n_b)
-        recent = self.recent + r0 * (mean - self.recent)
-        floor = np.maximum(self.level, self.rule.min_loss)
-        low = recent <= 2.0 * floor
-        mid = ~low & (recent <= self.rule.factor * floor)
-        level = self.level + np.where(low, r1, np.where(mid, r2, 0.0)) * (mean - self.level)
+        recent, level = self._moved(self.recent, self.level, mean, *self._rates(n_b))
         floor = np.maximum(level, self.rule.min_loss)
         if (recent > self.rule.factor * floor).any():
             return False  # past the threshold somewhere: the norm decides
@@ -428,16 +421,16 @@ class LossGuardBank:
         go = rows & ~first
         if not go.any():
             return
-        r0, r1, r2 = np.zeros(self.rows), np.zeros(self.rows), np.zeros(self.rows)
-        for k in np.unique(n[go]).tolist():
-            at = go & (n == k)
-            r0[at], r1[at], r2[at] = self._rates(k)
-        self.recent[go] += r0[go] * (mean[go] - self.recent[go])
-        floor = np.maximum(self.level, self.rule.min_loss)
-        low = go & (self.recent <= 2.0 * floor)
-        mid = go & ~low & (self.recent <= self.rule.factor * floor)
-        self.level[low] += r1[low] * (mean[low] - self.level[low])
-        self.level[mid] += r2[mid] * (mean[mid] - self.level[mid])
+        rates = np.array([self._rates(k) for k in n[go].tolist()]).T  # each row's rates for its n
+        self.recent[go], self.level[go] = self._moved(self.recent[go], self.level[go], mean[go], *rates)
+
+    def _moved(self, recent, level, mean, r0, r1, r2) -> tuple:
+        """The averages after a step of mean loss ``mean``, as :meth:`LossGuard._average` moves them (arrays)."""
+        recent = recent + r0 * (mean - recent)
+        floor = np.maximum(level, self.rule.min_loss)
+        low = recent <= 2.0 * floor
+        mid = ~low & (recent <= self.rule.factor * floor)
+        return recent, level + np.where(low, r1, np.where(mid, r2, 0.0)) * (mean - level)
 
     def _rates(self, n: int) -> tuple:
         return self.rule._rates.get(n) or self.rule.rates_for(n)
@@ -482,7 +475,24 @@ class LossGuardBank:
                     f"damped its learning rate to {event.lr:.4g} ({self.n_damps[i]} of {self.rule.max_damps})")
 
 
-_GUARD_PARAMS = {"factor", "min_loss", "norm_growth", "fast", "slow", "warmup", "every", "damp", "max_damps", "name"}
+def guard_params(setting) -> dict | None:
+    """A ``loss_guard`` setting as :class:`LossGuard`'s parameters: True -> ``{}``, False or None -> None (no
+    guard), a dict -> its copy, checked for names LossGuard does not take (a ConfigError naming it).
+
+    >>> guard_params(True), guard_params(False), guard_params({"max_damps": 2})
+    ({}, None, {'max_damps': 2})
+    """
+    if setting is None or setting is False:
+        return None
+    if setting is True:
+        return {}
+    if not isinstance(setting, dict):
+        raise ConfigError(f"loss_guard: True, False or a dict of LossGuard's settings, got {setting!r}")
+    unknown = sorted(set(setting) - set(inspect.signature(LossGuard).parameters))
+    if unknown:
+        raise ConfigError(f"loss guard: unknown setting {unknown[0]!r} "
+                          f"(it takes {sorted(inspect.signature(LossGuard).parameters)})")
+    return dict(setting)
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from streamlearn.errors import ConfigError
-from streamlearn.learners.loss_guard import LossGuardBank
+from streamlearn.learners.loss_guard import LossGuardBank, guard_params
 from streamlearn.learners.schedule import decayed_lr
 from streamlearn.learners.torch_learner import TorchLearner
 from streamlearn.sync.aggregate import sq_dist
@@ -199,12 +199,12 @@ def _run_bank(data, settings: list, batch_size: int, progress: bool, detector, g
     losses = torch.empty(rows, n, dtype=torch.float32, device=device)
     since_sync = torch.zeros(rows, dtype=torch.int64)
     lguard = None
-    if loss_guard:  # each node guarded as the node service guards it
+    if guard_params(loss_guard) is not None:  # each node guarded as the node service guards it
         several_lrs = len({float(t.lr) for t in templates}) > 1
         labels = [f"{s.protocol if isinstance(s.protocol, str) else c.proto.name}"
                   + (f" lr={float(s.learner.lr):g}" if several_lrs else "") for s, c in zip(settings, configs)]
         lguard = LossGuardBank(rows, n_params=p, names=lambda i: f"simulate {labels[i // m]} node {i % m}",
-                               **(loss_guard if isinstance(loss_guard, dict) else {}))
+                               **guard_params(loss_guard))
     # rows the guard stopped: they keep their model and scaler statistics through the step (as a stopped node
     # does not learn); without plain SGD, a per-row multiplier of the update for the rows it damped
     frozen: list = []

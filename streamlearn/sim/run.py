@@ -167,12 +167,11 @@ def serial_run(data: NodeData, learner, batch_size: int, loss_guard: bool | dict
     one = serial_data(data)
     if not isinstance(learner, TorchLearner) or data.task == "regression" or learner.task_ == "regression":
         return simulate(one, learner, "nosync", batch_size=batch_size, progress=False, loss_guard=loss_guard)
-    from streamlearn.learners.loss_guard import LossGuard
+    from streamlearn.learners.loss_guard import LossGuard, guard_params
 
     model = learner.clone({"features": list(data.feature_names), "n_features": None, "classes": list(data.classes)})
-    guard = None
-    if loss_guard:
-        guard = LossGuard(**{"name": "simulate serial", **(loss_guard if isinstance(loss_guard, dict) else {})})
+    params = guard_params(loss_guard)
+    guard = None if params is None else LossGuard(**{"name": "simulate serial", **params})
     X, y = one.X[0], one.y[0]
     n = len(y) - len(y) % batch_size
     labels = labels_array(data.classes)[y[:n]]  # the learner learns labels, the data holds their indices
