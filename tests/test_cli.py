@@ -343,6 +343,16 @@ def test_simulate_clip_as_the_sync_service(tmp_path, capsys, clip, ok):
         assert code == 2 and "clip" in err and clip in err and out == ""
 
 
+def test_simulate_refuses_a_drift_that_would_never_happen(capsys):
+    # at or past the end of each node's stream it would be injected nowhere, and the run would look like a drift's
+    code, out, err = _run(capsys, "simulate", "--source", "sea", "--nodes", "3", "--n", "300", "--learner", "logreg",
+                          "--drift", "sudden@300", "--detector", "none", "--no-progress")
+    assert code == 2 and "sudden@300" in err and "300 samples" in err and out == ""
+    code, out, err = _run(capsys, "simulate", "--source", "sea", "--nodes", "3", "--n", "300", "--learner", "logreg",
+                          "--drift", "sudden@299", "--no-progress")
+    assert code == 0 and "drifts injected 3" in out, err
+
+
 def test_simulate_dynamic(tmp_path, capsys):
     js = tmp_path / "sim.json"
     code, out, err = _run(capsys, "simulate", "--source", "sea", "--drift", "sudden@1000", "--nodes", "4",

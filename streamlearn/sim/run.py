@@ -54,6 +54,13 @@ def build_node_data(source: str, nodes: int | None, drifts=(), schedule: str = "
                            on_missing=missing, **params)
     data = load_node_data(streams, n)
     data.missing = missing_counts(streams) if missing is not None else None
+    from streamlearn.streams.drift_spec import parse_drift
+
+    for spec in drifts:  # a drift at or past the end would silently never happen
+        at = parse_drift(spec).position
+        if at >= data.n:
+            raise ConfigError(f"--drift {spec!r}: at sample {at} of each node's stream, but each node has {data.n} "
+                              f"samples; give a position below {data.n} or more samples per node (--n)")
     return data
 
 
