@@ -60,7 +60,7 @@ def build_node_data(source: str, nodes: int | None, drifts=(), schedule: str = "
         at = parse_drift(spec).position
         if at >= data.n:
             raise ConfigError(f"--drift {spec!r}: at sample {at} of each node's stream, but each node has {data.n} "
-                              f"samples; give a position below {data.n} or more samples per node (--n)")
+                              f"samples; give a position below {data.n} (or, for a generator, more samples per node: --n)")
     return data
 
 
