@@ -9,7 +9,7 @@ import math
 import os
 import sys
 
-from streamlearn.errors import StreamlearnError
+from streamlearn.errors import BadRecordError, StreamlearnError
 from streamlearn.logs import add_log_args, export_log_env, setup_logging
 from streamlearn.metrics_cli import add_metrics_args, start_metrics
 
@@ -852,7 +852,10 @@ def main(argv: list[str] | None = None) -> int:
         export_log_env(level, args.log_format)  # the demo's nodes, sync and producer log the same way
         return args.func(args)
     except StreamlearnError as e:
-        print(f"streamlearn {args.command}: error: {e}", file=sys.stderr)
+        hint = ""
+        if isinstance(e, BadRecordError) and getattr(args, "on_bad_record", None) == "raise":
+            hint = " (--on-bad-record skip skips such records and counts them)"
+        print(f"streamlearn {args.command}: error: {e}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

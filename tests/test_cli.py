@@ -241,6 +241,7 @@ def test_evaluate_csv_bad_record_names_row_column_value(tmp_path, capsys, case):
     if column is not None:
         assert f"column {column!r}" in err
     assert f"value {value}" in err
+    assert "--on-bad-record skip" in err  # the way past it, named
     assert "Traceback" not in err
 
 
