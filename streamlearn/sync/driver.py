@@ -13,7 +13,7 @@ import torch
 from streamlearn.sync.aggregate import sq_dist
 from streamlearn.sync.messages import Action, PullToward, Report, RequestModels, SendModel
 from streamlearn.sync.protocol import MODEL, NONE, Protocol
-from streamlearn.sync.robust import clip_to_references
+from streamlearn.sync.robust import clip_rows, clip_to_references
 
 __all__ = ["apply_action", "collect_reports", "settle", "lockstep", "ReferenceMotion"]
 
@@ -53,14 +53,14 @@ def apply_action(action: Action, W: torch.Tensor, R: torch.Tensor, motion: Refer
     """Apply a SendModel or PullToward to node models ``W`` and references ``R`` in place
     (``motion``, at ``step``, follows the references for an extrapolating protocol)."""
     if isinstance(action, SendModel):
-        idx = list(action.nodes)
+        idx = _rows(action.nodes, W.shape[0])
         model = action.model.to(W.device, W.dtype)
         k = model.shape[-1]  # n_params: sent without the buffers, which the nodes keep
         if not action.keep:
             W[idx, :k] = model
         if action.reference:
             if motion is not None:
-                motion.on_reference(idx, R[idx], model, step)
+                motion.on_reference(action.nodes, R[idx], model, step)
             R[idx, :k] = model
     elif isinstance(action, PullToward):
         idx = list(action.nodes)
@@ -69,17 +69,27 @@ def apply_action(action: Action, W: torch.Tensor, R: torch.Tensor, motion: Refer
         raise TypeError(f"not an action: {action!r}")
 
 
+def _rows(nodes, m: int):
+    """Row index of ``nodes`` (sorted, distinct, as protocols send them): every row as a slice (a broadcast
+    copy, not an index op), else a list."""
+    idx = list(nodes)
+    if len(idx) == m and idx == list(range(m)):
+        return slice(None)
+    return idx
+
+
 def _models_up(nodes: list[int], W: torch.Tensor, R: torch.Tensor, uplink, protocol=None,
                bound=None) -> list[torch.Tensor]:
     """The rows of ``nodes`` as the coordinator receives them: whole, or through the nodes' codec
     (without the buffers, ``n_params`` long, when the uplink says they are not due), then clipped as the
     sync service clips them when ``bound`` (a :class:`~streamlearn.sync.robust.NormBound`) is given."""
-    if uplink is None:
-        rows = list(W[nodes].clone().unbind(0))
-    else:
-        due = uplink.with_buffers(nodes)
-        rows = [row if whole else row[: uplink.n_params]
-                for row, whole in zip(uplink.send(nodes, W[nodes], R[nodes]), due)]
+    if uplink is None:  # whole models: clipped as one stacked batch
+        rows = W[nodes]  # (advanced indexing: a copy)
+        if bound is not None:
+            rows = clip_rows(bound, protocol, nodes, rows)
+        return list(rows.unbind(0))
+    due = uplink.with_buffers(nodes)
+    rows = [row if whole else row[: uplink.n_params] for row, whole in zip(uplink.send(nodes, W[nodes], R[nodes]), due)]
     if bound is not None and rows:
         rows = clip_to_references(bound, protocol, list(zip(nodes, rows)))[0]
     return rows

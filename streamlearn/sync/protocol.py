@@ -281,38 +281,42 @@ class Protocol:
         """
         reports = list(reports)
         # Check every report first, so a bad one changes nothing.
-        models = {id(rep): self._upload(rep.model) for rep in reports if rep.model is not None}
+        senders = [rep for rep in reports if rep.model is not None]
+        models, whole = self._upload_many([rep.model for rep in senders])
+        row_of = {id(rep): k for k, rep in enumerate(senders)}
         for rep in reports:
             self.bank.check_node(rep.node)
         self.stats.reports += len(reports)
-        self._count_up([whole for _, whole in models.values()])
-        models = {k: w for k, (w, _) in models.items()}
+        self._count_up(whole)
         alive = self.bank.alive_set()  # a set lookup, not a tensor read per report
         latest = {int(rep.node): rep for rep in reports if int(rep.node) in alive}
         accepted = list(latest.values())  # one report per node: its last in the batch
         if not accepted:
             return []
-        nodes = list(latest)
         dev = self.bank.device
+        nodes = torch.tensor(list(latest), device=dev)  # one index for the three writes
         self.bank.step[nodes] = torch.tensor([int(rep.step) for rep in accepted], device=dev)
         self.bank.samples[nodes] = torch.tensor([int(rep.n_samples) for rep in accepted], device=dev)
         self.bank.loss[nodes] = torch.tensor([float(rep.loss) for rep in accepted], dtype=self.bank.dtype, device=dev)
         got = [node for node, rep in latest.items() if rep.model is not None]
         if got:
-            self.bank.put_many(got, torch.stack([models[id(latest[n])] for n in got]))
+            self.bank.put_many(got, models[[row_of[id(latest[n])] for n in got]])
             self._pending.difference_update(got)
             self._excluded.difference_update(got)  # a node that sends its model is back in the sync
         return self._on_reports(accepted)
 
     def on_models(self, models: dict[int, torch.Tensor]) -> list[Action]:
         """Requested models arrived (1 transfer up each); models nobody awaits are counted, not used."""
-        uploads = {int(n): self._upload(w) for n, w in models.items()}
-        self._count_up([whole for _, whole in uploads.values()])
+        row_of = {int(n): k for k, n in enumerate(models)}  # (of keys equal as ints, the last counts)
+        ws = list(models.values())
+        uploads, whole = self._upload_many([ws[k] for k in row_of.values()])
+        self._count_up(whole)
         awaited = self.pending
-        used = sorted(n for n in uploads if n in awaited)
+        at = {n: k for k, n in enumerate(row_of)}
+        used = sorted(n for n in at if n in awaited)
         if not used:
             return []
-        self.bank.put_many(used, torch.stack([uploads[n][0] for n in used]))
+        self.bank.put_many(used, uploads[[at[n] for n in used]])
         self._pending.difference_update(used)
         return self._advance()
 
@@ -351,6 +355,20 @@ class Protocol:
         if p < self.d and w.shape == (p,):
             return torch.cat([w.to(self.bank.device, self.bank.dtype), self.bank.r[p:]]), False
         return self.bank.as_model(w), True
+
+    def _upload_many(self, ws: list) -> tuple[torch.Tensor | None, list[bool]]:
+        """The models that arrived, as :meth:`_upload` takes each, stacked (k x d), and whether each came whole.
+
+        Whole models that are tensors of one shape, dtype and device (a simulator's round, a poll of reports)
+        take one stack and one conversion; others go one by one, so a bad one raises as it would alone.
+        """
+        if not ws:
+            return None, []
+        if all(isinstance(w, torch.Tensor) for w in ws) and len({(w.shape, w.dtype, w.device) for w in ws}) == 1 \
+                and ws[0].shape == (self.d,):
+            return self.bank.as_model(torch.stack(ws)), [True] * len(ws)
+        ups = [self._upload(w) for w in ws]
+        return torch.stack([w for w, _ in ups]), [whole for _, whole in ups]
 
     def _count_up(self, whole: list[bool]) -> None:
         self.stats.models_up += len(whole)

@@ -60,6 +60,7 @@ __all__ = [
     "centered_clip",
     "check_clip",
     "check_rate",
+    "clip_rows",
     "clip_to_references",
     "median_bound",
     "move_lengths",
@@ -307,13 +308,9 @@ def clip_to_references(bound: NormBound, protocol, items: list) -> tuple[list, l
     at = [i for i, w in enumerate(out) if w is not None]
     if bound.factor is None or not at:
         return out, [], torch.ones(0)
-    n, refs = protocol.n_params, protocol.references
+    n = protocol.n_params
     nodes = [items[i][0] for i in at]
-    if len(refs) <= 1:  # one group: no O(m) table of groups per batch
-        R = protocol.reference[:n].expand(len(nodes), n)
-    else:
-        groups = protocol.node_groups
-        R = torch.stack([refs.get(groups.get(node, 0), protocol.reference)[:n] for node in nodes])
+    R = _node_references(protocol, nodes)
     move = torch.stack([out[i][:n] for i in at]).to(R.device, R.dtype) - R
     scale = bound._scales(nodes, torch.linalg.vector_norm(move, dim=-1))
     if scale is None:  # nothing clipped: no copies
@@ -323,6 +320,33 @@ def clip_to_references(bound: NormBound, protocol, items: list) -> tuple[list, l
         out[i] = out[i].clone()
         out[i][:n] = (R[j] + move[j] * scale[j]).to(out[i].device, out[i].dtype)
     return out, nodes, scale
+
+
+def clip_rows(bound: NormBound, protocol, nodes: list, rows: torch.Tensor) -> torch.Tensor:
+    """:func:`clip_to_references` for whole models stacked as ``rows`` (one per node of ``nodes``): the same
+    batch of ``bound`` and the same arithmetic per row, without a tensor per model (the simulator's rounds).
+    Returns ``rows`` itself when nothing is clipped, else a copy with the clipped rows replaced."""
+    if bound.factor is None or not nodes:
+        return rows
+    n = protocol.n_params
+    R = _node_references(protocol, nodes)
+    move = rows[:, :n].to(R.device, R.dtype) - R
+    scale = bound._scales(nodes, torch.linalg.vector_norm(move, dim=-1))
+    if scale is None:
+        return rows
+    far = torch.nonzero(scale < 1.0).flatten()
+    rows = rows.clone()
+    rows[far, :n] = (R[far] + move[far] * scale[far].unsqueeze(-1)).to(rows.device, rows.dtype)
+    return rows
+
+
+def _node_references(protocol, nodes: list) -> torch.Tensor:
+    """The parameters of each node's reference (its group's under groups or shards), one row per node."""
+    n, refs = protocol.n_params, protocol.references
+    if len(refs) <= 1:  # one group: no O(m) table of groups per batch
+        return protocol.reference[:n].expand(len(nodes), n)
+    groups = protocol.node_groups
+    return torch.stack([refs.get(groups.get(node, 0), protocol.reference)[:n] for node in nodes])
 
 
 class TokenBucket:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from streamlearn.errors import ConfigError
+from streamlearn.sync.messages import Report
 from streamlearn.sync.robust import (
     NormBound,
     TokenBucket,
@@ -283,3 +284,31 @@ def test_clip_to_references_under_a_grouping_protocol_clips_far_moves_only():
     assert nodes == [0, 3] and out[1] is None
     assert out[0].tolist() == [1.0, 0.0, 0.0] and out[2] is items[2][1]  # clipped to tau; a short move untouched
     assert scale.tolist() == pytest.approx([0.1, 1.0])
+
+
+@pytest.mark.parametrize("spec", ["periodic:b=1", "periodic:b=1,split=2"])
+def test_clip_rows_is_clip_to_references_for_stacked_whole_models(spec):
+    # The simulator's rounds clip a stacked batch (clip_rows), the sync service a list of models
+    # (clip_to_references): the same bound, the same models out, bit for bit, clipped or not.
+    from streamlearn.sync.robust import clip_rows, clip_to_references
+    from streamlearn.sync.spec import make_protocol
+
+    m, d = 6, 7
+    p = make_protocol(spec, m=m, d=d, w0=torch.zeros(d), seed=0, device="cpu", n_params=5)
+    g = _gen(7)
+    if "split" in spec:  # node 4 declines twice and syncs alone: two groups with references of their own
+        p.on_reports([Report(n, 1, model=torch.randn(d, generator=g)) for n in range(m)])
+        p.on_declined([4]), p.on_declined([4])
+        p.on_reports([Report(4, 2, model=torch.randn(d, generator=g) * 3)])
+        assert len(p.references) == 2 and not torch.equal(*p.references.values())
+    bounds = [NormBound(m, factor=2.0, warmup=0) for _ in range(2)]
+    for b in bounds:
+        b.note(list(range(m)), torch.ones(m))  # tau = 2
+    for round_ in range(6):
+        rows = torch.randn(m - 1, d, generator=g) * (0.5 + round_)  # moves from ~1 to far beyond tau
+        nodes = [0, 1, 2, 4, 5]
+        listed, _, _ = clip_to_references(bounds[0], p, [(n, r.clone()) for n, r in zip(nodes, rows)])
+        stacked = clip_rows(bounds[1], p, nodes, rows.clone())
+        assert torch.equal(torch.stack(listed), stacked)
+        assert bounds[0].clipped == bounds[1].clipped and bounds[0].tau == bounds[1].tau
+    assert bounds[0].clipped > 0  # the far rounds were clipped
