@@ -58,6 +58,7 @@ __all__ = [
 
 _F32 = np.dtype(np.float32)
 _ZERO = np.float32(0.0)  # (a float32 zero: np.maximum takes it faster than a Python 0)
+_SUM, _MAX = np.add.reduce, np.maximum.reduce
 
 #: What :meth:`NumpyPath.row_learn` returns for an input that is not one float row of a known class.
 NOT_A_ROW = object()
@@ -72,8 +73,9 @@ PYTHON_LINEAR = 96
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax (float32), shifted by the row maximum as torch does."""
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    e /= e.sum(axis=1, keepdims=True)
+    # the ufuncs' reduce called directly: ndarray.max/sum go through a Python wrapper, a microsecond a call here
+    e = np.exp(logits - _MAX(logits, axis=1, keepdims=True))
+    e /= _SUM(e, axis=1, keepdims=True)
     return e
 
 
@@ -102,7 +104,7 @@ def sgd_logreg(W: np.ndarray, b: np.ndarray, X: np.ndarray, S: np.ndarray, oneho
                weight_decay: float) -> None:
     """One SGD step of a linear softmax layer, in place, from its softmax ``S`` on ``X`` and one-hot labels."""
     G = _delta(S, onehot)
-    gW, gb = G.T @ X, G.sum(axis=0)
+    gW, gb = G.T @ X, _SUM(G, axis=0)
     if weight_decay:
         gW += weight_decay * W
         gb += weight_decay * b
@@ -118,7 +120,7 @@ def sgd_mlp(layers: list, X: np.ndarray, S: np.ndarray, hidden: list, onehot: np
     grads = []
     for i in range(len(layers) - 2, -1, -2):
         inp = hidden[i // 2 - 1] if i else X
-        grads.append((i, G.T @ inp, G.sum(axis=0)))
+        grads.append((i, G.T @ inp, _SUM(G, axis=0)))
         if i:
             G = G @ layers[i]
             G *= inp > 0  # ReLU's derivative, 0 at 0 as in torch
@@ -142,20 +144,21 @@ def scaler_update(mean: np.ndarray, m2: np.ndarray, n, X: np.ndarray) -> None:
         m2 += delta * (x - mean)
         return
     Xd = X.astype(np.float64)
-    bmean = Xd.mean(axis=0)
+    bmean = _SUM(Xd, axis=0) / b  # (what Xd.mean(axis=0) computes)
     dev = Xd - bmean
     total = n + b
     delta = bmean - mean
     mean += delta * (b / total)
-    m2 += (dev * dev).sum(axis=0) + delta * delta * (n * b / total)
+    m2 += _SUM(dev * dev, axis=0) + delta * delta * (n * b / total)
 
 
 def scaler_transform(mean: np.ndarray, m2: np.ndarray, n, X: np.ndarray, with_std: bool = True) -> np.ndarray:
     """``X`` standardised with the statistics (float32): population std, a zero std taken as 1."""
     out = X - mean
     if with_std:
-        with np.errstate(invalid="ignore"):  # a variance a hair below 0 (rounding of loaded statistics)
-            std = np.sqrt(m2 / max(n, 1))
+        # a variance a hair below 0 (rounding of loaded statistics) takes 1, as 0 and NaN do (no errstate
+        # context: it costs more than this maximum)
+        std = np.sqrt(np.maximum(m2 / max(n, 1), 0.0))
         out /= np.where(std > 0, std, 1.0)  # 0 or NaN: 1, as the torch path
     return out.astype(np.float32)
 
