@@ -307,12 +307,11 @@ class Protocol:
 
     def on_models(self, models: dict[int, torch.Tensor]) -> list[Action]:
         """Requested models arrived (1 transfer up each); models nobody awaits are counted, not used."""
-        row_of = {int(n): k for k, n in enumerate(models)}  # (of keys equal as ints, the last counts)
-        ws = list(models.values())
-        uploads, whole = self._upload_many([ws[k] for k in row_of.values()])
+        models = {int(n): w for n, w in models.items()}
+        uploads, whole = self._upload_many(list(models.values()))
         self._count_up(whole)
         awaited = self.pending
-        at = {n: k for k, n in enumerate(row_of)}
+        at = {n: k for k, n in enumerate(models)}  # node -> its row of uploads
         used = sorted(n for n in at if n in awaited)
         if not used:
             return []
