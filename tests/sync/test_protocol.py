@@ -40,3 +40,22 @@ def test_metadata_lands_in_the_bank_and_sends_bump_versions():
     assert (int(p.bank.step[0]), float(p.bank.loss[0]), int(p.bank.samples[0])) == (5, 0.25, 40)
     p.on_reports([Report(1, 5, loss=0.5, n_samples=10, model=torch.tensor([3.0]))])
     assert p.bank.version.tolist() == [1, 1] and p.bank.samples.tolist() == [0, 0]
+
+
+def test_models_of_every_form_in_one_batch_land_as_each_would_alone():
+    # Reports of one poll are uploaded together (one stack when the models are tensors of one shape and dtype);
+    # lists, other dtypes and lean models (without the buffers) land and count as they would one at a time.
+    forms = [torch.tensor([1.0, 2.0, 3.0]), [4.0, 5.0, 6.0], torch.tensor([7.0, 8.0, 9.0], dtype=torch.float64),
+             torch.tensor([1.5, 2.5]), torch.tensor([0.5, 0.25, 0.125])]
+    w0 = torch.tensor([0.0, 0.0, 10.0])
+    together = Periodic(6, 3, b=1, seed=0, device="cpu", w0=w0, n_params=2)
+    together.on_reports([Report(n, 1, model=w) for n, w in enumerate(forms)])
+    bytes_alone = 0
+    for n, w in enumerate(forms):
+        alone = Periodic(6, 3, b=1, seed=0, device="cpu", w0=w0, n_params=2)
+        alone.on_reports([Report(n, 1, model=w)])
+        assert torch.equal(together.bank.W[n], alone.bank.W[n]), n
+        bytes_alone += alone.stats.bytes_up
+    assert together.bank.W[3].tolist() == [1.5, 2.5, 10.0]  # a lean model takes the reference's buffers
+    assert together.bank.have[:5].all() and not together.bank.have[5]  # node 5 has not reported: no sync yet
+    assert together.stats.models_up == 5 and together.stats.bytes_up == bytes_alone
