@@ -59,7 +59,8 @@ SECONDS = 40.0  # publishing time per run: 146 mini-batches per node, one every 
 # 2026-12 at 20 s: 17 and 15 of 18 full syncs in CI on this machine (models up -6 % and -17 %),
 # accuracy -0.21 and +0.41 points. At 40 s the answer has ~2 s per round. A full suite run beside two busy
 # loops (2026-12-04) stalled kafka-python's event loop for 34 s and merged 5 of 18: since then each node's
-# merged rounds are counted (its suppressed sync points) and the counts compared over the rounds it had. Accuracy: -0.21 to +0.25 points (fp32), -0.31 to +0.06 (sign), in 2026-11.
+# merged rounds are counted (its suppressed sync points) and the counts compared over the rounds it had.
+# Accuracy: -0.21 to +0.25 points (fp32), -0.31 to +0.06 (sign), in 2026-11.
 #
 # Dynamic: the pipeline ran below the lockstep simulator, -0.41 to -1.15 points (mean -0.8; -0.19
 # and -0.45 in one run each at 40 s and 10 s of publishing) while a sync overwrote the steps a node
