@@ -248,8 +248,7 @@ class LossGuard:
 
     @staticmethod
     def _norm(flat: torch.Tensor, learner) -> float:
-        p = int(getattr(learner, "n_params", flat.numel()) or flat.numel())
-        return float(torch.linalg.vector_norm(flat[:p].double()))
+        return param_norm(flat, getattr(learner, "n_params", None))
 
     def _snapshot(self, learner) -> None:
         try:
@@ -287,7 +286,7 @@ class LossGuard:
                            lr=lr, restored=restored)
         self.events.append(event)
         self.recent = self.level  # the restored model starts from the earlier level again
-        where = f"the model of sample {restored}" if restored >= 0 else "no earlier model (none kept yet)"
+        where = restored_text(restored)
         if stop:
             log.warning("%s: %s at sample %d (recent mean loss %.3g, earlier %.3g); restored %s and stopped its "
                         "learning (it predicts on with that model)", self.name, reason, self.position, event.loss,
@@ -436,8 +435,7 @@ class LossGuardBank:
         return self.rule._rates.get(n) or self.rule.rates_for(n)
 
     def _norm(self, flat: torch.Tensor) -> float:
-        p = flat.numel() if self.n_params is None else int(self.n_params)
-        return float(torch.linalg.vector_norm(flat[:p].double()))
+        return param_norm(flat, self.n_params)
 
     def _snapshot(self, i: int, flat: torch.Tensor) -> None:
         norm = self._norm(flat)
@@ -469,10 +467,21 @@ class LossGuardBank:
         self.events.append((i, event))
         self.recent[i] = self.level[i]  # the restored model starts from the earlier level again
         name = self.names(i) if callable(self.names) else f"row {i}"
-        where = f"the model of sample {restored}" if restored >= 0 else "no earlier model (none kept yet)"
+        where = restored_text(restored)
         log.warning("%s: %s at sample %d (recent mean loss %.3g, earlier %.3g); restored %s and %s", name, reason,
                     self.position, event.loss, event.level, where, "stopped its learning" if stop else
                     f"damped its learning rate to {event.lr:.4g} ({self.n_damps[i]} of {self.rule.max_damps})")
+
+
+def param_norm(flat: torch.Tensor, n_params: int | None) -> float:
+    """The norm of a flat model's parameters (its first ``n_params`` entries; None or 0: all), in float64."""
+    p = int(n_params or flat.numel())
+    return float(torch.linalg.vector_norm(flat[:p].double()))
+
+
+def restored_text(restored: int) -> str:
+    """What an event restored, for the log (``restored``: the snapshot's position, -1: none)."""
+    return f"the model of sample {restored}" if restored >= 0 else "no earlier model (none kept yet)"
 
 
 def guard_params(setting) -> dict | None:

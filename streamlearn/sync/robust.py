@@ -310,9 +310,7 @@ def clip_to_references(bound: NormBound, protocol, items: list) -> tuple[list, l
         return out, [], torch.ones(0)
     n = protocol.n_params
     nodes = [items[i][0] for i in at]
-    R = _node_references(protocol, nodes)
-    move = torch.stack([out[i][:n] for i in at]).to(R.device, R.dtype) - R
-    scale = bound._scales(nodes, torch.linalg.vector_norm(move, dim=-1))
+    R, move, scale = _moves(bound, protocol, nodes, torch.stack([out[i][:n] for i in at]))
     if scale is None:  # nothing clipped: no copies
         return out, nodes, torch.ones(len(nodes))
     for j in torch.nonzero(scale < 1.0).flatten().tolist():
@@ -329,15 +327,21 @@ def clip_rows(bound: NormBound, protocol, nodes: list, rows: torch.Tensor) -> to
     if bound.factor is None or not nodes:
         return rows
     n = protocol.n_params
-    R = _node_references(protocol, nodes)
-    move = rows[:, :n].to(R.device, R.dtype) - R
-    scale = bound._scales(nodes, torch.linalg.vector_norm(move, dim=-1))
+    R, move, scale = _moves(bound, protocol, nodes, rows[:, :n])
     if scale is None:
         return rows
     far = torch.nonzero(scale < 1.0).flatten()
     rows = rows.clone()
     rows[far, :n] = (R[far] + move[far] * scale[far].unsqueeze(-1)).to(rows.device, rows.dtype)
     return rows
+
+
+def _moves(bound: NormBound, protocol, nodes: list, params: torch.Tensor) -> tuple:
+    """``(R, move, scale)``: each node's reference, the move of its ``params`` (k x n_params) from it, and the
+    moves' scales under ``bound`` (None: none clipped), the batch's lengths noted in the bound."""
+    R = _node_references(protocol, nodes)
+    move = params.to(R.device, R.dtype) - R
+    return R, move, bound._scales(nodes, torch.linalg.vector_norm(move, dim=-1))
 
 
 def _node_references(protocol, nodes: list) -> torch.Tensor:
