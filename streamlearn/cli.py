@@ -853,7 +853,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except StreamlearnError as e:
         hint = ""
-        if isinstance(e, BadRecordError) and getattr(args, "on_bad_record", None) == "raise":
+        if isinstance(e, BadRecordError) and e.skippable and getattr(args, "on_bad_record", None) == "raise":
             hint = " (--on-bad-record skip skips such records and counts them)"
         print(f"streamlearn {args.command}: error: {e}{hint}", file=sys.stderr)
         return 2

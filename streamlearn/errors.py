@@ -20,8 +20,10 @@ class BadRecordError(StreamlearnError, ValueError):
     so a person can find and fix it.
     """
 
-    def __init__(self, reason: str, *, row: int | None = None, column: str | None = None, value=None):
+    def __init__(self, reason: str, *, row: int | None = None, column: str | None = None, value=None,
+                 skippable: bool = True):
         self.reason = reason
+        self.skippable = skippable  # False: not a record a skip policy can pass over (a file's header)
         self.row = row
         self.column = column
         self.value = value

@@ -829,3 +829,11 @@ def test_node_scales_features_by_default_like_simulate(monkeypatch):
     assert seen["cfg"].learner_params["scale"] is True and seen["cfg"].bootstrap == "127.0.0.1:1"
     assert main(["node", "--id", "0", "--source", "sea", "--learner", "mlp", "--no-scale"]) == 0
     assert seen["cfg"].learner_params["scale"] is False
+
+
+def test_a_header_error_does_not_suggest_skipping_records(tmp_path, capsys):
+    # --on-bad-record skip passes over bad records; a label missing from the header is not one
+    path = _write_csv(tmp_path / "good.csv")
+    code, _, err = _run(capsys, "evaluate", "--source", f"csv:{path}", "--label", "no_such", "--no-progress")
+    assert code == 2 and "missing column" in err and "'no_such'" in err
+    assert "--on-bad-record" not in err

@@ -405,7 +405,8 @@ class CSVSource(Stream):
         listed = _as_names(features, "features")
         for column in [label] + ([self.key] if self.key else []) + (listed or []) + list(declared):
             if column not in self._header:
-                raise BadRecordError(f"missing column (the header has {self._header})", row=1, column=column)
+                raise BadRecordError(f"missing column (the header has {self._header})", row=1, column=column,
+                                     skippable=False)
         if self.key == label:
             raise ConfigError(f"column {label!r} cannot be both the label and the key")
         names = listed if listed is not None else [c for c in self._header if c not in (label, self.key)]
@@ -441,10 +442,11 @@ class CSVSource(Stream):
             except csv.Error:
                 pass  # the full parse reports the record
         if not header:
-            raise BadRecordError("empty file, no header line", row=1)
+            raise BadRecordError("empty file, no header line", row=1, skippable=False)
         header = [h.strip() for h in header]
         if len(set(header)) != len(header):
-            raise BadRecordError("duplicate column name in the header", row=1, value=self.delimiter.join(header))
+            raise BadRecordError("duplicate column name in the header", row=1, value=self.delimiter.join(header),
+                                 skippable=False)
         return header, sample
 
     def _plan(self, names, explicit: bool, declared: dict, sample: list, max_categories: int) -> None:
