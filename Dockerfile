@@ -19,8 +19,10 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # declare is skipped): the MQTT client of `streamlearn connect mqtt`. What only the demo and plots need stays out.
 ARG EXTRAS=mqtt
 
+# NUMBA_CACHE_DIR: numba keeps the compiled node kernel (streamlearn.node.run_kernel) where the service user may write
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    NUMBA_CACHE_DIR=/tmp/numba-cache \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 

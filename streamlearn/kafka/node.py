@@ -582,7 +582,7 @@ class NodeService(Service):
             budget = time.perf_counter() + 0.02  # then look at the sync topic again
             while len(buf) >= B and time.perf_counter() < budget:
                 h0 = buf.head
-                self._step(B)
+                self._step(B, progress.batches_before_checkpoint(B, len(buf) // B))
                 progress.after_step(h0)
             if 0 < len(buf) < B and not got_samples and time.monotonic() - intake.last_arrival >= cfg.linger:
                 h0 = buf.head
@@ -603,23 +603,36 @@ class NodeService(Service):
                 self._publish_status()
                 next_status = now + cfg.status_interval
 
-    def _step(self, n: int) -> None:
-        """Test-then-train on the next ``n`` buffered samples (the core), then send what its node rule says."""
+    def _step(self, n: int, batches: int = 1) -> None:
+        """Test-then-train on the next ``n`` buffered samples (the core), then send what its node rule says; with
+        ``batches`` > 1, up to that many mini-batches of ``n`` in one run (:meth:`NodeCore.learn_run`: one compiled
+        call where the learner allows), up to the first whose node rule sends something."""
         metrics, pub, core, buf = self.metrics, self._predictions, self.core, self._buf
         t0 = time.perf_counter() if metrics is not None else 0.0
         h = buf.head
-        X, yi, seqs, early = buf.take(n)
+        X, yi, seqs, early = buf.take(n * batches)
         step, syncs, epoch = core.n_steps, core.syncs, core.epoch  # the model that predicts this batch
-        core.learn_many(X, yi, seqs, early)
-        if metrics is not None:
-            metrics.observe_learn(time.perf_counter() - t0)
+        if batches > 1 and early is None:
+            done, out = core.learn_run(X, yi, seqs, n)
+            buf.give_back(n * (batches - done))
+            P, seqs = core.run_proba, seqs[:n * done]
+            steps = step if done == 1 else np.repeat(np.arange(step, step + done), n)
+        else:
+            if batches > 1:  # late-labelled samples among them: one mini-batch at a time
+                buf.give_back(n * (batches - 1))
+                X, yi, seqs, early = X[:n], yi[:n], seqs[:n], early[:n]
+            done, steps = 1, step
+            core.learn_many(X, yi, seqs, early)
+            P = core.step_predictions() if pub is not None else None
+            out = core.node_rule()
+        if metrics is not None:  # per mini-batch: a run's time shared by its mini-batches
+            metrics.observe_learn((time.perf_counter() - t0) / done)
         if pub is not None:
             # late-labelled readings were published on arrival, with the prediction they are scored by
-            P = core.step_predictions()
             regression = core.regression
-            pub.add(seqs, None if regression else P, values=P if regression else None, offsets=buf.off[h:h + n],
-                    step=step, syncs=syncs, epoch=epoch, skip=None if early is None else early[:, 0] > 0)
-        out = core.node_rule()
+            pub.add(seqs, None if regression else P, values=P if regression else None,
+                    offsets=buf.off[h:h + n * done], step=steps, syncs=syncs, epoch=epoch,
+                    skip=None if early is None else early[:, 0] > 0)
         if out is not None:
             self._link.send(out)
 
@@ -1421,6 +1434,14 @@ class _Progress:
                 self.relearn_until = 0
         if self.store is not None and self.core.n_samples - self.ckpt_at >= self.svc.config.checkpoint_every:
             self.checkpoint()
+
+    def batches_before_checkpoint(self, B: int, batches: int) -> int:
+        """Of ``batches`` mini-batches of ``B``, how many a run may learn before a checkpoint is due (the
+        checkpoint is written after the mini-batch that makes ``checkpoint_every`` samples, as per batch)."""
+        if self.store is None:
+            return batches
+        left = self.svc.config.checkpoint_every - (self.core.n_samples - self.ckpt_at)
+        return max(1, min(batches, -(-left // B)))
 
     def check_topic_reset(self) -> None:
         """A topic made anew (see :class:`TopicWatch`): the broker lost its data (a memory-only broker restarted)

@@ -270,12 +270,13 @@ class PredictionPublisher:
 
     def add(self, seqs: np.ndarray, proba: np.ndarray | None = None, *, values: np.ndarray | None = None,
             offsets: np.ndarray | None = None, keys: Sequence | None = None, ts: Sequence | None = None,
-            step: int = 0, syncs: int = 0, epoch: str | None = None, late: bool = False,
+            step: int | np.ndarray = 0, syncs: int = 0, epoch: str | None = None, late: bool = False,
             skip: np.ndarray | None = None) -> None:
         """Predictions of readings ``seqs``: ``proba`` (n, classes) in the declared order (a NaN row: no
         prediction), or, for regression, ``values`` (n,). Key and event time come from ``keys``/``ts``,
         else from :meth:`note_source` by ``offsets``. ``skip`` (bool, n): rows not to publish (a
-        late-labelled reading, published on arrival). ``step``, ``syncs``, ``epoch``: the model version.
+        late-labelled reading, published on arrival). ``step``, ``syncs``, ``epoch``: the model version (``step``
+        may be one per reading, ascending: a run of mini-batches learnt in one call).
 
         Called once per mini-batch: it only keeps copies; :meth:`flush` writes the JSON of all of them at once.
         """
@@ -285,6 +286,8 @@ class PredictionPublisher:
             keep = ~skip
             pick = (lambda a: None if a is None else np.asarray(a)[keep])  # fancy indexing: a copy
             seqs, proba, values, offsets = pick(seqs), pick(proba), pick(values), pick(offsets)
+            if isinstance(step, np.ndarray):
+                step = step[keep]
             if keys is not None:
                 keys, ts = [k for k, s in zip(keys, skip) if not s], [t for t, s in zip(ts, skip) if not s]
         else:  # copies: the caller's arrays may change before the flush
@@ -301,7 +304,12 @@ class PredictionPublisher:
         # null key, ts and epoch and a false late are left out (fewer bytes to compress and checksum)
         if epoch != self._epoch[0]:  # the epoch's JSON once per epoch, not per mini-batch
             self._epoch = (epoch, '' if epoch is None else ',"epoch":' + json.dumps(epoch))
-        tail = '%s,"syncs":%d,"step":%d%s' % (self._epoch[1], syncs, step, ',"late":true}' if late else '}')
+        head, end = '%s,"syncs":%d,"step":' % (self._epoch[1], syncs), ',"late":true}' if late else '}'
+        if isinstance(step, np.ndarray):  # a tail per reading: each step's text once, repeated for its readings
+            steps, counts = np.unique(step, return_counts=True)
+            tail = np.repeat(np.array([f"{head}{s}{end}" for s in steps.tolist()], dtype=object), counts).tolist()
+        else:
+            tail = "%s%d%s" % (head, step, end)
         if not self._chunks:
             self._since = time.monotonic()
         self._chunks.append((seqs, proba, values, keys, ts, tail))
@@ -317,7 +325,7 @@ class PredictionPublisher:
             preds, probs = self._classify(np.concatenate([c[1] for c in chunks]))
         else:
             preds, probs = self._regress(np.concatenate([c[2] for c in chunks]))
-        tails = list(chain.from_iterable(repeat(c[5], len(c[0])) for c in chunks))
+        tails = list(chain.from_iterable(c[5] if type(c[5]) is list else repeat(c[5], len(c[0])) for c in chunks))
         if all(c[3] is None for c in chunks):  # no key nor event time anywhere (see _sources): nothing to write
             return [f'{{"seq":{s},"prediction":{p},"proba":{q}{e}' for s, p, q, e in zip(seqs, preds, probs, tails)]
         keys = [k for c in chunks for k in (c[3] or repeat("", len(c[0])))]

@@ -226,14 +226,35 @@ class LossGuard:
         if n:
             self._average(mean, n)
             self.n_seen += n
-            if self.exploding():
-                norm = self._norm(_flat(learner), learner)
-                good = self._good[2] if self._good is not None else math.inf
-                if not math.isfinite(norm) or norm >= self.norm_growth * good:
-                    return self._fire(learner, "loss exploded" if math.isfinite(norm) else "parameters not finite")
+        return self.check(learner, averaged=n > 0)
+
+    def check(self, learner, averaged: bool = True) -> GuardEvent | None:
+        """What :meth:`observe` does once a step's losses moved the averages (``averaged``): fire when the loss
+        exploded and the parameters grew; take a snapshot when one is due. A node's compiled run of steps
+        (:mod:`streamlearn.node.run_kernel`) moves the averages itself and calls this where it stops."""
+        if averaged and self.exploding():
+            norm = self._norm(_flat(learner), learner)
+            good = self._good[2] if self._good is not None else math.inf
+            if not math.isfinite(norm) or norm >= self.norm_growth * good:
+                return self._fire(learner, "loss exploded" if math.isfinite(norm) else "parameters not finite")
         if self._good is None or (self.position >= self._next_snapshot and self.healthy()):
             self._snapshot(learner)
         return None
+
+    #: The fields of :meth:`averages_state`, in order.
+    STATE_FIELDS = ("recent", "level", "n_seen", "position", "n_steps", "next_snapshot", "no_snapshot",
+                    "factor", "min_loss", "warmup", "rate_fast", "rate_slow", "rate_slower")
+
+    def averages_state(self, n: int) -> np.ndarray:
+        """What a compiled run of steps of ``n`` samples reads and moves, as float64 (:data:`STATE_FIELDS`)."""
+        rates = self._rates.get(n) or self.rates_for(n)
+        return np.array([self.recent, self.level, self.n_seen, self.position, self.n_steps, self._next_snapshot,
+                         self._good is None, self.factor, self.min_loss, self.warmup, *rates])
+
+    def set_averages_state(self, g: np.ndarray) -> None:
+        """Take back what a compiled run moved (see :meth:`averages_state`)."""
+        self.recent, self.level = float(g[0]), float(g[1])
+        self.n_seen, self.position, self.n_steps = int(g[2]), int(g[3]), int(g[4])
 
     def healthy(self) -> bool:
         """Whether the recent mean loss is within twice its earlier level (the model may be kept)."""

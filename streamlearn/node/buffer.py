@@ -15,6 +15,9 @@ Examples
 >>> X, y, seq, early = buf.take(2)
 >>> y.tolist(), seq.tolist(), early is None, len(buf)
 ([0, 1], [0, 1], True, 1)
+>>> buf.give_back(1)  # the second was not learnt after all (a run stopped before it)
+>>> buf.take(2)[2].tolist()
+[1, 2]
 """
 
 from __future__ import annotations
@@ -69,6 +72,12 @@ class SampleBuffer:
         self.head = h + n
         return (self.X[h:h + n], self.y[h:h + n], self.seq[h:h + n],
                 self.early[h:h + n] if self.late else None)
+
+    def give_back(self, n: int) -> None:
+        """Return the last ``n`` samples taken: they are the next to be taken again (a run stopped early)."""
+        if not 0 <= n <= self.head:
+            raise ValueError(f"give_back: {n} samples, {self.head} taken")
+        self.head -= n
 
     def compact(self) -> None:
         """Drop what was taken (between mini-batches, not at every one)."""

@@ -44,6 +44,8 @@ __all__ = ["NodeCore", "Outgoing", "SyncOutcome"]
 log = logging.getLogger(__name__)
 
 _KEEP = 100  # drift and sync positions kept for the status
+_SUM = np.add.reduce
+_NO_STATS = np.zeros(1)  # (what the compiled run takes for statistics a learner does not have)
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,7 @@ class NodeCore:
         self.step_loss: np.ndarray | None = None  # per-sample losses of the last mini-batch
         self.step_correct: np.ndarray | None = None  # and whether each was predicted right
         self.step_proba: np.ndarray | None = None  # and what the learner predicted for it (its class order)
+        self.run_proba: np.ndarray | None = None  # what learn_run predicted, declared order (predictions out)
         self.reference_mismatches, self.rejoin_at = 0, None  # deltas to another reference; the re-join sent
         self.awaiting: float | None = None  # monotonic time the last model went up, until an answer
         # (step, model) of the last model sent up: the steps learned after it are kept when the sync comes back
@@ -274,6 +277,97 @@ class NodeCore:
         self.since_sync += n
         self.n_steps += 1
         self.step_loss, self.step_correct = loss, correct  # the loss's mean is taken when a report needs it
+
+    def learn_run(self, X: np.ndarray, yi: np.ndarray, seqs: np.ndarray, B: int) -> tuple[int, Outgoing | None]:
+        """Mini-batches of ``B`` from ``X``, ``yi``, ``seqs`` (``len(yi) // B`` at most), each as
+        :meth:`learn_many` then :meth:`node_rule`; stops after the first whose node rule answers.
+
+        Returns ``(mini-batches learnt, what the last one's node rule sends or None)``. Where the learner allows
+        (:meth:`runs`), the whole run is one compiled call (:mod:`streamlearn.node.run_kernel`, equal to the
+        per-batch steps to float rounding); else one mini-batch. :attr:`run_proba` holds the probabilities of
+        every sample learnt, in the declared class order (predictions out).
+        """
+        steps = len(yi) // B
+        if self.protocol is not None and self.protocol.divergence_threshold is None and self._check_every == 1:
+            steps = 1  # the node rule answers after every step (periodic b=1, ...): nothing to run
+        if steps >= 2 and self.runs():
+            # what the learner's own checks reject (a feature that is not finite, a class index out of range)
+            # is left to learn_many, which raises naming it: the run ends before its mini-batch
+            N = steps * B
+            if not np.isfinite(_SUM(X[:N], axis=None)):
+                steps = int(np.argwhere(~np.isfinite(X[:N]))[0, 0]) // B
+            if steps and (yi[:N].min() < 0 or yi[:N].max() >= len(self.classes)):
+                steps = 0
+        if steps < 2 or not self.runs():
+            self.learn_many(X[:B], yi[:B], seqs[:B])
+            self.run_proba = self.step_predictions()
+            return 1, self.node_rule()
+        from streamlearn.node import run_kernel as rk
+
+        learner = self.learner
+        fast, sc, guard = learner._fast, learner._scaler, self.loss_guard
+        fast._check()  # views of the parameters where they are now
+        W, b = fast.layers
+        f = X.shape[1]
+        mean, m2 = fast._stats(f, create=True) if sc is not None else (_NO_STATS, _NO_STATS)
+        n0 = sc.n_ if sc is not None else 0
+        settings = learner._step_settings()
+        p = self.n_params
+        if self._ref_np[0] is not self.reference:  # a new reference (a sync, a join, a checkpoint)
+            self._ref_np = (self.reference, self.reference.detach().numpy()[:p])
+        threshold = self.protocol.divergence_threshold
+        awaiting = self.awaiting is not None and time.monotonic() - self.awaiting < self.sync_timeout
+        g = guard.averages_state(B) if guard is not None else _NO_STATS
+        N = steps * B
+        P = np.empty((N, fast.k))
+        loss = np.empty(N)
+        correct = np.empty(N, dtype=np.bool_)
+        done, stop, n_rows, divergence, suppressed = rk.logreg_run(
+            np.ascontiguousarray(X[:N]), np.ascontiguousarray(yi[:N], dtype=np.int64), B, steps, W, b,
+            sc is not None, sc is None or sc.with_std, mean, m2, n0, float(settings["lr"]),
+            float(settings["weight_decay"]), fast.flat, p, self._ref_np[1], self.n_steps, self._check_every,
+            0.0 if threshold is None else float(threshold), threshold is not None, awaiting, guard is not None, g,
+            P, loss, correct)
+        m = done * B
+        learner.n_samples_seen_ += m
+        learner.n_steps_ += done
+        if sc is not None:
+            sc.n_ = n_rows
+        P, loss, correct = P[:m], loss[:m], correct[:m]
+        self.preq.update(correct, loss, None)
+        self.suppressed += suppressed
+        if divergence == divergence:  # (not NaN: a check step was run)
+            self.divergence = divergence
+        self.last_seq = int(seqs[m - 1])
+        self.n_samples += m
+        self.since_sync += m
+        self.n_steps += done
+        self.step_proba, self.step_loss, self.step_correct = P[m - B:], loss[m - B:], correct[m - B:]
+        self.run_proba = P  # learner.classes_ == classes (runs()): the declared order
+        if guard is not None:
+            guard.set_averages_state(g)
+            if stop == rk.STOP_NONFINITE:  # the kernel left this step's losses to observe
+                guard.observe(learner, self.step_loss)
+            elif stop == rk.STOP_GUARD:
+                guard.check(learner)
+        if stop == rk.STOP_END:
+            return done, None  # every step's node rule ran in the kernel and said nothing
+        return done, self.node_rule()
+
+    def runs(self) -> bool:
+        """Whether :meth:`learn_run` takes many mini-batches in one compiled call: a CPU logistic regression on
+        the numpy path (:mod:`~streamlearn.learners.fast`) without a step-size schedule, every class known, no
+        detector, guard window or extrapolated reference, the loss guard (if any) learning."""
+        from streamlearn.node.run_kernel import AVAILABLE
+
+        learner = self.learner
+        fast = getattr(learner, "_fast", None)
+        return (AVAILABLE and fast is not None and fast.linear and self.protocol is not None and not self.regression
+                and self.monitor is None and self.guard is None and self.motion is None
+                and getattr(learner, "lr_decay", None) is None and learner.classes_ == self.classes
+                and fast.k == len(self.classes) and learner._w is not None
+                and (self.loss_guard is None or self.loss_guard.learning)
+                and self.reference.device.type == "cpu")
 
     def _learn_targets(self, X: np.ndarray, y: np.ndarray, seqs: np.ndarray, early: np.ndarray | None) -> None:
         """Test-then-train on float targets ``y``: absolute errors, MAE/RMSE, the detector on scaled errors.

@@ -92,9 +92,9 @@ def test_a_node_that_stops_answering_is_given_up_and_a_slow_node_catches_up(brok
         mute._publish_model = lambda kind, **fields: None
         step = slow._step
 
-        def sluggish(n):  # node 1 needs 40 ms per mini-batch: it falls behind the stream
+        def sluggish(n, batches=1):  # node 1 needs 40 ms per mini-batch: it falls behind the stream
             time.sleep(0.04)
-            step(n)
+            step(n)  # one mini-batch per call (not a run of them)
 
         slow._step = sluggish
         wait(reader, lambda r: r.sync and r.sync["nodes_alive"] == 3, what="3 joins")
@@ -126,11 +126,11 @@ def _gate(svc, hold: threading.Event, go: threading.Event, stalled: threading.Ev
     still (no fetch, no commit), so what is produced meanwhile exists only in the broker."""
     step = svc._step
 
-    def gated(n):
+    def gated(n, batches=1):
         if hold.is_set() and not go.is_set():
             stalled.set()
             go.wait(timeout=120)
-        step(n)
+        step(n, batches)
 
     svc._step = gated
 

@@ -235,6 +235,37 @@ def test_bulk_formatting_equals_the_row_by_row_reference(classes):
     assert ",".join(got) == ",".join(expected) and len(expected) > 200
 
 
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_run_of_mini_batches_publishes_as_its_mini_batches_one_by_one(skip):
+    """A run learnt in one call adds its predictions once, with a step per reading: the records are those of
+    the same mini-batches added one per step (an epoch with a '%' in it, noted sources, skipped rows)."""
+    rng = np.random.default_rng(3)
+    B, steps = 10, 23
+    proba = rng.dirichlet([1.0, 1.0], size=B * steps)
+    seqs, offsets = np.arange(B * steps) + 500, np.arange(B * steps) // 4
+    drop = rng.random(B * steps) < 0.3 if skip else None
+    sent = []
+    for run in (False, True):
+        prod = _Producer()
+        pub = PredictionPublisher(prod, "p.predictions", node=1, classes=[0, 1], max_rows=50)
+        for off in range(0, B * steps // 4, 3):
+            pub.note_source(off, f"s{off}", float(off))
+        if run:
+            pub.add(seqs, proba, offsets=offsets, step=np.repeat(np.arange(40, 40 + steps), B), syncs=2,
+                    epoch="e%d", skip=drop)
+        else:
+            for t in range(steps):
+                sl = slice(t * B, (t + 1) * B)
+                pub.add(seqs[sl], proba[sl], offsets=offsets[sl], step=40 + t, syncs=2, epoch="e%d",
+                        skip=None if drop is None else drop[sl])
+        pub.flush()
+        sent.append([value for _, _, _, value in prod.sent])
+    assert sent[0] == sent[1]
+    rows = [p for value in sent[1] for p in decode_predictions(value)["predictions"]]
+    assert len(rows) == (B * steps if drop is None else int((~drop).sum()))
+    assert rows[-1]["step"] == 40 + steps - 1 and rows[0]["epoch"] == "e%d"
+
+
 @pytest.mark.parametrize("record, field", [
     ({"type": "status", "node": 0, "classes": None, "predictions": []}, "type"),
     ({"type": "predictions", "node": -1, "classes": None, "predictions": []}, "node"),

@@ -1,0 +1,259 @@
+"""Many test-then-train steps of a small logistic regression in one compiled call (numba).
+
+A node at mini-batches of 10 spends some 40 µs per step in Python around 1 µs of arithmetic: the
+learner's numpy calls, scoring, the loss guard's averages and the node rule, each a few
+microseconds. :func:`logreg_run` does all of that for a whole run of mini-batches in one call: per
+step, it predicts with the model as it is (the scaler's statistics before the step), updates the
+scaler (Chan et al., float64), takes the SGD step of :func:`~streamlearn.learners.fast.sgd_logreg`
+(float32, weight decay), scores the predictions (clipped log loss), moves the loss guard's averages
+as :meth:`~streamlearn.learners.loss_guard.LossGuard.observe` does, and checks the node rule's
+divergence ``||w - r||^2`` at the protocol's check steps. It stops after the first step where
+Python has something to do, so :class:`~streamlearn.node.core.NodeCore` runs the same code as
+per step there:
+
+* ``STOP_RULE``: the node rule would answer (a violation while no answer is awaited, or a check
+  step of a protocol that reports at every check);
+* ``STOP_GUARD``: the loss guard's averages say "exploding", or a snapshot is due;
+* ``STOP_NONFINITE``: a loss is NaN or inf (the guard is not moved by the kernel: ``observe`` does it);
+* ``STOP_END``: the run's steps are done.
+
+The arithmetic is that of :class:`~streamlearn.learners.fast.NumpyPath`; results equal it to float
+rounding (the sums run in a different order): tests/node/test_run_kernel.py.
+
+numba compiles the kernel at its first call in a process (about a second; cached on disk after).
+Without numba :data:`AVAILABLE` is False and the node steps one mini-batch at a time as before.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["AVAILABLE", "STOP_END", "STOP_GUARD", "STOP_NONFINITE", "STOP_RULE", "logreg_run"]
+
+STOP_END, STOP_RULE, STOP_GUARD, STOP_NONFINITE = 0, 1, 2, 3
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - numba is a dependency; a platform without its wheels steps per batch
+    numba = None
+
+AVAILABLE = numba is not None
+
+
+def _jit(fn):
+    if numba is None:
+        return fn
+    try:
+        return numba.njit(cache=True, nogil=True)(fn)
+    except RuntimeError:  # no folder numba may write its cache to (NUMBA_CACHE_DIR names one): compiled per process
+        return numba.njit(nogil=True)(fn)
+
+
+@_jit
+def _pairwise_sum(a, lo, n):
+    """``float(a[lo:lo + n].sum())`` as numpy computes it (pairwise: eight partial sums per block of at
+    most 128, halves above), so the loss guard's averages are those of ``observe``."""
+    if n > 128:
+        half = n // 2
+        half -= half % 8
+        return _pairwise_sum(a, lo, half) + _pairwise_sum(a, lo + half, n - half)
+    if n < 8:
+        res = -0.0
+        for i in range(n):
+            res += a[lo + i]
+        return res
+    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    i = 8
+    while i < n - n % 8:
+        r0 += a[lo + i]
+        r1 += a[lo + i + 1]
+        r2 += a[lo + i + 2]
+        r3 += a[lo + i + 3]
+        r4 += a[lo + i + 4]
+        r5 += a[lo + i + 5]
+        r6 += a[lo + i + 6]
+        r7 += a[lo + i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[lo + i]
+        i += 1
+    return res
+
+
+@_jit
+def _standardise(X, i0, B, mean, m2, n, with_std, out):
+    """Rows ``X[i0:i0 + B]`` standardised with the statistics of ``n`` rows, as scaler_transform (float32)."""
+    f = X.shape[1]
+    for j in range(f):
+        s = 1.0
+        if with_std:
+            v = m2[j] / max(n, 1)
+            s = math.sqrt(v) if v > 0.0 else 0.0
+            if not s > 0.0:
+                s = 1.0
+        for i in range(B):
+            d = np.float64(X[i0 + i, j]) - mean[j]
+            out[i, j] = np.float32(d / s if with_std else d)
+
+
+@_jit
+def _softmax_rows(Z, W, b, S):
+    """``S = softmax(Z @ W.T + b)`` row by row (float32, shifted by the row maximum)."""
+    B, f = Z.shape
+    k = W.shape[0]
+    for i in range(B):
+        top = np.float32(-np.inf)
+        for c in range(k):
+            acc = np.float32(0.0)
+            for j in range(f):
+                acc += Z[i, j] * W[c, j]
+            acc += b[c]
+            S[i, c] = acc
+            if acc > top:
+                top = acc
+        tot = np.float32(0.0)
+        for c in range(k):
+            e = np.float32(math.exp(S[i, c] - top))
+            S[i, c] = e
+            tot += e
+        for c in range(k):
+            S[i, c] /= tot
+
+
+@_jit
+def logreg_run(X, y, B, steps, W, b, scale, with_std, mean, m2, n, lr, wd, flat, p, ref, step0, check_every,
+               threshold, has_threshold, awaiting, guard_on, g, P_out, loss_out, correct_out):
+    """Up to ``steps`` test-then-train steps of ``B`` rows of ``X`` (float32) and class indices ``y``.
+
+    ``W`` (k, f), ``b`` (k): views of the flat parameters ``flat`` (float32), updated in place;
+    ``mean``, ``m2``: the scaler's float64 statistics of ``n`` rows (``scale``: the learner has a
+    scaler), updated in place; ``lr``, ``wd``: the step size and weight decay. The node rule: at steps
+    ``step0 + t`` (counted after the step) divisible by ``check_every`` the divergence of
+    ``flat[:p]`` from ``ref`` (float32) is compared with ``threshold`` (``has_threshold``; else every
+    check step answers); ``awaiting``: a violation is counted as suppressed and the run goes on.
+    ``guard_on``: the loss guard's state ``g`` (:meth:`~streamlearn.learners.loss_guard.LossGuard.averages_state`) is moved as its ``observe``.
+
+    Writes the probabilities before each step (``P_out``, float64), each sample's clipped log loss
+    and whether it was predicted right. Returns ``(steps done, stop reason, scaler rows, last
+    divergence (NaN: none checked), suppressed)``.
+    """
+    f = X.shape[1]
+    k = W.shape[0]
+    lr32 = np.float32(lr)
+    wd32 = np.float32(wd)
+    Z = np.empty((B, f), dtype=np.float32)
+    S = np.empty((B, k), dtype=np.float32)
+    G = np.empty((B, k), dtype=np.float32)
+    bmean = np.empty(f)
+    div = np.nan
+    suppressed = 0
+    eps = 1e-15
+    for t in range(steps):
+        i0 = t * B
+        # predictions with the model before the step (the statistics before it)
+        if scale:
+            _standardise(X, i0, B, mean, m2, n, with_std, Z)
+        else:
+            for i in range(B):
+                for j in range(f):
+                    Z[i, j] = X[i0 + i, j]
+        _softmax_rows(Z, W, b, S)
+        for i in range(B):
+            for c in range(k):
+                P_out[i0 + i, c] = S[i, c]
+        if scale:  # Chan et al. (Welford's step for one row), then the rows as the step sees them
+            if B == 1:
+                for j in range(f):
+                    x = np.float64(X[i0, j])
+                    delta = x - mean[j]
+                    mean[j] += delta / (n + 1)
+                    m2[j] += delta * (x - mean[j])
+            else:
+                total = n + B
+                for j in range(f):
+                    s = 0.0
+                    for i in range(B):
+                        s += np.float64(X[i0 + i, j])
+                    bmean[j] = s / B
+                for j in range(f):
+                    sq = 0.0
+                    for i in range(B):
+                        d = np.float64(X[i0 + i, j]) - bmean[j]
+                        sq += d * d
+                    delta = bmean[j] - mean[j]
+                    mean[j] += delta * (B / total)
+                    m2[j] += sq + delta * delta * (n * B / total)
+            n += B
+            _standardise(X, i0, B, mean, m2, n, with_std, Z)
+            _softmax_rows(Z, W, b, S)
+        # (without a scaler the forward pass that predicted is the one the step trains through)
+        for i in range(B):
+            for c in range(k):
+                G[i, c] = S[i, c] - (np.float32(1.0) if y[i0 + i] == c else np.float32(0.0))
+                G[i, c] /= np.float32(B)
+        for c in range(k):
+            for j in range(f):
+                gw = np.float32(0.0)
+                for i in range(B):
+                    gw += G[i, c] * Z[i, j]
+                if wd != 0.0:
+                    gw += wd32 * W[c, j]
+                W[c, j] -= lr32 * gw
+            gb = np.float32(0.0)
+            for i in range(B):
+                gb += G[i, c]
+            if wd != 0.0:
+                gb += wd32 * b[c]
+            b[c] -= lr32 * gb
+        # scores of the predictions
+        total_loss = 0.0
+        for i in range(B):
+            yi = y[i0 + i]
+            best = 0
+            for c in range(1, k):
+                if P_out[i0 + i, c] > P_out[i0 + i, best]:
+                    best = c
+            correct_out[i0 + i] = best == yi
+            pt = P_out[i0 + i, yi]
+            loss_out[i0 + i] = -math.log(min(max(pt, eps), 1.0 - eps))
+        total_loss = _pairwise_sum(loss_out, i0, B)
+        if guard_on:
+            if not math.isfinite(total_loss):
+                return t + 1, STOP_NONFINITE, n, div, suppressed  # LossGuard.observe takes this step
+            g[3] += B  # position
+            g[4] += 1  # steps
+            mean_loss = total_loss / B
+            if not math.isfinite(g[0]):
+                g[0] = mean_loss
+                g[1] = mean_loss
+            else:
+                g[0] += g[10] * (mean_loss - g[0])
+                floor = max(g[1], g[8])
+                if g[0] <= 2.0 * floor:
+                    g[1] += g[11] * (mean_loss - g[1])
+                elif g[0] <= g[7] * floor:
+                    g[1] += g[12] * (mean_loss - g[1])
+            g[2] += B
+            level = g[1] if math.isfinite(g[1]) else g[8]
+            exploding = g[2] >= g[9] and g[0] > g[7] * max(level, g[8])
+            healthy = not g[0] > 2.0 * max(level, g[8])
+            if exploding or g[6] != 0.0 or (g[3] >= g[5] and healthy):
+                return t + 1, STOP_GUARD, n, div, suppressed  # the guard's checks run in Python
+        step = step0 + t + 1
+        if step % check_every == 0:
+            acc = np.float32(0.0)
+            for j in range(p):
+                d32 = flat[j] - ref[j]
+                acc += d32 * d32
+            div = np.float64(acc)
+            if not has_threshold:
+                return t + 1, STOP_RULE, n, div, suppressed
+            if acc > np.float32(threshold):
+                if not awaiting:
+                    return t + 1, STOP_RULE, n, div, suppressed
+                suppressed += 1  # its model is already up there: learn on
+    return steps, STOP_END, n, div, suppressed
