@@ -4,7 +4,7 @@ Everything runs in this one process against a real Tansu broker
 (:class:`~streamlearn.kafka.broker.EmbeddedBroker`, memory storage, loopback), with one torch
 intra-op thread as the CLI sets for every service process (``--threads``):
 
-1. ``--n`` SEA samples are published to one node topic as binary sample batches of
+1. ``--n`` SEA samples (default 1,000,000: a second or two of the raw consumer's reading) are published to one node topic as binary sample batches of
    ``--record-size`` readings (the producer's default record size). For every node
    configuration the stream is published to a fresh topic prefix (publishing is not timed),
    then read:
@@ -57,7 +57,7 @@ intra-op thread as the CLI sets for every service process (``--threads``):
 
 Prints a table and writes ``bench/results/pipeline.json``. Not a test: tests never time.
 
-    python bench/pipeline.py [--n 200000] [--batch-sizes 10 100 1000] [--repeats 3]
+    python bench/pipeline.py [--n 1000000] [--batch-sizes 10 100 1000] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ from streamlearn.kafka.config import KafkaSettings, default_fetch_wait_ms
 from streamlearn.kafka.node import NodeConfig, NodeService
 from streamlearn.kafka.topics import ensure_topics, samples_topic
 from streamlearn.learners import TorchLearner
+from streamlearn.node import run_kernel
 from streamlearn.node.core import NodeCore
 from streamlearn.streams import make_source
 from streamlearn.sync.aggregate import weighted_mean
@@ -364,7 +365,7 @@ def bench_averaging(args) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=200_000, help="samples in the node topic")
+    ap.add_argument("--n", type=int, default=1_000_000, help="samples in the node topic")
     ap.add_argument("--record-size", type=int, default=100, help="readings per binary record")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 100, 1000])
     ap.add_argument("--detectors", nargs="+", default=["none", "adwin"])
@@ -386,6 +387,8 @@ def main():
     torch.set_num_threads(args.threads)
     # The first torch optimizer imports torch._dynamo (~1.5 s): process start-up, not throughput.
     TorchLearner("logreg", n_features=1, classes=[0, 1], device="cpu")
+    # Likewise numba: importing it and loading the node's compiled run of mini-batches from its cache (~0.5 s)
+    run_kernel.warm_up()
     # crc32c_compiled: kafka-python checks record CRCs with the crc32c package's C code (else pure Python)
     result = {"benchmark": "pipeline", "platform": platform.platform(), "python": platform.python_version(),
               "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),

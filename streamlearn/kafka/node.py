@@ -8,7 +8,10 @@ for each, assigned, no group join), and never blocks on the sync service:
    goes to ``<prefix>.deadletter`` with the reason in its headers and is counted;
 2. the samples are learned test-then-train in mini-batches: predict, score (prequential
    accuracy, drift detector on the error stream), learn; a partial batch is learned once the
-   stream has been idle for ``linger`` seconds;
+   stream has been idle for ``linger`` seconds. The mini-batches buffered are handed to the core
+   as a run (:meth:`~streamlearn.node.NodeCore.learn_run`): a logistic regression on the CPU
+   without a detector learns them in one compiled call up to the first whose node rule sends
+   something (or a checkpoint is due), the same steps as one at a time;
 3. after every local update the node side of the protocol runs,
    ``node_rule(node, step, ||w - r||^2)``, and a ``report`` (with the model on "model") goes
    up; learning goes on while the sync service decides. The divergence is computed only at the
@@ -489,6 +492,10 @@ class NodeService(Service):
                                     window=cfg.window, detector=cfg.detector, guard=cfg.guard,
                                     guard_margin=cfg.guard_margin, sync_timeout=cfg.sync_timeout)
         self.learner_, self.averageable_, self.protocol_ = core.learner, core.averageable, core.protocol
+        if core.runs():  # the compiled run of mini-batches, loaded now rather than in the first one
+            from streamlearn.node.run_kernel import warm_up
+
+            warm_up()
         self._w0_hash = model_hash(core.reference) if core.averageable else None
         core.layout = self._layout = hashlib.blake2b(json.dumps(
             {"learner": cfg.learner, "features": self.features_, "classes": [repr(c) for c in self.classes_],

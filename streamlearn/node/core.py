@@ -44,8 +44,7 @@ __all__ = ["NodeCore", "Outgoing", "SyncOutcome"]
 log = logging.getLogger(__name__)
 
 _KEEP = 100  # drift and sync positions kept for the status
-_SUM = np.add.reduce
-_NO_STATS = np.zeros(1)  # (what the compiled run takes for statistics a learner does not have)
+_SUM, _MIN, _MAX = np.add.reduce, np.minimum.reduce, np.maximum.reduce
 
 
 @dataclass(frozen=True)
@@ -290,15 +289,18 @@ class NodeCore:
         steps = len(yi) // B
         if self.protocol is not None and self.protocol.divergence_threshold is None and self._check_every == 1:
             steps = 1  # the node rule answers after every step (periodic b=1, ...): nothing to run
-        if steps >= 2 and self.runs():
+        runs = steps >= 2 and self.runs()
+        if runs:
             # what the learner's own checks reject (a feature that is not finite, a class index out of range)
             # is left to learn_many, which raises naming it: the run ends before its mini-batch
             N = steps * B
-            if not np.isfinite(_SUM(X[:N], axis=None)):
-                steps = int(np.argwhere(~np.isfinite(X[:N]))[0, 0]) // B
-            if steps and (yi[:N].min() < 0 or yi[:N].max() >= len(self.classes)):
+            if not np.isfinite(_SUM(X[:N], axis=None)):  # (a sum of huge finite values overflows too)
+                bad = np.argwhere(~np.isfinite(X[:N]))
+                if len(bad):
+                    steps = int(bad[0, 0]) // B
+            if steps and (_MIN(yi[:N]) < 0 or _MAX(yi[:N]) >= len(self.classes)):
                 steps = 0
-        if steps < 2 or not self.runs():
+        if not runs or steps < 2:
             self.learn_many(X[:B], yi[:B], seqs[:B])
             self.run_proba = self.step_predictions()
             return 1, self.node_rule()
@@ -309,25 +311,21 @@ class NodeCore:
         fast._check()  # views of the parameters where they are now
         W, b = fast.layers
         f = X.shape[1]
-        mean, m2 = fast._stats(f, create=True) if sc is not None else (_NO_STATS, _NO_STATS)
-        n0 = sc.n_ if sc is not None else 0
+        mean, m2 = fast._stats(f, create=True) if sc is not None else (None, None)
         settings = learner._step_settings()
         p = self.n_params
         if self._ref_np[0] is not self.reference:  # a new reference (a sync, a join, a checkpoint)
             self._ref_np = (self.reference, self.reference.detach().numpy()[:p])
-        threshold = self.protocol.divergence_threshold
         awaiting = self.awaiting is not None and time.monotonic() - self.awaiting < self.sync_timeout
-        g = guard.averages_state(B) if guard is not None else _NO_STATS
+        g = guard.averages_state(B) if guard is not None else None
         N = steps * B
         P = np.empty((N, fast.k))
         loss = np.empty(N)
         correct = np.empty(N, dtype=np.bool_)
-        done, stop, n_rows, divergence, suppressed = rk.logreg_run(
-            np.ascontiguousarray(X[:N]), np.ascontiguousarray(yi[:N], dtype=np.int64), B, steps, W, b,
-            sc is not None, sc is None or sc.with_std, mean, m2, n0, float(settings["lr"]),
-            float(settings["weight_decay"]), fast.flat, p, self._ref_np[1], self.n_steps, self._check_every,
-            0.0 if threshold is None else float(threshold), threshold is not None, awaiting, guard is not None, g,
-            P, loss, correct)
+        done, stop, n_rows, divergence, suppressed = rk.run(
+            X[:N], yi[:N], B, steps, W, b, mean, m2, sc is not None and sc.with_std, sc.n_ if sc is not None else 0,
+            settings["lr"], settings["weight_decay"], fast.flat, p, self._ref_np[1], self.n_steps, self._check_every,
+            self.protocol.divergence_threshold, awaiting, g, P, loss, correct)
         m = done * B
         learner.n_samples_seen_ += m
         learner.n_steps_ += done

@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-__all__ = ["AVAILABLE", "STOP_END", "STOP_GUARD", "STOP_NONFINITE", "STOP_RULE", "logreg_run"]
+__all__ = ["AVAILABLE", "STOP_END", "STOP_GUARD", "STOP_NONFINITE", "STOP_RULE", "logreg_run", "run", "warm_up"]
 
 STOP_END, STOP_RULE, STOP_GUARD, STOP_NONFINITE = 0, 1, 2, 3
 
@@ -257,3 +257,34 @@ def logreg_run(X, y, B, steps, W, b, scale, with_std, mean, m2, n, lr, wd, flat,
                     return t + 1, STOP_RULE, n, div, suppressed
                 suppressed += 1  # its model is already up there: learn on
     return steps, STOP_END, n, div, suppressed
+
+
+_NONE = np.zeros(1)  # (what the kernel takes for statistics or guard state a learner does not have)
+
+
+def run(X, y, B, steps, W, b, mean, m2, with_std, n, lr, wd, flat, p, ref, step0, check_every, threshold, awaiting,
+        g, P, loss, correct) -> tuple:
+    """:func:`logreg_run` with every argument in the type it is compiled for, so one compiled version serves
+    every call (numba compiles anew for each new combination of types). ``mean``, ``m2`` None: no scaler
+    (else both float64 arrays of the features' length); ``threshold`` None: every check step answers; ``g``
+    None: no loss guard."""
+    scale = mean is not None
+    if scale and not (len(mean) == len(m2) == X.shape[1]):
+        raise ValueError(f"scaler statistics of {len(mean)} and {len(m2)} features for {X.shape[1]} features")
+    return logreg_run(np.ascontiguousarray(X, dtype=np.float32), np.ascontiguousarray(y, dtype=np.int64), int(B),
+                      int(steps), W, b, scale, bool(with_std), mean if scale else _NONE,
+                      m2 if scale else _NONE, int(n), float(lr), float(wd), flat, int(p), ref, int(step0),
+                      int(check_every), 0.0 if threshold is None else float(threshold), threshold is not None,
+                      bool(awaiting), g is not None, _NONE if g is None else g, P, loss, correct)
+
+
+def warm_up() -> None:
+    """Compile the kernel now, or load it from numba's cache (a second or so the first time in a process): a
+    node does it while it starts, not in its first run of mini-batches."""
+    if not AVAILABLE:
+        return
+    flat = np.zeros(3, dtype=np.float32)
+    W, b = flat[:2].reshape(2, 1), flat[2:]
+    run(np.zeros((2, 1), np.float32), np.zeros(2, np.int64), 1, 2, W, b, np.zeros(1), np.zeros(1), True, 0, 0.1, 0.0,
+        flat, 2, np.zeros(2, np.float32), 0, 1, 1.0, False, np.zeros(13), np.empty((2, 2)), np.empty(2),
+        np.empty(2, dtype=np.bool_))

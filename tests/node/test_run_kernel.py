@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamlearn.learners import TorchLearner
 from streamlearn.node import NodeCore
@@ -31,8 +33,11 @@ def stream(n=6000, f=4, seed=0):
     return X, y
 
 
-def core(spec, *, sync_timeout=5.0, **kw):
+def core(spec, *, sync_timeout=5.0, centre_only=False, **kw):
     learner = TorchLearner("logreg", n_features=4, classes=CLASSES, seed=0, device="cpu", **{"lr": 0.3, **kw})
+    if centre_only:  # a scaler that only centres (not a constructor option: set on the learner's scaler)
+        learner._scaler.with_std = False
+        learner._fast.row_shape = None  # (the one-row step standardises)
     return NodeCore(learner, CLASSES, spec, detector=None, sync_timeout=sync_timeout)
 
 
@@ -62,11 +67,12 @@ SPECS = ["dynamic:delta=0.5,b=1", "dynamic:delta=0.05,b=4", "periodic:b=8", "fed
 
 @pytest.mark.parametrize("spec", SPECS)
 @pytest.mark.parametrize("B", [1, 10, 37])
-@pytest.mark.parametrize("settings", [{}, {"scale": False, "lr": 0.01, "weight_decay": 0.001}],
-                         ids=["scaled", "unscaled+wd"])
-def test_a_run_learns_as_its_mini_batches_one_by_one(spec, B, settings):
+@pytest.mark.parametrize("kw", [{}, {"scale": False, "lr": 0.01, "weight_decay": 0.001},
+                                      {"scale": True, "centre_only": True, "lr": 0.01}],
+                         ids=["scaled", "unscaled+wd", "centred"])
+def test_a_run_learns_as_its_mini_batches_one_by_one(spec, B, kw):
     X, y = stream()
-    one, many = core(spec, **settings), core(spec, **settings)
+    one, many = core(spec, **kw), core(spec, **kw)
     assert many.runs() and not many.regression
     sent_one, sent_many = drive(one, X, y, B, run=False), drive(many, X, y, B, run=True)
     assert sent_one == sent_many
@@ -94,8 +100,8 @@ def test_violations_while_a_model_is_awaited_are_counted_as_suppressed(B):
     assert one.suppressed == many.suppressed > 100
 
 
-@pytest.mark.parametrize("settings", [dict(lr=0.5, scale=False), dict(lr=10.0)], ids=["unscaled", "scaled"])
-def test_the_loss_guard_fires_at_the_same_step(settings):
+@pytest.mark.parametrize("kw", [dict(lr=0.5, scale=False), dict(lr=10.0)], ids=["unscaled", "scaled"])
+def test_the_loss_guard_fires_at_the_same_step(kw):
     """A glitch (readings 100 times too high, labels flipped, for 100 samples) blows the loss up: the guard
     restores and damps at the same sample in both, and the runs after it go on with the damped step size."""
     rng = np.random.default_rng(0)
@@ -103,7 +109,7 @@ def test_the_loss_guard_fires_at_the_same_step(settings):
     y = (X[:, 0] + X[:, 1] > 0).astype(np.int64)
     X[2000:2100] *= 100
     y[2000:2100] = 1 - y[2000:2100]
-    one, many = core("periodic:b=5", **settings), core("periodic:b=5", **settings)
+    one, many = core("periodic:b=5", **kw), core("periodic:b=5", **kw)
     sent_one, sent_many = drive(one, X, y, 10, run=False), drive(many, X, y, 10, run=True)
     assert sent_one == sent_many
     events = [[(e.position, e.reason, e.action) for e in c.loss_guard.events] for c in (one, many)]
@@ -151,3 +157,24 @@ def test_a_detector_keeps_mini_batches_one_by_one():
 def test_the_kernel_sums_a_batch_loss_as_numpy_does(n):
     a = np.random.default_rng(n).exponential(size=n) * 10.0 ** np.random.default_rng(n + 1).integers(-3, 4, n)
     assert run_kernel._pairwise_sum(a, 0, n) == float(a.sum())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=24, max_size=24),
+       st.lists(st.integers(0, 1), min_size=6, max_size=6), st.sampled_from(["dynamic:delta=0.5,b=1", "nosync"]))
+def test_any_finite_readings_are_learnt_without_harm(values, labels, spec):
+    """Readings of any finite float32 (up to 3.4e38: the logits overflow) go through a run as through the
+    per-batch steps: the same counts, the same messages, a model that is finite or was set back by the guard."""
+    X = np.array(values, dtype=np.float32).reshape(6, 4)
+    y = np.array(labels, dtype=np.int64)
+    sent, cores = [], []
+    with np.errstate(all="ignore"):
+        for run in (False, True):
+            c = core(spec)
+            sent.append(drive(c, X, y, 2, run=run))
+            cores.append(c)
+    assert sent[0] == sent[1]
+    one, many = cores
+    assert (one.n_steps, one.n_samples, one.loss_guard.position) == (many.n_steps, many.n_samples,
+                                                                     many.loss_guard.position) == (3, 6, 6)
+    assert one.preq.n == many.preq.n == 6
