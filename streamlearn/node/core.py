@@ -333,6 +333,11 @@ class NodeCore:
             sc.n_ = n_rows
         P, loss, correct = P[:m], loss[:m], correct[:m]
         self.preq.update(correct, loss, None)
+        if self.monitor is not None:  # it only watches here (no schedule to restart): fed the run's errors at once
+            n0 = self.monitor.n_
+            for pos in self.monitor.update_many((~correct).astype(np.float64)):
+                self.drifts.append(int(seqs[pos - n0]))
+                self.n_drifts += 1
         self.suppressed += suppressed
         if divergence == divergence:  # (not NaN: a check step was run)
             self.divergence = divergence
@@ -355,13 +360,14 @@ class NodeCore:
     def runs(self) -> bool:
         """Whether :meth:`learn_run` takes many mini-batches in one compiled call: a CPU logistic regression on
         the numpy path (:mod:`~streamlearn.learners.fast`) without a step-size schedule, every class known, no
-        detector, guard window or extrapolated reference, the loss guard (if any) learning."""
+        guard window or extrapolated reference, the loss guard (if any) learning. A drift detector only watches
+        then (it restarts no schedule): it takes the run's errors after it."""
         from streamlearn.node.run_kernel import AVAILABLE
 
         learner = self.learner
         fast = getattr(learner, "_fast", None)
         return (AVAILABLE and fast is not None and fast.linear and self.protocol is not None and not self.regression
-                and self.monitor is None and self.guard is None and self.motion is None
+                and not self.restarts and self.guard is None and self.motion is None
                 and getattr(learner, "lr_decay", None) is None and learner.classes_ == self.classes
                 and fast.k == len(self.classes) and learner._w is not None
                 and (self.loss_guard is None or self.loss_guard.learning)

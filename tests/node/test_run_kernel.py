@@ -33,12 +33,12 @@ def stream(n=6000, f=4, seed=0):
     return X, y
 
 
-def core(spec, *, sync_timeout=5.0, centre_only=False, **kw):
+def core(spec, *, sync_timeout=5.0, centre_only=False, detector=None, **kw):
     learner = TorchLearner("logreg", n_features=4, classes=CLASSES, seed=0, device="cpu", **{"lr": 0.3, **kw})
     if centre_only:  # a scaler that only centres (not a constructor option: set on the learner's scaler)
         learner._scaler.with_std = False
         learner._fast.row_shape = None  # (the one-row step standardises)
-    return NodeCore(learner, CLASSES, spec, detector=None, sync_timeout=sync_timeout)
+    return NodeCore(learner, CLASSES, spec, detector=detector, sync_timeout=sync_timeout)
 
 
 def drive(c, X, y, B, run, answer_every=1):
@@ -68,8 +68,8 @@ SPECS = ["dynamic:delta=0.5,b=1", "dynamic:delta=0.05,b=4", "periodic:b=8", "fed
 @pytest.mark.parametrize("spec", SPECS)
 @pytest.mark.parametrize("B", [1, 10, 37])
 @pytest.mark.parametrize("kw", [{}, {"scale": False, "lr": 0.01, "weight_decay": 0.001},
-                                      {"scale": True, "centre_only": True, "lr": 0.01}],
-                         ids=["scaled", "unscaled+wd", "centred"])
+                                      {"scale": True, "centre_only": True, "lr": 0.01}, {"detector": "adwin"}],
+                         ids=["scaled", "unscaled+wd", "centred", "adwin"])
 def test_a_run_learns_as_its_mini_batches_one_by_one(spec, B, kw):
     X, y = stream()
     one, many = core(spec, **kw), core(spec, **kw)
@@ -86,6 +86,9 @@ def test_a_run_learns_as_its_mini_batches_one_by_one(spec, B, kw):
     assert many.divergence == pytest.approx(one.divergence, rel=1e-4, abs=1e-9)
     g1, g2 = one.loss_guard, many.loss_guard
     assert (g1.position, g1.n_steps, g1.n_seen, g1.n_events) == (g2.position, g2.n_steps, g2.n_seen, g2.n_events)
+    assert list(one.drifts) == list(many.drifts) and one.n_drifts == many.n_drifts
+    if kw.get("detector"):
+        assert one.n_drifts >= 1 and one.monitor.n_ == many.monitor.n_ == one.n_samples
     assert g2.recent == pytest.approx(g1.recent, rel=1e-5) and g2.level == pytest.approx(g1.level, rel=1e-5)
 
 
@@ -146,11 +149,10 @@ def test_learners_the_kernel_does_not_cover_learn_one_mini_batch_per_call(kw):
     assert (k, out, c.n_steps, c.n_samples) == (1, None, 1, 10)
 
 
-def test_a_detector_keeps_mini_batches_one_by_one():
-    X, y = stream(200)
-    learner = TorchLearner("logreg", n_features=4, classes=CLASSES, seed=0, device="cpu")
-    c = NodeCore(learner, CLASSES, "nosync", detector="adwin")
-    assert not c.runs()
+def test_a_detector_that_restarts_the_step_size_schedule_keeps_mini_batches_one_by_one():
+    learner = TorchLearner("logreg", n_features=4, classes=CLASSES, seed=0, device="cpu", lr_decay=2.0)
+    assert not NodeCore(learner, CLASSES, "nosync", detector="adwin").runs()
+    assert NodeCore(learner.clone(), CLASSES, "nosync", detector="adwin").restarts
 
 
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 16, 17, 127, 128, 129, 300, 1001])
