@@ -320,7 +320,8 @@ class NodeMetrics:
                                            info=("streamlearn_node", "Learner and protocol of the node.",
                                                  ("learner", "protocol"))))
         self._learn = Histogram("streamlearn_node_learn_seconds",
-                                "Seconds to test-then-train one mini-batch and run the node rule.",
+                                "Seconds to test-then-train one mini-batch and run the node rule (a run of "
+                                "mini-batches learnt in one call: once, its mean per mini-batch).",
                                 ["node"], registry=registry, buckets=LATENCY_BUCKETS).labels(node=self.node)
         self._wait = Histogram("streamlearn_node_sync_wait_seconds",
                                "Seconds from a violation (model sent up) to the averaged model applied.",
@@ -333,7 +334,8 @@ class NodeMetrics:
         self._status = dict(status)
 
     def observe_learn(self, seconds: float) -> None:
-        """One local update (predict, score, learn, node rule) took ``seconds``."""
+        """One local update (predict, score, learn, node rule) took ``seconds`` (a run of them: observed once,
+        with its mean per mini-batch)."""
         self._learn.observe(_seconds(seconds))
 
     def observe_sync_wait(self, seconds: float) -> None:

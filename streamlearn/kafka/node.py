@@ -10,8 +10,9 @@ for each, assigned, no group join), and never blocks on the sync service:
    accuracy, drift detector on the error stream), learn; a partial batch is learned once the
    stream has been idle for ``linger`` seconds. The mini-batches buffered are handed to the core
    as a run (:meth:`~streamlearn.node.NodeCore.learn_run`): a logistic regression on the CPU
-   without a detector learns them in one compiled call up to the first whose node rule sends
-   something (or a checkpoint is due), the same steps as one at a time;
+   learns them in one compiled call up to the first whose node rule sends something (or a
+   checkpoint is due), the same steps as one at a time (a drift detector takes the run's errors
+   after it);
 3. after every local update the node side of the protocol runs,
    ``node_rule(node, step, ||w - r||^2)``, and a ``report`` (with the model on "model") goes
    up; learning goes on while the sync service decides. The divergence is computed only at the
