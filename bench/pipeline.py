@@ -79,6 +79,7 @@ from kafka.record.util import crc32c_c
 from streamlearn.kafka.broker import EmbeddedBroker
 from streamlearn.kafka.codecs import decode_sample_batch, encode_sample_batch
 from streamlearn.kafka.config import KafkaSettings, default_fetch_wait_ms
+from streamlearn.kafka import proba_text
 from streamlearn.kafka.node import NodeConfig, NodeService
 from streamlearn.kafka.topics import ensure_topics, samples_topic
 from streamlearn.learners import TorchLearner
@@ -387,8 +388,9 @@ def main():
     torch.set_num_threads(args.threads)
     # The first torch optimizer imports torch._dynamo (~1.5 s): process start-up, not throughput.
     TorchLearner("logreg", n_features=1, classes=[0, 1], device="cpu")
-    # Likewise numba: importing it and loading the node's compiled run of mini-batches from its cache (~0.5 s)
+    # Likewise numba: importing it and loading the node's compiled code from its cache (~0.5 s)
     run_kernel.warm_up()
+    proba_text.warm_up()
     # crc32c_compiled: kafka-python checks record CRCs with the crc32c package's C code (else pure Python)
     result = {"benchmark": "pipeline", "platform": platform.platform(), "python": platform.python_version(),
               "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),

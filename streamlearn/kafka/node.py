@@ -544,6 +544,10 @@ class NodeService(Service):
                                                                     **producer_overrides()))
             self._predictions = PredictionPublisher(self._pred_producer, self._topics["predictions"], node,
                                                     None if core.regression else self.classes_)
+            if not core.regression:  # the compiled writer of prediction rows, loaded now rather than at a flush
+                from streamlearn.kafka.proba_text import warm_up
+
+                warm_up()
         self._consumer = KafkaConsumer(**s.consumer_kwargs(
             self.bootstrap_, group_id=f"{self.prefix_}.node.{node}", enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=cfg.max_poll_records, fetch_max_wait_ms=cfg.fetch_wait_ms))

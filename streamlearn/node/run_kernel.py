@@ -30,25 +30,12 @@ import math
 
 import numpy as np
 
+from streamlearn.compiled import AVAILABLE
+from streamlearn.compiled import jit as _jit
+
 __all__ = ["AVAILABLE", "STOP_END", "STOP_GUARD", "STOP_NONFINITE", "STOP_RULE", "logreg_run", "run", "warm_up"]
 
 STOP_END, STOP_RULE, STOP_GUARD, STOP_NONFINITE = 0, 1, 2, 3
-
-try:
-    import numba
-except ImportError:  # pragma: no cover - numba is a dependency; a platform without its wheels steps per batch
-    numba = None
-
-AVAILABLE = numba is not None
-
-
-def _jit(fn):
-    if numba is None:
-        return fn
-    try:
-        return numba.njit(cache=True, nogil=True)(fn)
-    except RuntimeError:  # no folder numba may write its cache to (NUMBA_CACHE_DIR names one): compiled per process
-        return numba.njit(nogil=True)(fn)
 
 
 @_jit
