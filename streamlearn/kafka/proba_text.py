@@ -189,8 +189,9 @@ def prediction_rows(seqs: np.ndarray, P: np.ndarray, labels: list, tails: list, 
     """JSON rows of a classifier's predictions, as ``(text, ends)``: the UTF-8 bytes of every row followed by
     a comma, and where each row ends (before its comma). ``labels``: the JSON text of each class; ``tails``:
     the texts that close rows (``,"syncs":..,"step":..}``), ``tail_of`` the one of each row. A row whose NaN
-    means no prediction gets null for both. None: numba is missing (the caller writes them in Python)."""
-    if not AVAILABLE:
+    means no prediction gets null for both. None: numba is missing, or a negative ``seq`` (the caller writes
+    them in Python)."""
+    if not AVAILABLE or (len(seqs) and np.minimum.reduce(seqs) < 0):  # (readings number from 0: the codecs say so)
         return None
     n, k = P.shape
     P = np.ascontiguousarray(P, dtype=np.float64)

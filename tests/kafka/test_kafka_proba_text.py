@@ -89,3 +89,8 @@ def test_the_publisher_sends_the_same_records_with_and_without_compiled_rows(mon
     assert sent[0] == sent[1] and len(sent[0]) > 40
     assert max(len(r) for r in sent[0]) <= 2500
     assert sum(len(decode_predictions(r)["predictions"]) for r in sent[0]) == seq
+
+
+def test_a_negative_sequence_number_is_left_to_python():
+    assert proba_text.prediction_rows(np.array([3, -1]), np.full((2, 2), 0.5), ["0", "1"], ["}"], np.zeros(2, int),
+                                      "%.6g") is None
