@@ -4,8 +4,9 @@ Everything runs in this one process against a real Tansu broker
 (:class:`~streamlearn.kafka.broker.EmbeddedBroker`, memory storage, loopback), with one torch
 intra-op thread as the CLI sets for every service process (``--threads``):
 
-1. ``--n`` SEA samples (default 1,000,000: a second or two of the raw consumer's reading) are published to one node topic as binary sample batches of
-   ``--record-size`` readings (the producer's default record size). For every node
+1. ``--n`` SEA samples (default 1,000,000: a fraction of a second of the raw consumer's reading) are
+   published to one node topic as binary sample batches of ``--record-size`` readings (the
+   producer's default record size). For every node
    configuration the stream is published to a fresh topic prefix (publishing is not timed),
    then read:
 

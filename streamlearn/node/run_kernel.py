@@ -122,7 +122,8 @@ def logreg_run(X, y, B, steps, W, b, scale, with_std, mean, m2, n, lr, wd, flat,
     ``step0 + t`` (counted after the step) divisible by ``check_every`` the divergence of
     ``flat[:p]`` from ``ref`` (float32) is compared with ``threshold`` (``has_threshold``; else every
     check step answers); ``awaiting``: a violation is counted as suppressed and the run goes on.
-    ``guard_on``: the loss guard's state ``g`` (:meth:`~streamlearn.learners.loss_guard.LossGuard.averages_state`) is moved as its ``observe``.
+    ``guard_on``: the loss guard's state ``g`` (in the order of
+    :meth:`~streamlearn.learners.loss_guard.LossGuard.averages_state`) is moved as its ``observe`` moves it.
 
     Writes the probabilities before each step (``P_out``, float64), each sample's clipped log loss
     and whether it was predicted right. Returns ``(steps done, stop reason, scaler rows, last
@@ -197,7 +198,6 @@ def logreg_run(X, y, B, steps, W, b, scale, with_std, mean, m2, n, lr, wd, flat,
                 gb += wd32 * b[c]
             b[c] -= lr32 * gb
         # scores of the predictions
-        total_loss = 0.0
         for i in range(B):
             yi = y[i0 + i]
             best = 0
