@@ -9,8 +9,8 @@ for each, assigned, no group join), and never blocks on the sync service:
 2. the samples are learned test-then-train in mini-batches: predict, score (prequential
    accuracy, drift detector on the error stream), learn; a partial batch is learned once the
    stream has been idle for ``linger`` seconds. The mini-batches buffered are handed to the core
-   as a run (:meth:`~streamlearn.node.NodeCore.learn_run`): a logistic regression on the CPU
-   learns them in one compiled call up to the first whose node rule sends something (or a
+   as a run (:meth:`~streamlearn.node.NodeCore.learn_run`): a logistic regression or an MLP of
+   one hidden layer on the CPU learns them in one compiled call up to the first whose node rule sends something (or a
    checkpoint is due), the same steps as one at a time (a drift detector takes the run's errors
    after it);
 3. after every local update the node side of the protocol runs,

@@ -309,7 +309,6 @@ class NodeCore:
         learner = self.learner
         fast, sc, guard = learner._fast, learner._scaler, self.loss_guard
         fast._check()  # views of the parameters where they are now
-        W, b = fast.layers
         f = X.shape[1]
         mean, m2 = fast._stats(f, create=True) if sc is not None else (None, None)
         settings = learner._step_settings()
@@ -323,7 +322,7 @@ class NodeCore:
         loss = np.empty(N)
         correct = np.empty(N, dtype=np.bool_)
         done, stop, n_rows, divergence, suppressed = rk.run(
-            X[:N], yi[:N], B, steps, W, b, mean, m2, sc is not None and sc.with_std, sc.n_ if sc is not None else 0,
+            X[:N], yi[:N], B, steps, fast.layers, mean, m2, sc is not None and sc.with_std, sc.n_ if sc is not None else 0,
             settings["lr"], settings["weight_decay"], fast.flat, p, self._ref_np[1], self.n_steps, self._check_every,
             self.protocol.divergence_threshold, awaiting, g, P, loss, correct)
         m = done * B
@@ -358,15 +357,16 @@ class NodeCore:
         return done, self.node_rule()
 
     def runs(self) -> bool:
-        """Whether :meth:`learn_run` takes many mini-batches in one compiled call: a CPU logistic regression on
-        the numpy path (:mod:`~streamlearn.learners.fast`) without a step-size schedule, every class known, no
+        """Whether :meth:`learn_run` takes many mini-batches in one compiled call: a CPU logistic regression or MLP
+        of one hidden layer on the numpy path (:mod:`~streamlearn.learners.fast`) without a step-size schedule, every class known, no
         guard window or extrapolated reference, the loss guard (if any) learning. A drift detector only watches
         then (it restarts no schedule): it takes the run's errors after it."""
         from streamlearn.node.run_kernel import AVAILABLE
 
         learner = self.learner
         fast = getattr(learner, "_fast", None)
-        return (AVAILABLE and fast is not None and fast.linear and self.protocol is not None and not self.regression
+        return (AVAILABLE and fast is not None and len(fast.layers) in (2, 4) and self.protocol is not None
+                and not self.regression
                 and not self.restarts and self.guard is None and self.motion is None
                 and getattr(learner, "lr_decay", None) is None and learner.classes_ == self.classes
                 and fast.k == len(self.classes) and learner._w is not None

@@ -1,11 +1,12 @@
-"""Many test-then-train steps of a small logistic regression in one compiled call (numba).
+"""Many test-then-train steps of a small logistic regression or MLP in one compiled call (numba).
 
 A node at mini-batches of 10 spends some 40 µs per step in Python around 1 µs of arithmetic: the
 learner's numpy calls, scoring, the loss guard's averages and the node rule, each a few
-microseconds. :func:`logreg_run` does all of that for a whole run of mini-batches in one call: per
+microseconds. :func:`learn_steps` does all of that for a whole run of mini-batches in one call: per
 step, it predicts with the model as it is (the scaler's statistics before the step), updates the
 scaler (Chan et al., float64), takes the SGD step of :func:`~streamlearn.learners.fast.sgd_logreg`
-(float32, weight decay), scores the predictions (clipped log loss), moves the loss guard's averages
+(float32, weight decay; for an MLP of one ReLU layer, the backward pass of
+:func:`~streamlearn.learners.fast.sgd_mlp`), scores the predictions (clipped log loss), moves the loss guard's averages
 as :meth:`~streamlearn.learners.loss_guard.LossGuard.observe` does, and checks the node rule's
 divergence ``||w - r||^2`` at the protocol's check steps. It stops after the first step where
 Python has something to do, so :class:`~streamlearn.node.core.NodeCore` runs the same code as
@@ -33,7 +34,7 @@ import numpy as np
 from streamlearn.compiled import AVAILABLE
 from streamlearn.compiled import jit as _jit
 
-__all__ = ["AVAILABLE", "STOP_END", "STOP_GUARD", "STOP_NONFINITE", "STOP_RULE", "logreg_run", "run", "warm_up"]
+__all__ = ["AVAILABLE", "STOP_END", "STOP_GUARD", "STOP_NONFINITE", "STOP_RULE", "learn_steps", "run", "warm_up"]
 
 STOP_END, STOP_RULE, STOP_GUARD, STOP_NONFINITE = 0, 1, 2, 3
 
@@ -88,35 +89,80 @@ def _standardise(X, i0, B, mean, m2, n, with_std, out):
 
 
 @_jit
+def _affine(Z, W, b, out):
+    """``out = Z @ W.T + b`` (float32, each sum in the order of the features)."""
+    for i in range(Z.shape[0]):
+        for c in range(W.shape[0]):
+            acc = np.float32(0.0)
+            for j in range(Z.shape[1]):
+                acc += Z[i, j] * W[c, j]
+            out[i, c] = acc + b[c]
+
+
+@_jit
 def _softmax_rows(Z, W, b, S):
     """``S = softmax(Z @ W.T + b)`` row by row (float32, shifted by the row maximum)."""
-    B, f = Z.shape
-    k = W.shape[0]
-    for i in range(B):
-        top = np.float32(-np.inf)
-        for c in range(k):
-            acc = np.float32(0.0)
-            for j in range(f):
-                acc += Z[i, j] * W[c, j]
-            acc += b[c]
-            S[i, c] = acc
-            if acc > top:
-                top = acc
+    _affine(Z, W, b, S)
+    for i in range(S.shape[0]):
+        top = S[i, 0]
+        for c in range(1, S.shape[1]):
+            if S[i, c] > top:
+                top = S[i, c]
         tot = np.float32(0.0)
-        for c in range(k):
+        for c in range(S.shape[1]):
             e = np.float32(math.exp(S[i, c] - top))
             S[i, c] = e
             tot += e
-        for c in range(k):
+        for c in range(S.shape[1]):
             S[i, c] /= tot
 
 
 @_jit
-def logreg_run(X, y, B, steps, W, b, scale, with_std, mean, m2, n, lr, wd, flat, p, ref, step0, check_every,
-               threshold, has_threshold, awaiting, guard_on, g, P_out, loss_out, correct_out):
+def _forward(Z, W1, b1, W, b, hidden, A, S):
+    """``S``: the softmax of the model on ``Z``; with ``hidden``, through ``A = relu(Z @ W1.T + b1)`` first."""
+    if not hidden:
+        _softmax_rows(Z, W, b, S)
+        return
+    _affine(Z, W1, b1, A)
+    for i in range(A.shape[0]):
+        for h in range(A.shape[1]):
+            if not A[i, h] > 0:
+                A[i, h] = np.float32(0.0)
+    _softmax_rows(A, W, b, S)
+
+
+@_jit
+def _sgd_linear(G, Z, W, b, wd32, gW, gb):
+    """The gradient of a linear layer ``W``, ``b`` on inputs ``Z`` from ``G`` (d loss / d its outputs) into ``gW``,
+    ``gb``, weight decay added."""
+    B, k = G.shape
+    for c in range(k):
+        for j in range(Z.shape[1]):
+            gw = np.float32(0.0)
+            for i in range(B):
+                gw += G[i, c] * Z[i, j]
+            gW[c, j] = gw + wd32 * W[c, j] if wd32 != 0 else gw
+        s = np.float32(0.0)
+        for i in range(B):
+            s += G[i, c]
+        gb[c] = s + wd32 * b[c] if wd32 != 0 else s
+
+
+@_jit
+def _apply(W, b, gW, gb, lr32):
+    for c in range(W.shape[0]):
+        for j in range(W.shape[1]):
+            W[c, j] -= lr32 * gW[c, j]
+        b[c] -= lr32 * gb[c]
+
+
+@_jit
+def learn_steps(X, y, B, steps, W1, b1, W, b, hidden, scale, with_std, mean, m2, n, lr, wd, flat, p, ref, step0,
+               check_every, threshold, has_threshold, awaiting, guard_on, g, P_out, loss_out, correct_out):
     """Up to ``steps`` test-then-train steps of ``B`` rows of ``X`` (float32) and class indices ``y``.
 
-    ``W`` (k, f), ``b`` (k): views of the flat parameters ``flat`` (float32), updated in place;
+    ``W`` (k, f), ``b`` (k): views of the flat parameters ``flat`` (float32), updated in place; with
+    ``hidden``, an MLP of one ReLU layer ``W1`` (H, f), ``b1`` (H) before them (then ``W`` is (k, H));
     ``mean``, ``m2``: the scaler's float64 statistics of ``n`` rows (``scale``: the learner has a
     scaler), updated in place; ``lr``, ``wd``: the step size and weight decay. The node rule: at steps
     ``step0 + t`` (counted after the step) divisible by ``check_every`` the divergence of
@@ -131,11 +177,16 @@ def logreg_run(X, y, B, steps, W, b, scale, with_std, mean, m2, n, lr, wd, flat,
     """
     f = X.shape[1]
     k = W.shape[0]
+    H = W1.shape[0]
     lr32 = np.float32(lr)
     wd32 = np.float32(wd)
     Z = np.empty((B, f), dtype=np.float32)
     S = np.empty((B, k), dtype=np.float32)
     G = np.empty((B, k), dtype=np.float32)
+    A = np.empty((B, H), dtype=np.float32)  # the hidden layer's activations
+    GA = np.empty((B, H), dtype=np.float32)  # and d loss / d its pre-activations
+    gW, gb = np.empty_like(W), np.empty_like(b)
+    gW1, gb1 = np.empty_like(W1), np.empty_like(b1)
     bmean = np.empty(f)
     div = np.nan
     suppressed = 0
@@ -149,7 +200,7 @@ def logreg_run(X, y, B, steps, W, b, scale, with_std, mean, m2, n, lr, wd, flat,
             for i in range(B):
                 for j in range(f):
                     Z[i, j] = X[i0 + i, j]
-        _softmax_rows(Z, W, b, S)
+        _forward(Z, W1, b1, W, b, hidden, A, S)
         for i in range(B):
             for c in range(k):
                 P_out[i0 + i, c] = S[i, c]
@@ -177,26 +228,26 @@ def logreg_run(X, y, B, steps, W, b, scale, with_std, mean, m2, n, lr, wd, flat,
                     m2[j] += sq + delta * delta * (n * B / total)
             n += B
             _standardise(X, i0, B, mean, m2, n, with_std, Z)
-            _softmax_rows(Z, W, b, S)
+            _forward(Z, W1, b1, W, b, hidden, A, S)
         # (without a scaler the forward pass that predicted is the one the step trains through)
         for i in range(B):
             for c in range(k):
                 G[i, c] = S[i, c] - (np.float32(1.0) if y[i0 + i] == c else np.float32(0.0))
                 G[i, c] /= np.float32(B)
-        for c in range(k):
-            for j in range(f):
-                gw = np.float32(0.0)
-                for i in range(B):
-                    gw += G[i, c] * Z[i, j]
-                if wd != 0.0:
-                    gw += wd32 * W[c, j]
-                W[c, j] -= lr32 * gw
-            gb = np.float32(0.0)
+        # every layer's gradient first (from the weights before the step), then every update: as sgd_mlp
+        if hidden:
+            _sgd_linear(G, A, W, b, wd32, gW, gb)
             for i in range(B):
-                gb += G[i, c]
-            if wd != 0.0:
-                gb += wd32 * b[c]
-            b[c] -= lr32 * gb
+                for h in range(H):
+                    acc = np.float32(0.0)
+                    for c in range(k):
+                        acc += G[i, c] * W[c, h]
+                    GA[i, h] = acc if A[i, h] > 0 else np.float32(0.0)  # ReLU's derivative, 0 at 0 as in torch
+            _sgd_linear(GA, Z, W1, b1, wd32, gW1, gb1)
+            _apply(W1, b1, gW1, gb1, lr32)
+        else:
+            _sgd_linear(G, Z, W, b, wd32, gW, gb)
+        _apply(W, b, gW, gb, lr32)
         # scores of the predictions
         for i in range(B):
             yi = y[i0 + i]
@@ -247,19 +298,27 @@ def logreg_run(X, y, B, steps, W, b, scale, with_std, mean, m2, n, lr, wd, flat,
 
 
 _NONE = np.zeros(1)  # (what the kernel takes for statistics or guard state a learner does not have)
+_NO_LAYER, _NO_BIAS = np.zeros((1, 1), dtype=np.float32), np.zeros(1, dtype=np.float32)  # (no hidden layer)
 
 
-def run(X, y, B, steps, W, b, mean, m2, with_std, n, lr, wd, flat, p, ref, step0, check_every, threshold, awaiting,
+def run(X, y, B, steps, layers, mean, m2, with_std, n, lr, wd, flat, p, ref, step0, check_every, threshold, awaiting,
         g, P, loss, correct) -> tuple:
-    """:func:`logreg_run` with every argument in the type it is compiled for, so one compiled version serves
+    """:func:`learn_steps` with every argument in the type it is compiled for, so one compiled version serves
     every call (numba compiles anew for each new combination of types). ``mean``, ``m2`` None: no scaler
     (else both float64 arrays of the features' length); ``threshold`` None: every check step answers; ``g``
-    None: no loss guard."""
+    None: no loss guard. ``layers``: ``[W, b]`` of a logistic regression or ``[W1, b1, W, b]`` of an MLP of one
+    hidden layer (views of ``flat``)."""
     scale = mean is not None
+    if len(layers) == 2:
+        (W, b), W1, b1, hidden = layers, _NO_LAYER, _NO_BIAS, False
+    elif len(layers) == 4:
+        (W1, b1, W, b), hidden = layers, True
+    else:
+        raise ValueError(f"a logistic regression or an MLP of one hidden layer, not {len(layers) // 2} layers")
     if scale and not (len(mean) == len(m2) == X.shape[1]):
         raise ValueError(f"scaler statistics of {len(mean)} and {len(m2)} features for {X.shape[1]} features")
-    return logreg_run(np.ascontiguousarray(X, dtype=np.float32), np.ascontiguousarray(y, dtype=np.int64), int(B),
-                      int(steps), W, b, scale, bool(with_std), mean if scale else _NONE,
+    return learn_steps(np.ascontiguousarray(X, dtype=np.float32), np.ascontiguousarray(y, dtype=np.int64), int(B),
+                      int(steps), W1, b1, W, b, hidden, scale, bool(with_std), mean if scale else _NONE,
                       m2 if scale else _NONE, int(n), float(lr), float(wd), flat, int(p), ref, int(step0),
                       int(check_every), 0.0 if threshold is None else float(threshold), threshold is not None,
                       bool(awaiting), g is not None, _NONE if g is None else g, P, loss, correct)
@@ -272,6 +331,6 @@ def warm_up() -> None:
         return
     flat = np.zeros(3, dtype=np.float32)
     W, b = flat[:2].reshape(2, 1), flat[2:]
-    run(np.zeros((2, 1), np.float32), np.zeros(2, np.int64), 1, 2, W, b, np.zeros(1), np.zeros(1), True, 0, 0.1, 0.0,
+    run(np.zeros((2, 1), np.float32), np.zeros(2, np.int64), 1, 2, [W, b], np.zeros(1), np.zeros(1), True, 0, 0.1, 0.0,
         flat, 2, np.zeros(2, np.float32), 0, 1, 1.0, False, np.zeros(13), np.empty((2, 2)), np.empty(2),
         np.empty(2, dtype=np.bool_))

@@ -34,7 +34,8 @@ def stream(n=6000, f=4, seed=0):
 
 
 def core(spec, *, sync_timeout=5.0, centre_only=False, detector=None, **kw):
-    learner = TorchLearner("logreg", n_features=4, classes=CLASSES, seed=0, device="cpu", **{"lr": 0.3, **kw})
+    learner = TorchLearner(**{"arch": "logreg", "n_features": 4, "classes": CLASSES, "seed": 0, "device": "cpu",
+                              "lr": 0.3, **kw})
     if centre_only:  # a scaler that only centres (not a constructor option: set on the learner's scaler)
         learner._scaler.with_std = False
         learner._fast.row_shape = None  # (the one-row step standardises)
@@ -68,8 +69,10 @@ SPECS = ["dynamic:delta=0.5,b=1", "dynamic:delta=0.05,b=4", "periodic:b=8", "fed
 @pytest.mark.parametrize("spec", SPECS)
 @pytest.mark.parametrize("B", [1, 10, 37])
 @pytest.mark.parametrize("kw", [{}, {"scale": False, "lr": 0.01, "weight_decay": 0.001},
-                                      {"scale": True, "centre_only": True, "lr": 0.01}, {"detector": "adwin"}],
-                         ids=["scaled", "unscaled+wd", "centred", "adwin"])
+                                      {"scale": True, "centre_only": True, "lr": 0.01}, {"detector": "adwin"},
+                                      {"arch": "mlp", "hidden": (8,), "scale": True, "lr": 0.05},
+                                      {"arch": "mlp", "hidden": (5,), "lr": 0.01, "weight_decay": 0.01}],
+                         ids=["plain", "unscaled+wd", "centred", "adwin", "mlp", "mlp-unscaled+wd"])
 def test_a_run_learns_as_its_mini_batches_one_by_one(spec, B, kw):
     X, y = stream()
     one, many = core(spec, **kw), core(spec, **kw)
@@ -80,7 +83,10 @@ def test_a_run_learns_as_its_mini_batches_one_by_one(spec, B, kw):
            (many.n_steps, many.n_samples, many.since_sync, many.last_seq)
     assert one.preq.accuracy == many.preq.accuracy
     assert many.preq.loss == pytest.approx(one.preq.loss, rel=1e-5)
-    np.testing.assert_allclose(many.learner.get_flat().numpy(), one.learner.get_flat().numpy(), atol=2e-5)
+    # (an MLP's one-row numpy step keeps its softmax in float64 and decays the weights as a factor: over 6,000
+    # steps its rounding drifts to some 6e-5)
+    atol = 1e-4 if kw.get("arch") == "mlp" and B == 1 else 2e-5
+    np.testing.assert_allclose(many.learner.get_flat().numpy(), one.learner.get_flat().numpy(), atol=atol)
     assert many.learner.n_steps_ == one.learner.n_steps_ and many.learner.n_samples_seen_ == one.learner.n_samples_seen_
     np.testing.assert_allclose(many.step_proba, one.step_proba, atol=1e-5)
     assert many.divergence == pytest.approx(one.divergence, rel=1e-4, abs=1e-9)
@@ -89,7 +95,8 @@ def test_a_run_learns_as_its_mini_batches_one_by_one(spec, B, kw):
     assert list(one.drifts) == list(many.drifts) and one.n_drifts == many.n_drifts
     if kw.get("detector"):
         assert one.n_drifts >= 1 and one.monitor.n_ == many.monitor.n_ == one.n_samples
-    assert g2.recent == pytest.approx(g1.recent, rel=1e-5) and g2.level == pytest.approx(g1.level, rel=1e-5)
+    rel = 1e-3 if atol > 2e-5 else 1e-5
+    assert g2.recent == pytest.approx(g1.recent, rel=rel) and g2.level == pytest.approx(g1.level, rel=rel)
 
 
 @pytest.mark.parametrize("B", [1, 10])
@@ -139,7 +146,7 @@ def test_a_bad_feature_raises_at_the_same_mini_batch_as_one_by_one():
     np.testing.assert_allclose(errors[0][3], errors[1][3], atol=1e-5)
 
 
-@pytest.mark.parametrize("kw", [dict(arch="mlp", hidden=(8,)), dict(lr_decay=2.0)], ids=["mlp", "lr_decay"])
+@pytest.mark.parametrize("kw", [dict(arch="mlp", hidden=(8, 8)), dict(lr_decay=2.0)], ids=["mlp2", "lr_decay"])
 def test_learners_the_kernel_does_not_cover_learn_one_mini_batch_per_call(kw):
     X, y = stream(200)
     learner = TorchLearner(**{"arch": "logreg", "n_features": 4, "classes": CLASSES, "seed": 0, "device": "cpu", **kw})
