@@ -255,15 +255,8 @@ class NodeCore:
         if not all_valid:
             loss[~valid] = np.nan
         self.preq.update(correct, loss, None if all_valid else valid)
-        if self.monitor is not None:
-            n0 = self.monitor.n_
-            errors = (~correct).astype(np.float64)
-            found = self.monitor.update_many(errors, None if all_valid else valid)
-            for pos in found:
-                self.drifts.append(int(seqs[pos - n0]))
-                self.n_drifts += 1
-            if found and self.restarts:
-                learner.restart_schedule()  # from the next step on: this one is taken (fused) or below
+        if self.monitor is not None:  # a restart of the schedule counts from the next step: this one is taken
+            self._watch((~correct).astype(np.float64), None if all_valid else valid, seqs)  # (fused) or below
         if fused is None and learns:
             learner.learn_many(X, self._labels[yi])
         if learns and self.loss_guard is not None:
@@ -333,10 +326,7 @@ class NodeCore:
         P, loss, correct = P[:m], loss[:m], correct[:m]
         self.preq.update(correct, loss, None)
         if self.monitor is not None:  # it only watches here (no schedule to restart): fed the run's errors at once
-            n0 = self.monitor.n_
-            for pos in self.monitor.update_many((~correct).astype(np.float64)):
-                self.drifts.append(int(seqs[pos - n0]))
-                self.n_drifts += 1
+            self._watch((~correct).astype(np.float64), None, seqs)
         self.suppressed += suppressed
         if divergence == divergence:  # (not NaN: a check step was run)
             self.divergence = divergence
@@ -356,11 +346,22 @@ class NodeCore:
             return done, None  # every step's node rule ran in the kernel and said nothing
         return done, self.node_rule()
 
+    def _watch(self, errors: np.ndarray, valid: np.ndarray | None, seqs: np.ndarray) -> None:
+        """The drift detector on the samples' ``errors`` (``seqs`` their numbers): detections are kept, and a
+        learner with a step-size schedule restarts it (from its next step)."""
+        n0 = self.monitor.n_
+        found = self.monitor.update_many(errors, valid)
+        for pos in found:
+            self.drifts.append(int(seqs[pos - n0]))
+            self.n_drifts += 1
+        if found and self.restarts:
+            self.learner.restart_schedule()
+
     def runs(self) -> bool:
         """Whether :meth:`learn_run` takes many mini-batches in one compiled call: a CPU logistic regression or MLP
-        of one hidden layer on the numpy path (:mod:`~streamlearn.learners.fast`) without a step-size schedule, every class known, no
-        guard window or extrapolated reference, the loss guard (if any) learning. A drift detector only watches
-        then (it restarts no schedule): it takes the run's errors after it."""
+        of one hidden layer on the numpy path (:mod:`~streamlearn.learners.fast`) without a step-size schedule,
+        every class known, no guard window or extrapolated reference, the loss guard (if any) learning. A drift
+        detector only watches then (it restarts no schedule): it takes the run's errors after it."""
         from streamlearn.node.run_kernel import AVAILABLE
 
         learner = self.learner
@@ -390,13 +391,7 @@ class NodeCore:
         self.preq.update_errors(err, None if all_valid else valid)
         if self.monitor is not None:
             scaled = self._target_scale.scale(err[None], y[None], None if all_valid else valid[None])[0]
-            n0 = self.monitor.n_
-            found = self.monitor.update_many(scaled, None if all_valid else valid)
-            for pos in found:
-                self.drifts.append(int(seqs[pos - n0]))
-                self.n_drifts += 1
-            if found and self.restarts:
-                self.learner.restart_schedule()
+            self._watch(scaled, None if all_valid else valid, seqs)
         self.last_seq = int(seqs[-1])
         self.n_samples += len(y)
         self.since_sync += len(y)
