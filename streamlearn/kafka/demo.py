@@ -10,7 +10,9 @@ injected unless asked (``--drift``): its drift is its own.
 A broker (``KAFKA_BOOTSTRAP_SERVERS``, else one answering on 127.0.0.1:9092, else an embedded
 Tansu the demo starts there and stops at its end, after the processes that use it), a producer with a drift
 schedule, N node processes and the sync service, each a process of its own started with the same
-``streamlearn`` commands a user would type. The demo itself only watches: it follows the status
+``streamlearn`` commands a user would type (forked from one server that imported streamlearn once, so
+that a dozen nodes do not each spend seconds importing: :mod:`streamlearn.kafka.launch`; in ``ps``
+and ``top`` each is named as its log, e.g. ``node-3``). The demo itself only watches: it follows the status
 and drift topics, takes a snapshot every ``refresh`` seconds (for the live page and the final plot),
 redraws a table (every ``refresh`` seconds on a terminal, every 5 s into a log), prints the
 ``streamlearn drift`` command that reaches this run's topics, stops everything on Ctrl-C or after
@@ -236,29 +238,30 @@ def _source_argv(cfg: DemoConfig) -> list:
 
 
 def _cli(*args) -> list[str]:
-    return [sys.executable, "-m", "streamlearn.cli", *[str(a) for a in args]]
+    return [str(a) for a in args]
 
 
 class _Processes:
-    """The child processes, each logging to its own file; stopped with SIGINT, then killed."""
+    """The child processes (``streamlearn`` commands, forked from one preloaded server: see
+    :mod:`streamlearn.kafka.launch`), each logging to its own file; stopped with SIGINT, then killed."""
 
-    def __init__(self, log_dir: str, env: dict):
+    def __init__(self, launcher, log_dir: str, env: dict):
+        self.launcher = launcher
         self.log_dir = log_dir
         self.env = env
-        self.procs: list[tuple[str, subprocess.Popen, object]] = []
+        self.procs: list[tuple[str, object]] = []
 
-    def start(self, name: str, argv: list[str]) -> None:
-        log = open(os.path.join(self.log_dir, f"{name}.log"), "w")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
-                                start_new_session=True)  # Ctrl-C in the terminal reaches the demo only
-        self.procs.append((name, proc, log))
+    def start(self, name: str, args: list[str]) -> None:
+        # each in a session of its own: Ctrl-C in the terminal reaches the demo only
+        self.procs.append((name, self.launcher.start(name, args, os.path.join(self.log_dir, f"{name}.log"),
+                                                     self.env)))
 
     def dead(self) -> list[str]:
         """The processes that ended with an error, as ``name (exit N)``; a demo child never ends on its own."""
-        return [f"{name} (exit {p.returncode})" for name, p, _ in self.procs if p.poll() is not None and p.returncode]
+        return [f"{name} (exit {p.returncode})" for name, p in self.procs if p.poll() is not None and p.returncode]
 
     def failed_names(self) -> list[str]:
-        return [name for name, p, _ in self.procs if p.poll() is not None and p.returncode]
+        return [name for name, p in self.procs if p.poll() is not None and p.returncode]
 
     def tail(self, name: str, lines: int = 20) -> str:
         """The last ``lines`` lines of a process's log."""
@@ -266,18 +269,17 @@ class _Processes:
             return "".join(f.readlines()[-lines:]).rstrip() or "(empty)"
 
     def stop(self, names=None, timeout: float = 15.0) -> None:
-        chosen = [(n, p, f) for n, p, f in self.procs if names is None or n.split("-")[0] in names]
-        for _, p, _ in chosen:
+        chosen = [p for n, p in self.procs if names is None or n.split("-")[0] in names]
+        for p in chosen:
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
         deadline = time.monotonic() + timeout
-        for _, p, f in chosen:
+        for p in chosen:
             try:
                 p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-            f.close()
 
 
 class _DriftReader:
@@ -612,6 +614,15 @@ def run_demo(cfg: DemoConfig) -> dict:
     Raises :class:`StreamlearnError` naming the process when one of them dies, after the others are
     stopped and the summary and plot are written.
     """
+    from streamlearn.kafka.launch import Launcher
+
+    cfg.check()
+    # the server the processes are forked from imports streamlearn while the file is read
+    with Launcher() as launcher:
+        return _run_demo(cfg, launcher)
+
+
+def _run_demo(cfg: DemoConfig, launcher) -> dict:
     from streamlearn.kafka.broker import start_or_reuse_broker
     from streamlearn.kafka.status import StatusReader
     from streamlearn.kafka.topics import ensure_topics
@@ -619,7 +630,6 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     from streamlearn.kafka.demo_sources import connector_argv, connector_kind
 
-    cfg.check()
     fed = connector_kind(cfg.source)  # None: the producer; else a connector, whose layout the nodes take
     # a file is read once: the number of nodes and the model layout, before anything starts
     layout = _layout(cfg) if fed is None else _Layout(cfg.nodes, [], [])
@@ -665,7 +675,7 @@ def run_demo(cfg: DemoConfig) -> dict:
               flush=True)
         ensure_topics(broker.bootstrap, prefix, list(range(cfg.nodes)), shards=shards)
         env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, KAFKA_TOPIC_PREFIX=prefix)
-        procs = _Processes(log_dir, env)
+        procs = _Processes(launcher, log_dir, env)
         stack.callback(procs.stop)  # on an error below; a no-op after the orderly stop
         learner_args = ["--learner", cfg.learner, "--batch-size", cfg.batch_size, "--seed", cfg.seed]
         if cfg.lr is not None:
