@@ -9,6 +9,7 @@ status dict, safe to read from any thread.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 
@@ -16,18 +17,33 @@ from streamlearn.kafka.wire import positive
 
 __all__ = ["Service", "StopSignals"]
 
+log = logging.getLogger(__name__)
+
 
 class StopSignals:
-    """Context manager: SIGINT/SIGTERM set ``event`` while inside (main thread only; elsewhere a no-op)."""
+    """Context manager: SIGINT/SIGTERM set ``event`` while inside (main thread only; elsewhere a no-op).
+
+    A second Ctrl-C (SIGINT with ``event`` already set) raises :class:`KeyboardInterrupt` at once: a
+    service still blocked where the event is not looked at (kafka-python's clients waiting up to
+    30 s for a broker that does not answer) then ends now, its shutdown closing what it opened.
+    """
 
     def __init__(self, event: threading.Event):
         self.event = event
         self._saved: dict = {}
 
+    def _handler(self, signum, frame) -> None:
+        if signum == signal.SIGINT:
+            if self.event.is_set():
+                raise KeyboardInterrupt
+            # logging's handler locks are reentrant: safe from a handler in the thread that may hold them
+            log.warning("stopping; Ctrl-C again quits at once")
+        self.event.set()
+
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._saved[sig] = signal.signal(sig, lambda *_: self.event.set())
+                self._saved[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc) -> None:
