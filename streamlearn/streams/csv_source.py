@@ -579,6 +579,9 @@ class CSVSource(Stream):
             if count:
                 _note(f"{count} values of text column {name!r} of {self.path} are outside its "
                       f"{len(self.categories[name])} categories: one-hot all zeros")
+        if errors:  # skipped, not silently: how many and what the first one was
+            _note(f"{self.path}: {len(errors)} bad record{'s' if len(errors) > 1 else ''} skipped "
+                  f"(on_bad_record=skip); the first: {kept_errors[0]}")
         if keep_nan and (n_unlabelled or n_missing):
             _note(f"{self.path}: {n_missing} missing feature values kept as missing (NaN) for the learner to "
                   f"impute or skip; {n_unlabelled} records without a label left out")

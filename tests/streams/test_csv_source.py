@@ -83,11 +83,14 @@ def test_bad_record_skip_counts(tmp_path, text, line, column, value, reason):
     assert len(list(s)) == len(y)
 
 
-def test_skip_many_and_first_error_raised(tmp_path):
+def test_skip_many_and_first_error_raised(tmp_path, capsys):
     lines = ["a,y"] + [f"{'bad' if i % 3 == 0 else i},L" for i in range(30)]
     path = write(tmp_path, "\n".join(lines) + "\n")
     s = CSVSource(path, label="y", on_bad_record="skip")
     assert s.skipped == 10 and s.n_samples == 20 and [e.row for e in s.skipped_records][:2] == [2, 5]
+    # whoever reads the file (a producer, the demo) says so: how many, and the first with its row, column, value
+    assert (f"note: {path}: 10 bad records skipped (on_bad_record=skip); the first: non-numeric value (row 2, "
+            f"column 'a', value 'bad')") in capsys.readouterr().err
     with pytest.raises(BadRecordError) as info:
         CSVSource(path, label="y").n_samples
     assert info.value.row == 2
