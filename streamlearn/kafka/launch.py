@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 from streamlearn.errors import StreamlearnError
 
@@ -44,16 +45,24 @@ class Child:
 
     @property
     def returncode(self) -> int | None:
-        return self._launcher._exits.get(self.pid)
+        return self.poll()
 
     def poll(self) -> int | None:
-        return self.returncode
+        launcher = self._launcher
+        code = launcher._exits.get(self.pid)
+        if code is None and launcher._closed and not _alive(self.pid):
+            code = launcher._exits.setdefault(self.pid, -1)  # its server is gone: the code is not known
+        return code
 
     def wait(self, timeout: float | None = None) -> int:
-        with self._launcher._cond:
-            if not self._launcher._cond.wait_for(lambda: self.pid in self._launcher._exits, timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
                 raise subprocess.TimeoutExpired(f"streamlearn child {self.pid}", timeout)
-        return self._launcher._exits[self.pid]
+            with self._launcher._cond:  # woken by its exit; looks again now and then should the server be gone
+                self._launcher._cond.wait(0.2 if left is None else min(0.2, left))
+        return self.poll()
 
     def send_signal(self, sig: int) -> None:
         if self.returncode is None:
@@ -147,6 +156,20 @@ class Launcher:
 
 # -- the server and its children -------------------------------------------------------------------
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process now has that pid: ours is gone
+        return False
+    try:  # an ended orphan that nobody reaps (a container's PID 1 may not) is a zombie: gone too
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):  # not Linux
+        return True
+
+
 def _name_process(name: str) -> None:
     """The process's name in ``ps``/``top`` and ``/proc/PID/comm`` (Linux; 15 bytes)."""
     try:
@@ -213,23 +236,27 @@ def _serve() -> None:
 
     children: set[int] = set()
     sel = selectors.DefaultSelector()
-    sel.register(sys.stdin, selectors.EVENT_READ)
+    sel.register(0, selectors.EVENT_READ)
+    pending = b""
     while True:
         if sel.select(timeout=0.05):
-            line = sys.stdin.readline()
-            if not line:  # the parent closed: end; the children run on
+            chunk = os.read(0, 1 << 16)
+            if not chunk:  # the parent closed: end; the children run on
                 return
-            request = json.loads(line)
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    sel.close()
-                    code = _child(request)
-                finally:  # never back into the server's loop
-                    os._exit(code)
-            children.add(pid)
-            say({"started": pid})
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                pid = os.fork()
+                if pid == 0:
+                    code = 1
+                    try:
+                        sel.close()
+                        out.close()  # the answers' pipe: the parent sees its end when the server ends
+                        code = _child(json.loads(line))
+                    finally:  # never back into the server's loop
+                        os._exit(code)
+                children.add(pid)
+                say({"started": pid})
         while children:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:

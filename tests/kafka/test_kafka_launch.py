@@ -96,3 +96,21 @@ def test_children_run_on_after_the_launcher_closes(tmp_path):
     finally:
         os.kill(child.pid, signal.SIGINT)
     _wait_for(lambda: "broker stopped" in log.read_text(), "the orphaned broker command to stop on SIGINT")
+
+
+def test_a_child_whose_server_died_is_still_seen_to_end(tmp_path):
+    log = tmp_path / "broker.log"
+    launcher = Launcher()
+    child = launcher.start("orphan2", ["broker", "--port", "0"], str(log), dict(os.environ))
+    try:
+        _wait_for(lambda: "Ctrl-C or SIGTERM stops it" in log.read_text(), "the broker command to run")
+        launcher._server.kill()  # the server gone: no exit codes come any more
+        launcher._server.wait()
+        _wait_for(lambda: launcher._closed, "the launcher to see its server gone")
+        assert child.poll() is None  # still running
+        child.send_signal(signal.SIGINT)
+        assert child.wait(60) == -1  # ended; its code unknown without its server
+    finally:
+        child.kill()
+        launcher.close()
+    assert "broker stopped" in log.read_text()
