@@ -541,7 +541,7 @@ def cmd_demo(args) -> int:
                         seed=args.seed, view_port=None if args.view_port < 0 else args.view_port,
                         view_host=args.view_host, guard=args.guard, guard_margin=args.guard_margin,
                         split=args.split, source_params=params, missing=args.missing, schema=args.schema,
-                        task=_task(args)))
+                        task=_task(args), fork=args.fork))
     return 0
 
 
@@ -800,6 +800,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the streams and learners")
     p.add_argument("--view-port", type=int, default=8050, help="port of the live page (-1: none; 0: any free port)")
     p.add_argument("--view-host", default="127.0.0.1", help="address of the live page (0.0.0.0 exposes it)")
+    p.add_argument("--no-fork", dest="fork", action="store_false",
+                   help="start every process as a fresh interpreter (each then spends seconds importing) instead of "
+                        "forking it from one server that imported streamlearn once (Linux; the default there)")
     _add_guard_args(p)
     p.set_defaults(func=cmd_demo, source_param=[])
 

@@ -65,6 +65,7 @@ class DemoConfig:
     schema: str | None = None  # the schema file of a connector source (jsonl:, mqtt:, http:; demo_sources.py)
     checkpoints: bool = True  # nodes keep checkpoints under <out>/checkpoints/<prefix> (for `streamlearn export`)
     task: str = "classification"  # or "regression": a csv file's float label, scored by MAE
+    fork: bool = True  # processes forked from one preloaded server (Linux); False: each a fresh interpreter
 
     @property
     def regression(self) -> bool:
@@ -618,7 +619,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     cfg.check()
     # the server the processes are forked from imports streamlearn while the file is read
-    with Launcher() as launcher:
+    with Launcher(fork=cfg.fork) as launcher:
         return _run_demo(cfg, launcher)
 
 

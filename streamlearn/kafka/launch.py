@@ -9,14 +9,17 @@ milliseconds and shares those pages with the others.
 Each child is still a process of its own running the command a user would type
 (``streamlearn.cli.main(argv)``): in a session of its own (Ctrl-C in the terminal reaches the parent
 only), with the environment it is given, stdout and stderr line by line into its log file, and
-named in ``ps``/``top`` as the parent calls it (``node-3``). :class:`Child` answers as much of
+named in ``top`` and ``ps -o comm`` as the parent calls it (``node-3``; its command line stays
+the server's). :class:`Child` answers as much of
 :class:`subprocess.Popen` as the demo uses; exit codes are as Popen's (-N for signal N).
 
 The server is ``python -m streamlearn.kafka.launch``, talking JSON lines over its stdin and stdout
 (no pickle, nothing of the parent's ``__main__`` run again): a request
 ``{"name", "args", "log", "env"}`` is answered ``{"started": pid}``; each child's end comes as
-``{"pid", "exit"}``. It ends when its stdin closes. Where ``os.fork`` does not exist (Windows),
-:class:`Launcher` runs each command as ``python -m streamlearn.cli`` with :mod:`subprocess`.
+``{"pid", "exit"}``. It ends when its stdin closes; children it started run on (a child whose
+server is gone ends with exit code -1: the real one is not known). Off Linux (macOS's system
+libraries are not safe to fork, Windows has no fork), or with ``fork=False``, :class:`Launcher`
+runs each command as ``python -m streamlearn.cli`` with :mod:`subprocess`.
 """
 
 from __future__ import annotations
@@ -77,16 +80,19 @@ class Child:
 
 class Launcher:
     """Starts ``streamlearn`` commands from one preloaded server (started now: it imports while the caller
-    goes on); :meth:`close` ends it, leaving running children running."""
+    goes on); :meth:`close` ends it, leaving running children running.
 
-    def __init__(self):
+    With ``fork=False``, or off Linux, each command is a fresh interpreter (:class:`subprocess.Popen`).
+    """
+
+    def __init__(self, fork: bool = True):
         self._exits: dict[int, int] = {}
         self._started: list[int] = []
         self._cond = threading.Condition()
         self._lock = threading.Lock()  # one request at a time: answers come in order
         self._server = None
         self._closed = False
-        if hasattr(os, "fork"):
+        if fork and sys.platform.startswith("linux"):  # macOS: system libraries are not safe to fork
             self._server = subprocess.Popen([sys.executable, "-m", "streamlearn.kafka.launch"], stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, text=True, bufsize=1, start_new_session=True)
             self._reader = threading.Thread(target=self._read, name="streamlearn-launcher", daemon=True)
@@ -119,7 +125,7 @@ class Launcher:
     def start(self, name: str, args: list, log_path: str, env: dict):
         """Start ``streamlearn <args>`` as a process named ``name``, its output into ``log_path`` (truncated).
 
-        Returns a :class:`Child` (forked) or a :class:`subprocess.Popen` (no ``os.fork``)."""
+        Returns a :class:`Child` (forked) or a :class:`subprocess.Popen` (not forked)."""
         args = [str(a) for a in args]
         with open(log_path, "w") as log:
             if self._server is None:

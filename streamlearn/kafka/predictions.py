@@ -2,7 +2,8 @@
 
 Every node publishes what it predicted, for each reading, before it learned it (schema:
 docs/schemas.md, "Prediction record"; JSON Schema: docs/prediction.schema.json). One Kafka
-record (key: the node id, decimal; gzip-compressed by the node's producer) carries a list of
+record (key: the node id, decimal; sent plain, or gzip-compressed where kafka-python lacks the compiled
+``crc32c`` module: :func:`producer_overrides`) carries a list of
 predictions: those of the mini-batches learned within :data:`LINGER` seconds (0.1), at most
 :attr:`PredictionPublisher.max_rows` (1000). kafka-python's cost is per record (compression,
 CRC-32C, which is pure Python without the ``crc32c`` module, and per produce request), so fewer,

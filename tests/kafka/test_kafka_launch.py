@@ -24,9 +24,10 @@ def _tansu_pid(log) -> int:
     return int(text[text.index("; pid ") + 6:].split(",")[0])
 
 
-@pytest.fixture(scope="module")
-def launcher():
-    with Launcher() as launcher:
+@pytest.fixture(scope="module", params=[True, False], ids=["forked", "fresh-interpreter"])
+def launcher(request):
+    """Both ways of starting a command answer the same (``--no-fork``: each a fresh interpreter)."""
+    with Launcher(fork=request.param) as launcher:
         yield launcher
 
 
@@ -54,15 +55,16 @@ def test_a_running_command_gets_its_environment_name_and_session_and_stops_on_si
     env = dict(os.environ, STREAMLEARN_BROKER_STORAGE="memory://tansu/", SL_LAUNCH_TEST="yes")
     child = launcher.start("broker-x", ["broker", "--port", "0"], str(log), env)
     try:
-        _runs_then_stops(child, log)
+        _runs_then_stops(child, log, forked=launcher._server is not None)
     finally:
         child.kill()  # after a failure above; a no-op once it ended
 
 
-def _runs_then_stops(child, log):
+def _runs_then_stops(child, log, forked):
     _wait_for(lambda: "Ctrl-C or SIGTERM stops it" in log.read_text(), "the broker command to run")
     assert child.poll() is None
-    assert Path(f"/proc/{child.pid}/comm").read_text().strip() == "broker-x"
+    if forked:  # named as in the logs (a fresh interpreter is "python")
+        assert Path(f"/proc/{child.pid}/comm").read_text().strip() == "broker-x"
     # the environment it was given: what it starts inherits it (its Tansu process)
     assert b"SL_LAUNCH_TEST=yes" in Path(f"/proc/{_tansu_pid(log)}/environ").read_bytes().split(b"\0")
     assert os.getsid(child.pid) == child.pid != os.getsid(0)  # Ctrl-C in the terminal reaches the parent only
