@@ -233,3 +233,34 @@ def test_an_end_offset_below_the_position_in_a_new_topic_is_a_loss_counted_once(
     assert not watch.lost()  # nothing read: nothing to read again
     for end, lost in ((125, False), (10, True)):  # a broker without topic ids: its end offset decides
         assert TopicWatch(_FakeConsumer(None, hw=10, position=120, end=end), tp).lost() is lost
+
+
+def test_a_client_is_back_within_its_records_delivery_timeout_after_a_long_outage(tmp_path):
+    """kafka-python doubles its reconnect backoff up to 30 s: after a 15 s outage it would try again only
+    seconds after the broker is back, and records sent meanwhile would fail their 6 s delivery timeout.
+    Capped at 1 s (RECONNECT_BACKOFF_MAX_MS), every record sent after the restart is delivered."""
+    from kafka import KafkaProducer
+
+    broker = EmbeddedBroker(port=free_port(), storage="memory://tansu/", log_path=str(tmp_path / "tansu.log")).start()
+    settings = KafkaSettings(bootstrap_servers=broker.bootstrap)
+    topic = samples_topic("rb.sl", 0)
+    ensure_topics(broker.bootstrap, "rb.sl", [0], settings=settings)
+    producer = KafkaProducer(**settings.producer_kwargs(linger_ms=5, delivery_timeout_ms=int(DELIVERY_TIMEOUT * 1000),
+                                                        request_timeout_ms=5000))
+    try:
+        producer.send(topic, b"before", partition=0).get(30)
+        broker.kill()
+        failed = []
+        outage_end = time.monotonic() + 15.0  # the scenario: an outage of 15 s with records waiting throughout
+        while time.monotonic() < outage_end:
+            producer.send(topic, b"during", partition=0).add_errback(failed.append)
+            time.sleep(0.5)
+        broker.start()
+        ensure_topics(broker.bootstrap, "rb.sl", [0], settings=settings)
+        after = [producer.send(topic, b"after %d" % i, partition=0) for i in range(20)]
+        for future in after:  # each raises KafkaTimeoutError had it waited past its delivery timeout
+            future.get(30)
+        assert failed  # the outage was one: records sent into it failed
+    finally:
+        producer.close(timeout=5)
+        broker.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from streamlearn.errors import ConfigError
-from streamlearn.kafka.config import MAX_MESSAGE_BYTES, KafkaSettings, client_kwargs
+from streamlearn.kafka.config import MAX_MESSAGE_BYTES, RECONNECT_BACKOFF_MAX_MS, KafkaSettings, client_kwargs
 
 
 @pytest.fixture
@@ -33,7 +33,10 @@ def test_empty_variables_count_as_unset():
 def test_plaintext_kwargs_for_every_client():
     s = KafkaSettings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "k1:9092, k2:9093", "KAFKA_TOPIC_PREFIX": "plant.a"})
     assert s.topic_prefix == "plant.a"
-    assert s.admin_kwargs() == {"bootstrap_servers": "k1:9092,k2:9093", "security_protocol": "PLAINTEXT"}
+    assert s.admin_kwargs() == {"bootstrap_servers": "k1:9092,k2:9093", "security_protocol": "PLAINTEXT",
+                                "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS}
+    # every client tries a broker that went away again within a second (kafka-python's own cap is 30 s)
+    assert all(kw["reconnect_backoff_max_ms"] == 1000 for kw in (s.producer_kwargs(), s.consumer_kwargs()))
     producer = s.producer_kwargs()
     assert producer["max_request_size"] == MAX_MESSAGE_BYTES and producer["acks"] == "all"
     consumer = s.consumer_kwargs()
