@@ -10,9 +10,9 @@ injected unless asked (``--drift``): its drift is its own.
 A broker (``KAFKA_BOOTSTRAP_SERVERS``, else one answering on 127.0.0.1:9092, else an embedded
 Tansu the demo starts there and stops at its end, after the processes that use it), a producer with a drift
 schedule, N node processes and the sync service, each a process of its own started with the same
-``streamlearn`` commands a user would type (forked from one server that imported streamlearn once, so
-that a dozen nodes do not each spend seconds importing: :mod:`streamlearn.kafka.launch`; in ``ps``
-and ``top`` each is named as its log, e.g. ``node-3``). The demo itself only watches: it follows the status
+``streamlearn`` commands a user would type (on Linux forked from one server that imported streamlearn
+once, so that a dozen nodes do not each spend seconds importing: :mod:`streamlearn.kafka.launch`; in
+``top`` and ``ps -o comm`` each is named as its log, e.g. ``node-3``). The demo itself only watches: it follows the status
 and drift topics, takes a snapshot every ``refresh`` seconds (for the live page and the final plot),
 redraws a table (every ``refresh`` seconds on a terminal, every 5 s into a log), prints the
 ``streamlearn drift`` command that reaches this run's topics, stops everything on Ctrl-C or after
