@@ -357,7 +357,7 @@ def client_kwargs(kind: str, settings: KafkaSettings | None = None, *, bootstrap
     Examples
     --------
     >>> client_kwargs("admin", KafkaSettings(), bootstrap="127.0.0.1:9092")
-    {'bootstrap_servers': '127.0.0.1:9092', 'security_protocol': 'PLAINTEXT'}
+    {'bootstrap_servers': '127.0.0.1:9092', 'security_protocol': 'PLAINTEXT', 'reconnect_backoff_max_ms': 1000}
     """
     settings = KafkaSettings.from_env() if settings is None else settings
     makers = {"producer": settings.producer_kwargs, "consumer": settings.consumer_kwargs,
