@@ -625,6 +625,10 @@ class Producer:
 
     # -- setup and teardown -----------------------------------------------------------
     def _on_signal(self, signum, frame):
+        if signum == signal.SIGINT:
+            if self._stop.is_set() and self._stop_reason == "signal":  # a second Ctrl-C: now (see StopSignals)
+                raise KeyboardInterrupt
+            log.warning("stopping; Ctrl-C again quits at once")
         self._stop_reason = "signal"
         self._stop.set()
 

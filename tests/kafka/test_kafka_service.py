@@ -25,9 +25,11 @@ def test_the_first_ctrl_c_asks_to_stop_and_the_second_interrupts_at_once():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
-def test_a_service_waiting_for_a_broker_that_does_not_answer_quits_on_a_second_ctrl_c():
+@pytest.mark.parametrize("command", [["sync"], ["node", "--id", "0", "--source", "sea"],
+                                     ["produce", "--source", "sea", "--nodes", "1"]], ids=lambda c: c[0])
+def test_a_service_waiting_for_a_broker_that_does_not_answer_quits_on_a_second_ctrl_c(command):
     port = free_port()  # nothing listens there: kafka-python retries for 30 s and more
-    proc = subprocess.Popen([sys.executable, "-m", "streamlearn.cli", "sync", "--bootstrap", f"127.0.0.1:{port}"],
+    proc = subprocess.Popen([sys.executable, "-m", "streamlearn.cli", *command, "--bootstrap", f"127.0.0.1:{port}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
