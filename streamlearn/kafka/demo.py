@@ -238,10 +238,6 @@ def _source_argv(cfg: DemoConfig) -> list:
     return argv
 
 
-def _cli(*args) -> list[str]:
-    return [str(a) for a in args]
-
-
 class _Processes:
     """The child processes (``streamlearn`` commands, forked from one preloaded server: see
     :mod:`streamlearn.kafka.launch`), each logging to its own file; stopped with SIGINT, then killed."""
@@ -252,7 +248,7 @@ class _Processes:
         self.env = env
         self.procs: list[tuple[str, object]] = []
 
-    def start(self, name: str, args: list[str]) -> None:
+    def start(self, name: str, args: list) -> None:
         # each in a session of its own: Ctrl-C in the terminal reaches the demo only
         self.procs.append((name, self.launcher.start(name, args, os.path.join(self.log_dir, f"{name}.log"),
                                                      self.env)))
@@ -695,10 +691,10 @@ def _run_demo(cfg: DemoConfig, launcher) -> dict:
 
         t0 = time.monotonic()  # --duration counts from here: the pipeline's run, not the broker's start
         if shards == 1:
-            procs.start("sync", _cli("sync", "--protocol", cfg.protocol))
+            procs.start("sync", ["sync", "--protocol", cfg.protocol])
         else:  # a sharded layer (shards=S): one sync service per shard, shard 0's hosts the root
             for k in range(shards):
-                procs.start(f"sync-{k}", _cli("sync", "--protocol", cfg.protocol, "--shard", k))
+                procs.start(f"sync-{k}", ["sync", "--protocol", cfg.protocol, "--shard", k])
         if fed is not None:
             layout_args = []  # the nodes take the layout the connector announces (streamlearn.kafka.layout)
         elif cfg.source.partition(":")[0].strip().lower() == "csv":  # the layout read from the file, typed as there
@@ -710,15 +706,13 @@ def _run_demo(cfg: DemoConfig, launcher) -> dict:
         if cfg.missing != "error":
             layout_args += ["--missing", cfg.missing]
         for i in range(cfg.nodes):
-            procs.start(f"node-{i}", _cli("node", "--id", i, *layout_args, "--protocol", cfg.protocol,
-                                          *learner_args))
+            procs.start(f"node-{i}", ["node", "--id", i, *layout_args, "--protocol", cfg.protocol, *learner_args])
         drift_args = [a for d in cfg.drifts for a in ("--drift", d)]
         if fed is None:
-            procs.start("producer", _cli("produce", *_source_argv(cfg), "--nodes", cfg.nodes, "--rate", cfg.rate,
-                                         "--schedule", cfg.schedule, "--seed", cfg.seed, "--format", "binary",
-                                         *drift_args))
+            procs.start("producer", ["produce", *_source_argv(cfg), "--nodes", cfg.nodes, "--rate", cfg.rate,
+                                     "--schedule", cfg.schedule, "--seed", cfg.seed, "--format", "binary", *drift_args])
         else:
-            procs.start("connector", _cli(*connector_argv(cfg.source, cfg.schema, cfg.nodes, cfg.split, cfg.rate)))
+            procs.start("connector", connector_argv(cfg.source, cfg.schema, cfg.nodes, cfg.split, cfg.rate))
         failed: list[str] = []
         failed_names: list[str] = []
         stopped_by = "--duration"

@@ -44,10 +44,10 @@ stream without classes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
-import signal
 import sys
 import threading
 import time
@@ -59,6 +59,7 @@ from streamlearn.errors import BadRecordError, ConfigError, StreamlearnError
 from streamlearn.kafka import codecs
 from streamlearn.kafka.config import KafkaSettings, validate_topic_prefix
 from streamlearn.kafka.control import LIVE_DRIFT_COMMAND, LiveDrift, parse_drift_command
+from streamlearn.kafka.service import StopSignals
 from streamlearn.kafka.topics import control_topic, drift_topic, ensure_topics, samples_topic
 from streamlearn.streams.base import BLOCK, class_index
 from streamlearn.streams.drift_spec import DriftSpec, parse_drift
@@ -529,7 +530,7 @@ class Producer:
         self._json = _JsonEncoder(self._names, self._classes)
         self.ready = threading.Event()
         self._stop = threading.Event()
-        self._stop_reason = "stop"
+        self._signals = contextlib.nullcontext()  # run()'s StopSignals: whether a signal stopped it
         self._feeds: list = []
         self._ran = False
         self._producer = None
@@ -561,7 +562,6 @@ class Producer:
 
     def stop(self) -> None:
         """Ask a running :meth:`run` to stop (flushes, then returns)."""
-        self._stop_reason = "stop"
         self._stop.set()
 
     def run(self, stop_event: threading.Event | None = None, max_seconds: float | None = None, *,
@@ -580,22 +580,17 @@ class Producer:
             raise ConfigError(f"max_seconds must be a number >= 0 or None, got {max_seconds!r}")
         if handle_signals is None:
             handle_signals = threading.current_thread() is threading.main_thread()
-        previous = {}
-        if handle_signals:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, self._on_signal)
+        # SIGINT/SIGTERM stop as they stop a service (a second Ctrl-C at once), restored after the final flush
+        self._signals = StopSignals(self._stop) if handle_signals else contextlib.nullcontext()
         t0 = time.monotonic()
         reason = "stop"
-        try:
-            self._connect()
-            self.ready.set()
-            reason = self._loop(stop_event, max_seconds, time.monotonic())  # a slow connect takes no publishing time
-        finally:
+        with self._signals:
             try:
-                self._close()
+                self._connect()
+                self.ready.set()
+                reason = self._loop(stop_event, max_seconds, time.monotonic())  # a slow connect: no publishing time
             finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
+                self._close()
         c = self.config
         stats = ProduceStats(
             sent={f.node: f.sent for f in self._feeds}, records={f.node: f.records for f in self._feeds},
@@ -624,14 +619,6 @@ class Producer:
                 "unreachable": 0.0 if since is None else now - since, "outage_seconds": self._outage}
 
     # -- setup and teardown -----------------------------------------------------------
-    def _on_signal(self, signum, frame):
-        if signum == signal.SIGINT:
-            if self._stop.is_set() and self._stop_reason == "signal":  # a second Ctrl-C: now (see StopSignals)
-                raise KeyboardInterrupt
-            log.warning("stopping; Ctrl-C again quits at once")
-        self._stop_reason = "signal"
-        self._stop.set()
-
     def _connect(self) -> None:
         from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -687,7 +674,7 @@ class Producer:
         while True:
             now = time.monotonic()
             if self._stop.is_set():
-                return self._stop_reason
+                return "signal" if getattr(self._signals, "received", False) else "stop"
             if stop_event is not None and stop_event.is_set():
                 return "stop"
             if max_seconds is not None and now - t0 >= max_seconds:

@@ -30,6 +30,7 @@ class StopSignals:
 
     def __init__(self, event: threading.Event):
         self.event = event
+        self.received = False  # a signal set the event (not a stop asked for otherwise)
         self._saved: dict = {}
 
     def _handler(self, signum, frame) -> None:
@@ -38,6 +39,7 @@ class StopSignals:
                 raise KeyboardInterrupt
             # logging's handler locks are reentrant: safe from a handler in the thread that may hold them
             log.warning("stopping; Ctrl-C again quits at once")
+        self.received = True
         self.event.set()
 
     def __enter__(self) -> "StopSignals":

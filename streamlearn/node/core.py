@@ -263,11 +263,7 @@ class NodeCore:
             self.loss_guard.observe(learner, loss)
         if self.guard is not None:
             self.guard.remember(X, yi)
-        self.last_seq = int(seqs[-1])
-        n = len(yi)
-        self.n_samples += n
-        self.since_sync += n
-        self.n_steps += 1
+        self._count(int(seqs[-1]), len(yi))
         self.step_loss, self.step_correct = loss, correct  # the loss's mean is taken when a report needs it
 
     def learn_run(self, X: np.ndarray, yi: np.ndarray, seqs: np.ndarray, B: int) -> tuple[int, Outgoing | None]:
@@ -330,10 +326,7 @@ class NodeCore:
         self.suppressed += suppressed
         if divergence == divergence:  # (not NaN: a check step was run)
             self.divergence = divergence
-        self.last_seq = int(seqs[m - 1])
-        self.n_samples += m
-        self.since_sync += m
-        self.n_steps += done
+        self._count(int(seqs[m - 1]), m, done)
         self.step_proba, self.step_loss, self.step_correct = P[m - B:], loss[m - B:], correct[m - B:]
         self.run_proba = P  # learner.classes_ == classes (runs()): the declared order
         if guard is not None:
@@ -345,6 +338,13 @@ class NodeCore:
         if stop == rk.STOP_END:
             return done, None  # every step's node rule ran in the kernel and said nothing
         return done, self.node_rule()
+
+    def _count(self, last_seq: int, n: int, steps: int = 1) -> None:
+        """The counters after ``steps`` mini-batches of ``n`` samples in all, the last one numbered ``last_seq``."""
+        self.last_seq = last_seq
+        self.n_samples += n
+        self.since_sync += n
+        self.n_steps += steps
 
     def _watch(self, errors: np.ndarray, valid: np.ndarray | None, seqs: np.ndarray) -> None:
         """The drift detector on the samples' ``errors`` (``seqs`` their numbers): detections are kept, and a
@@ -392,10 +392,7 @@ class NodeCore:
         if self.monitor is not None:
             scaled = self._target_scale.scale(err[None], y[None], None if all_valid else valid[None])[0]
             self._watch(scaled, None if all_valid else valid, seqs)
-        self.last_seq = int(seqs[-1])
-        self.n_samples += len(y)
-        self.since_sync += len(y)
-        self.n_steps += 1
+        self._count(int(seqs[-1]), len(y))
         self.step_loss, self.step_correct = np.where(valid, err * err, np.nan), None  # reports carry the MSE
 
     def node_rule(self) -> Outgoing | None:
