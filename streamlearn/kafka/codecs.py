@@ -403,6 +403,9 @@ def _check_names(names, f: int, err) -> tuple:
     return names
 
 
+_COUNT = np.arange(1 << 16, dtype=np.int64)  # 0, 1, 2, ...: SampleBatch.seqs
+
+
 @dataclass(frozen=True, eq=False)
 class SampleBatch:
     """n readings of one node with the same f features, as arrays.
@@ -431,7 +434,12 @@ class SampleBatch:
     @property
     def seqs(self) -> np.ndarray:
         """Sequence number of every row."""
-        return np.arange(self.first_seq, self.first_seq + self.n, dtype=np.int64)
+        # a slice plus an offset, not np.arange: arange lets go of the GIL, and getting it back from kafka-python's
+        # I/O thread costs the node more than the arange itself
+        n = self.n
+        if n > len(_COUNT):
+            return np.arange(self.first_seq, self.first_seq + n, dtype=np.int64)
+        return _COUNT[:n] + self.first_seq
 
     def samples(self, classes: Sequence | None = None) -> list:
         """The rows as :class:`Sample` objects (river-style dicts), e.g. for a river learner.

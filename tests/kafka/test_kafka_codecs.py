@@ -21,6 +21,7 @@ from streamlearn.kafka.codecs import (
     EncodeError,
     Report,
     Sample,
+    SampleBatch,
     decode_message,
     decode_model,
     decode_sample_batch,
@@ -150,6 +151,16 @@ def test_sample_batch_round_trip(dtype, labels):
         np.testing.assert_array_equal(batch.y, y.astype(np.float32))
     assert batch.first_seq == 1000 and batch.node == 2 and batch.names == tuple(names)
     assert batch.seqs.tolist() == list(range(1000, 1037))
+
+
+@pytest.mark.parametrize("n", [0, 1, 65536, 65537])
+def test_sample_batch_seqs_number_every_row_from_first_seq_whatever_the_size(n):
+    batch = SampleBatch(X=np.zeros((n, 1), np.float32), y=None, first_seq=2**40)
+    seqs = batch.seqs
+    assert seqs.dtype == np.int64 and len(seqs) == n
+    np.testing.assert_array_equal(seqs, np.arange(2**40, 2**40 + n))
+    seqs[:] = 0  # a fresh array each time: the caller may write to it
+    np.testing.assert_array_equal(batch.seqs, np.arange(2**40, 2**40 + n))
 
 
 def test_sample_batch_layout_is_documented_size_and_zero_copy():
