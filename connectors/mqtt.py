@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 NODE_LEVEL = "{node}"
 _NODE_RE = re.compile(r"^(0|[1-9][0-9]{0,9})$")
+_MAX_ROUTES = 10_000  # topics whose routing is remembered
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,7 @@ class MqttConnector:
         self._failure: str | None = None
         self._unacked: list = []  # (mid, qos) of messages handed to Kafka, acknowledged after a flush
         self._ack_lock = threading.Lock()
+        self._routes: dict = {}  # topic -> how its messages are routed (_route_of)
 
     def subscriptions(self) -> list:
         """Distinct filters to subscribe, in order."""
@@ -191,26 +193,31 @@ class MqttConnector:
             print(f"connect mqtt: subscribed to {', '.join(self.subscriptions())}", file=sys.stderr, flush=True)
         self.ready.set()
 
-    def _on_message(self, client, userdata, message):
+    def _route_of(self, topic: str) -> dict:
+        """How a message on ``topic`` is routed: the :meth:`Ingestor.payload` arguments that say so."""
         from paho.mqtt.client import topic_matches_sub
 
+        for filt, node in self.topic_map:
+            if topic_matches_sub(filt, topic):
+                return {"node": node}
+        for spec in self.specs:
+            if spec.node_level is not None and topic_matches_sub(spec.subscription, topic):
+                return {"route_value": spec.node_value(topic), "route_field": spec.pattern}
+        return {}
+
+    def _on_message(self, client, userdata, message):
         self.messages += 1
         topic = message.topic
-        source = f"mqtt:{topic}"
         if message.qos:
             with self._ack_lock:
                 self._unacked.append((message.mid, message.qos))
         try:
-            for filt, node in self.topic_map:
-                if topic_matches_sub(filt, topic):
-                    self._ingest.payload(message.payload, source=source, offset=self.messages, node=node)
-                    return
-            for spec in self.specs:
-                if spec.node_level is not None and topic_matches_sub(spec.subscription, topic):
-                    self._ingest.payload(message.payload, source=source, offset=self.messages,
-                                         route_value=spec.node_value(topic), route_field=spec.pattern)
-                    return
-            self._ingest.payload(message.payload, source=source, offset=self.messages)
+            route = self._routes.get(topic)
+            if route is None:  # matched once per topic (paho's matcher costs as much as the rest of a message)
+                if len(self._routes) >= _MAX_ROUTES:  # topics are the publishers' choice: bounded
+                    self._routes.clear()
+                route = self._routes[topic] = self._route_of(topic)
+            self._ingest.payload(message.payload, source=f"mqtt:{topic}", offset=self.messages, **route)
         except Exception as exc:  # a Kafka failure: keep the subscription alive, count it
             log.warning("message on %s not published: %s", topic, exc)
             if not isinstance(exc, ConnectError):  # a ConnectError was counted where it was raised

@@ -146,8 +146,8 @@ class NodeRouter:
             return [self.node]
         if self.round_robin is not None:
             return list(range(self.round_robin))
-        if self.first_seen is not None:
-            return None  # known as they come
+        if self.first_seen is not None:  # 0, 1, ... as values come: at most nodes of them
+            return None if self.nodes is None else list(range(self.nodes))
         if self.nodes is not None:
             return list(range(self.nodes))
         if self.mapping is not None:

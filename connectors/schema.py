@@ -399,10 +399,12 @@ class StreamSchema:
         if v is None or (text and v == ""):
             return None
         if isinstance(v, str):
-            try:
-                return _number(v, self.time, True)
-            except RecordError:
+            try:  # Unix seconds as text; float() first: a RecordError per ISO time costs more than the parse
+                float(v)
+            except ValueError:
                 pass
+            else:
+                return _number(v, self.time, True)
             try:
                 t = datetime.fromisoformat(v.strip())
             except ValueError:

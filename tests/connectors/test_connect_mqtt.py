@@ -45,6 +45,27 @@ def test_topic_filters_and_maps():
             parse_topic_map(bad)
 
 
+def test_routing_is_remembered_per_topic_and_the_memory_is_bounded(monkeypatch):
+    # Pure logic (no broker): each topic is matched once; publishers choosing endless topics cannot grow the memory.
+    from types import SimpleNamespace
+
+    from streamlearn.connectors import mqtt as mqtt_mod
+
+    monkeypatch.setattr(mqtt_mod, "_MAX_ROUTES", 4)
+    conn = MqttConnector(SCHEMA, NodeRouter(nodes=50), topics=["s/{node}/r"], topic_map=[("k/#", 3)])
+    calls = []
+    conn._ingest = SimpleNamespace(payload=lambda raw, **kw: calls.append(kw))
+    topics = ["k/a", "s/7/r", "x/y"] + [f"s/{i}/r" for i in range(10)] + ["k/a", "s/7/r"]
+    for i, topic in enumerate(topics):
+        conn._on_message(None, None, SimpleNamespace(topic=topic, payload=b"{}", qos=0, mid=i))
+        assert len(conn._routes) <= 4
+    routes = [{k: v for k, v in kw.items() if k not in ("source", "offset")} for kw in calls]
+    assert routes[0] == routes[-2] == {"node": 3}
+    assert routes[1] == routes[-1] == {"route_value": "7", "route_field": "s/{node}/r"}
+    assert routes[2] == {}  # no filter of ours: the router's own rule
+    assert [kw["offset"] for kw in calls] == list(range(1, len(topics) + 1))
+
+
 def test_mqtt_readings_arrive_in_their_node_topics(mosquitto, kafka, consume):
     host, port = mosquitto
     base = kafka["prefix"].replace(".", "_")  # this test's own MQTT topics

@@ -63,6 +63,7 @@ def test_first_seen_gives_one_node_per_distinct_value_in_order_and_caps_at_nodes
     assert [r.by_value(v) for v in ("b", "a", "b", 7, "7", "a")] == [0, 1, 0, 2, 2, 1]
     with pytest.raises(RecordError, match="more distinct values than the 3 nodes"):
         r.by_value("c")
-    assert r.known_nodes() is None and "first_seen=True" in repr(r)
+    assert r.known_nodes() == [0, 1, 2] and "first_seen=True" in repr(r)  # their topics made up front
+    assert NodeRouter(field="station", first_seen=True).known_nodes() is None  # no cap: made as values come
     with pytest.raises(ConfigError, match="exclude each other"):
         NodeRouter(field="station", first_seen=True, mapping={"a": 0})

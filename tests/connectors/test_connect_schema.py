@@ -86,6 +86,21 @@ def test_iso_time_is_unix_seconds(schema):
     assert r.ts == 1714559400.0  # naive: UTC
 
 
+@pytest.mark.parametrize("ts, want", [("1714559400.5", 1714559400.5), (" 17 ", 17.0), ("2024-05-01", 1714521600.0),
+                                      ("nan", "finite"), ("inf", "finite"), ("soon", "Unix seconds or an ISO 8601"),
+                                      ("", None)])
+def test_time_as_text_is_unix_seconds_or_iso_and_anything_else_names_the_field(schema, ts, want):
+    record = {"temp": 1, "count": 1, "door": 1, "state": "ok", "ts": ts}
+    if isinstance(want, str):
+        with pytest.raises(RecordError, match=want) as err:
+            schema.check(record)
+        assert err.value.field == "ts"
+    else:
+        assert schema.check_text({k: str(v) for k, v in record.items()} | {"door": "true"}).ts == want
+        if ts:
+            assert schema.check(record).ts == want
+
+
 def test_label_record_is_key_and_label_without_features(schema):
     assert schema.check({"id": "r1", "state": "fault", "ts": 5}) == LabelRecord(key="r1", y="fault", ts=5.0)
     with pytest.raises(RecordError) as err:
