@@ -26,10 +26,11 @@ from streamlearn.connectors.errors import RecordError, reason_class
 from streamlearn.kafka.labels import LabelRecord, encode_label_json
 from streamlearn.connectors.schema import Reading
 from streamlearn.errors import StreamlearnError
+from streamlearn.kafka.broker import track_topics
 from streamlearn.kafka.codecs import MAX_SAMPLE_JSON_BYTES, _dump_json, deadletter_headers
 from streamlearn.kafka.config import KafkaSettings, validate_topic_prefix
 from streamlearn.kafka.layout import Layout, LayoutBoard, LayoutMismatch, check_against
-from streamlearn.kafka.topics import deadletter_topic, ensure_topics, samples_topic
+from streamlearn.kafka.topics import deadletter_topic, ensure_topics, samples_topic, schema_topic
 
 __all__ = ["ConnectStats", "ConnectError", "Publisher", "encode_reading", "MAX_DEADLETTER_BYTES"]
 
@@ -165,6 +166,7 @@ class Publisher:
                 self._topics[node] = samples_topic(self.prefix, node)
             self._producer = KafkaProducer(**self.settings.producer_kwargs(
                 bootstrap, linger_ms=5, batch_size=1 << 18, max_block_ms=15_000))
+            track_topics(self._producer, [self._dead, schema_topic(self.prefix), *self._topics.values()])
         except Exception as exc:
             if self._admin is not None:
                 self._admin.close()
@@ -182,7 +184,9 @@ class Publisher:
                 if topic is None:
                     # Before any send: Tansu would auto-create it with 4 partitions.
                     ensure_topics(self._admin, self.prefix, [node])
-                    topic = self._topics[node] = samples_topic(self.prefix, node)
+                    topic = samples_topic(self.prefix, node)
+                    track_topics(self._producer, [topic])
+                    self._topics[node] = topic
         return topic
 
     def reading(self, node: int, reading: Reading):
