@@ -35,7 +35,7 @@ import time
 from streamlearn.connectors.mqtt import MqttConnector
 from streamlearn.connectors.routing import NodeRouter
 from streamlearn.connectors.schema import StreamSchema
-from streamlearn.kafka.broker import EmbeddedBroker
+from streamlearn.kafka.broker import EmbeddedBroker, free_port
 from streamlearn.kafka.config import KafkaSettings
 
 BEIJING = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "beijing_air.csv.gz")
@@ -58,17 +58,11 @@ def readings(path: str, n: int) -> list:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_mosquitto(folder: str) -> tuple:
     binary = shutil.which("mosquitto")
     if binary is None:
         raise SystemExit("mosquitto is not installed (Debian: apt install mosquitto)")
-    port = free_port()
+    port = free_port("127.0.0.1")
     conf = os.path.join(folder, "mosquitto.conf")
     with open(conf, "w") as f:  # every message queued for an absent client: the backlog is the measurement
         f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n"
