@@ -308,6 +308,31 @@ class _DriftReader:
         self._consumer.close()
 
 
+class _DeadLetters:
+    """How many records ``<prefix>.deadletter`` holds: the nodes' dead letters and those of the producer or
+    connector before them (a bad reading a connector rejects never reaches a node's count)."""
+
+    def __init__(self, bootstrap: str, prefix: str):
+        from kafka import KafkaConsumer, TopicPartition
+
+        from streamlearn.kafka.config import KafkaSettings
+        from streamlearn.kafka.topics import deadletter_topic
+
+        self.topic = deadletter_topic(prefix)
+        self._tp = TopicPartition(self.topic, 0)
+        self._consumer = KafkaConsumer(**KafkaSettings.from_env().consumer_kwargs(bootstrap))
+
+    def count(self) -> int | None:
+        """Records in the topic (its end offset; None when the broker does not answer now)."""
+        try:
+            return int(self._consumer.end_offsets([self._tp])[self._tp])
+        except Exception:  # kafka.errors.KafkaError, a timeout: the view shows the nodes' count alone
+            return None
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
 #: Counts of the sync status that add up over the shards of a sharded layer (one sync service per shard).
 _SHARD_SUMS = ("full_syncs", "partial_syncs", "models", "models_up", "models_down", "bytes", "nodes_alive")
 
@@ -386,7 +411,8 @@ def _sync_line(nodes: dict, sync: dict | None, b: int) -> str:
 
 
 def _view(cfg: DemoConfig, nodes: dict, sync: dict | None, drifts: list, elapsed: float, b: int,
-          status: str = "running", drift_command: str | None = None) -> str:
+          status: str = "running", drift_command: str | None = None, deadletters: tuple | None = None) -> str:
+    """The demo's table; ``deadletters``: (records in the dead-letter topic, its name), None if not known."""
     lines = [f"streamlearn demo — {cfg.nodes} nodes, {cfg.source}, {cfg.protocol}, "
              f"{elapsed:5.0f} s{'' if cfg.duration is None else f' of {cfg.duration:.0f}'}  {status}"
              f"{'  (Ctrl-C stops)' if status == 'running' or status.startswith('starting') else ''}", ""]
@@ -410,7 +436,10 @@ def _view(cfg: DemoConfig, nodes: dict, sync: dict | None, drifts: list, elapsed
     else:
         total = {k: sum(int(v.get(k) or 0) for v in nodes.values())
                  for k in ("deadletters", "missing_imputed", "missing_skipped")}
-        lines.append(f"dead letters: {total['deadletters']}; missing values: {total['missing_imputed']} imputed "
+        dead = f"dead letters: {total['deadletters']}"
+        if deadletters is not None and deadletters[0] is not None and deadletters[0] != total["deadletters"]:
+            dead = f"dead letters: {deadletters[0]} in {deadletters[1]} ({total['deadletters']} counted by the nodes)"
+        lines.append(f"{dead}; missing values: {total['missing_imputed']} imputed "
                      f"(running mean per node), {total['missing_skipped']} rows skipped")
     lines.append("")
     if drifts:
@@ -688,6 +717,8 @@ def _run_demo(cfg: DemoConfig, launcher) -> dict:
         stack.callback(reader.close)
         drift_reader = _DriftReader(broker.bootstrap, prefix)
         stack.callback(drift_reader.close)
+        dead_letters = _DeadLetters(broker.bootstrap, prefix)
+        stack.callback(dead_letters.close)
 
         t0 = time.monotonic()  # --duration counts from here: the pipeline's run, not the broker's start
         if shards == 1:
@@ -744,7 +775,7 @@ def _run_demo(cfg: DemoConfig, launcher) -> dict:
                     next_snapshot = now + cfg.refresh
                 if now >= next_print:
                     text = _view(cfg, reader.nodes, sync_now, drift_reader.events, now - (clock or now), b,
-                                 watch.status, watch.drift_command)
+                                 watch.status, watch.drift_command, (dead_letters.count(), dead_letters.topic))
                     print(("\x1b[H\x1b[2J" + text) if tty else text + "\n", flush=True)
                     next_print = now + (cfg.refresh if tty else max(cfg.refresh, 5.0))
                 failed = procs.dead()
@@ -770,7 +801,8 @@ def _run_demo(cfg: DemoConfig, launcher) -> dict:
         watch.status = f"stopped after {elapsed:.0f} s ({stopped_by})" if not failed else \
             f"failed: {', '.join(failed)} died; see {log_dir}"
         watch.publish(nodes, sync, drifts)
-        print(_view(cfg, nodes, sync, drifts, elapsed, b, watch.status))
+        print(_view(cfg, nodes, sync, drifts, elapsed, b, watch.status,
+                    deadletters=(dead_letters.count(), dead_letters.topic)))
         plot_path = os.path.join(cfg.out, "demo.png")
         _plot(watch.history, nodes, drifts, plot_path, f"{cfg.nodes} nodes, {cfg.source}, {cfg.protocol}",
               watch.regression)

@@ -97,7 +97,8 @@ def _check_nodes(demo: Demo, text: str) -> None:
 def test_demo_from_a_jsonl_file_one_node_per_machine(tmp_path):
     (tmp_path / "plant.toml").write_text('ignore = ["machine"]\n' + SCHEMA)
     path = tmp_path / "plant.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in _readings()))
+    bad = {"machine": "press-2", "temp": "warm", "rpm": 1.0, "state": "ok"}  # the connector dead-letters it
+    path.write_text("".join(json.dumps(r) + "\n" for r in _readings() + [bad]))
     demo = Demo(tmp_path, "--source", f"jsonl:{path}", "--schema", "plant.toml", "--split", "key:machine",
                 "--rate", "100")
     try:
@@ -107,6 +108,8 @@ def test_demo_from_a_jsonl_file_one_node_per_machine(tmp_path):
     _check_nodes(demo, text)
     final = text[text.rindex("streamlearn demo"):]
     assert "3 nodes" in final.splitlines()[0]
+    # a reading the connector rejected is no node's dead letter, and is counted all the same
+    assert "dead letters: 1 in " in final and ".deadletter (0 counted by the nodes)" in final, final
     assert "streamlearn tail predictions --bootstrap" in text
     assert "take a node's model away: streamlearn export --checkpoint-dir" in text
 
