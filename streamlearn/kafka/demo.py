@@ -1,23 +1,25 @@
 """``streamlearn demo``: the whole pipeline on one machine, with a live terminal view.
 
 From a file in one command: ``streamlearn demo --source csv:PATH --label COLUMN --split key:COLUMN`` runs
-one node per distinct key value (first seen, first numbered). The demo reads the file once to fix the
-model layout (features and classes, typed as in the file) and the number of nodes, and gives the node
-processes ``--features``/``--classes``; the producer sends missing values as missing and every node
-imputes or skips them (``--missing``), counted per node in the terminal view. A file gets no drift
-injected unless asked (``--drift``): its drift is its own.
+one node per distinct key value (first seen, first numbered). The demo reads the file once: for the
+model layout (features and classes, typed as in the file) and the number of nodes, given to the node
+processes as ``--features``/``--classes``, and for the producer, which sends the streams read there (a
+big file takes seconds to parse, and the nodes would wait for a second parse); it sends missing values as
+missing and every node imputes or skips them (``--missing``), counted per node in the terminal view. A file gets
+no drift injected unless asked (``--drift``): its drift is its own.
 
 A broker (``KAFKA_BOOTSTRAP_SERVERS``, else one answering on 127.0.0.1:9092, else an embedded
 Tansu the demo starts there and stops at its end, after the processes that use it), a producer with a drift
-schedule, N node processes and the sync service, each a process of its own started with the same
+schedule (a thread of the demo, logging to ``logs/producer.log``, or a connector process for a live source),
+N node processes and the sync service, each a process of its own started with the same
 ``streamlearn`` commands a user would type (on Linux forked from one server that imported streamlearn
 once, so that a dozen nodes do not each spend seconds importing: :mod:`streamlearn.kafka.launch`; in
-``top`` and ``ps -o comm`` each is named as its log, e.g. ``node-3``). The demo itself only watches: it follows the status
-and drift topics, takes a snapshot every ``refresh`` seconds (for the live page and the final plot),
+``top`` and ``ps -o comm`` each is named as its log, e.g. ``node-3``). Besides its producer the demo only
+watches: it follows the status and drift topics, takes a snapshot every ``refresh`` seconds (for the live page and the final plot),
 redraws a table (every ``refresh`` seconds on a terminal, every 5 s into a log), prints the
 ``streamlearn drift`` command that reaches this run's topics, stops everything on Ctrl-C or after
 ``duration`` seconds of running, and ends with a summary table and a plot. When a child process
-dies, the others are stopped, the summary and plot are still written, and the error names the
+dies (or the producer fails), the others are stopped, the summary and plot are still written, and the error names the
 process and shows the end of its log.
 """
 
@@ -189,14 +191,15 @@ class _Layout:
     classes: list | None  # None: a float label (regression)
     unlabelled: int = 0  # records of the file left out for an empty label
     keys: dict | None = None  # key value -> node of a first-seen split
+    streams: list | None = None  # the node streams, with the drift schedule: what the producer sends
 
 
 def _layout(cfg: DemoConfig) -> _Layout:
-    """The node streams as the producer will build them: their number, features and classes (typed as in the file)."""
+    """The node streams the producer sends: their number, features and classes (typed as in the file)."""
     from streamlearn.streams import node_streams
 
-    streams = node_streams(cfg.source, cfg.nodes, [], "all", cfg.split, cfg.seed,
-                           on_missing=None if cfg.missing == "error" else "keep", **cfg.source_params)
+    streams = node_streams(cfg.source, cfg.nodes, cfg.drifts, cfg.schedule, cfg.split, cfg.seed,
+                           on_missing=_producer_missing(cfg), **cfg.source_params)
     first = streams[0]
     if first.classes is None and not cfg.regression:
         raise ConfigError(f"--source {cfg.source}: the stream has no known classes for the nodes' models")
@@ -211,31 +214,13 @@ def _layout(cfg: DemoConfig) -> _Layout:
         inner = inner.split.source if hasattr(inner, "split") else inner.inner
     split = getattr(first, "split", None)
     keys = split.key_nodes() if split is not None and getattr(split, "how", None) == "first" else None
-    return _Layout(nodes, list(first.feature_names), None if first.classes is None else list(first.classes), int(getattr(inner, "unlabelled", 0) or 0),
-                   keys)
+    return _Layout(nodes, list(first.feature_names), None if first.classes is None else list(first.classes),
+                   int(getattr(inner, "unlabelled", 0) or 0), keys, streams)
 
 
-def _source_argv(cfg: DemoConfig) -> list:
-    """The producer's source flags: the csv parameters as `streamlearn produce` takes them."""
-    argv = ["--source", cfg.source]
-    p = dict(cfg.source_params)
-    if "label" in p:
-        argv += ["--label", p.pop("label")]
-    if p.get("features"):
-        argv += ["--features", ",".join(p.pop("features"))]
-    if p.get("classes"):
-        argv += ["--classes", ",".join(map(str, p.pop("classes")))]
-    for item in p.pop("categorical", None) or []:
-        argv += ["--categorical", item]
-    if "on_bad_record" in p:
-        argv += ["--on-bad-record", p.pop("on_bad_record")]
-    p.pop("missing", None)  # --missing below
-    for key, value in p.items():
-        argv += ["--param", f"{key}={value}"]
-    if cfg.split:
-        argv += ["--split", cfg.split]
-    argv += ["--missing", cfg.missing]
-    return argv
+def _producer_missing(cfg: DemoConfig) -> str | None:
+    """The producer's ``missing``: kept as missing for the nodes to impute or skip, or a bad record (``error``)."""
+    return None if cfg.missing == "error" else "keep"
 
 
 class _Processes:
@@ -252,6 +237,10 @@ class _Processes:
         # each in a session of its own: Ctrl-C in the terminal reaches the demo only
         self.procs.append((name, self.launcher.start(name, args, os.path.join(self.log_dir, f"{name}.log"),
                                                      self.env)))
+
+    def add(self, name: str, proc) -> None:
+        """Watch and stop ``proc`` (a :class:`_ProducerThread`) with the processes."""
+        self.procs.append((name, proc))
 
     def dead(self) -> list[str]:
         """The processes that ended with an error, as ``name (exit N)``; a demo child never ends on its own."""
@@ -277,6 +266,64 @@ class _Processes:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+class _ProducerThread:
+    """The demo's producer: a :class:`~streamlearn.kafka.producer.Producer` of the streams the demo read, in a
+    thread, logging to its own file and answering as the child processes do (``poll``, ``send_signal``,
+    ``wait``): exit code 0 once stopped, 1 after an error (its traceback in the log)."""
+
+    def __init__(self, config, streams: list, log_path: str):
+        import logging
+        import threading
+
+        from streamlearn.kafka.producer import Producer
+
+        self._file = open(log_path, "w", buffering=1)
+        try:
+            self.producer = Producer(config, streams=streams, progress_to=self._file)
+        except BaseException:
+            self._file.close()
+            raise
+        # its warnings (a rejected drift command, a broker outage) into its log, as a producer process has them
+        self._logger = logging.getLogger("streamlearn.kafka.producer")
+        self._handler = logging.StreamHandler(self._file)
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        self._logger.addHandler(self._handler)
+        self._propagate, self._logger.propagate = self._logger.propagate, False
+        self.returncode: int | None = None
+        self._thread = threading.Thread(target=self._run, name="streamlearn-producer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        code = 1
+        try:
+            self.producer.run(handle_signals=False)  # prints its counts into the log
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc(file=self._file)
+        finally:
+            self._logger.removeHandler(self._handler)
+            self._logger.propagate = self._propagate
+            self._file.close()
+            self.returncode = code
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        self.producer.stop()  # a clean stop whatever the signal: its last records flushed and counted
+
+    def kill(self) -> None:
+        self.producer.stop()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise subprocess.TimeoutExpired("the demo's producer", timeout)
+        return self.returncode
 
 
 class _DriftReader:
@@ -703,6 +750,14 @@ def _run_demo(cfg: DemoConfig, launcher) -> dict:
         env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, KAFKA_TOPIC_PREFIX=prefix)
         procs = _Processes(launcher, log_dir, env)
         stack.callback(procs.stop)  # on an error below; a no-op after the orderly stop
+        if fed is None:  # sending while the node processes start: they read their topics from the start
+            from streamlearn.kafka.producer import ProducerConfig
+
+            pcfg = ProducerConfig(source=cfg.source, nodes=cfg.nodes, rate=cfg.rate, drifts=tuple(cfg.drifts),
+                                  schedule=cfg.schedule, split=cfg.split, format="binary", seed=cfg.seed,
+                                  source_params=dict(cfg.source_params), bootstrap=broker.bootstrap, prefix=prefix,
+                                  missing=_producer_missing(cfg))
+            procs.add("producer", _ProducerThread(pcfg, layout.streams, os.path.join(log_dir, "producer.log")))
         learner_args = ["--learner", cfg.learner, "--batch-size", cfg.batch_size, "--seed", cfg.seed]
         if cfg.lr is not None:
             learner_args += ["--lr", cfg.lr]
@@ -738,11 +793,7 @@ def _run_demo(cfg: DemoConfig, launcher) -> dict:
             layout_args += ["--missing", cfg.missing]
         for i in range(cfg.nodes):
             procs.start(f"node-{i}", ["node", "--id", i, *layout_args, "--protocol", cfg.protocol, *learner_args])
-        drift_args = [a for d in cfg.drifts for a in ("--drift", d)]
-        if fed is None:
-            procs.start("producer", ["produce", *_source_argv(cfg), "--nodes", cfg.nodes, "--rate", cfg.rate,
-                                     "--schedule", cfg.schedule, "--seed", cfg.seed, "--format", "binary", *drift_args])
-        else:
+        if fed is not None:
             procs.start("connector", connector_argv(cfg.source, cfg.schema, cfg.nodes, cfg.split, cfg.rate))
         failed: list[str] = []
         failed_names: list[str] = []

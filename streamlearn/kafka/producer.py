@@ -497,6 +497,10 @@ class Producer:
     Kafka connection is made until :meth:`run`. ``ready`` is set once the topics
     exist and the control topic is being read. One ``run`` per instance.
 
+    ``streams``: node streams already built from this config, as :func:`~streamlearn.streams.node_streams`
+    builds them (``streamlearn demo`` reads its file once for its layout and hands them over: a big file
+    takes seconds to parse). ``progress_to``: where progress and the final counts go (default stderr).
+
     Examples
     --------
     >>> p = Producer(ProducerConfig(source="sea", nodes=2, n=1000, drifts=["sudden@500"], format="binary"))
@@ -506,13 +510,18 @@ class Producer:
     [(0, 500, 'sudden'), (1, 500, 'sudden')]
     """
 
-    def __init__(self, config: ProducerConfig, metrics=None):
+    def __init__(self, config: ProducerConfig, metrics=None, streams=None, progress_to=None):
         self.metrics = metrics  # a streamlearn.metrics.ProducerMetrics, or None
         if not isinstance(config, ProducerConfig):
             raise ConfigError(f"expected a ProducerConfig, got {type(config).__name__}")
         c = config
-        self.streams = node_streams(c.source, c.nodes, c.drifts, c.schedule, c.split, c.seed, on_missing=c.missing,
-                                    **c.source_params)
+        if streams is None:
+            streams = node_streams(c.source, c.nodes, c.drifts, c.schedule, c.split, c.seed, on_missing=c.missing,
+                                   **c.source_params)
+        elif not streams or (c.nodes is not None and len(streams) != c.nodes):
+            raise ConfigError(f"streams: need one stream per node ({c.nodes}), got {len(streams)}")
+        self.streams = list(streams)
+        self._progress_to = progress_to
         if c.nodes is None:  # one node per distinct key value
             from dataclasses import replace
 
@@ -602,7 +611,7 @@ class Producer:
                                            else time.monotonic() - self._unreachable_since),
         )
         if c.progress:
-            print(f"produce: {stats.summary()}", file=sys.stderr, flush=True)
+            print(f"produce: {stats.summary()}", file=self._progress_to or sys.stderr, flush=True)
         if self._errors:
             raise ProduceError(f"{self._errors} records ({self._failed_samples} samples) were not delivered; first "
                                f"error: {self._first_error}", stats)
@@ -882,5 +891,5 @@ class Producer:
                          f"awaiting acknowledgement")
         if self._errors:
             parts.append(f"{self._errors} records ({self._failed_samples} samples) NOT DELIVERED")
-        print(f"produce {now - t0:6.1f} s | " + " | ".join(parts), file=sys.stderr, flush=True)
+        print(f"produce {now - t0:6.1f} s | " + " | ".join(parts), file=self._progress_to or sys.stderr, flush=True)
         return now, [f.sent for f in self._feeds]

@@ -25,6 +25,7 @@ __all__ = ["KEEP_REFERENCES", "ModelRefused", "ModelScreen"]
 
 #: References (the current one and those before it) a delta from a node may be taken from.
 KEEP_REFERENCES = 4
+_MAX_DECLARED = 4096  # joins remembered before the protocol exists (node ids of hostile joins cannot grow it)
 
 
 class ModelRefused(Exception):
@@ -46,6 +47,10 @@ class ModelScreen:
     def __init__(self, max_norm: float):
         self.max_norm = max_norm
         self.refs: OrderedDict = OrderedDict()
+        # Until the first join has made the protocol, the parameter count each joining node declared: its join
+        # and its first report can come in one poll (a node with samples waiting reports after its first step),
+        # and the report is screened before the joins of the poll are handled.
+        self._declared: dict[int, int] = {}
 
     def screen(self, msg: SyncMessage, protocol, d: int | None) -> tuple | None:
         """``(reason, detail)`` when the decoded model of ``msg`` must not be used, else None."""
@@ -59,7 +64,15 @@ class ModelScreen:
             return "shape", f"model must have {d} entries, got {w.shape[0]}"
         # NaN and inf were refused by the decoder. The limit is on the parameters: buffers after them
         # (scaler statistics) are in the data's units.
-        span = msg.n_params if msg.kind == "join" else (protocol.n_params if protocol else None)
+        if msg.kind == "join":
+            span = msg.n_params
+            if protocol is None and msg.n_params is not None and len(self._declared) < _MAX_DECLARED:
+                self._declared[msg.node] = msg.n_params
+        elif protocol is not None:
+            span = protocol.n_params
+            self._declared.clear()
+        else:  # the parameters its join declared; no join: the whole model
+            span = self._declared.get(msg.node)
         norm = float(np.linalg.norm(w[:span]))  # float32 overflow gives inf, refused too
         if not norm <= self.max_norm:
             return "norm", f"model norm {norm:.4g} is above --max-norm {self.max_norm:g}"

@@ -1,4 +1,5 @@
-"""`streamlearn demo` end to end, as a user runs it: its own broker, producer, nodes and sync service."""
+"""`streamlearn demo` end to end, as a user runs it: its own broker, producer, nodes and sync service; its producer
+thread as a child process (pure logic)."""
 
 import os
 import re
@@ -8,6 +9,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import pytest
+
+from streamlearn.errors import ConfigError
 
 
 def test_demo_runs_the_pipeline_and_summarises(tmp_path):
@@ -75,3 +80,29 @@ def test_a_dead_child_is_named_and_the_summary_and_plot_still_written(broker, tm
     assert len([line for line in table.splitlines() if line.strip()[:1].isdigit()]) == 2, final  # the summary
     assert "--- last lines of" in final and "node-1.log ---" in final
     assert (out / "demo.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_demos_producer_thread_answers_as_a_child_process(tmp_path, monkeypatch):
+    # the producer runs in the demo's process (it sends the streams the demo read): the demo watches and stops it
+    # as it does its child processes; an error ends it with exit code 1 and its traceback in its log
+    import logging
+
+    from streamlearn.kafka.demo import _Processes, _ProducerThread
+    from streamlearn.kafka.producer import Producer, ProducerConfig
+    from streamlearn.streams import node_streams
+
+    def broken_run(self, *a, **k):
+        raise RuntimeError("the broker said no")
+
+    monkeypatch.setattr(Producer, "run", broken_run)
+    log = tmp_path / "producer.log"
+    procs = _Processes(None, str(tmp_path), {})
+    procs.add("producer", _ProducerThread(ProducerConfig(source="sea", nodes=2), node_streams("sea", 2), str(log)))
+    [(_, thread)] = procs.procs
+    assert thread.wait(10) == 1
+    assert procs.dead() == ["producer (exit 1)"]
+    assert "RuntimeError: the broker said no" in procs.tail("producer")
+    assert logging.getLogger("streamlearn.kafka.producer").handlers == []  # its log handler removed
+    procs.stop()  # ended already: nothing to stop, no error
+    with pytest.raises(ConfigError, match="one stream per node"):
+        _ProducerThread(ProducerConfig(source="sea", nodes=2), node_streams("sea", 1), str(log))

@@ -75,6 +75,25 @@ def test_every_sample_arrives_in_order_with_scheduled_drift_events(settings, pre
     assert "node 1: 1300 samples" in capsys.readouterr().err
 
 
+def test_streams_handed_over_are_the_ones_sent_and_progress_goes_where_asked(settings, prefix, consume, tmp_path):
+    # streamlearn demo reads its file once and hands the streams over: they are sent as given, not built again
+    # (seed 5 here, the config's seed 0: what arrives is the seed-5 stream)
+    n = 500
+    config = ProducerConfig(source="sea", nodes=2, rate=0, n=n, drifts=["sudden@200"], format="binary", seed=0,
+                            settings=settings, prefix=prefix, live_drift=False)
+    with open(tmp_path / "producer.log", "w") as log:
+        stats = Producer(config, streams=node_streams("sea", 2, ["sudden@200"], seed=5), progress_to=log).run()
+    assert stats.sent == {0: n, 1: n}
+    replay = node_streams("sea", 2, ["sudden@200"], seed=5)
+    for node in (0, 1):
+        _, X, y = _samples(consume, prefix, node, n, "binary")
+        X0, y0 = replay[node].to_arrays(n)
+        assert np.array_equal(X, X0.astype(np.float32)) and np.array_equal(y, y0)
+    assert "node 1: 500 samples" in (tmp_path / "producer.log").read_text()
+    with pytest.raises(ConfigError, match=r"streams: need one stream per node \(2\), got 1"):
+        Producer(config, streams=node_streams("sea", 1, seed=5))
+
+
 def test_live_drifts_apply_from_the_announced_position(settings, prefix, consume):
     # label permutation on node 1, noise on node 0: each from its node's position when the command came
     n = 4000
