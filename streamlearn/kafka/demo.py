@@ -5,8 +5,8 @@ one node per distinct key value (first seen, first numbered). The demo reads the
 model layout (features and classes, typed as in the file) and the number of nodes, given to the node
 processes as ``--features``/``--classes``, and for the producer, which sends the streams read there (a
 big file takes seconds to parse, and the nodes would wait for a second parse); it sends missing values as
-missing and every node imputes or skips them (``--missing``), counted per node in the terminal view. A file gets
-no drift injected unless asked (``--drift``): its drift is its own.
+missing and every node imputes or skips them (``--missing``), counted per node in the terminal view. A file
+gets no drift injected unless asked (``--drift``): its drift is its own.
 
 A broker (``KAFKA_BOOTSTRAP_SERVERS``, else one answering on 127.0.0.1:9092, else an embedded
 Tansu the demo starts there and stops at its end, after the processes that use it), a producer with a drift
@@ -15,12 +15,12 @@ N node processes and the sync service, each a process of its own started with th
 ``streamlearn`` commands a user would type (on Linux forked from one server that imported streamlearn
 once, so that a dozen nodes do not each spend seconds importing: :mod:`streamlearn.kafka.launch`; in
 ``top`` and ``ps -o comm`` each is named as its log, e.g. ``node-3``). Besides its producer the demo only
-watches: it follows the status and drift topics, takes a snapshot every ``refresh`` seconds (for the live page and the final plot),
-redraws a table (every ``refresh`` seconds on a terminal, every 5 s into a log), prints the
-``streamlearn drift`` command that reaches this run's topics, stops everything on Ctrl-C or after
-``duration`` seconds of running, and ends with a summary table and a plot. When a child process
-dies (or the producer fails), the others are stopped, the summary and plot are still written, and the error names the
-process and shows the end of its log.
+watches: it follows the status and drift topics, takes a snapshot every ``refresh`` seconds (for the live
+page and the final plot), redraws a table (every ``refresh`` seconds on a terminal, every 5 s into a log),
+prints the ``streamlearn drift`` command that reaches this run's topics, stops everything on Ctrl-C or after
+``duration`` seconds of running, and ends with a summary table and a plot. When a child process dies (or
+the producer fails), the others are stopped, the summary and plot are still written, and the error names
+the process and shows the end of its log.
 """
 
 from __future__ import annotations
