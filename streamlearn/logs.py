@@ -11,7 +11,8 @@ In ``json`` every record is one JSON object on one line of stderr, with ``time``
 
 kafka-python (logger ``kafka``) logs an ERROR each time a broker goes away and the services retry and say
 so themselves: it is held at WARNING (or the chosen level, when higher) unless the level is DEBUG, and the
-tracebacks it attaches to its lines (one per connection a vanished broker reset) show only at DEBUG.
+tracebacks it attaches to its lines (one per connection a vanished broker reset) and the ERROR of a closing
+client's cancelled metadata refresh show only at DEBUG.
 
 Examples
 --------
@@ -99,10 +100,17 @@ class _StderrHandler(logging.StreamHandler):
 
 class _NoLibraryTracebacks(logging.Filter):
     """kafka-python attaches a traceback to the ERROR it logs for every connection a vanished broker reset: the
-    line says what happened, the traceback only repeats it many times over. Kept at DEBUG."""
+    line says what happened, the traceback only repeats it many times over. Kept at DEBUG. So is the ERROR it
+    logs when a client that closes cancels its own metadata refresh (``Metadata refresh: failed Cancelled``):
+    nothing failed (the demo's producer, a thread of the demo, printed it on the terminal as it ended)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.name.split(".", 1)[0] in NOISY:
+        if record.name.split(".", 1)[0] not in NOISY:
+            return True
+        if record.name == "kafka.cluster" and str(record.msg).startswith("Metadata refresh: failed") \
+                and isinstance(record.args, tuple) and record.args and type(record.args[0]).__name__ == "Cancelled":
+            return False
+        if record.exc_info:
             record.exc_info, record.exc_text = None, None
         return True
 

@@ -169,3 +169,19 @@ def test_kafka_lines_come_without_their_tracebacks_unless_debug():
         text = out.getvalue()
         assert "socket disconnected" in text and "ours" in text
         assert text.count("Traceback") == (2 if shown else 1), text  # ours always keeps its traceback
+
+
+def test_a_closing_clients_cancelled_metadata_refresh_is_not_an_error_unless_debug():
+    from kafka.errors import Cancelled, KafkaConnectionError
+
+    for level, shown in (("INFO", False), ("DEBUG", True)):
+        out = io.StringIO()
+        setup_logging(level, "text", stream=out)
+        try:
+            logging.getLogger("kafka.cluster").error("Metadata refresh: failed %s", Cancelled())
+            logging.getLogger("kafka.cluster").error("Metadata refresh: failed %s", KafkaConnectionError("refused"))
+        finally:
+            reset_logging()
+        text = out.getvalue()
+        assert ("Cancelled" in text) is shown, text
+        assert "refused" in text  # a refresh that did fail is still said
