@@ -98,11 +98,13 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-class _NoLibraryTracebacks(logging.Filter):
-    """kafka-python attaches a traceback to the ERROR it logs for every connection a vanished broker reset: the
-    line says what happened, the traceback only repeats it many times over. Kept at DEBUG. So is the ERROR it
-    logs when a client that closes cancels its own metadata refresh (``Metadata refresh: failed Cancelled``):
-    nothing failed (the demo's producer, a thread of the demo, printed it on the terminal as it ended)."""
+class _QuietKafka(logging.Filter):
+    """kafka-python's lines without what only repeats them or reports nothing (both kept for DEBUG).
+
+    It attaches a traceback to the ERROR it logs for every connection a vanished broker reset: the line says
+    what happened, the traceback only repeats it many times over. It logs an ERROR when a client that closes
+    cancels its own metadata refresh (``Metadata refresh: failed Cancelled``): nothing failed (the demo's
+    producer, a thread of the demo, printed it on the terminal as it ended)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.split(".", 1)[0] not in NOISY:
@@ -159,7 +161,7 @@ def setup_logging(level: str | None = None, fmt: str | None = None, stream=None)
     handler = _mark(_StderrHandler() if stream is None else logging.StreamHandler(stream))
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     if level != "DEBUG":
-        handler.addFilter(_NoLibraryTracebacks())
+        handler.addFilter(_QuietKafka())
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)
