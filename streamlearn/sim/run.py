@@ -158,47 +158,55 @@ def serial_data(data: NodeData) -> NodeData:
 def serial_run(data: NodeData, learner, batch_size: int, loss_guard: bool | dict = True) -> SimResult:
     """One learner on every node's samples interleaved round-robin (:func:`serial_data`), test-then-train.
 
-    A TorchLearner classifier steps as itself (``predict_proba_learn_many``, on CPU its numpy fast path): the
-    simulator's arithmetic up to float rounding, but without a model bank's per-round cost, which for one
-    model over m times the rounds is most of a comparison's time (the whole Beijing file: 8.4 -> 2.6 s).
-    Others (river learners, regression) run through :func:`~streamlearn.sim.simulator.simulate`. ``loss_guard``
-    as in :func:`~streamlearn.sim.simulator.simulate`: the learner watched as the evaluator watches it.
+    A TorchLearner classifier learns as one node's learning core (:class:`~streamlearn.node.core.NodeCore`,
+    no sync): runs of mini-batches in one compiled call where the learner allows (a CPU logistic regression or
+    MLP of one hidden layer, :mod:`streamlearn.node.run_kernel`), else one ``predict_proba_learn_many`` a
+    mini-batch. That is the simulator's arithmetic up to float rounding, without a model bank's per-round
+    cost, which for one model over m times the rounds is most of a comparison's time. Others (river learners,
+    regression) run through :func:`~streamlearn.sim.simulator.simulate`. ``loss_guard`` as in
+    :func:`~streamlearn.sim.simulator.simulate`: the learner watched as the evaluator watches it.
     """
     import time
 
     from streamlearn.evaluation import clipped_log_loss
     from streamlearn.learners import TorchLearner
-    from streamlearn.learners.base import labels_array
     from streamlearn.sync.messages import CommStats
 
     one = serial_data(data)
     if not isinstance(learner, TorchLearner) or data.task == "regression" or learner.task_ == "regression":
         return simulate(one, learner, "nosync", batch_size=batch_size, progress=False, loss_guard=loss_guard)
     from streamlearn.learners.loss_guard import LossGuard, guard_params
+    from streamlearn.node.core import NodeCore
 
     model = learner.clone({"features": list(data.feature_names), "n_features": None, "classes": list(data.classes)})
+    core = NodeCore(model, list(data.classes), "nosync", loss_guard=False)
     params = guard_params(loss_guard)
-    guard = None if params is None else LossGuard(**{"name": "simulate serial", **params})
-    X, y = one.X[0], one.y[0]
+    core.loss_guard = None if params is None else LossGuard(**{"name": "simulate serial", **params})
+    X, y = one.X[0], np.ascontiguousarray(one.y[0], dtype=np.int64)
     n = len(y) - len(y) % batch_size
-    labels = labels_array(data.classes)[y[:n]]  # the learner learns labels, the data holds their indices
+    seqs = np.arange(n, dtype=np.int64)
     p_true = np.empty(n, dtype=np.float64)
     correct = np.empty(n, dtype=bool)
+    chunk = _SERIAL_RUN_STEPS * batch_size
     t0 = time.perf_counter()
-    rows = np.arange(batch_size)
-    for i in range(0, n, batch_size):
-        learns = guard is None or guard.learning  # the loss guard may have stopped it
-        Xb, yi = X[i:i + batch_size], y[i:i + batch_size]
-        P = model.predict_proba_learn_many(Xb, labels[i:i + batch_size]) if learns else model.predict_proba_many(Xb)
-        correct[i:i + batch_size] = P.argmax(axis=1) == yi
-        p_true[i:i + batch_size] = P[rows, yi]
-        if learns and guard is not None:
-            guard.observe(model, clipped_log_loss(p_true[i:i + batch_size]))
+    i = 0
+    while i < n:
+        end = min(n, i + chunk)
+        steps, _ = core.learn_run(X[i:end], y[i:end], seqs[i:end], batch_size)
+        k = steps * batch_size
+        P, yi = core.run_proba, y[i:i + k]  # the probabilities each sample was predicted with, declared order
+        correct[i:i + k] = P.argmax(axis=1) == yi
+        p_true[i:i + k] = P[np.arange(k), yi]
+        i += k
     losses = clipped_log_loss(p_true).astype(np.float32)  # clipped as the evaluator and simulate clip it
+    guard = core.loss_guard
     return SimResult(protocol="nosync", m=1, n=n, batch_size=batch_size, d=int(model.get_flat().numel()),
                      correct=correct[None], losses=losses[None], comm=CommStats().as_dict(), syncs=[], events=[],
                      final_models=model.get_flat().detach().cpu()[None], seconds=time.perf_counter() - t0,
                      divergences=[] if guard is None else [{**e.to_dict(), "node": 0} for e in guard.events])
+
+
+_SERIAL_RUN_STEPS = 1000  # mini-batches handed to the serial learner's core per call (it checks them first)
 
 
 def serial_baseline(data: NodeData, learner, batch_size: int, window: int = 500,
