@@ -42,7 +42,13 @@ intra-op thread as the CLI sets for every service process (``--threads``):
    to do it could not beat ``1 / (1 / raw + 1 / core alone)``: the **bound** on the ratio is
    ``core / (raw + core)``. The table shows it beside the ratio, with the share of the
    node's time that goes to its core (``node / core alone``), and says which batch sizes meet
-   the target (node/raw >= 0.5) and, for the others, whether the core alone rules it out.
+   the target (node/raw >= 0.5) and, for the others, whether the core alone rules it out. A second bound
+   comes from the CPU: every raw and node run records the CPU seconds of this process (all its threads:
+   ``cpu_seconds``) and of the broker (``broker_cpu_seconds``, from /proc) while it ran. At ratio R the
+   node has ``raw seconds / R`` of wall time, so ``cpus`` times that of CPU, and it needs what it and the
+   broker used: ``ratio_bound_cpu = cpus * raw seconds / (node CPU + broker CPU)`` is the highest ratio
+   these cores allow the node doing that work, however it were spread over threads or processes
+   (``..._without_predictions`` for the node without predictions out).
    ``node_vs_raw_b<batch>`` (detector none; ``..._adwin`` with ADWIN) are the ratios node/raw of
    the same run, at the top of the JSON. Per mini-batch the node's time splits (``parts_us_per_step``)
    into consuming and decoding (the raw consumer's time for as many samples), the core (learning,
@@ -96,6 +102,27 @@ STEADY_FROM = 0.1  # steady rates start after this fraction of the samples
 TARGET = 0.5  # node/raw, the issue's target for the logistic learner on binary batches
 RUN_SAMPLES = 2000  # samples a node's buffer holds before it polls again (NodeService, at small batches)
 _prefixes = itertools.count()
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def broker_cpu(pid) -> float | None:
+    """CPU seconds the broker process has used so far (Linux /proc; None elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / _TICKS
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+
+
+def cpu_of(fn, broker_pid) -> dict:
+    """``fn()``'s result with the CPU seconds this process (every thread) and the broker used during it."""
+    c0, b0 = time.process_time(), broker_cpu(broker_pid)
+    out = fn()
+    b1 = broker_cpu(broker_pid)
+    out["cpu_seconds"] = time.process_time() - c0
+    out["broker_cpu_seconds"] = None if b0 is None or b1 is None else b1 - b0
+    return out
 
 
 def publish(bootstrap, settings, X, y, names, record_size) -> str:
@@ -235,7 +262,7 @@ def best(runs: list[dict]) -> dict:
 
 
 def verdict(r: dict) -> str:
-    """Whether a row meets the target, and if not, whether the node's core alone already rules it out."""
+    """Whether a row meets the target, and if not, whether the node's core alone or the cores' CPU rule it out."""
     what = f"detector {r['detector']}, batch {r['batch_size']}: ratio {r['ratio']:.3f}"
     if r["ratio"] >= TARGET:
         return f"{what} >= {TARGET}: target met"
@@ -245,7 +272,16 @@ def verdict(r: dict) -> str:
                 f"{r['core_alone']['samples_per_s']:,.0f} samples/s ({r['core_alone']['us_per_step']:.1f} us "
                 f"per mini-batch, against {raw_us:.1f} us for the raw consumer to read and decode it), which caps "
                 f"the ratio at {r['ratio_bound']:.3f}; the core takes {r['core_share']:.0%} of the node's time")
-    return (f"{what} < {TARGET}: reachable in principle (bound {r['ratio_bound']:.3f}); the core takes "
+    cpu = r.get("ratio_bound_cpu")
+    if cpu is not None and cpu < TARGET:
+        nd = r["node"]
+        return (f"{what} < {TARGET}: not reachable on these {r['cpus']} cores doing this work: the node used "
+                f"{nd['cpu_seconds']:.2f} CPU-s in its process and the broker {nd['broker_cpu_seconds']:.2f} for "
+                f"{r['n']:,} samples, while at {TARGET} it would have {r['cpus']} x "
+                f"{r['n'] / r['raw_samples_per_s'] / TARGET:.2f} CPU-s; the cores cap the ratio at {cpu:.3f} "
+                f"({r['ratio_bound_cpu_without_predictions']:.3f} without predictions out)")
+    return (f"{what} < {TARGET}: reachable in principle (bound {r['ratio_bound']:.3f}"
+            + ("" if cpu is None else f", cores {cpu:.3f}") + f"); the core takes "
             f"{r['core_share']:.0%} of the node's time, the rest is consuming, decoding, predictions out and the "
             f"service's own work")
 
@@ -264,12 +300,15 @@ def bench_pipeline(args, broker, settings) -> list[dict]:
         raw_default, raw_node, raw_nocrc, node, nopred, alone, cores = [], [], [], [], [], [], []
         for _ in range(args.repeats):
             prefix = publish(bootstrap, settings, X, y, names, args.record_size)
-            raw_default.append(raw_consume(bootstrap, settings, prefix, args.n))
-            raw_node.append(raw_consume(bootstrap, settings, prefix, args.n, **node_fetch))
+            pid = broker.pid
+            raw_default.append(cpu_of(lambda: raw_consume(bootstrap, settings, prefix, args.n), pid))
+            raw_node.append(cpu_of(lambda: raw_consume(bootstrap, settings, prefix, args.n, **node_fetch), pid))
             raw_nocrc.append(raw_consume(bootstrap, settings, prefix, args.n, check_crcs=False))
-            node.append(node_run(bootstrap, settings, prefix, args.n, batch_size, det, args.learner))
-            nopred.append(node_run(bootstrap, settings, publish(bootstrap, settings, X, y, names, args.record_size),
-                                   args.n, batch_size, det, args.learner, predictions=False))
+            node.append(cpu_of(lambda: node_run(bootstrap, settings, prefix, args.n, batch_size, det, args.learner),
+                               pid))
+            prefix = publish(bootstrap, settings, X, y, names, args.record_size)
+            nopred.append(cpu_of(lambda: node_run(bootstrap, settings, prefix, args.n, batch_size, det, args.learner,
+                                                  predictions=False), pid))
             alone.append(learner_alone(X, y, batch_size, args.learner, src.classes, names))
             cores.append(core_alone(X, y, batch_size, args.learner, src.classes, names, det))
         rd, rn, rc, nd, la = best(raw_default), best(raw_node), best(raw_nocrc), best(node), best(alone)
@@ -310,6 +349,10 @@ def bench_pipeline(args, broker, settings) -> list[dict]:
             "ratio_without_predictions": npd["samples_per_s"] / raw["samples_per_s"],
             "core_share": nd["samples_per_s"] / co["samples_per_s"],
             "ratio_to_raw_without_crc_check": nd["samples_per_s"] / rc["samples_per_s"],
+            # the CPU the node takes (its process and the broker serving it) against what the cores give
+            "cpus": os.cpu_count(),
+            "ratio_bound_cpu": cpu_bound(raw, nd),
+            "ratio_bound_cpu_without_predictions": cpu_bound(raw, npd),
             "node_us_per_step": 1e6 * nd["seconds"] / nd["steps"],
             "all_node_runs_samples_per_s": [r["samples_per_s"] for r in node],
             "all_raw_runs_samples_per_s": [max(a["samples_per_s"], b["samples_per_s"])
@@ -321,6 +364,15 @@ def bench_pipeline(args, broker, settings) -> list[dict]:
               f"(bound {row['ratio_bound']:.2f})  learner alone {la['samples_per_s']:>10,.0f}/s  "
               f"core alone {co['samples_per_s']:>10,.0f}/s  acc {nd['accuracy']:.3f}", flush=True)
     return rows
+
+
+def cpu_bound(raw: dict, node: dict) -> float | None:
+    """The highest node/raw ratio this machine's cores allow the node, doing the work it did: at ratio R it
+    has ``raw seconds / R`` of wall time, ``cpus`` times that of CPU, and it needs what its process and the
+    broker used (``cpu_seconds + broker_cpu_seconds``), however the work were spread over threads or processes."""
+    if node.get("broker_cpu_seconds") is None:
+        return None
+    return (os.cpu_count() or 1) * raw["seconds"] / (node["cpu_seconds"] + node["broker_cpu_seconds"])
 
 
 def _time(fn, repeats, sync) -> dict:
@@ -408,11 +460,12 @@ def main():
             tail = "" if r["detector"] == "none" else f"_{r['detector']}"
             result[f"node_vs_raw_b{r['batch_size']}{tail}"] = r["ratio"]
         print(f"\n{'detector':>8} {'batch':>6} {'raw/s':>11} {'node/s':>11} {'ratio':>6} {'steady':>7} "
-              f"{'bound':>6} {'core/s':>11} {'core':>9} {'us/step':>8} {'raw no-crc/s':>13} {'ratio':>6}")
+              f"{'bound':>6} {'cores':>6} {'core/s':>11} {'core':>9} {'us/step':>8} {'raw no-crc/s':>13} {'ratio':>6}")
         for r in rows:
             steady = "-" if r["steady_ratio"] is None else f"{r['steady_ratio']:.3f}"
             print(f"{r['detector']:>8} {r['batch_size']:>6} {r['raw_samples_per_s']:>11,.0f} "
                   f"{r['node_samples_per_s']:>11,.0f} {r['ratio']:>6.3f} {steady:>7} {r['ratio_bound']:>6.3f} "
+                  f"{'-' if r['ratio_bound_cpu'] is None else format(r['ratio_bound_cpu'], '.3f'):>6} "
                   f"{r['core_alone']['samples_per_s']:>11,.0f} {r['core_share']:>9.0%} "
                   f"{r['node_us_per_step']:>8.0f} {r['raw_without_crc_check']['samples_per_s']:>13,.0f} "
                   f"{r['ratio_to_raw_without_crc_check']:>6.3f}")
@@ -422,7 +475,8 @@ def main():
               f"checking CRCs still costs")
         print("bound: core / (raw + core), the best ratio a node that consumes then learns in one thread "
               "could reach; core/s: the node's learning core alone, no Kafka, driven as the node drives it; core: the "
-              "share of the node's time spent in it (node/s over core/s)")
+              "share of the node's time spent in it (node/s over core/s); cores: cpus x raw seconds / (the node's "
+              "CPU seconds + the broker's during it), the best ratio these cores allow the node doing that work")
         print("\nwhere a mini-batch's time goes (us per step; the node's clock includes its setup):")
         for r in rows:
             parts = "  ".join(f"{name.split(' (')[0]} {us:.1f}" for name, us in r["parts_us_per_step"].items())
