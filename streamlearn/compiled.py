@@ -16,11 +16,15 @@ __all__ = ["AVAILABLE", "jit"]
 AVAILABLE = numba is not None
 
 
-def jit(fn):
-    """``fn`` compiled in nopython mode without the GIL held, its machine code cached when possible."""
+def jit(fn=None, *, error_model: str = "python"):
+    """``fn`` compiled in nopython mode without the GIL held, its machine code cached when possible.
+
+    ``@jit(error_model="numpy")``: a float division by zero gives inf or NaN as in C, instead of raising."""
+    if fn is None:
+        return lambda f: jit(f, error_model=error_model)
     if numba is None:
         return fn
     try:
-        return numba.njit(cache=True, nogil=True)(fn)
+        return numba.njit(cache=True, nogil=True, error_model=error_model)(fn)
     except RuntimeError:  # no folder numba may write its cache to (NUMBA_CACHE_DIR names one): compiled per process
-        return numba.njit(nogil=True)(fn)
+        return numba.njit(nogil=True, error_model=error_model)(fn)

@@ -21,6 +21,7 @@ from river import drift
 from river.drift import binary
 
 from streamlearn.errors import ConfigError
+from streamlearn.evaluation.adwin import compiled_adwin_for
 from streamlearn.learners.schedule import RISE_WINDOW, RiseFilter
 
 __all__ = ["DETECTORS", "REAL_VALUED", "make_detector", "DriftMonitor", "DriftMonitorBank", "false_alarm_rate",
@@ -214,6 +215,8 @@ class DriftMonitor:
         self.params = dict(params or {})
         self.one_sided = bool(one_sided)
         self.detector_ = make_detector(detector, **self.params)
+        # river's ADWIN as compiled code over whole arrays (the same detections; None: river's, value by value)
+        self._compiled = compiled_adwin_for(self.detector_)
         self._rise = RiseFilter() if self.one_sided else None
         self.n_ = 0
         self.detections_: list[int] = []
@@ -239,23 +242,31 @@ class DriftMonitor:
         Samples with ``valid`` False (no prediction) advance the position but are not fed.
         """
         e = np.asarray(errors, dtype=np.float64).ravel()
-        fed = range(e.size) if valid is None else np.flatnonzero(np.asarray(valid, dtype=bool).ravel()).tolist()
-        values = e.tolist()
-        det, fired, n0 = self.detector_, [], self.n_
-        for i in fed:
-            det.update(values[i])
-            if det.drift_detected:
-                fired.append(i)
+        at = None if valid is None else np.flatnonzero(np.asarray(valid, dtype=bool).ravel())
+        fed = range(e.size) if at is None else at.tolist()
+        n0 = self.n_
+        if self._compiled is not None:
+            hits = self._compiled.update_many(e if at is None else e[at])
+            fired = (hits if at is None else at[hits]).tolist()
+        else:
+            values, det, fired = e.tolist(), self.detector_, []
+            for i in fed:
+                det.update(values[i])
+                if det.drift_detected:
+                    fired.append(i)
         self.n_ = n0 + e.size
         if self._rise is None:
             found = [n0 + i for i in fired]
         else:
-            found = self._one_sided(e, list(fed), fired, valid, n0)
+            found = self._one_sided(e, fed, fired, valid, n0)
         self.detections_.extend(found)
         return found
 
-    def _one_sided(self, e, fed: list[int], fired: list[int], valid, n0: int) -> list[int]:
+    def _one_sided(self, e, fed, fired: list[int], valid, n0: int) -> list[int]:
         """The reported detections among ``fired`` (batch indices), confirming pending firings."""
+        if not fired and not self._pending:  # nothing to confirm (most batches): only the errors to remember
+            self._rise.rises(e, (), valid)
+            return []
         at = {i: k for k, i in enumerate(fed)}  # batch index -> order among the fed samples
         # Where the rule may be asked: every firing, and the samples a pending firing may be confirmed at.
         ks = set(range(min(self._pending, len(fed))))
