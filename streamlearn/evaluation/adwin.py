@@ -44,8 +44,8 @@ import math
 import numpy as np
 
 from streamlearn.compiled import AVAILABLE
-from streamlearn.errors import ConfigError
 from streamlearn.compiled import jit as _jit
+from streamlearn.errors import ConfigError
 
 __all__ = ["AVAILABLE", "CompiledADWIN", "compiled_adwin_for", "warm_up"]
 

@@ -155,6 +155,9 @@ def serial_data(data: NodeData) -> NodeData:
                     classes=data.classes, feature_names=data.feature_names)
 
 
+_SERIAL_RUN_STEPS = 1000  # mini-batches handed to the serial learner's core per call (it checks them first)
+
+
 def serial_run(data: NodeData, learner, batch_size: int, loss_guard: bool | dict = True) -> SimResult:
     """One learner on every node's samples interleaved round-robin (:func:`serial_data`), test-then-train.
 
@@ -204,9 +207,6 @@ def serial_run(data: NodeData, learner, batch_size: int, loss_guard: bool | dict
                      correct=correct[None], losses=losses[None], comm=CommStats().as_dict(), syncs=[], events=[],
                      final_models=model.get_flat().detach().cpu()[None], seconds=time.perf_counter() - t0,
                      divergences=[] if guard is None else [{**e.to_dict(), "node": 0} for e in guard.events])
-
-
-_SERIAL_RUN_STEPS = 1000  # mini-batches handed to the serial learner's core per call (it checks them first)
 
 
 def serial_baseline(data: NodeData, learner, batch_size: int, window: int = 500,
