@@ -183,6 +183,11 @@ def _feed(tot, var, cnt, s, values, delta, clock, max_buckets, min_len, grace, h
     return found
 
 
+def _takes(delta, clock, max_buckets) -> bool:
+    """Parameters the compiled code can run with (a step every ``clock`` values, rows of two buckets or more)."""
+    return 0.0 < delta < 1.0 and clock >= 1 and max_buckets >= 1
+
+
 class CompiledADWIN:
     """River's ``drift.ADWIN`` (same parameters, same defaults, same detections) fed a whole array per call.
 
@@ -196,7 +201,7 @@ class CompiledADWIN:
                  grace_period: int = 10):
         self.delta, self.clock, self.max_buckets = float(delta), int(clock), int(max_buckets)
         self.min_window_length, self.grace_period = int(min_window_length), int(grace_period)
-        if not (0.0 < self.delta < 1.0 and self.clock >= 1 and self.max_buckets >= 1):
+        if not _takes(self.delta, self.clock, self.max_buckets):
             raise ConfigError(f"CompiledADWIN: need 0 < delta < 1, clock >= 1 and max_buckets >= 1, got delta "
                               f"{delta!r}, clock {clock!r}, max_buckets {max_buckets!r}")
         self._tot = np.zeros((_ROWS, self.max_buckets + 1))
@@ -232,8 +237,7 @@ def compiled_adwin_for(detector) -> CompiledADWIN | None:
         return None
     from river import drift
 
-    if type(detector) is not drift.ADWIN or not (0.0 < detector.delta < 1.0 and detector.clock >= 1
-                                                  and detector.max_buckets >= 1):
+    if type(detector) is not drift.ADWIN or not _takes(detector.delta, detector.clock, detector.max_buckets):
         return None  # (parameters it cannot take: river's own detector, as it is)
     warm_up()
     return CompiledADWIN(detector.delta, detector.clock, detector.max_buckets, detector.min_window_length,
